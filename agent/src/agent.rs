@@ -1,0 +1,219 @@
+//! The node agent: keeps the set of captured workloads equal to the local workloads of the
+//! current [`State`], one workload at a time, so that one bad workload never stops the
+//! others.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use meshd_common::{PodConfig, OUTBOUND_PORT, POD_FLAG_IPV6};
+use serde::Serialize;
+
+use crate::{
+    capture::{Capture, Enrollment, PinPaths},
+    config::Config,
+    netns::Netns,
+    proxy::{Connections, PodContext, PodProxy, ProxyContext},
+    state::{LocalWorkload, State, Workload},
+};
+
+struct Enrolled {
+    workload: Arc<Workload>,
+    netns: Arc<Netns>,
+    _proxy: PodProxy,
+}
+
+/// Status of one local workload, for `/config_dump`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadStatus {
+    pub workload: String,
+    pub enrolled: bool,
+    pub netns_cookie: Option<u64>,
+    pub error: Option<String>,
+}
+
+pub struct Agent {
+    pub state: Arc<ArcSwap<State>>,
+    pub proxy: Arc<ProxyContext>,
+    capture: Mutex<Capture>,
+    enrolled: Mutex<BTreeMap<String, Enrolled>>,
+    errors: Mutex<BTreeMap<String, String>>,
+    /// Set once the first configuration has been applied.
+    pub ready: std::sync::atomic::AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Agent {
+    /// Loads the programs (adopting earlier pins) and prepares an empty agent.
+    pub fn start(config: &Config) -> Result<Agent, crate::capture::CaptureError> {
+        let capture = Capture::load(PinPaths::new(&config.bpffs))?;
+        let state = Arc::new(ArcSwap::from_pointee(State::default()));
+        let proxy = Arc::new(ProxyContext {
+            state: state.clone(),
+            maps: capture.maps().clone(),
+            connections: Arc::new(Connections::default()),
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+        });
+        Ok(Agent {
+            state,
+            proxy,
+            capture: Mutex::new(capture),
+            enrolled: Mutex::new(BTreeMap::new()),
+            errors: Mutex::new(BTreeMap::new()),
+            ready: Default::default(),
+        })
+    }
+
+    /// Makes a new state current and enrolls / un-enrolls workloads to match it.
+    pub fn apply(&self, state: State) {
+        let state = Arc::new(state);
+        self.state.store(state.clone());
+        let desired: BTreeMap<String, Arc<Workload>> = state
+            .local_workloads()
+            .map(|w| (w.key(), w.clone()))
+            .collect();
+        let mut enrolled = lock(&self.enrolled);
+        let mut errors = lock(&self.errors);
+        // Removed, or changed in a way that needs new listeners or links.
+        let stale: Vec<String> = enrolled
+            .iter()
+            .filter(|(k, e)| match desired.get(*k) {
+                None => true,
+                Some(w) => w.local != e.workload.local || w.ips != e.workload.ips,
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            if let Some(e) = enrolled.remove(&key) {
+                self.unenroll(&key, &e);
+            }
+        }
+        errors.retain(|k, _| desired.contains_key(k));
+        for (key, workload) in &desired {
+            if let Some(e) = enrolled.get_mut(key) {
+                e.workload = workload.clone();
+                continue;
+            }
+            match self.enroll(workload) {
+                Ok(e) => {
+                    tracing::info!(workload = %key, netns_cookie = e.netns.cookie(), "workload enrolled");
+                    errors.remove(key);
+                    enrolled.insert(key.clone(), e);
+                }
+                Err(err) => {
+                    tracing::error!(workload = %key, error = %err, "cannot enroll workload");
+                    errors.insert(key.clone(), err);
+                }
+            }
+        }
+        if !self.ready.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // First state after start-up: drop what an earlier agent left for workloads that
+            // are gone now.
+            let cookies: BTreeSet<u64> = enrolled.values().map(|e| e.netns.cookie()).collect();
+            let ips: Vec<IpAddr> = enrolled.values().flat_map(|e| e.workload.ips.clone()).collect();
+            lock(&self.capture).prune(&cookies, &ips);
+        }
+    }
+
+    fn enroll(&self, workload: &Arc<Workload>) -> Result<Enrolled, String> {
+        let local: &LocalWorkload = workload.local.as_ref().ok_or("not a local workload")?;
+        let netns = Arc::new(Netns::open(&local.netns).map_err(|e| e.to_string())?);
+        let pod = Arc::new(PodContext {
+            workload: workload.clone(),
+            netns: netns.clone(),
+        });
+        let proxy = PodProxy::start(&self.proxy, pod).map_err(|e| e.to_string())?;
+        let listeners = workload
+            .ips
+            .iter()
+            .filter_map(|ip| {
+                let fd = if ip.is_ipv4() { proxy.inbound_v4 } else { proxy.inbound_v6 };
+                fd.map(|fd| (*ip, fd))
+            })
+            .collect();
+        let skip_in: Vec<u16> = local.skip_inbound_ports.iter().copied().collect();
+        let skip_out: Vec<u16> = local.skip_outbound_ports.iter().copied().collect();
+        let key = workload.key();
+        let enrollment = Enrollment {
+            key: &key,
+            cgroup: &local.cgroup,
+            netns: &local.netns,
+            netns_cookie: netns.cookie(),
+            ips: &workload.ips,
+            pod: PodConfig {
+                outbound_port: OUTBOUND_PORT,
+                flags: if proxy.outbound_v6 { POD_FLAG_IPV6 } else { 0 },
+                _pad: 0,
+            },
+            skip_inbound_ports: &skip_in,
+            skip_outbound_ports: &skip_out,
+            listeners,
+        };
+        let mut capture = lock(&self.capture);
+        if let Err(e) = capture.enroll(&enrollment) {
+            if let Err(undo) = capture.unenroll(&key, Some(netns.cookie()), &workload.ips) {
+                tracing::warn!(workload = %key, error = %undo, "rolling back a failed enrollment");
+            }
+            return Err(e.to_string());
+        }
+        Ok(Enrolled {
+            workload: workload.clone(),
+            netns,
+            _proxy: proxy,
+        })
+    }
+
+    fn unenroll(&self, key: &str, e: &Enrolled) {
+        match lock(&self.capture).unenroll(key, Some(e.netns.cookie()), &e.workload.ips) {
+            Ok(()) => tracing::info!(workload = %key, "workload un-enrolled"),
+            Err(err) => tracing::error!(workload = %key, error = %err, "cannot fully un-enroll workload"),
+        }
+    }
+
+    /// Un-enrolls everything and removes all pins (clean shutdown).
+    pub fn shutdown(&self) {
+        let mut enrolled = lock(&self.enrolled);
+        for (key, e) in std::mem::take(&mut *enrolled) {
+            self.unenroll(&key, &e);
+        }
+        let capture = lock(&self.capture);
+        match Capture::uninstall(capture.pins()) {
+            Ok(()) => tracing::info!(pins = %capture.pins().root().display(), "removed pinned programs, maps and links"),
+            Err(e) => tracing::error!(error = %e, "cannot remove pins"),
+        }
+    }
+
+    pub fn statuses(&self) -> Vec<WorkloadStatus> {
+        let enrolled = lock(&self.enrolled);
+        let errors = lock(&self.errors);
+        let state = self.state.load();
+        state
+            .local_workloads()
+            .map(|w| {
+                let key = w.key();
+                let e = enrolled.get(&key);
+                WorkloadStatus {
+                    enrolled: e.is_some(),
+                    netns_cookie: e.map(|e| e.netns.cookie()),
+                    error: errors.get(&key).cloned(),
+                    workload: key,
+                }
+            })
+            .collect()
+    }
+
+    pub fn pins_root(&self) -> String {
+        lock(&self.capture).pins().root().display().to_string()
+    }
+
+    pub fn map_counts(&self) -> serde_json::Value {
+        self.proxy.maps.counts()
+    }
+}

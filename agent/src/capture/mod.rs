@@ -1,0 +1,359 @@
+//! Capture: loading meshd's eBPF programs, pinning them, and attaching them per workload.
+//!
+//! The kernel side is described in `ebpf/meshd-ebpf`. Here the agent keeps the bpffs layout
+//! of [`pins`] true: a link pinned under `links/<namespace>_<name>/` exists exactly while a
+//! workload is enrolled. On start-up the agent adopts the links an earlier instance pinned
+//! (pointing them at the programs it just loaded); on a clean shutdown it removes everything.
+
+pub mod link;
+pub mod maps;
+pub mod pins;
+pub mod programs;
+
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use aya::{maps::MapError, programs::ProgramError, EbpfLoader};
+use meshd_common::PodConfig;
+
+pub use maps::Maps;
+pub use pins::PinPaths;
+pub use programs::Hook;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("bpffs: {0}")]
+    Bpffs(String),
+    #[error("loading the eBPF object: {}", chain(.0))]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("program {program}: {}", chain(source))]
+    Program {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("program {program}: link cannot be pinned: {reason}")]
+    NotALink {
+        program: &'static str,
+        reason: String,
+    },
+    #[error("map {map}: {}", chain(source))]
+    Map {
+        map: &'static str,
+        source: MapError,
+    },
+    #[error("pin {path}: {reason}")]
+    Pin { path: PathBuf, reason: String },
+    #[error("cannot open {kind} {path}: {source}")]
+    Target {
+        kind: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("adopting link {path}: {source}")]
+    Adopt {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// An error and its sources on one line: aya's errors keep the errno in their source.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// What the capture layer needs to know about a workload to enroll it.
+pub struct Enrollment<'a> {
+    /// `namespace/name`.
+    pub key: &'a str,
+    pub cgroup: &'a Path,
+    pub netns: &'a Path,
+    pub netns_cookie: u64,
+    pub ips: &'a [IpAddr],
+    pub pod: PodConfig,
+    pub skip_inbound_ports: &'a [u16],
+    pub skip_outbound_ports: &'a [u16],
+    /// The agent's inbound listener for each pod address (for sk_lookup).
+    pub listeners: Vec<(IpAddr, std::os::fd::RawFd)>,
+}
+
+pub struct Capture {
+    ebpf: aya::Ebpf,
+    maps: Arc<Maps>,
+    pins: PinPaths,
+    /// Workloads whose links an earlier agent pinned and this one adopted at start-up.
+    adopted: BTreeSet<String>,
+    _logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn pin_err(path: &Path) -> impl Fn(std::io::Error) -> CaptureError + '_ {
+    move |e| CaptureError::Pin {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+impl Capture {
+    /// Loads and pins the programs and maps under `pins`, adopting whatever links an earlier
+    /// agent left there. Must be called inside a tokio runtime (for the eBPF log reader).
+    pub fn load(pins: PinPaths) -> Result<Capture, CaptureError> {
+        ensure_bpffs(pins.root())?;
+        for dir in [pins.maps(), pins.progs(), pins.links()] {
+            std::fs::create_dir_all(&dir).map_err(pin_err(&dir))?;
+        }
+        let level = ebpf_log_level();
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pins.maps())
+            .override_global("AYA_LOG_LEVEL", &level, false)
+            .load(programs::OBJECT)?;
+        let logger = spawn_log_reader(&mut ebpf);
+        for hook in Hook::ALL {
+            hook.load(&mut ebpf)?;
+            hook.pin(&mut ebpf, &pins.prog(hook.program()))?;
+        }
+        let maps = Arc::new(Maps::take_from(&mut ebpf)?);
+        let mut capture = Capture {
+            ebpf,
+            maps,
+            pins,
+            adopted: BTreeSet::new(),
+            _logger: logger,
+        };
+        capture.adopt()?;
+        Ok(capture)
+    }
+
+    pub fn maps(&self) -> &Arc<Maps> {
+        &self.maps
+    }
+
+    pub fn pins(&self) -> &PinPaths {
+        &self.pins
+    }
+
+    /// Points every pinned link at the programs this agent loaded.
+    fn adopt(&mut self) -> Result<(), CaptureError> {
+        let dir = self.pins.links();
+        let entries = std::fs::read_dir(&dir).map_err(pin_err(&dir))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(key) = PinPaths::workload_key(&name) else {
+                continue;
+            };
+            for hook in Hook::ALL {
+                let path = entry.path().join(hook.link_name());
+                if !path.exists() {
+                    continue;
+                }
+                let fd = hook.prog_fd(&self.ebpf)?;
+                link::update_pinned(&path, fd)
+                    .map_err(|source| CaptureError::Adopt { path: path.clone(), source })?;
+            }
+            tracing::info!(workload = %key, "adopted pinned capture links");
+            self.adopted.insert(key);
+        }
+        Ok(())
+    }
+
+    /// Starts capturing a workload: map entries first (the listeners already exist), then the
+    /// links, so that no connection is redirected to a listener that is not there.
+    pub fn enroll(&mut self, e: &Enrollment<'_>) -> Result<(), CaptureError> {
+        self.maps.set_pod(e.netns_cookie, e.pod)?;
+        self.maps.set_skip_out(e.netns_cookie, e.skip_outbound_ports)?;
+        self.maps.set_skip_in(e.ips, e.skip_inbound_ports)?;
+        for (ip, fd) in &e.listeners {
+            self.maps.set_listener(*ip, *fd)?;
+        }
+        let dir = self.pins.workload_links(e.key);
+        std::fs::create_dir_all(&dir).map_err(pin_err(&dir))?;
+        for hook in Hook::ALL {
+            let path = dir.join(hook.link_name());
+            if path.exists() {
+                // Adopted from an earlier agent and already running our program.
+                continue;
+            }
+            let target_path = if hook == Hook::SkLookup { e.netns } else { e.cgroup };
+            let target = File::open(target_path).map_err(|source| CaptureError::Target {
+                kind: hook.target_kind(),
+                path: target_path.to_owned(),
+                source,
+            })?;
+            let link = hook.attach(&mut self.ebpf, &target)?;
+            link.pin(&path).map_err(|e| CaptureError::Pin {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        self.adopted.remove(e.key);
+        tracing::debug!(workload = e.key, "capture links pinned");
+        Ok(())
+    }
+
+    /// Stops capturing a workload: links first (unpinning detaches them), then its map
+    /// entries. `netns_cookie` is `None` when the namespace is already gone.
+    pub fn unenroll(
+        &mut self,
+        key: &str,
+        netns_cookie: Option<u64>,
+        ips: &[IpAddr],
+    ) -> Result<(), CaptureError> {
+        let dir = self.pins.workload_links(key);
+        remove_links(&dir)?;
+        if let Some(cookie) = netns_cookie {
+            self.maps.remove_pod(cookie, ips)?;
+        }
+        self.adopted.remove(key);
+        Ok(())
+    }
+
+    /// Removes links of adopted workloads that are not enrolled again, and map entries that
+    /// belong to no enrolled pod (left by an agent that was killed mid-way).
+    pub fn prune(&mut self, live_cookies: &BTreeSet<u64>, live_ips: &[IpAddr]) {
+        for key in std::mem::take(&mut self.adopted) {
+            tracing::info!(workload = %key, "removing capture links of a workload no longer in the config");
+            if let Err(e) = remove_links(&self.pins.workload_links(&key)) {
+                tracing::warn!(workload = %key, error = %e, "cannot remove stale links");
+            }
+        }
+        let ips: Vec<meshd_common::IpAddr> = live_ips.iter().map(|ip| maps::ip_key(*ip)).collect();
+        if let Err(e) = self.maps.retain(|c| live_cookies.contains(&c), |ip| ips.contains(ip)) {
+            tracing::warn!(error = %e, "pruning stale map entries");
+        }
+    }
+
+    /// Removes everything under the versioned pin directory: links (detaching them), programs
+    /// and maps. Used on clean shutdown and by `meshd uninstall`.
+    pub fn uninstall(pins: &PinPaths) -> Result<(), CaptureError> {
+        uninstall(pins)
+    }
+}
+
+fn remove_links(dir: &Path) -> Result<(), CaptureError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for hook in Hook::ALL {
+        let path = dir.join(hook.link_name());
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(pin_err(&path)(e)),
+        }
+    }
+    std::fs::remove_dir(dir).map_err(pin_err(dir))
+}
+
+fn uninstall(pins: &PinPaths) -> Result<(), CaptureError> {
+    let root = pins.root();
+    if !root.exists() {
+        return Ok(());
+    }
+    if let Ok(entries) = std::fs::read_dir(pins.links()) {
+        for entry in entries.flatten() {
+            remove_links(&entry.path())?;
+        }
+    }
+    for dir in [pins.links(), pins.progs(), pins.maps()] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                std::fs::remove_file(entry.path()).map_err(pin_err(&entry.path()))?;
+            }
+        }
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(pin_err(&dir)(e)),
+        }
+    }
+    std::fs::remove_dir(root).map_err(pin_err(root))?;
+    // The unversioned parent goes too when nothing else (another version) is in it.
+    if let Some(parent) = root.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+    Ok(())
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Checks that the pin root is on a bpffs mount (creating the directory if needed).
+fn ensure_bpffs(root: &Path) -> Result<(), CaptureError> {
+    std::fs::create_dir_all(root).map_err(|e| {
+        CaptureError::Bpffs(format!(
+            "cannot create {}: {e} (is bpffs mounted? mount -t bpf bpf /sys/fs/bpf)",
+            root.display()
+        ))
+    })?;
+    let st = nix::sys::statfs::statfs(root)
+        .map_err(|e| CaptureError::Bpffs(format!("statfs {}: {e}", root.display())))?;
+    if st.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        let _ = std::fs::remove_dir(root);
+        return Err(CaptureError::Bpffs(format!(
+            "{} is not on a bpffs mount: mount -t bpf bpf /sys/fs/bpf",
+            root.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The aya-log level compiled into the programs' filter: what tracing will show anyway.
+fn ebpf_log_level() -> u8 {
+    use tracing::Level;
+    let enabled = |l| match l {
+        Level::TRACE => tracing::enabled!(target: "meshd_ebpf", Level::TRACE),
+        Level::DEBUG => tracing::enabled!(target: "meshd_ebpf", Level::DEBUG),
+        _ => tracing::enabled!(target: "meshd_ebpf", Level::INFO),
+    };
+    if enabled(Level::TRACE) {
+        5
+    } else if enabled(Level::DEBUG) {
+        4
+    } else {
+        3
+    }
+}
+
+/// Forwards aya-log records from the programs into `log`, which tracing picks up.
+fn spawn_log_reader(ebpf: &mut aya::Ebpf) -> Option<tokio::task::JoinHandle<()>> {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "eBPF logs unavailable");
+            return None;
+        }
+    };
+    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd owns the logger.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "eBPF logs unavailable");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
+}

@@ -1,0 +1,321 @@
+//! The standalone configuration file: the node, its workloads, services and agent settings.
+//!
+//! Parsing is strict (unknown fields are errors, so a typo never silently disables
+//! something) and validation checks what the agent would otherwise trip over later:
+//! duplicate names and addresses, network-namespace and cgroup paths that are not what they
+//! claim to be. Every error names the file and the offending field or workload.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// Default admin address: node-local, not reachable from pods.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
+/// Default bpffs root; the agent pins under `<root>/v<PIN_VERSION>`.
+pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/meshd";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// This node's name; workloads with this `node` (or none) are enrolled here.
+    pub node: String,
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    #[serde(default = "default_bpffs")]
+    pub bpffs: PathBuf,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default)]
+    pub workloads: Vec<WorkloadConfig>,
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadConfig {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    /// The node the workload runs on; defaults to this node.
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub ips: Vec<IpAddr>,
+    /// Network namespace file, e.g. `/run/netns/web-1` (required on this node).
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// cgroup v2 directory holding the workload's processes (required on this node).
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
+    /// Inbound ports not steered to the agent (Linkerd's skip-inbound-ports).
+    #[serde(default)]
+    pub skip_inbound_ports: BTreeSet<u16>,
+    /// Outbound destination ports that bypass the agent (Linkerd's skip-outbound-ports).
+    #[serde(default)]
+    pub skip_outbound_ports: BTreeSet<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub namespace: String,
+    pub vip: IpAddr,
+    pub ports: Vec<ServicePortConfig>,
+    /// Workloads whose labels include all of these are endpoints.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// Additional endpoint addresses (for example pods that are not in this file).
+    #[serde(default)]
+    pub endpoints: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePortConfig {
+    pub port: u16,
+    /// Port on the endpoints; defaults to `port`.
+    #[serde(default)]
+    pub target_port: Option<u16>,
+}
+
+fn default_admin() -> SocketAddr {
+    DEFAULT_ADMIN.parse().expect("valid default admin address")
+}
+fn default_bpffs() -> PathBuf {
+    PathBuf::from(DEFAULT_BPFFS_ROOT)
+}
+fn default_connect_timeout_ms() -> u64 {
+    5000
+}
+
+impl WorkloadConfig {
+    /// `namespace/name`, the workload's unique key.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    pub fn is_on(&self, node: &str) -> bool {
+        self.node.as_deref().is_none_or(|n| n == node)
+    }
+}
+
+impl Config {
+    /// Parses and validates config text; `path` is only used in error messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let message = if field.is_empty() || field == "." {
+                inner.to_string()
+            } else {
+                format!("at {field}: {inner}")
+            };
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            }
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.node.trim().is_empty() {
+            return Err("node: must not be empty".into());
+        }
+        let mut names = BTreeSet::new();
+        let mut ips: HashMap<IpAddr, String> = HashMap::new();
+        for (i, w) in self.workloads.iter().enumerate() {
+            let at = format!("workloads[{i}] ({})", w.key());
+            for (field, value) in [
+                ("name", &w.name),
+                ("namespace", &w.namespace),
+                ("serviceAccount", &w.service_account),
+            ] {
+                if !is_dns_label(value) && !(field == "name" && is_dns_subdomain(value)) {
+                    return Err(format!(
+                        "{at}: {field} {value:?} is not a valid Kubernetes name"
+                    ));
+                }
+            }
+            if !names.insert(w.key()) {
+                return Err(format!("{at}: duplicate workload {}", w.key()));
+            }
+            if w.ips.is_empty() {
+                return Err(format!("{at}: ips must list at least one address"));
+            }
+            for ip in &w.ips {
+                if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+                    return Err(format!("{at}: {ip} cannot be a workload address"));
+                }
+                if let Some(other) = ips.insert(*ip, w.key()) {
+                    return Err(format!("{at}: address {ip} is also used by workload {other}"));
+                }
+            }
+            if w.is_on(&self.node) {
+                let netns = w.netns.as_ref().ok_or_else(|| {
+                    format!("{at}: netns is required for a workload on this node")
+                })?;
+                check_fs(netns, NSFS_MAGIC, "a network namespace file (nsfs)")
+                    .map_err(|e| format!("{at}: netns {}: {e}", netns.display()))?;
+                let cgroup = w.cgroup.as_ref().ok_or_else(|| {
+                    format!("{at}: cgroup is required for a workload on this node")
+                })?;
+                check_fs(cgroup, CGROUP2_SUPER_MAGIC, "a cgroup v2 directory")
+                    .map_err(|e| format!("{at}: cgroup {}: {e}", cgroup.display()))?;
+            }
+            for p in w.skip_inbound_ports.iter().chain(&w.skip_outbound_ports) {
+                if *p == 0 {
+                    return Err(format!("{at}: port 0 cannot be skipped"));
+                }
+            }
+        }
+        let mut vips = BTreeSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let at = format!("services[{i}] ({}/{})", s.namespace, s.name);
+            if !is_dns_label(&s.name) || !is_dns_label(&s.namespace) {
+                return Err(format!("{at}: name and namespace must be valid Kubernetes names"));
+            }
+            if let Some(w) = ips.get(&s.vip) {
+                return Err(format!("{at}: vip {} is also the address of workload {w}", s.vip));
+            }
+            if s.ports.is_empty() {
+                return Err(format!("{at}: ports must list at least one port"));
+            }
+            for p in &s.ports {
+                if p.port == 0 || p.target_port == Some(0) {
+                    return Err(format!("{at}: port 0 is not a valid service port"));
+                }
+                if !vips.insert((s.vip, p.port)) {
+                    return Err(format!("{at}: {}:{} is defined twice", s.vip, p.port));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+fn check_fs(path: &Path, magic: i64, what: &str) -> Result<(), String> {
+    let st = nix::sys::statfs::statfs(path).map_err(|e| match e {
+        nix::errno::Errno::ENOENT => "does not exist".to_string(),
+        e => e.desc().to_string(),
+    })?;
+    if st.filesystem_type().0 as i64 != magic {
+        return Err(format!("is not {what}"));
+    }
+    Ok(())
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.yaml"), text)
+    }
+
+    const REMOTE_ONLY: &str = "
+node: n1
+workloads:
+  - name: web-1
+    namespace: default
+    serviceAccount: web
+    node: n2
+    ips: [10.0.0.1]
+";
+
+    #[test]
+    fn parses_defaults() {
+        let c = parse(REMOTE_ONLY).unwrap();
+        assert_eq!(c.admin.to_string(), DEFAULT_ADMIN);
+        assert_eq!(c.bpffs, PathBuf::from(DEFAULT_BPFFS_ROOT));
+        assert!(!c.workloads[0].is_on("n1"));
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let e = parse("node: n1\nworkloads:\n  - name: a\n    namespace: b\n    ips: [10.0.0.1]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("serviceAccount"), "{e}");
+        assert!(e.contains("test.yaml"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = parse("node: n1\nworkload: []\n").unwrap_err().to_string();
+        assert!(e.contains("unknown field `workload`"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_ip_is_refused() {
+        let text = format!(
+            "{REMOTE_ONLY}  - name: web-2\n    namespace: default\n    serviceAccount: web\n    node: n2\n    ips: [10.0.0.1]\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("address 10.0.0.1 is also used by workload default/web-1"), "{e}");
+    }
+
+    #[test]
+    fn local_workload_needs_real_netns() {
+        let e = parse(
+            "node: n1\nworkloads:\n  - name: a\n    namespace: b\n    serviceAccount: c\n    ips: [10.0.0.1]\n    netns: /nonexistent/ns\n    cgroup: /tmp\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("netns /nonexistent/ns: does not exist"), "{e}");
+        let e = parse(
+            "node: n1\nworkloads:\n  - name: a\n    namespace: b\n    serviceAccount: c\n    ips: [10.0.0.1]\n    netns: /tmp\n    cgroup: /tmp\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("is not a network namespace file"), "{e}");
+    }
+
+    #[test]
+    fn bad_names_and_ports() {
+        let e = parse("node: n1\nworkloads:\n  - name: A_b\n    namespace: b\n    serviceAccount: c\n    node: x\n    ips: [10.0.0.1]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("name \"A_b\" is not a valid Kubernetes name"), "{e}");
+        let e = parse("node: n1\nservices:\n  - name: s\n    namespace: d\n    vip: 10.96.0.1\n    ports: [{port: 70000}]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("services[0].ports[0].port"), "{e}");
+    }
+}

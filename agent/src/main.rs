@@ -1,0 +1,112 @@
+//! meshd: the sidecar-less service mesh node agent, and its CLI.
+
+mod admin;
+mod agent;
+mod capture;
+mod check;
+mod config;
+mod netns;
+mod proxy;
+mod sources;
+mod state;
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "meshd", version, about = "Sidecar-less service mesh node agent")]
+struct Cli {
+    /// Log filter (tracing/RUST_LOG syntax), e.g. `info,meshd=debug`.
+    #[arg(long, global = true, env = "MESHD_LOG", default_value = "info")]
+    log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent in standalone mode from a YAML file (reloaded when it changes).
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Pre-flight checks: kernel, BTF, bpffs, cgroup v2, privileges, each program type.
+    Check,
+    /// Remove everything an agent pinned (detaching its programs), e.g. after a crash.
+    Uninstall {
+        /// The bpffs root the agent was configured with.
+        #[arg(long, default_value = config::DEFAULT_BPFFS_ROOT)]
+        bpffs: PathBuf,
+    },
+}
+
+fn init_tracing(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.log, cli.log_json);
+    match cli.command {
+        Command::Check => {
+            let outcomes = check::run_checks();
+            if !check::print(&outcomes) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Uninstall { bpffs } => {
+            let pins = capture::PinPaths::new(&bpffs);
+            capture::Capture::uninstall(&pins)
+                .with_context(|| format!("removing {}", pins.root().display()))?;
+            println!("removed {}", pins.root().display());
+            Ok(())
+        }
+        Command::Run { config } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            runtime.block_on(run(config))
+        }
+    }
+}
+
+async fn run(path: PathBuf) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let config = config::Config::parse(&path, &text)?;
+    let admin_listener = admin::bind(config.admin)
+        .await
+        .with_context(|| format!("cannot listen on admin address {}", config.admin))?;
+    let agent = Arc::new(agent::Agent::start(&config).context("loading eBPF capture")?);
+    let initial = state::State::from_config(&config);
+    let a = agent.clone();
+    tokio::task::spawn_blocking(move || a.apply(initial)).await?;
+    let source = Arc::new(sources::file::FileSource::new(path.clone()));
+    tokio::spawn(source.clone().watch(agent.clone(), text));
+    let admin = Arc::new(admin::Admin { agent: agent.clone(), source });
+    tokio::spawn(admin::serve(admin, admin_listener));
+    tracing::info!(node = %config.node, admin = %config.admin, config = %path.display(), "meshd running");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: detaching programs and removing pins");
+    tokio::task::spawn_blocking(move || agent.shutdown()).await?;
+    Ok(())
+}

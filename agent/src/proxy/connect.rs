@@ -1,0 +1,47 @@
+//! Connecting from inside a pod's network namespace, so that the source address is the
+//! pod's own, with a timeout.
+
+use std::{net::SocketAddr, os::fd::OwnedFd, time::Duration};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::netns::Netns;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{0}")]
+    Netns(#[from] crate::netns::NetnsError),
+    #[error("socket: {0}")]
+    Socket(std::io::Error),
+    #[error("connect {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connect {addr}: timed out after {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+}
+
+/// Opens a TCP connection to `addr` from a socket created inside `netns`.
+pub async fn connect_in(
+    netns: &Netns,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let fd = netns
+        .run(move || -> std::io::Result<OwnedFd> {
+            let s = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+            Ok(OwnedFd::from(s))
+        })
+        .await?
+        .map_err(ConnectError::Socket)?;
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+    let stream = tokio::time::timeout(timeout, socket.connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout { addr, timeout })?
+        .map_err(|source| ConnectError::Connect { addr, source })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}

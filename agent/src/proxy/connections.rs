@@ -1,0 +1,169 @@
+//! The agent's own account of the connections it proxies: the open ones and the most recent
+//! closed ones, served at the admin `/connections` endpoint.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+    time::SystemTime,
+};
+
+use serde::Serialize;
+
+const KEEP_CLOSED: usize = 1024;
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Everything known about one proxied connection: the one place where its workload and
+/// original destination meet (policy, identity and metrics build on this).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnRecord {
+    pub id: u64,
+    pub direction: Direction,
+    /// `namespace/name` of the enrolled workload this connection belongs to.
+    pub workload: String,
+    /// The client, as the agent's listener saw it.
+    pub peer: SocketAddr,
+    /// Where the client meant to go.
+    pub orig_dst: SocketAddr,
+    /// Where the agent connected (an endpoint when `orig_dst` is a service).
+    pub target: Option<SocketAddr>,
+    /// `namespace/name` of the service `orig_dst` belongs to, if any.
+    pub service: Option<String>,
+    pub opened_unix_ms: u128,
+    pub closed: bool,
+    /// Bytes from the client towards the target.
+    pub bytes_sent: u64,
+    /// Bytes from the target back to the client.
+    pub bytes_received: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    open: BTreeMap<u64, ConnRecord>,
+    closed: VecDeque<ConnRecord>,
+}
+
+#[derive(Default)]
+pub struct Connections {
+    next_id: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+impl Connections {
+    pub fn open(
+        &self,
+        direction: Direction,
+        workload: String,
+        peer: SocketAddr,
+        orig_dst: SocketAddr,
+    ) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let rec = ConnRecord {
+            id,
+            direction,
+            workload,
+            peer,
+            orig_dst,
+            target: None,
+            service: None,
+            opened_unix_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default(),
+            closed: false,
+            bytes_sent: 0,
+            bytes_received: 0,
+            error: None,
+        };
+        self.lock().open.insert(id, rec);
+        id
+    }
+
+    pub fn routed(&self, id: u64, target: SocketAddr, service: Option<String>) {
+        if let Some(rec) = self.lock().open.get_mut(&id) {
+            rec.target = Some(target);
+            rec.service = service;
+        }
+    }
+
+    pub fn close(&self, id: u64, sent: u64, received: u64, error: Option<String>) {
+        let mut inner = self.lock();
+        if let Some(mut rec) = inner.open.remove(&id) {
+            rec.closed = true;
+            rec.bytes_sent = sent;
+            rec.bytes_received = received;
+            rec.error = error;
+            tracing::debug!(
+                id,
+                direction = rec.direction.as_str(),
+                workload = %rec.workload,
+                peer = %rec.peer,
+                orig_dst = %rec.orig_dst,
+                target = ?rec.target,
+                sent,
+                received,
+                error = ?rec.error,
+                "connection closed"
+            );
+            if inner.closed.len() == KEEP_CLOSED {
+                inner.closed.pop_front();
+            }
+            inner.closed.push_back(rec);
+        }
+    }
+
+    /// Open connections first, then the closed ones, newest last.
+    pub fn snapshot(&self) -> Vec<ConnRecord> {
+        let inner = self.lock();
+        inner
+            .open
+            .values()
+            .chain(inner.closed.iter())
+            .cloned()
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_route_close() {
+        let c = Connections::default();
+        let a = "10.0.0.1:1234".parse().unwrap();
+        let d = "10.0.0.2:80".parse().unwrap();
+        let id = c.open(Direction::Outbound, "default/a".into(), a, d);
+        c.routed(id, "10.0.0.3:8080".parse().unwrap(), Some("default/web".into()));
+        assert!(!c.snapshot()[0].closed);
+        c.close(id, 10, 20, None);
+        let s = c.snapshot();
+        assert_eq!(s.len(), 1);
+        assert!(s[0].closed);
+        assert_eq!((s[0].bytes_sent, s[0].bytes_received), (10, 20));
+        assert_eq!(s[0].target.unwrap().port(), 8080);
+    }
+}

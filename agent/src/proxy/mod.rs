@@ -1,0 +1,170 @@
+//! The node proxy: per enrolled pod, an outbound listener on the pod's loopback (where
+//! connect4/connect6 send the pod's connections) and an inbound listener (where sk_lookup
+//! steers connections for the pod's addresses). Pass-through TCP for now; mutual TLS,
+//! policy and L7 plug in where [`ConnRecord`](connections::ConnRecord) is created.
+
+pub mod connect;
+pub mod connections;
+mod copy;
+mod inbound;
+mod outbound;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsRawFd, RawFd},
+    sync::Arc,
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use meshd_common::{INBOUND_PORT, OUTBOUND_PORT};
+use tokio::{net::TcpListener, task::JoinHandle};
+
+use crate::{capture::Maps, netns::Netns, state::{State, Workload}};
+pub use connections::{Connections, Direction};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    Netns(#[from] crate::netns::NetnsError),
+    #[error("cannot listen on {addr} in {netns}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        netns: String,
+        source: std::io::Error,
+    },
+}
+
+/// What every connection handler shares.
+pub struct ProxyContext {
+    pub state: Arc<ArcSwap<State>>,
+    pub maps: Arc<Maps>,
+    pub connections: Arc<Connections>,
+    pub connect_timeout: Duration,
+}
+
+/// One enrolled pod as the proxy sees it.
+pub struct PodContext {
+    pub workload: Arc<Workload>,
+    pub netns: Arc<Netns>,
+}
+
+/// The listeners of one pod and their accept loops; dropping it stops accepting (connections
+/// already accepted run to completion).
+pub struct PodProxy {
+    /// Inbound listener fds by family, for the sk_lookup socket map.
+    pub inbound_v4: Option<RawFd>,
+    pub inbound_v6: Option<RawFd>,
+    /// Whether the outbound listener also listens on `[::1]`.
+    pub outbound_v6: bool,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for PodProxy {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn bind_in(netns: &Netns, addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
+    let err = |source| ProxyError::Listen {
+        addr,
+        netns: netns.path().display().to_string(),
+        source,
+    };
+    netns
+        .run_blocking(move || -> std::io::Result<std::net::TcpListener> {
+            use socket2::{Domain, Socket, Type};
+            let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+            let s = Socket::new(domain, Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.bind(&addr.into())?;
+            s.listen(1024)?;
+            s.set_nonblocking(true)?;
+            Ok(s.into())
+        })?
+        .map_err(err)
+}
+
+impl PodProxy {
+    /// Binds the pod's listeners inside its namespace and starts accepting.
+    pub fn start(ctx: &Arc<ProxyContext>, pod: Arc<PodContext>) -> Result<PodProxy, ProxyError> {
+        let has_v6 = pod.workload.ips.iter().any(IpAddr::is_ipv6);
+        let mut proxy = PodProxy {
+            inbound_v4: None,
+            inbound_v6: None,
+            outbound_v6: false,
+            tasks: Vec::new(),
+        };
+        let out4 = bind_in(&pod.netns, SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)))?;
+        proxy.spawn(ctx, &pod, out4, Direction::Outbound)?;
+        match bind_in(&pod.netns, SocketAddr::from((Ipv6Addr::LOCALHOST, OUTBOUND_PORT))) {
+            Ok(out6) => {
+                proxy.spawn(ctx, &pod, out6, Direction::Outbound)?;
+                proxy.outbound_v6 = true;
+            }
+            // No IPv6 in the pod: IPv6 connections are then left alone by connect6.
+            Err(e) => tracing::debug!(workload = %pod.workload.key(), error = %e, "no IPv6 outbound listener"),
+        }
+        let in4 = bind_in(&pod.netns, SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND_PORT)))?;
+        proxy.inbound_v4 = Some(proxy.spawn(ctx, &pod, in4, Direction::Inbound)?);
+        if has_v6 {
+            let in6 = bind_in(&pod.netns, SocketAddr::from((Ipv6Addr::UNSPECIFIED, INBOUND_PORT)))?;
+            proxy.inbound_v6 = Some(proxy.spawn(ctx, &pod, in6, Direction::Inbound)?);
+        }
+        Ok(proxy)
+    }
+
+    fn spawn(
+        &mut self,
+        ctx: &Arc<ProxyContext>,
+        pod: &Arc<PodContext>,
+        listener: std::net::TcpListener,
+        direction: Direction,
+    ) -> Result<RawFd, ProxyError> {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+        let listener = TcpListener::from_std(listener).map_err(|source| ProxyError::Listen {
+            addr,
+            netns: pod.netns.path().display().to_string(),
+            source,
+        })?;
+        let fd = listener.as_raw_fd();
+        let (ctx, pod) = (ctx.clone(), pod.clone());
+        self.tasks.push(tokio::spawn(accept_loop(ctx, pod, listener, direction)));
+        Ok(fd)
+    }
+}
+
+async fn accept_loop(
+    ctx: Arc<ProxyContext>,
+    pod: Arc<PodContext>,
+    listener: TcpListener,
+    direction: Direction,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let (ctx, pod) = (ctx.clone(), pod.clone());
+                tokio::spawn(async move {
+                    match direction {
+                        Direction::Outbound => outbound::handle(&ctx, &pod, stream, peer).await,
+                        Direction::Inbound => inbound::handle(&ctx, &pod, stream, peer).await,
+                    }
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(workload = %pod.workload.key(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Maps shared by the programs and the agent. All are pinned by name under the agent's
+//! versioned bpffs directory, so a restarted agent adopts them.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, SockHash},
+};
+use meshd_common::{ClientKey, InPortKey, IpAddr, OrigDst, OutPortKey, PodConfig};
+
+/// Enrolled pods by network namespace cookie; connect4/connect6 capture only these.
+#[map(name = "MESHD_PODS")]
+pub static MESHD_PODS: HashMap<u64, PodConfig> = HashMap::pinned(4096, 0);
+
+/// Original destination by socket cookie, from connect until the connection is established.
+#[map(name = "MESHD_SOCK_DST")]
+pub static MESHD_SOCK_DST: LruHashMap<u64, OrigDst> = LruHashMap::pinned(65536, 0);
+
+/// Original destination by the client's port on the pod loopback, read by the agent on accept.
+#[map(name = "MESHD_ORIG_DST")]
+pub static MESHD_ORIG_DST: LruHashMap<ClientKey, OrigDst> = LruHashMap::pinned(65536, 0);
+
+/// Outbound destination ports that skip the agent, per pod.
+#[map(name = "MESHD_SKIP_OUT")]
+pub static MESHD_SKIP_OUT: HashMap<OutPortKey, u8> = HashMap::pinned(16384, 0);
+
+/// Inbound ports that are not steered to the agent, per pod address.
+#[map(name = "MESHD_SKIP_IN")]
+pub static MESHD_SKIP_IN: HashMap<InPortKey, u8> = HashMap::pinned(16384, 0);
+
+/// The agent's inbound listening socket in each enrolled pod, by pod address.
+#[map(name = "MESHD_LISTENERS")]
+pub static MESHD_LISTENERS: SockHash<IpAddr> = SockHash::pinned(8192, 0);

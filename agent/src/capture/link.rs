@@ -20,6 +20,9 @@ struct ObjGetAttr {
     bpf_fd: u32,
     file_flags: u32,
     path_fd: i32,
+    /// Explicit, zeroed: the kernel rejects a bpf_attr with non-zero bytes past the fields
+    /// it knows, and implicit padding would be uninitialised.
+    _pad: u32,
 }
 
 #[repr(C)]
@@ -56,6 +59,7 @@ pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
         bpf_fd: 0,
         file_flags: 0,
         path_fd: 0,
+        _pad: 0,
     };
     let fd = sys_bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: the kernel returned a new fd that we now own.

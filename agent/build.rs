@@ -2,7 +2,6 @@
 //! OUT_DIR, where `capture::programs` embeds it with `include_bytes_aligned!`.
 
 use anyhow::{anyhow, Context as _};
-use cargo_metadata;
 
 fn main() -> anyhow::Result<()> {
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()

@@ -46,6 +46,9 @@ pub struct Agent {
     pub ready: std::sync::atomic::AtomicBool,
 }
 
+/// How long an un-enrolled workload's listeners stay open after its links are gone.
+const UNENROLL_GRACE: Duration = Duration::from_millis(100);
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -90,11 +93,11 @@ impl Agent {
             })
             .map(|(k, _)| k.clone())
             .collect();
-        for key in stale {
-            if let Some(e) = enrolled.remove(&key) {
-                self.unenroll(&key, &e);
-            }
-        }
+        let leaving: Vec<(String, Enrolled)> = stale
+            .into_iter()
+            .filter_map(|k| enrolled.remove(&k).map(|e| (k, e)))
+            .collect();
+        self.unenroll(leaving);
         errors.retain(|k, _| desired.contains_key(k));
         for (key, workload) in &desired {
             if let Some(e) = enrolled.get_mut(key) {
@@ -158,7 +161,10 @@ impl Agent {
         };
         let mut capture = lock(&self.capture);
         if let Err(e) = capture.enroll(&enrollment) {
-            if let Err(undo) = capture.unenroll(&key, Some(netns.cookie()), &workload.ips) {
+            let undo = capture
+                .detach(&key)
+                .and_then(|()| capture.forget(netns.cookie(), &workload.ips));
+            if let Err(undo) = undo {
                 tracing::warn!(workload = %key, error = %undo, "rolling back a failed enrollment");
             }
             return Err(e.to_string());
@@ -170,19 +176,33 @@ impl Agent {
         })
     }
 
-    fn unenroll(&self, key: &str, e: &Enrolled) {
-        match lock(&self.capture).unenroll(key, Some(e.netns.cookie()), &e.workload.ips) {
-            Ok(()) => tracing::info!(workload = %key, "workload un-enrolled"),
-            Err(err) => tracing::error!(workload = %key, error = %err, "cannot fully un-enroll workload"),
+    /// Stops capturing workloads without failing connections in flight: links go first,
+    /// then, after a grace period in which connections redirected just before are accepted,
+    /// the listeners close and the map entries go.
+    fn unenroll(&self, leaving: Vec<(String, Enrolled)>) {
+        if leaving.is_empty() {
+            return;
+        }
+        for (key, _) in &leaving {
+            if let Err(err) = lock(&self.capture).detach(key) {
+                tracing::error!(workload = %key, error = %err, "cannot detach capture links");
+            }
+        }
+        std::thread::sleep(UNENROLL_GRACE);
+        for (key, e) in leaving {
+            let (cookie, ips) = (e.netns.cookie(), e.workload.ips.clone());
+            drop(e);
+            match lock(&self.capture).forget(cookie, &ips) {
+                Ok(()) => tracing::info!(workload = %key, "workload un-enrolled"),
+                Err(err) => tracing::error!(workload = %key, error = %err, "cannot remove map entries"),
+            }
         }
     }
 
     /// Un-enrolls everything and removes all pins (clean shutdown).
     pub fn shutdown(&self) {
-        let mut enrolled = lock(&self.enrolled);
-        for (key, e) in std::mem::take(&mut *enrolled) {
-            self.unenroll(&key, &e);
-        }
+        let leaving = std::mem::take(&mut *lock(&self.enrolled)).into_iter().collect();
+        self.unenroll(leaving);
         let capture = lock(&self.capture);
         match Capture::uninstall(capture.pins()) {
             Ok(()) => tracing::info!(pins = %capture.pins().root().display(), "removed pinned programs, maps and links"),

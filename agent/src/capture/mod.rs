@@ -204,21 +204,17 @@ impl Capture {
         Ok(())
     }
 
-    /// Stops capturing a workload: links first (unpinning detaches them), then its map
-    /// entries. `netns_cookie` is `None` when the namespace is already gone.
-    pub fn unenroll(
-        &mut self,
-        key: &str,
-        netns_cookie: Option<u64>,
-        ips: &[IpAddr],
-    ) -> Result<(), CaptureError> {
-        let dir = self.pins.workload_links(key);
-        remove_links(&dir)?;
-        if let Some(cookie) = netns_cookie {
-            self.maps.remove_pod(cookie, ips)?;
-        }
+    /// Stops capturing a workload's new connections: removes its links (unpinning
+    /// detaches them). Its map entries stay until [`Capture::forget`], so connections
+    /// redirected a moment ago still find their original destination.
+    pub fn detach(&mut self, key: &str) -> Result<(), CaptureError> {
         self.adopted.remove(key);
-        Ok(())
+        remove_links(&self.pins.workload_links(key))
+    }
+
+    /// Removes a pod's map entries (after [`Capture::detach`]).
+    pub fn forget(&self, netns_cookie: u64, ips: &[IpAddr]) -> Result<(), CaptureError> {
+        self.maps.remove_pod(netns_cookie, ips)
     }
 
     /// Removes links of adopted workloads that are not enrolled again, and map entries that

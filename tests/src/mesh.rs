@@ -1,0 +1,314 @@
+//! meshd on top of the cluster harness: agent configuration files, starting and stopping
+//! agents in node namespaces, and reading their admin API.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+
+use crate::{http_get, wait_until, Cluster, Node, Pod, ProcHandle, Signal};
+
+/// The meshd binary: `$MESHD_BIN`, else `target/debug/meshd` of this workspace.
+pub fn meshd_bin() -> PathBuf {
+    std::env::var_os("MESHD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_target().join("debug/meshd"))
+}
+
+/// The test app: `$MESHD_TESTAPP`, else `target/debug/meshd-testapp`.
+pub fn testapp_bin() -> PathBuf {
+    std::env::var_os("MESHD_TESTAPP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_target().join("debug/meshd-testapp"))
+}
+
+fn workspace_target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// One workload of an agent's config file.
+#[derive(Clone, Debug)]
+pub struct WorkloadSpec {
+    pub pod: Pod,
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    pub skip_inbound_ports: Vec<u16>,
+    pub skip_outbound_ports: Vec<u16>,
+    /// Set for a workload on another node (listed for identity and services only).
+    pub remote: bool,
+}
+
+impl WorkloadSpec {
+    pub fn new(pod: &Pod) -> WorkloadSpec {
+        WorkloadSpec {
+            pod: pod.clone(),
+            namespace: "default".into(),
+            service_account: pod.name.clone(),
+            labels: BTreeMap::new(),
+            skip_inbound_ports: Vec::new(),
+            skip_outbound_ports: Vec::new(),
+            remote: false,
+        }
+    }
+
+    pub fn label(mut self, k: &str, v: &str) -> Self {
+        self.labels.insert(k.into(), v.into());
+        self
+    }
+
+    pub fn skip_inbound(mut self, ports: &[u16]) -> Self {
+        self.skip_inbound_ports = ports.to_vec();
+        self
+    }
+
+    pub fn skip_outbound(mut self, ports: &[u16]) -> Self {
+        self.skip_outbound_ports = ports.to_vec();
+        self
+    }
+
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.pod.name)
+    }
+}
+
+/// A service of an agent's config file.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub vip: String,
+    pub port: u16,
+    pub target_port: u16,
+    pub selector: BTreeMap<String, String>,
+    pub endpoints: Vec<String>,
+}
+
+/// The YAML config of one agent.
+pub fn config_yaml(
+    cluster: &Cluster,
+    node: &Node,
+    workloads: &[WorkloadSpec],
+    services: &[ServiceSpec],
+) -> String {
+    let mut y = String::new();
+    let _ = writeln!(y, "node: {}", node.name);
+    let _ = writeln!(y, "admin: 127.0.0.1:15000");
+    let _ = writeln!(y, "bpffs: {}", cluster.pin_root(node).display());
+    let _ = writeln!(y, "connectTimeoutMs: 2000");
+    let _ = writeln!(y, "workloads:");
+    for w in workloads {
+        let _ = writeln!(y, "  - name: {}", w.pod.name);
+        let _ = writeln!(y, "    namespace: {}", w.namespace);
+        let _ = writeln!(y, "    serviceAccount: {}", w.service_account);
+        let _ = writeln!(y, "    ips: [{}]", w.pod.ip);
+        if w.remote {
+            let _ = writeln!(y, "    node: {}", w.pod.node);
+        } else {
+            let _ = writeln!(y, "    netns: {}", w.pod.netns_path.display());
+            let _ = writeln!(y, "    cgroup: {}", w.pod.cgroup.display());
+        }
+        if !w.labels.is_empty() {
+            let _ = writeln!(y, "    labels:");
+            for (k, v) in &w.labels {
+                let _ = writeln!(y, "      {k}: {v}");
+            }
+        }
+        if !w.skip_inbound_ports.is_empty() {
+            let _ = writeln!(y, "    skipInboundPorts: {:?}", w.skip_inbound_ports);
+        }
+        if !w.skip_outbound_ports.is_empty() {
+            let _ = writeln!(y, "    skipOutboundPorts: {:?}", w.skip_outbound_ports);
+        }
+    }
+    let _ = writeln!(y, "services:");
+    for s in services {
+        let _ = writeln!(y, "  - name: {}", s.name);
+        let _ = writeln!(y, "    namespace: default");
+        let _ = writeln!(y, "    vip: {}", s.vip);
+        let _ = writeln!(y, "    ports: [{{port: {}, targetPort: {}}}]", s.port, s.target_port);
+        if !s.selector.is_empty() {
+            let sel: Vec<String> = s.selector.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let _ = writeln!(y, "    selector: {{{}}}", sel.join(", "));
+        }
+        if !s.endpoints.is_empty() {
+            let _ = writeln!(y, "    endpoints: [{}]", s.endpoints.join(", "));
+        }
+    }
+    y
+}
+
+/// A running agent in a node's network namespace.
+pub struct Agent {
+    pub node: Node,
+    pub proc: ProcHandle,
+    pub config_path: PathBuf,
+    pub pin_root: PathBuf,
+}
+
+impl Agent {
+    /// Writes `yaml` and starts `meshd run` in the node; waits until it is ready.
+    pub fn start(cluster: &Cluster, node: &Node, yaml: &str) -> anyhow::Result<Agent> {
+        let config_path = cluster.dir().join(format!("meshd-{}.yaml", node.name));
+        std::fs::write(&config_path, yaml)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        Self::start_with(cluster, node, config_path)
+    }
+
+    /// Starts an agent on an existing config file (e.g. after a restart).
+    pub fn start_with(cluster: &Cluster, node: &Node, config_path: PathBuf) -> anyhow::Result<Agent> {
+        let mut cmd = Command::new(meshd_bin());
+        cmd.args(["--log", "info,meshd=debug,meshd_ebpf=debug", "run", "--config"])
+            .arg(&config_path);
+        let proc = cluster.spawn_in_node(node, cmd)?;
+        let agent = Agent {
+            node: node.clone(),
+            proc,
+            config_path,
+            pin_root: cluster.pin_root(node),
+        };
+        let ready = wait_until(Duration::from_secs(20), || {
+            !agent.proc.is_running() || matches!(agent.get("/ready"), Ok((200, _)))
+        });
+        if !ready || !agent.proc.is_running() {
+            bail!("agent on {} did not become ready:\n{}", node.name, agent.proc.output_tail());
+        }
+        Ok(agent)
+    }
+
+    /// GET on the agent's admin API (inside the node's namespace).
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_get(&self.node.netns_path, &format!("http://127.0.0.1:15000{path}"))
+    }
+
+    fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self.get(path)?;
+        if status != 200 {
+            bail!("GET {path}: status {status}: {body}");
+        }
+        serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON: {body}"))
+    }
+
+    /// The agent's account of proxied connections.
+    pub fn connections(&self) -> anyhow::Result<Vec<Value>> {
+        match self.get_json("/connections")? {
+            Value::Array(a) => Ok(a),
+            other => bail!("/connections is not an array: {other}"),
+        }
+    }
+
+    /// Closed connection records matching `direction` and `orig_dst`.
+    pub fn closed_to(&self, direction: &str, orig_dst: &str) -> anyhow::Result<Vec<Value>> {
+        Ok(self
+            .connections()?
+            .into_iter()
+            .filter(|c| c["direction"] == direction && c["orig_dst"] == orig_dst && c["closed"] == true)
+            .collect())
+    }
+
+    pub fn config_dump(&self) -> anyhow::Result<Value> {
+        self.get_json("/config_dump")
+    }
+
+    /// Replaces the config file atomically (as editors and ConfigMap updates do).
+    pub fn write_config(&self, yaml: &str) -> anyhow::Result<()> {
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, &self.config_path)?;
+        Ok(())
+    }
+
+    /// Graceful stop (SIGTERM); returns the exit status.
+    pub fn stop(&self) -> anyhow::Result<std::process::ExitStatus> {
+        self.proc.signal(Signal::SIGTERM)?;
+        self.proc.wait(Duration::from_secs(15))
+    }
+
+    /// Crash (SIGKILL): pins stay behind.
+    pub fn crash(&self) -> anyhow::Result<()> {
+        self.proc.kill()
+    }
+}
+
+/// `bpftool cgroup show` of a cgroup: the names of attached programs.
+pub fn cgroup_programs(cgroup: &Path) -> anyhow::Result<Vec<String>> {
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .context("running bpftool")?;
+    if !out.status.success() {
+        bail!("bpftool cgroup show {}: {}", cgroup.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]));
+    Ok(v.as_array()
+        .map(|a| a.iter().filter_map(|p| p["name"].as_str().map(String::from)).collect())
+        .unwrap_or_default())
+}
+
+/// Program names attached by BPF links to the network namespace at `netns_path`
+/// (sk_lookup), from `bpftool link show`.
+pub fn netns_programs(netns_path: &Path) -> anyhow::Result<Vec<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(netns_path)?.ino();
+    let links: Value = bpftool_json(&["link", "show"])?;
+    let progs: Value = bpftool_json(&["prog", "show"])?;
+    let name_of = |id: &Value| {
+        progs
+            .as_array()
+            .and_then(|a| a.iter().find(|p| &p["id"] == id))
+            .and_then(|p| p["name"].as_str())
+            .unwrap_or("?")
+            .to_string()
+    };
+    Ok(links
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|l| l["type"] == "netns" && l["netns_ino"].as_u64() == Some(ino))
+                .map(|l| name_of(&l["prog_id"]))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+pub fn bpftool_json(args: &[&str]) -> anyhow::Result<Value> {
+    let out = Command::new("bpftool").arg("-j").args(args).output().context("running bpftool")?;
+    if !out.status.success() {
+        bail!("bpftool {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+}
+
+/// Runs `meshd-testapp ARGS` in a pod and parses its one-line JSON result.
+pub fn testapp_json(cluster: &Cluster, pod: &Pod, args: &[&str]) -> anyhow::Result<Value> {
+    let mut cmd = Command::new(testapp_bin());
+    cmd.args(args);
+    let out = cluster.run_in_pod(pod, cmd)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(line).with_context(|| {
+        format!(
+            "testapp {args:?} in {}: no JSON result; stdout: {stdout}; stderr: {}",
+            pod.name,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Starts `meshd-testapp serve --greet` on `port` in a pod and waits until it listens.
+pub fn serve(cluster: &Cluster, pod: &Pod, port: u16) -> anyhow::Result<ProcHandle> {
+    let mut cmd = Command::new(testapp_bin());
+    cmd.args(["serve", "--greet", "--listen", &format!("0.0.0.0:{port}")]);
+    let h = cluster.spawn_in_pod(pod, cmd)?;
+    h.wait_for_output("listening", Duration::from_secs(10))
+        .with_context(|| format!("testapp serve in {}", pod.name))?;
+    Ok(h)
+}

@@ -1,0 +1,318 @@
+//! Tests of the harness itself (no agent): topology, placement, cleanup. Run as root.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use meshd_tests::{
+    cgroup2_mount, cleanup_stale, http_get, leftovers, netns_inode, require_root, wait_until,
+    Cluster,
+};
+
+fn testapp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_meshd-testapp"))
+}
+
+fn json(out: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(out);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
+}
+
+#[test]
+fn direct_routing_between_nodes_preserves_source_ip() {
+    require_root().unwrap();
+    let c = Cluster::new("direct_routing").unwrap();
+    let n1 = c.add_node("node1").unwrap();
+    let n2 = c.add_node("node2").unwrap();
+    assert_eq!(n1.ip.to_string(), "10.240.0.1");
+    assert_eq!(n2.ip.to_string(), "10.240.0.2");
+    let a = c.add_pod(&n1, "pod-a").unwrap();
+    let b = c.add_pod(&n2, "pod-b").unwrap();
+    assert_eq!(a.ip.to_string(), "10.244.1.2");
+    assert_eq!(b.ip.to_string(), "10.244.2.2");
+
+    let mut serve = testapp();
+    serve.args(["serve", "--listen", "0.0.0.0:8080", "--greet"]);
+    let server = c.spawn_in_pod(&a, serve).unwrap();
+    server
+        .wait_for_output("listening on", Duration::from_secs(10))
+        .unwrap();
+
+    let mut echo = testapp();
+    echo.args([
+        "echo",
+        "--connect",
+        "10.244.1.2:8080",
+        "--bytes",
+        "1048576",
+        "--greet",
+    ]);
+    let out = c.run_in_pod(&b, echo).unwrap();
+    assert!(out.status.success(), "echo failed: {out:?}");
+    let v = json(&out.stdout);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["bytes_received"], 1048576);
+    let greeting = v["greeting"].as_str().unwrap();
+    assert!(greeting.starts_with("hello peer=10.244.2.2:"), "{greeting}");
+    assert!(greeting.contains("local=10.244.1.2:8080"), "{greeting}");
+    assert!(
+        v["local"].as_str().unwrap().starts_with("10.244.2.2:"),
+        "{v}"
+    );
+    server
+        .wait_for_output("accepted peer=10.244.2.2:", Duration::from_secs(5))
+        .unwrap();
+
+    // A second pod on node 1 reaches pod A over the node bridge.
+    let a2 = c.add_pod(&n1, "pod-a2").unwrap();
+    assert_eq!(a2.ip.to_string(), "10.244.1.3");
+    let mut echo = testapp();
+    echo.args([
+        "echo",
+        "--connect",
+        "10.244.1.2:8080",
+        "--bytes",
+        "1000",
+        "--greet",
+    ]);
+    let v = json(&c.run_in_pod(&a2, echo).unwrap().stdout);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        v["greeting"]
+            .as_str()
+            .unwrap()
+            .starts_with("hello peer=10.244.1.3:"),
+        "{v}"
+    );
+
+    // A server without greeting, in pod a2; a client without --greet.
+    let mut serve = testapp();
+    serve.args(["serve", "--listen", "0.0.0.0:9090"]);
+    c.spawn_in_pod(&a2, serve)
+        .unwrap()
+        .wait_for_output("listening on", Duration::from_secs(10))
+        .unwrap();
+    let mut echo = testapp();
+    echo.args([
+        "echo",
+        "--connect",
+        "10.244.1.3:9090",
+        "--bytes",
+        "100000",
+        "--seed",
+        "7",
+    ]);
+    let v = json(&c.run_in_pod(&b, echo).unwrap().stdout);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["greeting"], serde_json::Value::Null, "{v}");
+    // A client expecting no greeting from a greeting server sees a mismatch.
+    let mut echo = testapp();
+    echo.args(["echo", "--connect", "10.244.1.2:8080", "--bytes", "1000"]);
+    let out = c.run_in_pod(&b, echo).unwrap();
+    assert!(!out.status.success());
+    assert_eq!(json(&out.stdout)["ok"], false);
+
+    // UDP and a short connect loop.
+    let mut udp = testapp();
+    udp.args(["udp-echo", "--listen", "0.0.0.0:5353"]);
+    c.spawn_in_pod(&a, udp)
+        .unwrap()
+        .wait_for_output("listening on udp", Duration::from_secs(10))
+        .unwrap();
+    let mut ping = testapp();
+    ping.args(["udp-ping", "--connect", "10.244.1.2:5353"]);
+    let v = json(&c.run_in_pod(&b, ping).unwrap().stdout);
+    assert_eq!(v["ok"], true, "{v}");
+    let mut lp = testapp();
+    lp.args([
+        "connect-loop",
+        "--connect",
+        "10.244.1.2:8080",
+        "--greet",
+        "--interval-ms",
+        "20",
+        "--duration-secs",
+        "1",
+    ]);
+    let out = c.run_in_pod(&b, lp).unwrap();
+    let v = json(&out.stdout);
+    assert_eq!(v["failed"], 0, "{v}");
+    assert!(v["ok"].as_u64().unwrap() > 5, "{v}");
+    assert!(out.status.success());
+
+    c.cleanup().unwrap();
+    assert_eq!(leftovers(c.prefix()), Vec::<String>::new());
+}
+
+#[test]
+fn pod_process_is_in_pod_cgroup_and_netns() {
+    require_root().unwrap();
+    let c = Cluster::new("placement").unwrap();
+    let n = c.add_node("node1").unwrap();
+    let p = c.add_pod(&n, "pod").unwrap();
+    let h = c
+        .spawn_in_pod(&p, {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("60");
+            cmd
+        })
+        .unwrap();
+    let pid = h.pid();
+    let cg2 = cgroup2_mount().unwrap();
+    let rel = Path::new("/").join(p.cgroup.strip_prefix(&cg2).unwrap());
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v2 = cg.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    assert_eq!(Path::new(v2), rel, "{cg}");
+    assert!(meshd_tests::cgroup_pids(&p.cgroup).contains(&(pid as i32)));
+    let ns = netns_inode(Path::new(&format!("/proc/{pid}/ns/net"))).unwrap();
+    assert_eq!(ns, netns_inode(&p.netns_path).unwrap());
+    assert_ne!(ns, netns_inode(Path::new("/proc/self/ns/net")).unwrap());
+
+    // A node process is in the node netns but not in the pod cgroup.
+    let nh = c
+        .spawn_in_node(&n, {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("60");
+            cmd
+        })
+        .unwrap();
+    let ns = netns_inode(Path::new(&format!("/proc/{}/ns/net", nh.pid()))).unwrap();
+    assert_eq!(ns, netns_inode(&n.netns_path).unwrap());
+    assert!(!meshd_tests::cgroup_pids(&p.cgroup).contains(&(nh.pid() as i32)));
+
+    // run_in_* sees the right addresses and times out cleanly.
+    let out = c
+        .run_in_pod(&p, {
+            let mut cmd = Command::new("ip");
+            cmd.args(["-4", "-o", "addr", "show", "dev", "eth0"]);
+            cmd
+        })
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10.244.1.2/24"));
+    let err = c
+        .run_in_node_timeout(
+            &n,
+            {
+                let mut cmd = Command::new("sleep");
+                cmd.arg("30");
+                cmd
+            },
+            Duration::from_millis(300),
+        )
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("sleep 30"), "{err:#}");
+
+    h.kill().unwrap();
+    assert!(!h.is_running());
+    assert!(nh.is_running());
+}
+
+#[test]
+fn http_get_inside_a_node_netns() {
+    require_root().unwrap();
+    let c = Cluster::new("http").unwrap();
+    let n = c.add_node("node1").unwrap();
+    let l = c
+        .in_netns(&n.netns_path, || TcpListener::bind("10.240.0.1:15000"))
+        .unwrap()
+        .unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut req = [0u8; 1024];
+        let n = s.read(&mut req).unwrap();
+        let req = String::from_utf8_lossy(&req[..n]).into_owned();
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+            .unwrap();
+        req
+    });
+    let (status, body) = http_get(&n.netns_path, "http://10.240.0.1:15000/metrics").unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    let req = server.join().unwrap();
+    assert!(req.starts_with("GET /metrics HTTP/1.1\r\n"), "{req}");
+    assert!(req.contains("Connection: close"), "{req}");
+    // Not reachable from the test's own netns.
+    assert!(http_get(&c.net_netns_path(), "http://10.240.0.1:15000/").is_err());
+}
+
+#[test]
+fn drop_cleans_up_also_after_panic() {
+    require_root().unwrap();
+    let app = env!("CARGO_BIN_EXE_meshd-testapp");
+    let prefix = std::sync::Mutex::new(String::new());
+    let r = std::panic::catch_unwind(|| {
+        let c = Cluster::new("panic").unwrap();
+        *prefix.lock().unwrap() = c.prefix().to_string();
+        let n = c.add_node("node1").unwrap();
+        let p = c.add_pod(&n, "pod").unwrap();
+        let mut cmd = Command::new(app);
+        cmd.args(["serve", "--listen", "0.0.0.0:8080"]);
+        let h = c.spawn_in_pod(&p, cmd).unwrap();
+        h.wait_for_output("listening", Duration::from_secs(10))
+            .unwrap();
+        // A grandchild in the same process group, and a pinned dir.
+        c.spawn_in_node(&n, {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", "sleep 100 & sleep 100"]);
+            cmd
+        })
+        .unwrap();
+        std::fs::create_dir_all(c.pin_root(&n).join("maps")).unwrap();
+        assert!(!leftovers(c.prefix()).is_empty());
+        panic!("test panic inside the cluster");
+    });
+    assert!(r.is_err());
+    let prefix = prefix.into_inner().unwrap();
+    assert!(prefix.starts_with("mt"));
+    assert_eq!(leftovers(&prefix), Vec::<String>::new());
+
+    // Plain drop.
+    let c = Cluster::new("drop").unwrap();
+    let prefix = c.prefix().to_string();
+    let n = c.add_node("n1").unwrap();
+    c.add_pod(&n, "p1").unwrap();
+    drop(c);
+    assert_eq!(leftovers(&prefix), Vec::<String>::new());
+}
+
+#[test]
+fn cleanup_stale_removes_a_forgotten_cluster() {
+    require_root().unwrap();
+    let c = Cluster::new("stale").unwrap();
+    let prefix = c.prefix().to_string();
+    let n = c.add_node("n1").unwrap();
+    let p = c.add_pod(&n, "p1").unwrap();
+    c.spawn_in_pod(&p, {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("100");
+        cmd
+    })
+    .unwrap();
+    std::fs::create_dir_all(c.pin_root(&n)).unwrap();
+    std::mem::forget(c); // as if the test process had been killed
+    assert!(leftovers(&prefix).len() >= 5, "{:?}", leftovers(&prefix));
+    // Its owner (this process) is alive, so a general sweep leaves it alone...
+    let cleaned = cleanup_stale("").unwrap();
+    assert!(!cleaned.contains(&prefix));
+    assert!(!leftovers(&prefix).is_empty());
+    // ...but naming it removes it.
+    assert_eq!(cleanup_stale(&prefix).unwrap(), vec![prefix.clone()]);
+    assert!(
+        wait_until(Duration::from_secs(5), || leftovers(&prefix).is_empty()),
+        "{:?}",
+        leftovers(&prefix)
+    );
+}
+
+#[test]
+fn invalid_names_are_rejected() {
+    require_root().unwrap();
+    let c = Cluster::new("names").unwrap();
+    assert!(c.add_node("Bad_Name").is_err());
+    assert!(c.add_node("net").is_err());
+    let n = c.add_node("n1").unwrap();
+    assert!(c.add_node("n1").is_err());
+    assert!(c.add_pod(&n, "n1").is_err());
+}

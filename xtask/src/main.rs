@@ -1,0 +1,82 @@
+//! `cargo xtask <command>`: developer and CI tasks for meshd.
+
+mod bench;
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "meshd developer and CI tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check the kernel and install what building and testing need (Debian 12, as root).
+    /// Idempotent: skips whatever is already present.
+    Setup,
+    /// Setup, then build all binaries (the agent's build script compiles the eBPF programs).
+    Build {
+        /// Do not run setup first.
+        #[arg(long)]
+        skip_setup: bool,
+    },
+    /// Setup, clippy, build, then run all tests (as root) and check that nothing leaked.
+    /// Test threads: env MESHD_TEST_THREADS (default 1).
+    Test {
+        /// Do not run setup first.
+        #[arg(long)]
+        skip_setup: bool,
+        /// Do not run clippy first.
+        #[arg(long)]
+        skip_clippy: bool,
+        /// Extra arguments for `cargo test` (e.g. `-p meshd-tests`), after `--`.
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Run the demo (not implemented yet).
+    Demo,
+    /// Run the benchmarks (not implemented yet).
+    Bench,
+}
+
+fn main() -> std::process::ExitCode {
+    util::add_cargo_bin_to_path();
+    let cli = Cli::parse();
+    match dispatch(cli.cmd) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Build { skip_setup } => {
+            if !skip_setup {
+                setup::run()?;
+            }
+            test::build()
+        }
+        Cmd::Test {
+            skip_setup,
+            skip_clippy,
+            cargo_args,
+        } => {
+            if !skip_setup {
+                setup::run()?;
+            }
+            test::run(skip_clippy, &cargo_args)
+        }
+        Cmd::Demo => demo::run(),
+        Cmd::Bench => bench::run(),
+    }
+}

@@ -75,6 +75,14 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
     // Nothing is captured twice: the agent's own connections and its loopback delivery.
     let all = agent.connections().unwrap();
     assert_eq!(all.len(), 4, "{all:#?}");
+
+    // A port nobody listens on: the client sees its connection reset, as without the agent
+    // it would see it refused, never an empty success.
+    let closed = format!("{}:8181", server.ip);
+    let r = testapp_json(&c, &client, &["echo", "--connect", &closed, "--bytes", "1000"]).unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    let failed = wait_closed(&agent, "inbound", &closed, 1);
+    assert!(failed[0]["error"].as_str().unwrap().contains("Connection refused"), "{failed:?}");
     agent.stop().unwrap();
 }
 

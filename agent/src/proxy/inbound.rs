@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::net::TcpStream;
 
-use super::{connect::connect_in, copy::relay, Direction, PodContext, ProxyContext};
+use super::{connect::connect_in, copy::{relay, reset}, Direction, PodContext, ProxyContext};
 
 pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, peer: SocketAddr) {
     let workload = pod.workload.key();
@@ -29,6 +29,7 @@ pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, pee
         }
         Err(e) => {
             tracing::info!(workload = %workload, %peer, %dst, error = %e, "inbound delivery failed");
+            reset(&client);
             ctx.connections.close(id, 0, 0, Some(e.to_string()));
         }
     }

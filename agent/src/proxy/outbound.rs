@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use super::{connect::connect_in, copy::relay, Direction, PodContext, ProxyContext};
+use super::{connect::connect_in, copy::{relay, reset}, Direction, PodContext, ProxyContext};
 use crate::capture::maps::std_ip;
 
 pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, peer: SocketAddr) {
     let workload = pod.workload.key();
     let Some(dst) = original_destination(ctx, pod, peer).await else {
         tracing::warn!(workload = %workload, %peer, "outbound connection without a recorded original destination, closing");
+        reset(&client);
         return;
     };
     let id = ctx.connections.open(Direction::Outbound, workload.clone(), peer, dst);
@@ -28,6 +29,7 @@ pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, pee
         let msg = format!("service {} has no endpoints", service.as_deref().unwrap_or("?"));
         tracing::warn!(workload = %workload, %dst, "{msg}");
         ctx.connections.close(id, 0, 0, Some(msg));
+        reset(&client);
         return;
     }
     let mut last_error = None;
@@ -45,6 +47,7 @@ pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, pee
         }
     }
     ctx.connections.close(id, 0, 0, last_error);
+    reset(&client);
 }
 
 /// The recorded original destination. sock_ops records it before the handshake completes,

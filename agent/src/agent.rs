@@ -120,7 +120,10 @@ impl Agent {
             // First state after start-up: drop what an earlier agent left for workloads that
             // are gone now.
             let cookies: BTreeSet<u64> = enrolled.values().map(|e| e.netns.cookie()).collect();
-            let ips: Vec<IpAddr> = enrolled.values().flat_map(|e| e.workload.ips.clone()).collect();
+            let ips: Vec<IpAddr> = enrolled
+                .values()
+                .flat_map(|e| e.workload.ips.clone())
+                .collect();
             lock(&self.capture).prune(&cookies, &ips);
         }
     }
@@ -137,7 +140,11 @@ impl Agent {
             .ips
             .iter()
             .filter_map(|ip| {
-                let fd = if ip.is_ipv4() { proxy.inbound_v4 } else { proxy.inbound_v6 };
+                let fd = if ip.is_ipv4() {
+                    proxy.inbound_v4
+                } else {
+                    proxy.inbound_v6
+                };
                 fd.map(|fd| (*ip, fd))
             })
             .collect();
@@ -194,18 +201,24 @@ impl Agent {
             drop(e);
             match lock(&self.capture).forget(cookie, &ips) {
                 Ok(()) => tracing::info!(workload = %key, "workload un-enrolled"),
-                Err(err) => tracing::error!(workload = %key, error = %err, "cannot remove map entries"),
+                Err(err) => {
+                    tracing::error!(workload = %key, error = %err, "cannot remove map entries")
+                }
             }
         }
     }
 
     /// Un-enrolls everything and removes all pins (clean shutdown).
     pub fn shutdown(&self) {
-        let leaving = std::mem::take(&mut *lock(&self.enrolled)).into_iter().collect();
+        let leaving = std::mem::take(&mut *lock(&self.enrolled))
+            .into_iter()
+            .collect();
         self.unenroll(leaving);
         let capture = lock(&self.capture);
         match Capture::uninstall(capture.pins()) {
-            Ok(()) => tracing::info!(pins = %capture.pins().root().display(), "removed pinned programs, maps and links"),
+            Ok(()) => {
+                tracing::info!(pins = %capture.pins().root().display(), "removed pinned programs, maps and links")
+            }
             Err(e) => tracing::error!(error = %e, "cannot remove pins"),
         }
     }

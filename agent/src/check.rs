@@ -14,11 +14,17 @@ pub struct Outcome {
 }
 
 fn ok(name: &str, detail: impl Into<String>) -> Outcome {
-    Outcome { name: name.into(), result: Ok(detail.into()) }
+    Outcome {
+        name: name.into(),
+        result: Ok(detail.into()),
+    }
 }
 
 fn fail(name: &str, problem: impl Into<String>, fix: impl Into<String>) -> Outcome {
-    Outcome { name: name.into(), result: Err((problem.into(), fix.into())) }
+    Outcome {
+        name: name.into(),
+        result: Err((problem.into(), fix.into())),
+    }
 }
 
 /// The minimum kernel: netns cookies in sock_ops and SO_NETNS_COOKIE (5.15).
@@ -40,15 +46,25 @@ fn mounts() -> Vec<(String, String)> {
 
 /// The cgroup v2 mount point, wherever it is (`/sys/fs/cgroup` or `.../unified`).
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    mounts().into_iter().find(|(_, t)| t == "cgroup2").map(|(d, _)| PathBuf::from(d))
+    mounts()
+        .into_iter()
+        .find(|(_, t)| t == "cgroup2")
+        .map(|(d, _)| PathBuf::from(d))
 }
 
 fn bpffs_mount() -> Option<PathBuf> {
-    mounts().into_iter().find(|(_, t)| t == "bpf").map(|(d, _)| PathBuf::from(d))
+    mounts()
+        .into_iter()
+        .find(|(_, t)| t == "bpf")
+        .map(|(d, _)| PathBuf::from(d))
 }
 
 fn kernel_version() -> Option<(u32, u32, String)> {
-    let release = nix::sys::utsname::uname().ok()?.release().to_string_lossy().into_owned();
+    let release = nix::sys::utsname::uname()
+        .ok()?
+        .release()
+        .to_string_lossy()
+        .into_owned();
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;
@@ -62,7 +78,11 @@ fn has_caps() -> Result<String, String> {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .ok_or("no CapEff in /proc/self/status")?;
-    let needed = [(21, "CAP_SYS_ADMIN"), (12, "CAP_NET_ADMIN"), (39, "CAP_BPF")];
+    let needed = [
+        (21, "CAP_SYS_ADMIN"),
+        (12, "CAP_NET_ADMIN"),
+        (39, "CAP_BPF"),
+    ];
     let missing: Vec<&str> = needed
         .iter()
         .filter(|(bit, _)| eff & (1u64 << bit) == 0)
@@ -79,7 +99,11 @@ pub fn run_checks() -> Vec<Outcome> {
     let mut out = Vec::new();
     match has_caps() {
         Ok(d) => out.push(ok("privileges", d)),
-        Err(e) => out.push(fail("privileges", e, "run as root, or grant CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_BPF")),
+        Err(e) => out.push(fail(
+            "privileges",
+            e,
+            "run as root, or grant CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_BPF",
+        )),
     }
     match kernel_version() {
         Some((maj, min, rel)) if (maj, min) >= MIN_KERNEL => out.push(ok(
@@ -96,12 +120,20 @@ pub fn run_checks() -> Vec<Outcome> {
     if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         out.push(ok("BTF", "/sys/kernel/btf/vmlinux is present"));
     } else {
-        out.push(fail("BTF", "/sys/kernel/btf/vmlinux is missing", "use a kernel built with CONFIG_DEBUG_INFO_BTF=y"));
+        out.push(fail(
+            "BTF",
+            "/sys/kernel/btf/vmlinux is missing",
+            "use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+        ));
     }
     let bpffs = bpffs_mount();
     match &bpffs {
         Some(d) => out.push(ok("bpffs", format!("mounted at {}", d.display()))),
-        None => out.push(fail("bpffs", "no bpf filesystem is mounted", "mount -t bpf bpf /sys/fs/bpf")),
+        None => out.push(fail(
+            "bpffs",
+            "no bpf filesystem is mounted",
+            "mount -t bpf bpf /sys/fs/bpf",
+        )),
     }
     let cg2 = cgroup2_mount();
     match &cg2 {
@@ -116,20 +148,36 @@ pub fn run_checks() -> Vec<Outcome> {
 fn program_checks(bpffs: Option<PathBuf>, cg2: Option<PathBuf>) -> Vec<Outcome> {
     let mut out = Vec::new();
     let Some(bpffs) = bpffs else {
-        out.push(fail("eBPF programs", "not probed: needs bpffs", "mount -t bpf bpf /sys/fs/bpf"));
+        out.push(fail(
+            "eBPF programs",
+            "not probed: needs bpffs",
+            "mount -t bpf bpf /sys/fs/bpf",
+        ));
         return out;
     };
     let scratch = bpffs.join(format!("meshd-check-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir_all(&scratch) {
-        out.push(fail("eBPF programs", format!("cannot create {}: {e}", scratch.display()), "run as root"));
+        out.push(fail(
+            "eBPF programs",
+            format!("cannot create {}: {e}", scratch.display()),
+            "run as root",
+        ));
         return out;
     }
-    let loaded = EbpfLoader::new().default_map_pin_directory(&scratch).load(OBJECT);
+    let loaded = EbpfLoader::new()
+        .default_map_pin_directory(&scratch)
+        .load(OBJECT);
     match loaded {
-        Err(e) => out.push(fail("eBPF object", e.to_string(), "see the kernel version and BTF checks above")),
+        Err(e) => out.push(fail(
+            "eBPF object",
+            e.to_string(),
+            "see the kernel version and BTF checks above",
+        )),
         Ok(mut ebpf) => {
             out.push(ok("eBPF object", "maps created"));
-            let cgroup = cg2.as_ref().map(|d| d.join(format!("meshd-check-{}", std::process::id())));
+            let cgroup = cg2
+                .as_ref()
+                .map(|d| d.join(format!("meshd-check-{}", std::process::id())));
             if let Some(cg) = &cgroup {
                 let _ = std::fs::create_dir(cg);
             }
@@ -154,7 +202,11 @@ fn program_checks(bpffs: Option<PathBuf>, cg2: Option<PathBuf>) -> Vec<Outcome> 
 fn probe_hook(ebpf: &mut aya::Ebpf, hook: Hook, cgroup: Option<&std::path::Path>) -> Outcome {
     let name = format!("{} ({})", hook.program(), hook.link_name());
     if let Err(e) = hook.load(ebpf) {
-        return fail(&name, format!("load: {e}"), "the kernel lacks this program type or helper");
+        return fail(
+            &name,
+            format!("load: {e}"),
+            "the kernel lacks this program type or helper",
+        );
     }
     let attached = if hook == Hook::SkLookup {
         // A scratch network namespace, created on a throw-away thread.
@@ -177,9 +229,16 @@ fn probe_hook(ebpf: &mut aya::Ebpf, hook: Hook, cgroup: Option<&std::path::Path>
     match attached {
         Ok(link) => {
             drop(link);
-            ok(&name, format!("loads and attaches to a {}", hook.target_kind()))
+            ok(
+                &name,
+                format!("loads and attaches to a {}", hook.target_kind()),
+            )
         }
-        Err(e) => fail(&name, format!("attach: {e}"), "the kernel lacks BPF links for this hook"),
+        Err(e) => fail(
+            &name,
+            format!("attach: {e}"),
+            "the kernel lacks BPF links for this hook",
+        ),
     }
 }
 

@@ -151,7 +151,12 @@ impl Config {
                 ("namespace", &w.namespace),
                 ("serviceAccount", &w.service_account),
             ] {
-                if !is_dns_label(value) && !(field == "name" && is_dns_subdomain(value)) {
+                let valid = if field == "name" {
+                    is_dns_subdomain(value)
+                } else {
+                    is_dns_label(value)
+                };
+                if !valid {
                     return Err(format!(
                         "{at}: {field} {value:?} is not a valid Kubernetes name"
                     ));
@@ -168,7 +173,9 @@ impl Config {
                     return Err(format!("{at}: {ip} cannot be a workload address"));
                 }
                 if let Some(other) = ips.insert(*ip, w.key()) {
-                    return Err(format!("{at}: address {ip} is also used by workload {other}"));
+                    return Err(format!(
+                        "{at}: address {ip} is also used by workload {other}"
+                    ));
                 }
             }
             if w.is_on(&self.node) {
@@ -193,10 +200,15 @@ impl Config {
         for (i, s) in self.services.iter().enumerate() {
             let at = format!("services[{i}] ({}/{})", s.namespace, s.name);
             if !is_dns_label(&s.name) || !is_dns_label(&s.namespace) {
-                return Err(format!("{at}: name and namespace must be valid Kubernetes names"));
+                return Err(format!(
+                    "{at}: name and namespace must be valid Kubernetes names"
+                ));
             }
             if let Some(w) = ips.get(&s.vip) {
-                return Err(format!("{at}: vip {} is also the address of workload {w}", s.vip));
+                return Err(format!(
+                    "{at}: vip {} is also the address of workload {w}",
+                    s.vip
+                ));
             }
             if s.ports.is_empty() {
                 return Err(format!("{at}: ports must list at least one port"));
@@ -288,7 +300,10 @@ workloads:
             "{REMOTE_ONLY}  - name: web-2\n    namespace: default\n    serviceAccount: web\n    node: n2\n    ips: [10.0.0.1]\n"
         );
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("address 10.0.0.1 is also used by workload default/web-1"), "{e}");
+        assert!(
+            e.contains("address 10.0.0.1 is also used by workload default/web-1"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -312,7 +327,10 @@ workloads:
         let e = parse("node: n1\nworkloads:\n  - name: A_b\n    namespace: b\n    serviceAccount: c\n    node: x\n    ips: [10.0.0.1]\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("name \"A_b\" is not a valid Kubernetes name"), "{e}");
+        assert!(
+            e.contains("name \"A_b\" is not a valid Kubernetes name"),
+            "{e}"
+        );
         let e = parse("node: n1\nservices:\n  - name: s\n    namespace: d\n    vip: 10.96.0.1\n    ports: [{port: 70000}]\n")
             .unwrap_err()
             .to_string();

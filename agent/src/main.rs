@@ -16,7 +16,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "meshd", version, about = "Sidecar-less service mesh node agent")]
+#[command(
+    name = "meshd",
+    version,
+    about = "Sidecar-less service mesh node agent"
+)]
 struct Cli {
     /// Log filter (tracing/RUST_LOG syntax), e.g. `info,meshd=debug`.
     #[arg(long, global = true, env = "MESHD_LOG", default_value = "info")]
@@ -48,7 +52,9 @@ enum Command {
 fn init_tracing(filter: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -97,7 +103,10 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || a.apply(initial)).await?;
     let source = Arc::new(sources::file::FileSource::new(path.clone()));
     tokio::spawn(source.clone().watch(agent.clone(), text));
-    let admin = Arc::new(admin::Admin { agent: agent.clone(), source });
+    let admin = Arc::new(admin::Admin {
+        agent: agent.clone(),
+        source,
+    });
     tokio::spawn(admin::serve(admin, admin_listener));
     tracing::info!(node = %config.node, admin = %config.admin, config = %path.display(), "meshd running");
 

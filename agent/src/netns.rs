@@ -54,7 +54,10 @@ impl Netns {
             .spawn(move || {
                 if let Err(source) = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
                 {
-                    let _ = ready_tx.send(Err(NetnsError::Enter { path: owned, source }));
+                    let _ = ready_tx.send(Err(NetnsError::Enter {
+                        path: owned,
+                        source,
+                    }));
                     return;
                 }
                 drop(file);

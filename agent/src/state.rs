@@ -166,7 +166,10 @@ services:
         let svc = state.service(&"10.96.0.1:80".parse().unwrap()).unwrap();
         assert_eq!(
             svc.endpoints,
-            vec!["10.0.0.1:8080".parse().unwrap(), "10.1.0.9:8080".parse().unwrap()]
+            vec![
+                "10.0.0.1:8080".parse().unwrap(),
+                "10.1.0.9:8080".parse().unwrap()
+            ]
         );
         let first: Vec<_> = svc.endpoints_to_try().collect();
         let second: Vec<_> = svc.endpoints_to_try().collect();

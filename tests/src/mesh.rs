@@ -133,9 +133,17 @@ pub fn config_yaml(
         let _ = writeln!(y, "  - name: {}", s.name);
         let _ = writeln!(y, "    namespace: default");
         let _ = writeln!(y, "    vip: {}", s.vip);
-        let _ = writeln!(y, "    ports: [{{port: {}, targetPort: {}}}]", s.port, s.target_port);
+        let _ = writeln!(
+            y,
+            "    ports: [{{port: {}, targetPort: {}}}]",
+            s.port, s.target_port
+        );
         if !s.selector.is_empty() {
-            let sel: Vec<String> = s.selector.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let sel: Vec<String> = s
+                .selector
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
             let _ = writeln!(y, "    selector: {{{}}}", sel.join(", "));
         }
         if !s.endpoints.is_empty() {
@@ -163,10 +171,19 @@ impl Agent {
     }
 
     /// Starts an agent on an existing config file (e.g. after a restart).
-    pub fn start_with(cluster: &Cluster, node: &Node, config_path: PathBuf) -> anyhow::Result<Agent> {
+    pub fn start_with(
+        cluster: &Cluster,
+        node: &Node,
+        config_path: PathBuf,
+    ) -> anyhow::Result<Agent> {
         let mut cmd = Command::new(meshd_bin());
-        cmd.args(["--log", "info,meshd=debug,meshd_ebpf=debug", "run", "--config"])
-            .arg(&config_path);
+        cmd.args([
+            "--log",
+            "info,meshd=debug,meshd_ebpf=debug",
+            "run",
+            "--config",
+        ])
+        .arg(&config_path);
         let proc = cluster.spawn_in_node(node, cmd)?;
         let agent = Agent {
             node: node.clone(),
@@ -178,14 +195,21 @@ impl Agent {
             !agent.proc.is_running() || matches!(agent.get("/ready"), Ok((200, _)))
         });
         if !ready || !agent.proc.is_running() {
-            bail!("agent on {} did not become ready:\n{}", node.name, agent.proc.output_tail());
+            bail!(
+                "agent on {} did not become ready:\n{}",
+                node.name,
+                agent.proc.output_tail()
+            );
         }
         Ok(agent)
     }
 
     /// GET on the agent's admin API (inside the node's namespace).
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        http_get(&self.node.netns_path, &format!("http://127.0.0.1:15000{path}"))
+        http_get(
+            &self.node.netns_path,
+            &format!("http://127.0.0.1:15000{path}"),
+        )
     }
 
     fn get_json(&self, path: &str) -> anyhow::Result<Value> {
@@ -209,7 +233,9 @@ impl Agent {
         Ok(self
             .connections()?
             .into_iter()
-            .filter(|c| c["direction"] == direction && c["orig_dst"] == orig_dst && c["closed"] == true)
+            .filter(|c| {
+                c["direction"] == direction && c["orig_dst"] == orig_dst && c["closed"] == true
+            })
             .collect())
     }
 
@@ -245,11 +271,19 @@ pub fn cgroup_programs(cgroup: &Path) -> anyhow::Result<Vec<String>> {
         .output()
         .context("running bpftool")?;
     if !out.status.success() {
-        bail!("bpftool cgroup show {}: {}", cgroup.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "bpftool cgroup show {}: {}",
+            cgroup.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]));
     Ok(v.as_array()
-        .map(|a| a.iter().filter_map(|p| p["name"].as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["name"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default())
 }
 
@@ -280,9 +314,17 @@ pub fn netns_programs(netns_path: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn bpftool_json(args: &[&str]) -> anyhow::Result<Value> {
-    let out = Command::new("bpftool").arg("-j").args(args).output().context("running bpftool")?;
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .context("running bpftool")?;
     if !out.status.success() {
-        bail!("bpftool {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "bpftool {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
 }

@@ -13,7 +13,12 @@ const MIB: u64 = 1024 * 1024;
 
 fn echo(cluster: &Cluster, pod: &meshd_tests::Pod, to: &str, bytes: u64) -> Value {
     let n = bytes.to_string();
-    let r = testapp_json(cluster, pod, &["echo", "--greet", "--connect", to, "--bytes", &n]).unwrap();
+    let r = testapp_json(
+        cluster,
+        pod,
+        &["echo", "--greet", "--connect", to, "--bytes", &n],
+    )
+    .unwrap();
     assert_eq!(r["ok"], true, "echo from {} to {to}: {r}", pod.name);
     assert_eq!(r["bytes_received"].as_u64(), Some(bytes), "{r}");
     r
@@ -26,7 +31,11 @@ fn wait_closed(agent: &Agent, direction: &str, orig_dst: &str, n: usize) -> Vec<
         last = agent.closed_to(direction, orig_dst).unwrap();
         last.len() >= n
     });
-    assert_eq!(last.len(), n, "{direction} connections to {orig_dst}: {last:#?}");
+    assert_eq!(
+        last.len(),
+        n,
+        "{direction} connections to {orig_dst}: {last:#?}"
+    );
     last
 }
 
@@ -38,7 +47,12 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
     let client = c.add_pod(&n1, "client").unwrap();
     let server = c.add_pod(&n1, "server").unwrap();
     let plain = c.add_pod(&n1, "plain").unwrap();
-    let yaml = config_yaml(&c, &n1, &[WorkloadSpec::new(&client), WorkloadSpec::new(&server)], &[]);
+    let yaml = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&client), WorkloadSpec::new(&server)],
+        &[],
+    );
     let agent = Agent::start(&c, &n1, &yaml).unwrap();
     serve(&c, &server, 8080).unwrap();
     serve(&c, &plain, 8080).unwrap();
@@ -48,7 +62,10 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
     let plain_dst = format!("{}:8080", plain.ip);
     let r = echo(&c, &client, &plain_dst, 64 * MIB);
     let greeting = r["greeting"].as_str().unwrap();
-    assert!(greeting.contains(&format!("peer={}:", client.ip)), "{greeting}");
+    assert!(
+        greeting.contains(&format!("peer={}:", client.ip)),
+        "{greeting}"
+    );
     let out = wait_closed(&agent, "outbound", &plain_dst, 1);
     assert_eq!(out[0]["workload"], "default/client");
     assert_eq!(out[0]["target"], plain_dst.as_str());
@@ -60,10 +77,19 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
     // client's address and the original destination, and delivered over loopback.
     let server_dst = format!("{}:8080", server.ip);
     let r = echo(&c, &plain, &server_dst, 16 * MIB);
-    assert!(r["greeting"].as_str().unwrap().contains("peer=127.0.0.1:"), "{r}");
+    assert!(
+        r["greeting"].as_str().unwrap().contains("peer=127.0.0.1:"),
+        "{r}"
+    );
     let inb = wait_closed(&agent, "inbound", &server_dst, 1);
     assert_eq!(inb[0]["workload"], "default/server");
-    assert!(inb[0]["peer"].as_str().unwrap().starts_with(&format!("{}:", plain.ip)), "{inb:?}");
+    assert!(
+        inb[0]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", plain.ip)),
+        "{inb:?}"
+    );
     assert_eq!(inb[0]["target"], "127.0.0.1:8080");
     assert_eq!(inb[0]["bytes_sent"].as_u64(), Some(16 * MIB));
 
@@ -71,7 +97,10 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
     echo(&c, &client, &server_dst, 32 * MIB);
     wait_closed(&agent, "outbound", &server_dst, 1);
     let inb = wait_closed(&agent, "inbound", &server_dst, 2);
-    assert!(inb.iter().any(|r| r["peer"].as_str().unwrap().starts_with(&format!("{}:", client.ip))));
+    assert!(inb.iter().any(|r| r["peer"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("{}:", client.ip))));
     // Nothing is captured twice: the agent's own connections and its loopback delivery.
     let all = agent.connections().unwrap();
     assert_eq!(all.len(), 4, "{all:#?}");
@@ -79,10 +108,21 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
     // A port nobody listens on: the client sees its connection reset, as without the agent
     // it would see it refused, never an empty success.
     let closed = format!("{}:8181", server.ip);
-    let r = testapp_json(&c, &client, &["echo", "--connect", &closed, "--bytes", "1000"]).unwrap();
+    let r = testapp_json(
+        &c,
+        &client,
+        &["echo", "--connect", &closed, "--bytes", "1000"],
+    )
+    .unwrap();
     assert_eq!(r["ok"], false, "{r}");
     let failed = wait_closed(&agent, "inbound", &closed, 1);
-    assert!(failed[0]["error"].as_str().unwrap().contains("Connection refused"), "{failed:?}");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"),
+        "{failed:?}"
+    );
     agent.stop().unwrap();
 }
 
@@ -108,7 +148,11 @@ fn services_spread_over_endpoints_across_nodes() {
     let yaml = config_yaml(
         &c,
         &n1,
-        &[WorkloadSpec::new(&client), WorkloadSpec::new(&web1).label("app", "web"), remote],
+        &[
+            WorkloadSpec::new(&client),
+            WorkloadSpec::new(&web1).label("app", "web"),
+            remote,
+        ],
         &[svc],
     );
     let agent = Agent::start(&c, &n1, &yaml).unwrap();
@@ -120,7 +164,10 @@ fn services_spread_over_endpoints_across_nodes() {
     }
     // Round robin over the two endpoints, one per node: 3 each.
     let recs = wait_closed(&agent, "outbound", "10.96.0.10:80", 6);
-    assert!(recs.iter().all(|r| r["service"] == "default/web"), "{recs:#?}");
+    assert!(
+        recs.iter().all(|r| r["service"] == "default/web"),
+        "{recs:#?}"
+    );
     let to = |ip: std::net::Ipv4Addr| {
         let t = format!("{ip}:8080");
         move |r: &&Value| r["target"] == t.as_str()
@@ -128,8 +175,14 @@ fn services_spread_over_endpoints_across_nodes() {
     assert_eq!(recs.iter().filter(to(web1.ip)).count(), 3, "{recs:#?}");
     assert_eq!(recs.iter().filter(to(web2.ip)).count(), 3, "{recs:#?}");
     // web2 is on the other node and not enrolled there: it saw the client pod's address.
-    let web2_log = c.processes().into_iter().find(|p| p.name().starts_with("web2-")).unwrap();
-    assert!(web2_log.stdout().contains(&format!("accepted peer={}:", client.ip)));
+    let web2_log = c
+        .processes()
+        .into_iter()
+        .find(|p| p.name().starts_with("web2-"))
+        .unwrap();
+    assert!(web2_log
+        .stdout()
+        .contains(&format!("accepted peer={}:", client.ip)));
 
     // A dead endpoint is skipped: stop web2's server, every request still succeeds.
     web2_log.kill().unwrap();
@@ -167,32 +220,65 @@ fn never_captured_loopback_udp_excluded_ports_and_unenrolled_pods() {
     serve(&c, &other2, 8080).unwrap();
     let mut udp = Command::new(testapp_bin());
     udp.args(["udp-echo", "--listen", "0.0.0.0:5353"]);
-    c.spawn_in_pod(&server, udp).unwrap().wait_for_output("listening", Duration::from_secs(5)).unwrap();
+    c.spawn_in_pod(&server, udp)
+        .unwrap()
+        .wait_for_output("listening", Duration::from_secs(5))
+        .unwrap();
 
     serve(&c, &other2, 9090).unwrap();
     // Excluded outbound port: the client's socket really connected to the server (a
     // captured one would be connected to the agent on its loopback).
     let r = echo(&c, &client, &format!("{}:9090", other2.ip), 4096);
-    assert!(r["local"].as_str().unwrap().starts_with(&format!("{}:", client.ip)), "{r}");
+    assert!(
+        r["local"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", client.ip)),
+        "{r}"
+    );
     // Excluded inbound port, from a non-enrolled pod: direct too.
     let r = echo(&c, &other, &format!("{}:9091", server.ip), 4096);
-    assert!(r["greeting"].as_str().unwrap().contains(&format!("peer={}:", other.ip)), "{r}");
+    assert!(
+        r["greeting"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("peer={}:", other.ip)),
+        "{r}"
+    );
     // Loopback inside an enrolled pod.
     echo(&c, &client, "127.0.0.1:7070", 4096);
     // A captured connection, for contrast: the socket is connected to the agent.
     let r = echo(&c, &client, &format!("{}:8080", other2.ip), 4096);
-    assert!(r["local"].as_str().unwrap().starts_with("127.0.0.1:"), "{r}");
+    assert!(
+        r["local"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{r}"
+    );
     // Non-enrolled pods talking to each other.
     let r = echo(&c, &other, &format!("{}:8080", other2.ip), 4096);
-    assert!(r["greeting"].as_str().unwrap().contains(&format!("peer={}:", other.ip)), "{r}");
+    assert!(
+        r["greeting"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("peer={}:", other.ip)),
+        "{r}"
+    );
     // UDP (as DNS would be) from an enrolled pod to an enrolled pod.
-    let u = testapp_json(&c, &client, &["udp-ping", "--connect", &format!("{}:5353", server.ip)]).unwrap();
+    let u = testapp_json(
+        &c,
+        &client,
+        &["udp-ping", "--connect", &format!("{}:5353", server.ip)],
+    )
+    .unwrap();
     assert_eq!(u["ok"], true, "{u}");
 
     // None of that went through the agent; a captured connection afterwards does, once.
     echo(&c, &client, &format!("{}:8080", server.ip), 4096);
     wait_closed(&agent, "inbound", &format!("{}:8080", server.ip), 1);
     let all = agent.connections().unwrap();
-    assert_eq!(all.len(), 3, "the contrast connection, and the last one once per side: {all:#?}");
+    assert_eq!(
+        all.len(),
+        3,
+        "the contrast connection, and the last one once per side: {all:#?}"
+    );
     agent.stop().unwrap();
 }

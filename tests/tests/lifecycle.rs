@@ -20,7 +20,9 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 }
 
 fn map_count(agent: &Agent, map: &str) -> u64 {
-    agent.config_dump().unwrap()["capture"]["maps"][map].as_u64().unwrap()
+    agent.config_dump().unwrap()["capture"]["maps"][map]
+        .as_u64()
+        .unwrap()
 }
 
 fn enrolled(agent: &Agent, key: &str) -> bool {
@@ -40,22 +42,38 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
     let client = c.add_pod(&n1, "client").unwrap();
     let server = c.add_pod(&n1, "server").unwrap();
     let only_server = config_yaml(&c, &n1, &[WorkloadSpec::new(&server)], &[]);
-    let both = config_yaml(&c, &n1, &[WorkloadSpec::new(&server), WorkloadSpec::new(&client)], &[]);
+    let both = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&server), WorkloadSpec::new(&client)],
+        &[],
+    );
     let agent = Agent::start(&c, &n1, &only_server).unwrap();
     serve(&c, &server, 8080).unwrap();
     assert!(cgroup_programs(&client.cgroup).unwrap().is_empty());
 
     // Traffic from the client for the whole test; not one connection may fail.
     let mut lp = Command::new(testapp_bin());
-    lp.args(["connect-loop", "--greet", "--connect", &format!("{}:8080", server.ip)])
-        .args(["--interval-ms", "20", "--duration-secs", "8"]);
+    lp.args([
+        "connect-loop",
+        "--greet",
+        "--connect",
+        &format!("{}:8080", server.ip),
+    ])
+    .args(["--interval-ms", "20", "--duration-secs", "8"]);
     let traffic = c.spawn_in_pod(&client, lp).unwrap();
 
     std::thread::sleep(Duration::from_millis(1500));
     agent.write_config(&both).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || enrolled(&agent, "default/client")));
+    assert!(wait_until(Duration::from_secs(5), || enrolled(
+        &agent,
+        "default/client"
+    )));
     assert_eq!(sorted(cgroup_programs(&client.cgroup).unwrap()), PROGRAMS);
-    assert_eq!(netns_programs(&client.netns_path).unwrap(), ["meshd_sk_lookup"]);
+    assert_eq!(
+        netns_programs(&client.netns_path).unwrap(),
+        ["meshd_sk_lookup"]
+    );
     let outbound = |a: &Agent| {
         a.connections()
             .unwrap()
@@ -63,11 +81,17 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
             .filter(|r| r["direction"] == "outbound" && r["workload"] == "default/client")
             .count()
     };
-    assert!(wait_until(Duration::from_secs(5), || outbound(&agent) >= 5), "client traffic is captured after enrollment");
+    assert!(
+        wait_until(Duration::from_secs(5), || outbound(&agent) >= 5),
+        "client traffic is captured after enrollment"
+    );
 
     std::thread::sleep(Duration::from_millis(1500));
     agent.write_config(&only_server).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || !enrolled(&agent, "default/client")));
+    assert!(wait_until(Duration::from_secs(5), || !enrolled(
+        &agent,
+        "default/client"
+    )));
     // Nothing of the client is left attached, and no map entry of it remains.
     assert!(cgroup_programs(&client.cgroup).unwrap().is_empty());
     assert!(netns_programs(&client.netns_path).unwrap().is_empty());
@@ -91,14 +115,34 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
     let broken = both.replace("serviceAccount: client", "serviceAccount: Not_Valid");
     agent.write_config(&broken).unwrap();
     assert!(wait_until(Duration::from_secs(5), || {
-        agent.config_dump().unwrap()["configError"].as_str().is_some_and(|e| e.contains("Not_Valid"))
+        agent.config_dump().unwrap()["configError"]
+            .as_str()
+            .is_some_and(|e| e.contains("Not_Valid"))
     }));
     assert!(!enrolled(&agent, "default/client"));
-    let r = testapp_json(&c, &client, &["echo", "--greet", "--connect", &format!("{}:8080", server.ip), "--bytes", "1000"]).unwrap();
+    let r = testapp_json(
+        &c,
+        &client,
+        &[
+            "echo",
+            "--greet",
+            "--connect",
+            &format!("{}:8080", server.ip),
+            "--bytes",
+            "1000",
+        ],
+    )
+    .unwrap();
     assert_eq!(r["ok"], true);
-    assert!(agent.proc.stderr().contains("Not_Valid"), "the error is logged");
+    assert!(
+        agent.proc.stderr().contains("Not_Valid"),
+        "the error is logged"
+    );
     agent.write_config(&both).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || enrolled(&agent, "default/client")));
+    assert!(wait_until(Duration::from_secs(5), || enrolled(
+        &agent,
+        "default/client"
+    )));
     assert_eq!(agent.config_dump().unwrap()["configError"], Value::Null);
 
     // A clean shutdown removes every program, link and pin.
@@ -106,7 +150,11 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
     assert!(cgroup_programs(&server.cgroup).unwrap().is_empty());
     assert!(cgroup_programs(&client.cgroup).unwrap().is_empty());
     assert!(netns_programs(&server.netns_path).unwrap().is_empty());
-    assert!(!agent.pin_root.exists(), "{} removed", agent.pin_root.display());
+    assert!(
+        !agent.pin_root.exists(),
+        "{} removed",
+        agent.pin_root.display()
+    );
 }
 
 fn pinned_prog_id(agent: &Agent, name: &str) -> u64 {
@@ -136,42 +184,77 @@ fn restarted_agent_adopts_its_pins() {
     let yaml = config_yaml(
         &c,
         &n1,
-        &[WorkloadSpec::new(&client), WorkloadSpec::new(&server), WorkloadSpec::new(&gone)],
+        &[
+            WorkloadSpec::new(&client),
+            WorkloadSpec::new(&server),
+            WorkloadSpec::new(&gone),
+        ],
         &[],
     );
     let agent = Agent::start(&c, &n1, &yaml).unwrap();
     serve(&c, &server, 8080).unwrap();
     let dst = format!("{}:8080", server.ip);
-    let echo = || testapp_json(&c, &client, &["echo", "--greet", "--connect", &dst, "--bytes", "100000"]).unwrap();
+    let echo = || {
+        testapp_json(
+            &c,
+            &client,
+            &["echo", "--greet", "--connect", &dst, "--bytes", "100000"],
+        )
+        .unwrap()
+    };
     assert_eq!(echo()["ok"], true);
 
     // Crash: the programs stay attached through their pinned links.
     agent.crash().unwrap();
     let old_ids = attached_ids(&client.cgroup);
     assert_eq!(old_ids.len(), 3);
-    assert!(agent.pin_root.join("v1/links/default_client/connect4").exists());
+    assert!(agent
+        .pin_root
+        .join("v1/links/default_client/connect4")
+        .exists());
 
     // Restart with a config in which one workload is gone.
-    let without_gone = config_yaml(&c, &n1, &[WorkloadSpec::new(&client), WorkloadSpec::new(&server)], &[]);
+    let without_gone = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&client), WorkloadSpec::new(&server)],
+        &[],
+    );
     std::fs::write(&agent.config_path, without_gone).unwrap();
     let agent2 = Agent::start_with(&c, &n1, agent.config_path.clone()).unwrap();
     let log = agent2.proc.stderr();
-    assert!(log.contains("adopted pinned capture links") && log.contains("default/client"), "{log}");
+    assert!(
+        log.contains("adopted pinned capture links") && log.contains("default/client"),
+        "{log}"
+    );
     // The adopted links now run the new agent's programs, and nothing else is attached.
-    let mut expected: Vec<u64> = PROGRAMS.iter().map(|p| pinned_prog_id(&agent2, p)).collect();
+    let mut expected: Vec<u64> = PROGRAMS
+        .iter()
+        .map(|p| pinned_prog_id(&agent2, p))
+        .collect();
     expected.sort();
     assert_eq!(attached_ids(&client.cgroup), expected);
     assert_eq!(attached_ids(&server.cgroup), expected);
-    assert!(attached_ids(&gone.cgroup).is_empty(), "links of a removed workload are dropped");
+    assert!(
+        attached_ids(&gone.cgroup).is_empty(),
+        "links of a removed workload are dropped"
+    );
     assert!(!agent2.pin_root.join("v1/links/default_gone").exists());
     assert_eq!(map_count(&agent2, "MESHD_PODS"), 2);
     // The old agent's programs are unloaded: nothing references them any more.
     for id in old_ids {
-        assert!(bpftool_json(&["prog", "show", "id", &id.to_string()]).is_err(), "program {id} still loaded");
+        assert!(
+            bpftool_json(&["prog", "show", "id", &id.to_string()]).is_err(),
+            "program {id} still loaded"
+        );
     }
 
     assert_eq!(echo()["ok"], true);
-    assert_eq!(agent2.closed_to("outbound", &dst).unwrap().len(), 1, "capture works after the restart");
+    assert_eq!(
+        agent2.closed_to("outbound", &dst).unwrap().len(),
+        1,
+        "capture works after the restart"
+    );
     assert_eq!(agent2.closed_to("inbound", &dst).unwrap().len(), 1);
 
     assert!(agent2.stop().unwrap().success());
@@ -183,10 +266,17 @@ fn restarted_agent_adopts_its_pins() {
 fn bad_config(c: &Cluster, name: &str, yaml: &str) -> String {
     let path = c.dir().join(name);
     std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(meshd_bin()).args(["run", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(meshd_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "{name} must be refused");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(err.contains(path.to_str().unwrap()), "names the file: {err}");
+    assert!(
+        err.contains(path.to_str().unwrap()),
+        "names the file: {err}"
+    );
     err
 }
 
@@ -197,17 +287,54 @@ fn bad_config_files_give_clear_errors() {
     let n1 = c.add_node("n1").unwrap();
     let a = c.add_pod(&n1, "a").unwrap();
     let b = c.add_pod(&n1, "b").unwrap();
-    let good = config_yaml(&c, &n1, &[WorkloadSpec::new(&a), WorkloadSpec::new(&b)], &[]);
+    let good = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&a), WorkloadSpec::new(&b)],
+        &[],
+    );
 
-    let e = bad_config(&c, "missing.yaml", &good.replace("    serviceAccount: a\n", ""));
-    assert!(e.contains("missing field `serviceAccount`") && e.contains("workloads[0]"), "{e}");
-    let e = bad_config(&c, "netns.yaml", &good.replace(a.netns_path.to_str().unwrap(), "/run/netns/no-such-pod"));
-    assert!(e.contains("netns /run/netns/no-such-pod: does not exist"), "{e}");
-    let e = bad_config(&c, "dupip.yaml", &good.replace(&format!("ips: [{}]", b.ip), &format!("ips: [{}]", a.ip)));
-    assert!(e.contains(&format!("address {} is also used by workload default/a", a.ip)), "{e}");
-    let e = bad_config(&c, "cgroup.yaml", &good.replace(a.cgroup.to_str().unwrap(), "/tmp"));
+    let e = bad_config(
+        &c,
+        "missing.yaml",
+        &good.replace("    serviceAccount: a\n", ""),
+    );
+    assert!(
+        e.contains("missing field `serviceAccount`") && e.contains("workloads[0]"),
+        "{e}"
+    );
+    let e = bad_config(
+        &c,
+        "netns.yaml",
+        &good.replace(a.netns_path.to_str().unwrap(), "/run/netns/no-such-pod"),
+    );
+    assert!(
+        e.contains("netns /run/netns/no-such-pod: does not exist"),
+        "{e}"
+    );
+    let e = bad_config(
+        &c,
+        "dupip.yaml",
+        &good.replace(&format!("ips: [{}]", b.ip), &format!("ips: [{}]", a.ip)),
+    );
+    assert!(
+        e.contains(&format!(
+            "address {} is also used by workload default/a",
+            a.ip
+        )),
+        "{e}"
+    );
+    let e = bad_config(
+        &c,
+        "cgroup.yaml",
+        &good.replace(a.cgroup.to_str().unwrap(), "/tmp"),
+    );
     assert!(e.contains("is not a cgroup v2 directory"), "{e}");
-    let e = bad_config(&c, "typo.yaml", &good.replace("skip", "skip").replace("node: n1", "node: n1\nworkload: []"));
+    let e = bad_config(
+        &c,
+        "typo.yaml",
+        &good.replace("node: n1", "node: n1\nworkload: []"),
+    );
     assert!(e.contains("unknown field `workload`"), "{e}");
     let e = bad_config(&c, "yaml.yaml", "node: [\n");
     assert!(e.contains("config file"), "{e}");
@@ -237,18 +364,32 @@ fn check_reports_every_feature_and_cleans_up() {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
     // The probes leave nothing: no scratch pins, cgroups or programs.
-    assert!(!std::fs::read_dir("/sys/fs/bpf").unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("meshd-check")));
+    assert!(!std::fs::read_dir("/sys/fs/bpf")
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("meshd-check")));
     let cg = meshd_tests::cgroup2_mount().unwrap();
-    assert!(!std::fs::read_dir(cg).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("meshd-check")));
+    assert!(!std::fs::read_dir(cg)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("meshd-check")));
 
     // Without privileges it fails and names the fix (run as an unprivileged user).
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(meshd_bin())
         .arg("check")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("× privileges") && text.contains("fix: run as root"), "{text}");
+    assert!(
+        text.contains("× privileges") && text.contains("fix: run as root"),
+        "{text}"
+    );
 }

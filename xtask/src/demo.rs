@@ -25,7 +25,10 @@ fn show(out: std::process::Output) {
 
 fn bpftool(args: &[&str]) -> anyhow::Result<std::process::Output> {
     println!("$ bpftool {}", args.join(" "));
-    Command::new("bpftool").args(args).output().context("running bpftool")
+    Command::new("bpftool")
+        .args(args)
+        .output()
+        .context("running bpftool")
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -59,11 +62,22 @@ fn demo(c: &Cluster) -> anyhow::Result<()> {
     let client = c.add_pod(&node, "client")?;
     println!("node {}: netns {}, ip {}", node.name, node.netns, node.ip);
     for p in [&web, &client] {
-        println!("pod  {}: netns {}, ip {}, cgroup {}", p.name, p.netns, p.ip, p.cgroup.display());
+        println!(
+            "pod  {}: netns {}, ip {}, cgroup {}",
+            p.name,
+            p.netns,
+            p.ip,
+            p.cgroup.display()
+        );
     }
 
     section("starting meshd in standalone mode");
-    let yaml = config_yaml(c, &node, &[WorkloadSpec::new(&web), WorkloadSpec::new(&client)], &[]);
+    let yaml = config_yaml(
+        c,
+        &node,
+        &[WorkloadSpec::new(&web), WorkloadSpec::new(&client)],
+        &[],
+    );
     println!("{yaml}");
     let agent = Agent::start(c, &node, &yaml)?;
     println!("meshd is ready (admin on 127.0.0.1:15000 in the node's namespace)");
@@ -71,9 +85,21 @@ fn demo(c: &Cluster) -> anyhow::Result<()> {
     section("a real HTTP server in pod web, curl in pod client");
     let site = c.dir().join("site");
     std::fs::create_dir_all(&site)?;
-    std::fs::write(site.join("index.html"), "hello from the web pod, through meshd\n")?;
+    std::fs::write(
+        site.join("index.html"),
+        "hello from the web pod, through meshd\n",
+    )?;
     let mut server = Command::new("python3");
-    server.args(["-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory"]).arg(&site);
+    server
+        .args([
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+        ])
+        .arg(&site);
     c.spawn_in_pod(&web, server)?;
     let listening = meshd_tests::wait_until(Duration::from_secs(10), || {
         let mut ss = Command::new("ss");
@@ -95,7 +121,10 @@ fn demo(c: &Cluster) -> anyhow::Result<()> {
 
     section("the agent's own account (GET /connections on the admin port)");
     std::thread::sleep(Duration::from_millis(200));
-    println!("{:<9} {:<16} {:<22} {:<22} {:<22} {:>7} {:>7}", "DIRECTION", "WORKLOAD", "PEER", "ORIGINAL DST", "AGENT CONNECTED TO", "SENT", "RECV");
+    println!(
+        "{:<9} {:<16} {:<22} {:<22} {:<22} {:>7} {:>7}",
+        "DIRECTION", "WORKLOAD", "PEER", "ORIGINAL DST", "AGENT CONNECTED TO", "SENT", "RECV"
+    );
     for r in agent.connections()? {
         println!(
             "{:<9} {:<16} {:<22} {:<22} {:<22} {:>7} {:>7}",
@@ -110,24 +139,49 @@ fn demo(c: &Cluster) -> anyhow::Result<()> {
     }
     let log = agent.proc.stderr();
     println!("\nagent log lines about it (eBPF logs come through aya-log into tracing):");
-    for line in log.lines().filter(|l| l.contains("connect4: capture") || l.contains("connection closed")) {
+    for line in log
+        .lines()
+        .filter(|l| l.contains("connect4: capture") || l.contains("connection closed"))
+    {
         println!("  {line}");
     }
 
     section("what bpftool sees");
-    show(bpftool(&["cgroup", "tree", c.cgroup_root().to_str().unwrap_or_default()])?);
+    show(bpftool(&[
+        "cgroup",
+        "tree",
+        c.cgroup_root().to_str().unwrap_or_default(),
+    ])?);
     show(bpftool(&["prog", "show", "name", "meshd_sk_lookup"])?);
     let pins = agent.pin_root.join("v1");
     println!("$ find {} (the pins)", pins.display());
     show(Command::new("find").arg(&pins).output()?);
     let pods_map = pins.join("maps/MESHD_PODS");
-    show(bpftool(&["map", "dump", "pinned", pods_map.to_str().unwrap_or_default()])?);
+    show(bpftool(&[
+        "map",
+        "dump",
+        "pinned",
+        pods_map.to_str().unwrap_or_default(),
+    ])?);
     let link = pins.join("links/default_web/sk_lookup");
-    show(bpftool(&["link", "show", "pinned", link.to_str().unwrap_or_default()])?);
+    show(bpftool(&[
+        "link",
+        "show",
+        "pinned",
+        link.to_str().unwrap_or_default(),
+    ])?);
 
     section("stopping meshd (SIGTERM): programs detached, pins removed");
     let status = agent.stop()?;
-    println!("meshd exited with {status}; {} exists: {}", pins.display(), pins.exists());
-    show(bpftool(&["cgroup", "tree", c.cgroup_root().to_str().unwrap_or_default()])?);
+    println!(
+        "meshd exited with {status}; {} exists: {}",
+        pins.display(),
+        pins.exists()
+    );
+    show(bpftool(&[
+        "cgroup",
+        "tree",
+        c.cgroup_root().to_str().unwrap_or_default(),
+    ])?);
     Ok(())
 }

@@ -8,8 +8,7 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData, MapError, SockHash};
 use meshd_common::{
-    maps as names, ClientKey, InPortKey, IpAddr, OrigDst, OutPortKey, PodConfig, AF_INET,
-    AF_INET6,
+    maps as names, ClientKey, InPortKey, IpAddr, OrigDst, OutPortKey, PodConfig, AF_INET, AF_INET6,
 };
 
 use super::CaptureError;
@@ -48,9 +47,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn removed(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-            Ok(())
-        }
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
     }
 }
@@ -116,15 +113,24 @@ impl Maps {
     pub fn set_pod(&self, netns_cookie: u64, pod: PodConfig) -> Result<(), CaptureError> {
         lock(&self.pods)
             .insert(netns_cookie, pod, 0)
-            .map_err(|source| CaptureError::Map { map: names::PODS, source })
+            .map_err(|source| CaptureError::Map {
+                map: names::PODS,
+                source,
+            })
     }
 
     pub fn set_skip_out(&self, netns_cookie: u64, ports: &[u16]) -> Result<(), CaptureError> {
         let mut map = lock(&self.skip_out);
         for &port in ports {
-            let key = OutPortKey { netns_cookie, port, _pad: [0; 3] };
-            map.insert(key, 1, 0)
-                .map_err(|source| CaptureError::Map { map: names::SKIP_OUT, source })?;
+            let key = OutPortKey {
+                netns_cookie,
+                port,
+                _pad: [0; 3],
+            };
+            map.insert(key, 1, 0).map_err(|source| CaptureError::Map {
+                map: names::SKIP_OUT,
+                source,
+            })?;
         }
         Ok(())
     }
@@ -133,9 +139,15 @@ impl Maps {
         let mut map = lock(&self.skip_in);
         for ip in ips {
             for &port in ports {
-                let key = InPortKey { ip: ip_key(*ip), port, _pad: [0; 3] };
-                map.insert(key, 1, 0)
-                    .map_err(|source| CaptureError::Map { map: names::SKIP_IN, source })?;
+                let key = InPortKey {
+                    ip: ip_key(*ip),
+                    port,
+                    _pad: [0; 3],
+                };
+                map.insert(key, 1, 0).map_err(|source| CaptureError::Map {
+                    map: names::SKIP_IN,
+                    source,
+                })?;
             }
         }
         Ok(())
@@ -144,7 +156,10 @@ impl Maps {
     pub fn set_listener(&self, ip: StdIpAddr, listener: RawFd) -> Result<(), CaptureError> {
         lock(&self.listeners)
             .insert(ip_key(ip), listener, 0)
-            .map_err(|source| CaptureError::Map { map: names::LISTENERS, source })
+            .map_err(|source| CaptureError::Map {
+                map: names::LISTENERS,
+                source,
+            })
     }
 
     /// Removes every entry that belongs to a pod: its config, skip ports, listeners and any
@@ -170,7 +185,11 @@ impl Maps {
         }
         {
             let mut map = lock(&self.skip_out);
-            let stale: Vec<_> = map.keys().flatten().filter(|k| !keep_cookie(k.netns_cookie)).collect();
+            let stale: Vec<_> = map
+                .keys()
+                .flatten()
+                .filter(|k| !keep_cookie(k.netns_cookie))
+                .collect();
             for k in stale {
                 removed(map.remove(&k)).map_err(err(names::SKIP_OUT))?;
             }
@@ -191,7 +210,11 @@ impl Maps {
         }
         {
             let mut map = lock(&self.orig_dst);
-            let stale: Vec<_> = map.keys().flatten().filter(|k| !keep_cookie(k.netns_cookie)).collect();
+            let stale: Vec<_> = map
+                .keys()
+                .flatten()
+                .filter(|k| !keep_cookie(k.netns_cookie))
+                .collect();
             for k in stale {
                 removed(map.remove(&k)).map_err(err(names::ORIG_DST))?;
             }

@@ -46,10 +46,7 @@ pub enum CaptureError {
         reason: String,
     },
     #[error("map {map}: {}", chain(source))]
-    Map {
-        map: &'static str,
-        source: MapError,
-    },
+    Map { map: &'static str, source: MapError },
     #[error("pin {path}: {reason}")]
     Pin { path: PathBuf, reason: String },
     #[error("cannot open {kind} {path}: {source}")]
@@ -161,8 +158,10 @@ impl Capture {
                     continue;
                 }
                 let fd = hook.prog_fd(&self.ebpf)?;
-                link::update_pinned(&path, fd)
-                    .map_err(|source| CaptureError::Adopt { path: path.clone(), source })?;
+                link::update_pinned(&path, fd).map_err(|source| CaptureError::Adopt {
+                    path: path.clone(),
+                    source,
+                })?;
             }
             tracing::info!(workload = %key, "adopted pinned capture links");
             self.adopted.insert(key);
@@ -174,7 +173,8 @@ impl Capture {
     /// links, so that no connection is redirected to a listener that is not there.
     pub fn enroll(&mut self, e: &Enrollment<'_>) -> Result<(), CaptureError> {
         self.maps.set_pod(e.netns_cookie, e.pod)?;
-        self.maps.set_skip_out(e.netns_cookie, e.skip_outbound_ports)?;
+        self.maps
+            .set_skip_out(e.netns_cookie, e.skip_outbound_ports)?;
         self.maps.set_skip_in(e.ips, e.skip_inbound_ports)?;
         for (ip, fd) in &e.listeners {
             self.maps.set_listener(*ip, *fd)?;
@@ -187,7 +187,11 @@ impl Capture {
                 // Adopted from an earlier agent and already running our program.
                 continue;
             }
-            let target_path = if hook == Hook::SkLookup { e.netns } else { e.cgroup };
+            let target_path = if hook == Hook::SkLookup {
+                e.netns
+            } else {
+                e.cgroup
+            };
             let target = File::open(target_path).map_err(|source| CaptureError::Target {
                 kind: hook.target_kind(),
                 path: target_path.to_owned(),
@@ -227,7 +231,10 @@ impl Capture {
             }
         }
         let ips: Vec<meshd_common::IpAddr> = live_ips.iter().map(|ip| maps::ip_key(*ip)).collect();
-        if let Err(e) = self.maps.retain(|c| live_cookies.contains(&c), |ip| ips.contains(ip)) {
+        if let Err(e) = self
+            .maps
+            .retain(|c| live_cookies.contains(&c), |ip| ips.contains(ip))
+        {
             tracing::warn!(error = %e, "pruning stale map entries");
         }
     }

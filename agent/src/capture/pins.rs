@@ -64,7 +64,10 @@ mod tests {
     fn layout() {
         let p = PinPaths::new(Path::new("/sys/fs/bpf/meshd"));
         assert_eq!(p.root(), Path::new("/sys/fs/bpf/meshd/v1"));
-        assert_eq!(p.prog("meshd_connect4"), Path::new("/sys/fs/bpf/meshd/v1/progs/meshd_connect4"));
+        assert_eq!(
+            p.prog("meshd_connect4"),
+            Path::new("/sys/fs/bpf/meshd/v1/progs/meshd_connect4")
+        );
         let dir = p.workload_links("default/web-1.a");
         assert_eq!(dir, Path::new("/sys/fs/bpf/meshd/v1/links/default_web-1.a"));
         let name = dir.file_name().unwrap().to_str().unwrap();

@@ -27,7 +27,12 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [Hook::Connect4, Hook::Connect6, Hook::SockOps, Hook::SkLookup];
+    pub const ALL: [Hook; 4] = [
+        Hook::Connect4,
+        Hook::Connect6,
+        Hook::SockOps,
+        Hook::SkLookup,
+    ];
 
     /// Program name, as `bpftool prog show` prints it.
     pub fn program(self) -> &'static str {
@@ -62,7 +67,10 @@ impl Hook {
         let prog = ebpf
             .program_mut(name)
             .ok_or(CaptureError::MissingProgram(name))?;
-        let err = |source| CaptureError::Program { program: name, source };
+        let err = |source| CaptureError::Program {
+            program: name,
+            source,
+        };
         match self {
             Hook::Connect4 | Hook::Connect6 => {
                 let p: &mut CgroupSockAddr = prog.try_into().map_err(err)?;
@@ -105,16 +113,23 @@ impl Hook {
         let prog = ebpf
             .program_mut(name)
             .ok_or(CaptureError::MissingProgram(name))?;
-        let err = |source: ProgramError| CaptureError::Program { program: name, source };
+        let err = |source: ProgramError| CaptureError::Program {
+            program: name,
+            source,
+        };
         let link: Result<FdLink, _> = match self {
             Hook::Connect4 | Hook::Connect6 => {
                 let p: &mut CgroupSockAddr = prog.try_into().map_err(err)?;
-                let id = p.attach(target.as_fd(), CgroupAttachMode::Single).map_err(err)?;
+                let id = p
+                    .attach(target.as_fd(), CgroupAttachMode::Single)
+                    .map_err(err)?;
                 FdLink::try_from(p.take_link(id).map_err(err)?)
             }
             Hook::SockOps => {
                 let p: &mut SockOps = prog.try_into().map_err(err)?;
-                let id = p.attach(target.as_fd(), CgroupAttachMode::Single).map_err(err)?;
+                let id = p
+                    .attach(target.as_fd(), CgroupAttachMode::Single)
+                    .map_err(err)?;
                 FdLink::try_from(p.take_link(id).map_err(err)?)
             }
             Hook::SkLookup => {
@@ -123,16 +138,22 @@ impl Hook {
                 Ok(p.take_link(id).map_err(err)?.into())
             }
         };
-        link.map_err(|e| CaptureError::NotALink { program: name, reason: e.to_string() })
+        link.map_err(|e| CaptureError::NotALink {
+            program: name,
+            reason: e.to_string(),
+        })
     }
 
     /// The loaded program's fd, to update adopted links with.
     pub fn prog_fd(self, ebpf: &aya::Ebpf) -> Result<std::os::fd::BorrowedFd<'_>, CaptureError> {
         let name = self.program();
-        let prog = ebpf.program(name).ok_or(CaptureError::MissingProgram(name))?;
-        let fd = prog
-            .fd()
-            .map_err(|source| CaptureError::Program { program: name, source })?;
+        let prog = ebpf
+            .program(name)
+            .ok_or(CaptureError::MissingProgram(name))?;
+        let fd = prog.fd().map_err(|source| CaptureError::Program {
+            program: name,
+            source,
+        })?;
         Ok(fd.as_fd())
     }
 }

@@ -29,7 +29,11 @@ pub async fn connect_in(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<TcpStream, ConnectError> {
-    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
     let fd = netns
         .run(move || -> std::io::Result<OwnedFd> {
             let s = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;

@@ -157,7 +157,11 @@ mod tests {
         let a = "10.0.0.1:1234".parse().unwrap();
         let d = "10.0.0.2:80".parse().unwrap();
         let id = c.open(Direction::Outbound, "default/a".into(), a, d);
-        c.routed(id, "10.0.0.3:8080".parse().unwrap(), Some("default/web".into()));
+        c.routed(
+            id,
+            "10.0.0.3:8080".parse().unwrap(),
+            Some("default/web".into()),
+        );
         assert!(!c.snapshot()[0].closed);
         c.close(id, 10, 20, None);
         let s = c.snapshot();

@@ -6,7 +6,11 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::net::TcpStream;
 
-use super::{connect::connect_in, copy::{relay, reset}, Direction, PodContext, ProxyContext};
+use super::{
+    connect::connect_in,
+    copy::{relay, reset},
+    Direction, PodContext, ProxyContext,
+};
 
 pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, peer: SocketAddr) {
     let workload = pod.workload.key();
@@ -17,7 +21,9 @@ pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, pee
             return;
         }
     };
-    let id = ctx.connections.open(Direction::Inbound, workload.clone(), peer, dst);
+    let id = ctx
+        .connections
+        .open(Direction::Inbound, workload.clone(), peer, dst);
     let target = match dst {
         SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::LOCALHOST, dst.port())),
         SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::LOCALHOST, dst.port())),

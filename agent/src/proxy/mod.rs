@@ -20,7 +20,11 @@ use arc_swap::ArcSwap;
 use meshd_common::{INBOUND_PORT, OUTBOUND_PORT};
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use crate::{capture::Maps, netns::Netns, state::{State, Workload}};
+use crate::{
+    capture::Maps,
+    netns::Netns,
+    state::{State, Workload},
+};
 pub use connections::{Connections, Direction};
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +81,11 @@ fn bind_in(netns: &Netns, addr: SocketAddr) -> Result<std::net::TcpListener, Pro
     netns
         .run_blocking(move || -> std::io::Result<std::net::TcpListener> {
             use socket2::{Domain, Socket, Type};
-            let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+            let domain = if addr.is_ipv4() {
+                Domain::IPV4
+            } else {
+                Domain::IPV6
+            };
             let s = Socket::new(domain, Type::STREAM, None)?;
             s.set_reuse_address(true)?;
             if addr.is_ipv6() {
@@ -101,20 +109,34 @@ impl PodProxy {
             outbound_v6: false,
             tasks: Vec::new(),
         };
-        let out4 = bind_in(&pod.netns, SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)))?;
+        let out4 = bind_in(
+            &pod.netns,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)),
+        )?;
         proxy.spawn(ctx, &pod, out4, Direction::Outbound)?;
-        match bind_in(&pod.netns, SocketAddr::from((Ipv6Addr::LOCALHOST, OUTBOUND_PORT))) {
+        match bind_in(
+            &pod.netns,
+            SocketAddr::from((Ipv6Addr::LOCALHOST, OUTBOUND_PORT)),
+        ) {
             Ok(out6) => {
                 proxy.spawn(ctx, &pod, out6, Direction::Outbound)?;
                 proxy.outbound_v6 = true;
             }
             // No IPv6 in the pod: IPv6 connections are then left alone by connect6.
-            Err(e) => tracing::debug!(workload = %pod.workload.key(), error = %e, "no IPv6 outbound listener"),
+            Err(e) => {
+                tracing::debug!(workload = %pod.workload.key(), error = %e, "no IPv6 outbound listener")
+            }
         }
-        let in4 = bind_in(&pod.netns, SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND_PORT)))?;
+        let in4 = bind_in(
+            &pod.netns,
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND_PORT)),
+        )?;
         proxy.inbound_v4 = Some(proxy.spawn(ctx, &pod, in4, Direction::Inbound)?);
         if has_v6 {
-            let in6 = bind_in(&pod.netns, SocketAddr::from((Ipv6Addr::UNSPECIFIED, INBOUND_PORT)))?;
+            let in6 = bind_in(
+                &pod.netns,
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, INBOUND_PORT)),
+            )?;
             proxy.inbound_v6 = Some(proxy.spawn(ctx, &pod, in6, Direction::Inbound)?);
         }
         Ok(proxy)
@@ -137,7 +159,8 @@ impl PodProxy {
         })?;
         let fd = listener.as_raw_fd();
         let (ctx, pod) = (ctx.clone(), pod.clone());
-        self.tasks.push(tokio::spawn(accept_loop(ctx, pod, listener, direction)));
+        self.tasks
+            .push(tokio::spawn(accept_loop(ctx, pod, listener, direction)));
         Ok(fd)
     }
 }

@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use super::{connect::connect_in, copy::{relay, reset}, Direction, PodContext, ProxyContext};
+use super::{
+    connect::connect_in,
+    copy::{relay, reset},
+    Direction, PodContext, ProxyContext,
+};
 use crate::capture::maps::std_ip;
 
 pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, peer: SocketAddr) {
@@ -16,7 +20,9 @@ pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, pee
         reset(&client);
         return;
     };
-    let id = ctx.connections.open(Direction::Outbound, workload.clone(), peer, dst);
+    let id = ctx
+        .connections
+        .open(Direction::Outbound, workload.clone(), peer, dst);
     let state = ctx.state.load();
     let (targets, service): (Vec<SocketAddr>, Option<String>) = match state.service(&dst) {
         Some(svc) => (
@@ -26,7 +32,10 @@ pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, pee
         None => (vec![dst], None),
     };
     if targets.is_empty() {
-        let msg = format!("service {} has no endpoints", service.as_deref().unwrap_or("?"));
+        let msg = format!(
+            "service {} has no endpoints",
+            service.as_deref().unwrap_or("?")
+        );
         tracing::warn!(workload = %workload, %dst, "{msg}");
         ctx.connections.close(id, 0, 0, Some(msg));
         reset(&client);

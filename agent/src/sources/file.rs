@@ -35,7 +35,10 @@ impl FileSource {
             let text = match tokio::fs::read_to_string(&self.path).await {
                 Ok(t) => t,
                 Err(e) => {
-                    self.report(format!("cannot read config file {}: {e}", self.path.display()));
+                    self.report(format!(
+                        "cannot read config file {}: {e}",
+                        self.path.display()
+                    ));
                     continue;
                 }
             };

@@ -29,7 +29,10 @@ pub fn meshd_connect4(ctx: SockAddrContext) -> i32 {
         _pad: 0,
     };
     if !remember(&ctx, netns, orig, port) {
-        warn!(&ctx, "connect4: original-destination map full, not capturing");
+        warn!(
+            &ctx,
+            "connect4: original-destination map full, not capturing"
+        );
         return 1;
     }
     debug!(&ctx, "connect4: capture {:i}:{}", u32::from_be(ip), port);

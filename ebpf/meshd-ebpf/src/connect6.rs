@@ -53,7 +53,10 @@ pub fn meshd_connect6(ctx: SockAddrContext) -> i32 {
         }
     };
     if !remember(&ctx, netns, orig, port) {
-        warn!(&ctx, "connect6: original-destination map full, not capturing");
+        warn!(
+            &ctx,
+            "connect6: original-destination map full, not capturing"
+        );
         return 1;
     }
     if v4_mapped {

@@ -54,12 +54,66 @@ impl Admin {
                 }
             }
             "/connections" => json(&self.agent.proxy.connections.snapshot()),
+            "/metrics" => {
+                let mut r = text(StatusCode::OK, self.metrics());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
             "/config_dump" => json(&self.config_dump()),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /live /ready /config_dump /connections\n",
+                "not found; try /live /ready /metrics /config_dump /connections\n",
             ),
         }
+    }
+
+    fn metrics(&self) -> String {
+        let proxy = &self.agent.proxy;
+        if let Some(mesh) = &proxy.mesh {
+            for (id, not_after) in mesh.certs.expiries() {
+                let secs = not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or_default();
+                proxy
+                    .metrics
+                    .cert_expiration
+                    .get_or_create(&crate::metrics::IdentityLabels { identity: id.to_string() })
+                    .set(secs);
+            }
+            proxy.metrics.cert_refresh.set(mesh.certs.renewals() as i64);
+        }
+        proxy.metrics.encode()
+    }
+
+    fn identity_dump(&self) -> serde_json::Value {
+        let Some(mesh) = &self.agent.proxy.mesh else {
+            return serde_json::Value::Null;
+        };
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+        };
+        let (issuer, issuer_expiry) = mesh.certs.issuer();
+        let anchors = mesh.certs.trust_anchors();
+        let certificates: Vec<_> = mesh
+            .certs
+            .expiries()
+            .into_iter()
+            .map(|(id, t)| serde_json::json!({"identity": id.to_string(), "notAfter": unix(t)}))
+            .collect();
+        serde_json::json!({
+            "trustDomain": mesh.trust_domain,
+            "issuer": issuer, "issuerNotAfter": unix(issuer_expiry),
+            "trustAnchors": anchors.subjects(),
+            "certificates": certificates,
+            "renewals": mesh.certs.renewals(),
+            "hboneConnections": mesh.pool.connection_count(),
+        })
     }
 
     fn config_dump(&self) -> serde_json::Value {
@@ -96,6 +150,7 @@ impl Admin {
             "configError": last_error,
             "workloads": workloads,
             "services": services,
+            "identity": self.identity_dump(),
             "capture": {
                 "pins": self.agent.pins_root(),
                 "workloads": self.agent.statuses(),

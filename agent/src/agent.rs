@@ -16,10 +16,20 @@ use serde::Serialize;
 use crate::{
     capture::{Capture, Enrollment, PinPaths},
     config::Config,
+    identity::{CertManager, IssuerFiles},
+    metrics::Metrics,
     netns::Netns,
-    proxy::{Connections, PodContext, PodProxy, ProxyContext},
+    proxy::{pool::Pool, Connections, Mesh, PodContext, PodProxy, ProxyContext},
     state::{LocalWorkload, State, Workload},
 };
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("loading eBPF capture: {0}")]
+    Capture(#[from] crate::capture::CaptureError),
+    #[error("loading the mesh identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
+}
 
 struct Enrolled {
     workload: Arc<Workload>,
@@ -54,15 +64,38 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Agent {
-    /// Loads the programs (adopting earlier pins) and prepares an empty agent.
-    pub fn start(config: &Config) -> Result<Agent, crate::capture::CaptureError> {
+    /// Loads the identity issuer (when configured) and the programs (adopting earlier pins)
+    /// and prepares an empty agent. Must run inside the tokio runtime.
+    pub fn start(config: &Config) -> Result<Agent, StartError> {
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+        let mesh = match &config.identity {
+            None => None,
+            Some(id) => {
+                let files = IssuerFiles {
+                    trust_anchors: id.trust_anchors.clone(),
+                    issuer_cert: id.issuer_certificate.clone(),
+                    issuer_key: id.issuer_key.clone(),
+                };
+                let ttl = Duration::from_secs(id.certificate_ttl_seconds);
+                let certs = Arc::new(CertManager::load(&files, ttl)?);
+                certs.spawn_renewal();
+                tracing::info!(trust_domain = %config.trust_domain, issuer = %certs.issuer().0, "mutual TLS between workloads is on");
+                Some(Mesh {
+                    trust_domain: config.trust_domain.clone(),
+                    pool: Pool::new(certs.clone(), connect_timeout),
+                    certs,
+                })
+            }
+        };
         let capture = Capture::load(PinPaths::new(&config.bpffs))?;
         let state = Arc::new(ArcSwap::from_pointee(State::default()));
         let proxy = Arc::new(ProxyContext {
             state: state.clone(),
             maps: capture.maps().clone(),
             connections: Arc::new(Connections::default()),
-            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+            metrics: Arc::new(Metrics::default()),
+            connect_timeout,
+            mesh,
         });
         Ok(Agent {
             state,
@@ -131,9 +164,15 @@ impl Agent {
     fn enroll(&self, workload: &Arc<Workload>) -> Result<Enrolled, String> {
         let local: &LocalWorkload = workload.local.as_ref().ok_or("not a local workload")?;
         let netns = Arc::new(Netns::open(&local.netns).map_err(|e| e.to_string())?);
+        let identity = self.proxy.mesh.as_ref().map(|m| m.identity_of(workload));
+        if let (Some(mesh), Some(id)) = (&self.proxy.mesh, &identity) {
+            // Issue the certificate now, not on the first connection.
+            mesh.certs.certificate(id).map_err(|e| e.to_string())?;
+        }
         let pod = Arc::new(PodContext {
             workload: workload.clone(),
             netns: netns.clone(),
+            identity,
         });
         let proxy = PodProxy::start(&self.proxy, pod).map_err(|e| e.to_string())?;
         let listeners = workload

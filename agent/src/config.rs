@@ -37,10 +37,31 @@ pub struct Config {
     pub bpffs: PathBuf,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// The trust domain of workload identities (`spiffe://<trustDomain>/ns/NS/sa/SA`).
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    /// Mutual TLS between workloads: where the trust anchors and the issuer are. Without
+    /// it, captured connections are passed through in plaintext.
+    #[serde(default)]
+    pub identity: Option<IdentityConfig>,
     #[serde(default)]
     pub workloads: Vec<WorkloadConfig>,
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// PEM bundle of one or more trust anchors (two during an anchor rotation).
+    pub trust_anchors: PathBuf,
+    /// The issuer (intermediate CA) certificate, PEM, signed by a trust anchor.
+    pub issuer_certificate: PathBuf,
+    /// The issuer's private key, PEM (PKCS#8).
+    pub issuer_key: PathBuf,
+    /// Lifetime of workload certificates; renewed at half-life.
+    #[serde(default = "default_cert_ttl_seconds")]
+    pub certificate_ttl_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -102,6 +123,12 @@ fn default_bpffs() -> PathBuf {
 fn default_connect_timeout_ms() -> u64 {
     5000
 }
+fn default_trust_domain() -> String {
+    "cluster.local".into()
+}
+fn default_cert_ttl_seconds() -> u64 {
+    24 * 3600
+}
 
 impl WorkloadConfig {
     /// `namespace/name`, the workload's unique key.
@@ -141,6 +168,23 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         if self.node.trim().is_empty() {
             return Err("node: must not be empty".into());
+        }
+        if !is_dns_subdomain(&self.trust_domain) {
+            return Err(format!("trustDomain {:?} is not a DNS name", self.trust_domain));
+        }
+        if let Some(id) = &self.identity {
+            if id.certificate_ttl_seconds < 10 {
+                return Err("identity.certificateTtlSeconds must be at least 10".into());
+            }
+            for (field, path) in [
+                ("identity.trustAnchors", &id.trust_anchors),
+                ("identity.issuerCertificate", &id.issuer_certificate),
+                ("identity.issuerKey", &id.issuer_key),
+            ] {
+                if !path.is_file() {
+                    return Err(format!("{field}: {} is not a readable file", path.display()));
+                }
+            }
         }
         let mut names = BTreeSet::new();
         let mut ips: HashMap<IpAddr, String> = HashMap::new();

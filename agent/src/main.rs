@@ -5,6 +5,9 @@ mod agent;
 mod capture;
 mod check;
 mod config;
+mod diagnostics;
+mod identity;
+mod metrics;
 mod netns;
 mod proxy;
 mod sources;
@@ -39,13 +42,49 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Pre-flight checks: kernel, BTF, bpffs, cgroup v2, privileges, each program type.
-    Check,
+    /// Pre-flight checks: kernel, BTF, bpffs, cgroup v2, privileges, each program type;
+    /// with --config also the trust anchors' and issuer's validity.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Diagnostics: open an HBONE tunnel by hand as a given identity.
+    Diagnostics {
+        #[command(subcommand)]
+        command: DiagnosticsCommand,
+    },
+    /// Workload identity: create a trust anchor and issuer.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
     /// Remove everything an agent pinned (detaching its programs), e.g. after a crash.
     Uninstall {
         /// The bpffs root the agent was configured with.
         #[arg(long, default_value = config::DEFAULT_BPFFS_ROOT)]
         bpffs: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DiagnosticsCommand {
+    /// TLS + HTTP/2 CONNECT to a peer's port 15008; prints one JSON line.
+    Hbone(diagnostics::HboneArgs),
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Create a trust anchor (ca.crt, ca.key) and an issuer (issuer.crt, issuer.key),
+    /// ECDSA P-256, like `step certificate create ... --profile root-ca / intermediate-ca`.
+    Init {
+        /// Directory to write the files to.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -66,8 +105,30 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_json);
     match cli.command {
-        Command::Check => {
-            let outcomes = check::run_checks();
+        Command::Diagnostics {
+            command: DiagnosticsCommand::Hbone(args),
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            if !runtime.block_on(diagnostics::hbone(args))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Identity {
+            command: IdentityCommand::Init { dir, trust_domain, force },
+        } => {
+            let out = identity::init(&dir, &trust_domain, force)?;
+            println!("{out}");
+            Ok(())
+        }
+        Command::Check { config } => {
+            let mut outcomes = check::run_checks();
+            if let Some(path) = config {
+                outcomes.extend(check::identity_checks(&path));
+            }
             if !check::print(&outcomes) {
                 std::process::exit(1);
             }
@@ -97,7 +158,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let admin_listener = admin::bind(config.admin)
         .await
         .with_context(|| format!("cannot listen on admin address {}", config.admin))?;
-    let agent = Arc::new(agent::Agent::start(&config).context("loading eBPF capture")?);
+    let agent = Arc::new(agent::Agent::start(&config)?);
     let initial = state::State::from_config(&config);
     let a = agent.clone();
     tokio::task::spawn_blocking(move || a.apply(initial)).await?;

@@ -70,6 +70,7 @@ impl ServicePort {
 pub struct State {
     pub node: String,
     pub workloads: BTreeMap<String, Arc<Workload>>,
+    by_ip: HashMap<IpAddr, Arc<Workload>>,
     services: HashMap<(IpAddr, u16), Arc<ServicePort>>,
 }
 
@@ -95,6 +96,9 @@ impl State {
                 ips: w.ips.clone(),
                 local,
             });
+            for ip in &workload.ips {
+                state.by_ip.insert(*ip, workload.clone());
+            }
             state.workloads.insert(workload.key(), workload);
         }
         for s in &config.services {
@@ -127,6 +131,11 @@ impl State {
             }
         }
         state
+    }
+
+    /// The mesh workload (on any node) that has this address.
+    pub fn workload_by_ip(&self, ip: &IpAddr) -> Option<&Arc<Workload>> {
+        self.by_ip.get(ip)
     }
 
     pub fn service(&self, addr: &SocketAddr) -> Option<&Arc<ServicePort>> {
@@ -177,5 +186,6 @@ services:
         assert_ne!(first[0], second[0], "round robin moves the start");
         assert!(state.service(&"10.96.0.1:81".parse().unwrap()).is_none());
         assert_eq!(state.local_workloads().count(), 0);
+        assert_eq!(state.workload_by_ip(&"10.0.0.2".parse().unwrap()).unwrap().name, "b");
     }
 }

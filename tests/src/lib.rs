@@ -24,6 +24,7 @@ mod netns;
 mod process;
 mod util;
 
+pub mod bench;
 pub mod mesh;
 
 pub use cgroup::{cgroup2_mount, cgroup_pids};

@@ -41,8 +41,9 @@ enum Cmd {
     },
     /// Run the demo (not implemented yet).
     Demo,
-    /// Run the benchmarks (not implemented yet).
-    Bench,
+    /// Setup, build in release, then measure direct, passthrough, mtls and mtls-http side by
+    /// side in a cluster of namespaces; prints a table, writes target/bench/*.json.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,6 +78,6 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             test::run(skip_clippy, &cargo_args)
         }
         Cmd::Demo => demo::run(),
-        Cmd::Bench => bench::run(),
+        Cmd::Bench(args) => bench::run(args),
     }
 }

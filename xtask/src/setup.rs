@@ -27,6 +27,7 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "tshark",
     "nghttp2-client",
+    "nghttp2-server",
     "wrk",
     "prometheus",
     "python3",

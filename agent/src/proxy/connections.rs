@@ -48,6 +48,12 @@ pub struct ConnRecord {
     /// `namespace/name` of the service `orig_dst` belongs to, if any.
     pub service: Option<String>,
     pub opened_unix_ms: u128,
+    /// Mutual TLS (HBONE) on the hop between agents.
+    pub tls: bool,
+    /// The client's identity (inbound, from its certificate).
+    pub client_id: Option<String>,
+    /// The server's identity (outbound: verified; inbound: ours).
+    pub server_id: Option<String>,
     pub closed: bool,
     /// Bytes from the client towards the target.
     pub bytes_sent: u64,
@@ -89,6 +95,9 @@ impl Connections {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_millis())
                 .unwrap_or_default(),
+            tls: false,
+            client_id: None,
+            server_id: None,
             closed: false,
             bytes_sent: 0,
             bytes_received: 0,
@@ -102,6 +111,15 @@ impl Connections {
         if let Some(rec) = self.lock().open.get_mut(&id) {
             rec.target = Some(target);
             rec.service = service;
+        }
+    }
+
+    /// Records that the connection is carried over mutual TLS between these identities.
+    pub fn secured(&self, id: u64, client_id: Option<String>, server_id: Option<String>) {
+        if let Some(rec) = self.lock().open.get_mut(&id) {
+            rec.tls = true;
+            rec.client_id = client_id;
+            rec.server_id = server_id;
         }
     }
 

@@ -6,8 +6,12 @@
 pub mod connect;
 pub mod connections;
 mod copy;
+pub mod hbone;
 mod inbound;
+mod inbound_hbone;
 mod outbound;
+pub mod pool;
+mod tls_errors;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -17,11 +21,13 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use meshd_common::{INBOUND_PORT, OUTBOUND_PORT};
+use meshd_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{
     capture::Maps,
+    identity::{CertManager, Identity},
+    metrics::Metrics,
     netns::Netns,
     state::{State, Workload},
 };
@@ -44,13 +50,32 @@ pub struct ProxyContext {
     pub state: Arc<ArcSwap<State>>,
     pub maps: Arc<Maps>,
     pub connections: Arc<Connections>,
+    pub metrics: Arc<Metrics>,
     pub connect_timeout: Duration,
+    /// Mutual TLS between workloads; `None` runs plain pass-through.
+    pub mesh: Option<Mesh>,
+}
+
+/// Identities and the HBONE connection pool.
+pub struct Mesh {
+    pub trust_domain: String,
+    pub certs: Arc<CertManager>,
+    pub pool: pool::Pool,
+}
+
+impl Mesh {
+    /// The identity a workload's certificate carries.
+    pub fn identity_of(&self, w: &Workload) -> Identity {
+        Identity::new(&self.trust_domain, &w.namespace, &w.service_account)
+    }
 }
 
 /// One enrolled pod as the proxy sees it.
 pub struct PodContext {
     pub workload: Arc<Workload>,
     pub netns: Arc<Netns>,
+    /// Its identity, when mutual TLS is on.
+    pub identity: Option<Identity>,
 }
 
 /// The listeners of one pod and their accept loops; dropping it stops accepting (connections
@@ -139,6 +164,14 @@ impl PodProxy {
             )?;
             proxy.inbound_v6 = Some(proxy.spawn(ctx, &pod, in6, Direction::Inbound)?);
         }
+        if ctx.mesh.is_some() {
+            let h4 = bind_in(&pod.netns, SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE_PORT)))?;
+            proxy.spawn_listener(ctx, &pod, h4, Listener::Hbone)?;
+            if has_v6 {
+                let h6 = bind_in(&pod.netns, SocketAddr::from((Ipv6Addr::UNSPECIFIED, HBONE_PORT)))?;
+                proxy.spawn_listener(ctx, &pod, h6, Listener::Hbone)?;
+            }
+        }
         Ok(proxy)
     }
 
@@ -148,6 +181,20 @@ impl PodProxy {
         pod: &Arc<PodContext>,
         listener: std::net::TcpListener,
         direction: Direction,
+    ) -> Result<RawFd, ProxyError> {
+        let kind = match direction {
+            Direction::Inbound => Listener::Inbound,
+            Direction::Outbound => Listener::Outbound,
+        };
+        self.spawn_listener(ctx, pod, listener, kind)
+    }
+
+    fn spawn_listener(
+        &mut self,
+        ctx: &Arc<ProxyContext>,
+        pod: &Arc<PodContext>,
+        listener: std::net::TcpListener,
+        kind: Listener,
     ) -> Result<RawFd, ProxyError> {
         let addr = listener
             .local_addr()
@@ -160,26 +207,33 @@ impl PodProxy {
         let fd = listener.as_raw_fd();
         let (ctx, pod) = (ctx.clone(), pod.clone());
         self.tasks
-            .push(tokio::spawn(accept_loop(ctx, pod, listener, direction)));
+            .push(tokio::spawn(accept_loop(ctx, pod, listener, kind)));
         Ok(fd)
     }
 }
 
-async fn accept_loop(
-    ctx: Arc<ProxyContext>,
-    pod: Arc<PodContext>,
-    listener: TcpListener,
-    direction: Direction,
-) {
+/// What a listener in the pod is for.
+#[derive(Clone, Copy)]
+enum Listener {
+    /// Where connect4/connect6 send the pod's connections.
+    Outbound,
+    /// Where sk_lookup steers plaintext connections to the pod.
+    Inbound,
+    /// Mutual TLS from other agents, port 15008.
+    Hbone,
+}
+
+async fn accept_loop(ctx: Arc<ProxyContext>, pod: Arc<PodContext>, listener: TcpListener, kind: Listener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let (ctx, pod) = (ctx.clone(), pod.clone());
                 tokio::spawn(async move {
-                    match direction {
-                        Direction::Outbound => outbound::handle(&ctx, &pod, stream, peer).await,
-                        Direction::Inbound => inbound::handle(&ctx, &pod, stream, peer).await,
+                    match kind {
+                        Listener::Outbound => outbound::handle(&ctx, &pod, stream, peer).await,
+                        Listener::Inbound => inbound::handle(&ctx, &pod, stream, peer).await,
+                        Listener::Hbone => inbound_hbone::handle(ctx, pod, stream, peer).await,
                     }
                 });
             }

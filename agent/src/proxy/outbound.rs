@@ -43,6 +43,30 @@ pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, pee
     }
     let mut last_error = None;
     for target in targets {
+        // A destination in the mesh gets mutual TLS (HBONE); anything else pass-through.
+        let peer_workload = state.workload_by_ip(&target.ip());
+        if let (Some(mesh), Some(local), Some(dst_workload)) = (&ctx.mesh, &pod.identity, peer_workload) {
+            let expected = mesh.identity_of(dst_workload);
+            match mesh.pool.tunnel(pod, local, target, &expected).await {
+                Ok(tunnel) => {
+                    ctx.connections.routed(id, target, service);
+                    ctx.connections.secured(id, Some(local.to_string()), Some(expected.to_string()));
+                    let _slot = tunnel._slot;
+                    relay(ctx, id, client, tunnel.io).await;
+                    return;
+                }
+                Err(e) => {
+                    if let Some(reason) = e.reject_reason() {
+                        ctx.metrics.reject("outbound", reason);
+                        tracing::warn!(workload = %workload, %dst, %target, expected = %expected, reason, error = %e, "HBONE: refused the server");
+                    } else {
+                        tracing::info!(workload = %workload, %dst, %target, error = %e, "HBONE tunnel failed");
+                    }
+                    last_error = Some(e.to_string());
+                }
+            }
+            continue;
+        }
         match connect_in(&pod.netns, target, ctx.connect_timeout).await {
             Ok(server) => {
                 ctx.connections.routed(id, target, service);

@@ -6,7 +6,15 @@
 //! meshd-testapp udp-echo --listen 0.0.0.0:5353
 //! meshd-testapp udp-ping --connect 10.244.1.2:5353 [--timeout-secs S]
 //! meshd-testapp connect-loop --connect ADDR [--interval-ms 50] [--duration-secs S] [--greet]
+//! meshd-testapp rr --connect ADDR [--size 1024] [--rate 1000] [--duration-secs S]
+//! meshd-testapp cps --connect ADDR [--duration-secs S] [--concurrency N] [--size 64]
+//! meshd-testapp hold --connect ADDR --count N [--hold-secs S] [--timeout-secs S]
+//! meshd-testapp sink --listen ADDR
+//! meshd-testapp http-serve --listen ADDR
 //! ```
+//!
+//! `rr`, `cps`, `hold`, `sink` and `http-serve` are the benchmark's load generators and
+//! servers (see `meshd_tests::bench`).
 //!
 //! Client commands print one JSON line on stdout and exit 0 on success, 1 on failure.
 
@@ -23,7 +31,12 @@ const USAGE: &str = "usage:
   meshd-testapp echo --connect ADDR --bytes N [--greet] [--timeout-secs S] [--seed X]
   meshd-testapp udp-echo --listen ADDR
   meshd-testapp udp-ping --connect ADDR [--timeout-secs S]
-  meshd-testapp connect-loop --connect ADDR [--interval-ms MS] [--duration-secs S] [--greet] [--timeout-secs S]";
+  meshd-testapp connect-loop --connect ADDR [--interval-ms MS] [--duration-secs S] [--greet] [--timeout-secs S]
+  meshd-testapp rr --connect ADDR [--size BYTES] [--rate PER_SEC] [--duration-secs S] [--warmup N]
+  meshd-testapp cps --connect ADDR [--duration-secs S] [--concurrency N] [--size BYTES]
+  meshd-testapp hold --connect ADDR --count N [--hold-secs S] [--timeout-secs S]
+  meshd-testapp sink --listen ADDR
+  meshd-testapp http-serve --listen ADDR";
 
 const FLAGS: [&str; 1] = ["--greet"];
 
@@ -92,6 +105,11 @@ fn main() -> ExitCode {
         "udp-echo" => udp_echo(&args),
         "udp-ping" => udp_ping(&args),
         "connect-loop" => connect_loop(&args),
+        "rr" => rr(&args),
+        "cps" => cps(&args),
+        "hold" => hold(&args),
+        "sink" => sink(&args),
+        "http-serve" => http_serve(&args),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -448,4 +466,342 @@ fn connect_loop(args: &Args) -> Result<ExitCode, String> {
     } else {
         ExitCode::from(1)
     })
+}
+
+// ------------------------------------------------------------------------ benchmarks
+//
+// Load generators and servers of `meshd_tests::bench`: each client prints one JSON line.
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+fn raise_nofile() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        r.rlim_cur = r.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        }
+    }
+    r.rlim_cur
+}
+
+/// Timer slack of 1 ns, so that sleeping until a request's scheduled time wakes up on time.
+fn precise_timers() {
+    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// The `q` quantile (0..=1) of sorted nanoseconds, in microseconds.
+fn quantile_us(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    let i = rank.clamp(1, sorted.len()) - 1;
+    sorted[i] as f64 / 1000.0
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn exchange(s: &mut TcpStream, msg: &[u8], back: &mut [u8]) -> std::io::Result<()> {
+    s.write_all(msg)?;
+    s.read_exact(back)
+}
+
+/// Request/response at a fixed rate over one persistent connection to an echo server.
+/// Latency is measured from each request's scheduled send time (coordinated omission
+/// corrected): a request that could only be sent late because the previous one was slow
+/// counts the wait.
+fn rr(args: &Args) -> Result<ExitCode, String> {
+    let addr = args.addr("--connect")?;
+    let size: usize = args.num("--size", 1024)?;
+    let rate: f64 = args.num("--rate", 1000.0)?;
+    let duration: f64 = args.num("--duration-secs", 5.0)?;
+    let warmup: u64 = args.num("--warmup", 100)?;
+    let timeout = Duration::from_secs(args.num("--timeout-secs", 10)?);
+    if rate <= 0.0 || duration <= 0.0 || size == 0 {
+        return Err("--rate, --duration-secs and --size must be positive".into());
+    }
+    precise_timers();
+    let mut s = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("connect {addr}: {e}")),
+    };
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
+    let msg = vec![0x5au8; size];
+    let mut back = vec![0u8; size];
+    for i in 0..warmup {
+        if let Err(e) = exchange(&mut s, &msg, &mut back) {
+            return fail(format!("warm-up request {i}: {e}"));
+        }
+    }
+    let n = (rate * duration).round().max(1.0) as u64;
+    let interval_ns = 1e9 / rate;
+    let start = Instant::now() + Duration::from_millis(1);
+    let mut lat: Vec<u64> = Vec::with_capacity(n as usize);
+    let mut late = 0u64;
+    for i in 0..n {
+        let sched = start + Duration::from_nanos((i as f64 * interval_ns) as u64);
+        let now = Instant::now();
+        if sched > now {
+            std::thread::sleep(sched - now);
+        } else if (now - sched).as_nanos() as f64 > interval_ns {
+            late += 1;
+        }
+        if let Err(e) = exchange(&mut s, &msg, &mut back) {
+            return fail(format!("request {i} of {n}: {e}"));
+        }
+        lat.push(u64::try_from(sched.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let mean = lat.iter().map(|&x| x as f64).sum::<f64>() / lat.len() as f64 / 1000.0;
+    say(&json!({
+        "ok": true,
+        "requests": n,
+        "rate": rate,
+        "size": size,
+        "elapsed_secs": elapsed,
+        "late": late,
+        "p50_us": round1(quantile_us(&lat, 0.50)),
+        "p90_us": round1(quantile_us(&lat, 0.90)),
+        "p99_us": round1(quantile_us(&lat, 0.99)),
+        "p999_us": round1(quantile_us(&lat, 0.999)),
+        "max_us": round1(quantile_us(&lat, 1.0)),
+        "mean_us": round1(mean),
+    })
+    .to_string());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn one_connection(addr: SocketAddr, msg: &[u8], timeout: Duration) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    let _ = s.set_nodelay(true);
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut back = vec![0u8; msg.len()];
+    exchange(&mut s, msg, &mut back).map_err(|e| format!("exchange: {e}"))?;
+    if back != msg {
+        return Err("echo mismatch".into());
+    }
+    Ok(())
+}
+
+/// New connections per second: each of N threads connects, exchanges one small message
+/// with an echo server and closes, as fast as it can, for the duration.
+fn cps(args: &Args) -> Result<ExitCode, String> {
+    let addr = args.addr("--connect")?;
+    let duration: f64 = args.num("--duration-secs", 5.0)?;
+    let concurrency: usize = args.num("--concurrency", 4)?;
+    let size: usize = args.num("--size", 64)?;
+    let timeout = Duration::from_secs(args.num("--timeout-secs", 5)?);
+    raise_nofile();
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(duration.max(0.01));
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            std::thread::spawn(move || {
+                let msg = vec![0x33u8; size.max(1)];
+                let (mut ok, mut failed) = (0u64, 0u64);
+                let mut errors = Vec::new();
+                while Instant::now() < end {
+                    match one_connection(addr, &msg, timeout) {
+                        Ok(()) => ok += 1,
+                        Err(e) => {
+                            failed += 1;
+                            if errors.len() < 3 {
+                                errors.push(e);
+                            }
+                        }
+                    }
+                }
+                (ok, failed, errors)
+            })
+        })
+        .collect();
+    let (mut ok, mut failed, mut errors) = (0u64, 0u64, Vec::<String>::new());
+    for w in workers {
+        let (o, f, e) = w.join().map_err(|_| "worker panicked".to_string())?;
+        ok += o;
+        failed += f;
+        errors.extend(e.into_iter().take(10usize.saturating_sub(errors.len())));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    say(&json!({
+        "ok": ok > 0,
+        "connections": ok,
+        "failed": failed,
+        "elapsed_secs": elapsed,
+        "cps": ok as f64 / elapsed,
+        "errors": errors,
+    })
+    .to_string());
+    Ok(if ok > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Opens N connections one after another (each confirmed by the one byte `sink` sends on
+/// accept), prints a JSON line, then holds them open for `--hold-secs`. Gives up after 3
+/// failures in a row or 20 in all (an agent out of file descriptors makes every further
+/// attempt wait for the timeout).
+fn hold(args: &Args) -> Result<ExitCode, String> {
+    let addr = args.addr("--connect")?;
+    let count: usize = args.num("--count", 100)?;
+    let hold_secs: u64 = args.num("--hold-secs", 30)?;
+    let timeout = Duration::from_secs(args.num("--timeout-secs", 3)?);
+    let limit = raise_nofile();
+    let start = Instant::now();
+    let mut conns = Vec::with_capacity(count);
+    let (mut failed, mut in_a_row) = (0u64, 0u32);
+    let mut errors: Vec<String> = Vec::new();
+    for i in 0..count {
+        if in_a_row >= 3 || failed >= 20 {
+            break;
+        }
+        let r = TcpStream::connect_timeout(&addr, timeout).and_then(|mut s| {
+            s.set_read_timeout(Some(timeout))?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)?;
+            Ok(s)
+        });
+        match r {
+            Ok(s) => {
+                conns.push(s);
+                in_a_row = 0;
+            }
+            Err(e) => {
+                failed += 1;
+                in_a_row += 1;
+                if errors.len() < 5 {
+                    errors.push(format!("connection #{i}: {e}"));
+                }
+            }
+        }
+    }
+    let ok = conns.len() == count;
+    say(&json!({
+        "ok": ok,
+        "requested": count,
+        "opened": conns.len(),
+        "failed": failed,
+        "errors": errors,
+        "nofile_limit": limit,
+        "elapsed_secs": start.elapsed().as_secs_f64(),
+    })
+    .to_string());
+    std::thread::sleep(Duration::from_secs(hold_secs));
+    drop(conns);
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Accepts connections, sends one byte on each and keeps them open until it is killed.
+fn sink(args: &Args) -> Result<ExitCode, String> {
+    let addr = args.addr("--listen")?;
+    let limit = raise_nofile();
+    let l = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    let local = l.local_addr().map_err(|e| e.to_string())?;
+    say(&format!("listening on {local} (nofile {limit})"));
+    let mut held = Vec::new();
+    for conn in l.incoming() {
+        match conn {
+            Ok(mut s) => {
+                if s.write_all(b"k").is_ok() {
+                    held.push(s);
+                }
+            }
+            Err(e) => {
+                eprintln!("accept: {e} (holding {})", held.len());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const HTTP_RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nhello world\n";
+
+/// A small HTTP/1.1 keep-alive responder (a thread per connection): every request gets
+/// `200 OK` with a 12-byte body.
+fn http_serve(args: &Args) -> Result<ExitCode, String> {
+    let addr = args.addr("--listen")?;
+    raise_nofile();
+    let l = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    let local = l.local_addr().map_err(|e| e.to_string())?;
+    say(&format!("listening on {local}"));
+    for conn in l.incoming() {
+        match conn {
+            Ok(s) => {
+                std::thread::spawn(move || http_conn(s));
+            }
+            Err(e) => {
+                eprintln!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn http_conn(s: TcpStream) {
+    use std::io::BufRead;
+    let _ = s.set_nodelay(true);
+    let Ok(r) = s.try_clone() else { return };
+    let mut r = std::io::BufReader::with_capacity(16 * 1024, r);
+    let mut w = s;
+    let mut line = Vec::with_capacity(256);
+    loop {
+        // The request line and headers.
+        let (mut length, mut close, mut first) = (0u64, false, true);
+        loop {
+            line.clear();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end();
+            if first {
+                first = false;
+                close = text.ends_with("HTTP/1.0");
+                continue;
+            }
+            if text.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = text.split_once(':') {
+                let v = v.trim();
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("connection") {
+                    close = v.eq_ignore_ascii_case("close");
+                }
+            }
+        }
+        if length > 0 && std::io::copy(&mut (&mut r).take(length), &mut std::io::sink()).is_err() {
+            return;
+        }
+        if w.write_all(HTTP_RESPONSE).is_err() || close {
+            return;
+        }
+    }
 }

@@ -1,0 +1,86 @@
+//! HBONE, the tunnel protocol of Istio ambient: HTTP/2 CONNECT over mutual TLS 1.3 to port
+//! 15008, `:authority` = the original destination (`ip:port`). One TLS connection carries
+//! many tunnels (streams), so connections between two pods multiplex.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{Method, Request, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+pub use meshd_common::HBONE_PORT;
+
+/// Streams (tunnels) per HBONE connection before the pool opens another connection.
+pub const MAX_STREAMS: u32 = 100;
+/// Flow-control windows: large enough for bulk transfers over one stream.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+const MAX_FRAME: u32 = 256 * 1024;
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
+pub fn client_builder() -> hyper::client::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(Duration::from_secs(10));
+    b
+}
+
+pub fn server_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(MAX_STREAMS)
+        .keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(Duration::from_secs(10));
+    b
+}
+
+/// The CONNECT request that opens a tunnel to `target` on behalf of `source` (the client
+/// pod's address, in a `Forwarded` header as ztunnel sends it).
+pub fn connect_request(target: SocketAddr, source: Option<std::net::IpAddr>) -> Result<Request<Empty<Bytes>>, hyper::http::Error> {
+    let uri = Uri::builder().authority(target.to_string()).build()?;
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(uri)
+        .version(Version::HTTP_2);
+    if let Some(ip) = source {
+        req = req.header("forwarded", format!("for={}", forwarded_ip(ip)));
+    }
+    req.body(Empty::new())
+}
+
+fn forwarded_ip(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    }
+}
+
+/// The tunnel target of a CONNECT request: its authority as `ip:port`.
+pub fn target_of<B>(req: &Request<B>) -> Option<SocketAddr> {
+    req.uri().authority()?.as_str().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_request_has_authority_only() {
+        let req = connect_request("10.244.1.2:8080".parse().unwrap(), Some("10.244.2.3".parse().unwrap())).unwrap();
+        assert_eq!(req.method(), Method::CONNECT);
+        assert_eq!(req.uri().to_string(), "10.244.1.2:8080");
+        assert_eq!(req.headers()["forwarded"], "for=10.244.2.3");
+        assert_eq!(target_of(&req), Some("10.244.1.2:8080".parse().unwrap()));
+        let v6 = connect_request("[fd00::2]:80".parse().unwrap(), Some("fd00::3".parse().unwrap())).unwrap();
+        assert_eq!(v6.headers()["forwarded"], "for=\"[fd00::3]\"");
+        assert_eq!(target_of(&v6), Some("[fd00::2]:80".parse().unwrap()));
+    }
+}

@@ -1,0 +1,128 @@
+//! Inbound HBONE: the mutual-TLS listener on port 15008 in each enrolled pod's namespace.
+//! It verifies the client's certificate chain to the trust anchors, learns the client's
+//! identity, accepts CONNECT only to this pod's own addresses (no open relay), and delivers
+//! each tunnel to the app over the pod's loopback.
+
+use std::{
+    convert::Infallible,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{body::Incoming, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{connect::connect_in, copy::relay_tunnel, hbone, tls_errors, Direction, PodContext, ProxyContext};
+use crate::identity::Identity;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn respond(status: StatusCode) -> Response<Empty<Bytes>> {
+    let mut r = Response::new(Empty::new());
+    *r.status_mut() = status;
+    r
+}
+
+/// Serves one accepted TCP connection on the HBONE port.
+pub async fn handle(ctx: Arc<ProxyContext>, pod: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
+    let workload = pod.workload.key();
+    let Some(mesh) = ctx.mesh.as_ref() else {
+        return;
+    };
+    let Some(local) = pod.identity.clone() else {
+        return;
+    };
+    let config = match crate::identity::server_config(mesh.certs.clone(), local.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(workload = %workload, error = %e, "no TLS server configuration");
+            return;
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let reason = tls_errors::reason(&e);
+            ctx.metrics.reject("inbound", reason);
+            tracing::warn!(workload = %workload, %peer, reason, error = %e, "HBONE: rejected TLS handshake");
+            return;
+        }
+        Err(_) => {
+            ctx.metrics.reject("inbound", "handshake");
+            tracing::warn!(workload = %workload, %peer, "HBONE: TLS handshake timed out");
+            return;
+        }
+    };
+    let client_id = crate::identity::peer_identity(tls.get_ref().1);
+    let Some(client_id) = client_id else {
+        ctx.metrics.reject("inbound", "no_client_cert");
+        tracing::warn!(workload = %workload, %peer, "HBONE: client certificate has no SPIFFE identity");
+        return;
+    };
+    let service = {
+        let (ctx, pod, client_id) = (ctx.clone(), pod.clone(), client_id.clone());
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (ctx, pod, client_id) = (ctx.clone(), pod.clone(), client_id.clone());
+            async move { Ok::<_, Infallible>(connect(ctx, pod, peer, client_id, req).await) }
+        })
+    };
+    if let Err(e) = hbone::server_builder()
+        .serve_connection(TokioIo::new(tls), service)
+        .await
+    {
+        tracing::debug!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE connection ended");
+    }
+}
+
+/// One CONNECT: check the target, reach the app, answer 200 and relay the tunnel.
+async fn connect(
+    ctx: Arc<ProxyContext>,
+    pod: Arc<PodContext>,
+    peer: SocketAddr,
+    client_id: Identity,
+    mut req: Request<Incoming>,
+) -> Response<Empty<Bytes>> {
+    let workload = pod.workload.key();
+    if req.method() != Method::CONNECT {
+        ctx.metrics.reject("inbound", "bad_request");
+        return respond(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let Some(target) = hbone::target_of(&req) else {
+        ctx.metrics.reject("inbound", "bad_request");
+        tracing::warn!(workload = %workload, %peer, uri = %req.uri(), "HBONE: CONNECT without an ip:port authority");
+        return respond(StatusCode::BAD_REQUEST);
+    };
+    if !pod.workload.ips.contains(&target.ip()) {
+        ctx.metrics.reject("inbound", "connect_other_address");
+        tracing::warn!(workload = %workload, %peer, client = %client_id, %target, "HBONE: refused CONNECT to an address that is not this pod");
+        return respond(StatusCode::FORBIDDEN);
+    }
+    let id = ctx.connections.open(Direction::Inbound, workload.clone(), peer, target);
+    ctx.connections.secured(id, Some(client_id.to_string()), pod.identity.as_ref().map(ToString::to_string));
+    let app = match target {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::LOCALHOST, target.port())),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::LOCALHOST, target.port())),
+    };
+    let server = match connect_in(&pod.netns, app, ctx.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(workload = %workload, %peer, %target, error = %e, "HBONE: delivery to the app failed");
+            ctx.connections.close(id, 0, 0, Some(e.to_string()));
+            return respond(StatusCode::SERVICE_UNAVAILABLE);
+        }
+    };
+    ctx.connections.routed(id, app, None);
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => relay_tunnel(&ctx, id, TokioIo::new(upgraded), server).await,
+            Err(e) => ctx.connections.close(id, 0, 0, Some(e.to_string())),
+        }
+    });
+    respond(StatusCode::OK)
+}

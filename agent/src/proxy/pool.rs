@@ -1,0 +1,199 @@
+//! Outbound HBONE connections, pooled per (source workload, destination pod address,
+//! expected identity) and multiplexed up to [`hbone::MAX_STREAMS`] tunnels each; a new
+//! connection is opened when all are full or closed.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{client::conn::http2::SendRequest, upgrade::Upgraded, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+
+use super::{connect::connect_in, hbone, PodContext};
+use crate::identity::{CertManager, Identity};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("{0}")]
+    Connect(#[from] super::connect::ConnectError),
+    #[error("TLS with {addr} (expecting {expected}): {source}")]
+    Tls {
+        addr: SocketAddr,
+        expected: String,
+        source: std::io::Error,
+    },
+    #[error("TLS configuration for {0}: {1}")]
+    Config(String, String),
+    #[error("HTTP/2 with {addr}: {source}")]
+    H2 { addr: SocketAddr, source: hyper::Error },
+    #[error("CONNECT {target} via {addr}: {status}")]
+    Refused {
+        addr: SocketAddr,
+        target: SocketAddr,
+        status: StatusCode,
+    },
+    #[error("CONNECT {target}: timed out after {timeout:?}")]
+    Timeout { target: SocketAddr, timeout: Duration },
+}
+
+impl TunnelError {
+    /// The reason label when the peer's identity or certificate was not acceptable.
+    pub fn reject_reason(&self) -> Option<&'static str> {
+        match self {
+            TunnelError::Tls { source, .. } => Some(super::tls_errors::reason(source)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    source: String,
+    addr: SocketAddr,
+    expected: String,
+}
+
+struct Conn {
+    sender: SendRequest<Empty<Bytes>>,
+    streams: Arc<AtomicUsize>,
+}
+
+/// Keeps a stream slot of a pooled connection while a tunnel is open.
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Tunnel {
+    pub io: TokioIo<Upgraded>,
+    pub _slot: StreamSlot,
+}
+
+pub struct Pool {
+    certs: Arc<CertManager>,
+    conns: Mutex<HashMap<Key, Vec<Conn>>>,
+    timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(certs: Arc<CertManager>, timeout: Duration) -> Pool {
+        Pool {
+            certs,
+            conns: Mutex::default(),
+            timeout,
+        }
+    }
+
+    /// Opens a tunnel from `pod` to `target` on the pod at `target.ip()`, whose agent must
+    /// present `expected`.
+    pub async fn tunnel(
+        &self,
+        pod: &PodContext,
+        local: &Identity,
+        target: SocketAddr,
+        expected: &Identity,
+    ) -> Result<Tunnel, TunnelError> {
+        let addr = SocketAddr::new(target.ip(), hbone::HBONE_PORT);
+        let key = Key {
+            source: pod.workload.key(),
+            addr,
+            expected: expected.to_string(),
+        };
+        let (mut sender, streams) = match self.reuse(&key) {
+            Some(c) => c,
+            None => self.open(pod, local, addr, expected, key).await?,
+        };
+        let slot = StreamSlot(streams);
+        let source = pod.workload.ips.iter().find(|ip| ip.is_ipv4() == target.is_ipv4()).copied();
+        let req = hbone::connect_request(target, source)
+            .map_err(|e| TunnelError::Config(target.to_string(), e.to_string()))?;
+        let work = async {
+            sender.ready().await.map_err(|source| TunnelError::H2 { addr, source })?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|source| TunnelError::H2 { addr, source })?;
+            if resp.status() != StatusCode::OK {
+                return Err(TunnelError::Refused { addr, target, status: resp.status() });
+            }
+            let upgraded = hyper::upgrade::on(resp)
+                .await
+                .map_err(|source| TunnelError::H2 { addr, source })?;
+            Ok(TokioIo::new(upgraded))
+        };
+        let io = tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| TunnelError::Timeout { target, timeout: self.timeout })??;
+        Ok(Tunnel { io, _slot: slot })
+    }
+
+    /// A pooled connection with a free stream slot (taking the slot).
+    fn reuse(&self, key: &Key) -> Option<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>)> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let list = conns.get_mut(key)?;
+        list.retain(|c| !c.sender.is_closed());
+        let c = list
+            .iter()
+            .find(|c| c.streams.load(Ordering::Relaxed) < hbone::MAX_STREAMS as usize)?;
+        c.streams.fetch_add(1, Ordering::Relaxed);
+        Some((c.sender.clone(), c.streams.clone()))
+    }
+
+    async fn open(
+        &self,
+        pod: &PodContext,
+        local: &Identity,
+        addr: SocketAddr,
+        expected: &Identity,
+        key: Key,
+    ) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>), TunnelError> {
+        let config = crate::identity::client_config(self.certs.clone(), local.clone(), expected.clone())
+            .map_err(|e| TunnelError::Config(expected.to_string(), e.to_string()))?;
+        let tcp = connect_in(&pod.netns, addr, self.timeout).await?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let name = ServerName::try_from("hbone.meshd.local").map_err(|e| TunnelError::Config(expected.to_string(), e.to_string()))?;
+        let tls = tokio::time::timeout(self.timeout, connector.connect(name, tcp))
+            .await
+            .map_err(|_| TunnelError::Tls {
+                addr,
+                expected: expected.to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"),
+            })?
+            .map_err(|source| TunnelError::Tls { addr, expected: expected.to_string(), source })?;
+        let (sender, conn) = hbone::client_builder()
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|source| TunnelError::H2 { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "HBONE connection ended");
+            }
+        });
+        let streams = Arc::new(AtomicUsize::new(1));
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.entry(key).or_default().push(Conn {
+            sender: sender.clone(),
+            streams: streams.clone(),
+        });
+        tracing::debug!(%addr, expected = %expected, "opened HBONE connection");
+        Ok((sender, streams))
+    }
+
+    /// Open pooled connections, for `/config_dump`.
+    pub fn connection_count(&self) -> usize {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.values().flatten().filter(|c| !c.sender.is_closed()).count()
+    }
+}

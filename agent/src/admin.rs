@@ -83,7 +83,9 @@ impl Admin {
                 proxy
                     .metrics
                     .cert_expiration
-                    .get_or_create(&crate::metrics::IdentityLabels { identity: id.to_string() })
+                    .get_or_create(&crate::metrics::IdentityLabels {
+                        identity: id.to_string(),
+                    })
                     .set(secs);
             }
             proxy.metrics.cert_refresh.set(mesh.certs.renewals() as i64);
@@ -96,7 +98,9 @@ impl Admin {
             return serde_json::Value::Null;
         };
         let unix = |t: std::time::SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default()
         };
         let (issuer, issuer_expiry) = mesh.certs.issuer();
         let anchors = mesh.certs.trust_anchors();

@@ -269,14 +269,23 @@ pub fn print(outcomes: &[Outcome]) -> bool {
 pub fn identity_checks(path: &std::path::Path) -> Vec<Outcome> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) => return vec![fail("config", format!("{}: {e}", path.display()), "pass the agent's config file")],
+        Err(e) => {
+            return vec![fail(
+                "config",
+                format!("{}: {e}", path.display()),
+                "pass the agent's config file",
+            )]
+        }
     };
     let config = match crate::config::Config::parse(path, &text) {
         Ok(c) => c,
         Err(e) => return vec![fail("config", e.to_string(), "fix the config file")],
     };
     let Some(id) = config.identity else {
-        return vec![ok("identity", "not configured: captured traffic is passed through in plaintext")];
+        return vec![ok(
+            "identity",
+            "not configured: captured traffic is passed through in plaintext",
+        )];
     };
     let files = crate::identity::IssuerFiles {
         trust_anchors: id.trust_anchors,
@@ -285,7 +294,11 @@ pub fn identity_checks(path: &std::path::Path) -> Vec<Outcome> {
     };
     let ttl = std::time::Duration::from_secs(id.certificate_ttl_seconds);
     match crate::identity::CertManager::load(&files, ttl) {
-        Err(e) => vec![fail("identity", e.to_string(), "meshd identity init --dir DIR, or fix the files")],
+        Err(e) => vec![fail(
+            "identity",
+            e.to_string(),
+            "meshd identity init --dir DIR, or fix the files",
+        )],
         Ok(m) => {
             let days = |t: std::time::SystemTime| {
                 t.duration_since(std::time::SystemTime::now())
@@ -297,14 +310,29 @@ pub fn identity_checks(path: &std::path::Path) -> Vec<Outcome> {
                 .subjects()
                 .iter()
                 .zip(anchors.expiries())
-                .map(|(s, t)| ok("trust anchor", format!("{s} valid for {} more days", days(*t))))
+                .map(|(s, t)| {
+                    ok(
+                        "trust anchor",
+                        format!("{s} valid for {} more days", days(*t)),
+                    )
+                })
                 .collect();
             let (issuer, t) = m.issuer();
             let remaining = days(t);
             if remaining < 30 {
-                out.push(fail("issuer", format!("{issuer} expires in {remaining} days"), "issue a new issuer certificate from the trust anchor"));
+                out.push(fail(
+                    "issuer",
+                    format!("{issuer} expires in {remaining} days"),
+                    "issue a new issuer certificate from the trust anchor",
+                ));
             } else {
-                out.push(ok("issuer", format!("{issuer} valid for {remaining} more days; workload certificates live {}s", ttl.as_secs())));
+                out.push(ok(
+                    "issuer",
+                    format!(
+                        "{issuer} valid for {remaining} more days; workload certificates live {}s",
+                        ttl.as_secs()
+                    ),
+                ));
             }
             out
         }

@@ -170,7 +170,10 @@ impl Config {
             return Err("node: must not be empty".into());
         }
         if !is_dns_subdomain(&self.trust_domain) {
-            return Err(format!("trustDomain {:?} is not a DNS name", self.trust_domain));
+            return Err(format!(
+                "trustDomain {:?} is not a DNS name",
+                self.trust_domain
+            ));
         }
         if let Some(id) = &self.identity {
             if id.certificate_ttl_seconds < 10 {
@@ -182,7 +185,10 @@ impl Config {
                 ("identity.issuerKey", &id.issuer_key),
             ] {
                 if !path.is_file() {
-                    return Err(format!("{field}: {} is not a readable file", path.display()));
+                    return Err(format!(
+                        "{field}: {} is not a readable file",
+                        path.display()
+                    ));
                 }
             }
         }

@@ -68,22 +68,39 @@ pub async fn hbone(args: HboneArgs) -> anyhow::Result<bool> {
         issuer_cert: args.issuer_cert,
         issuer_key: args.issuer_key,
     };
-    let certs = Arc::new(CertManager::load(&files, crate::identity::DEFAULT_LEAF_TTL)?);
+    let certs = Arc::new(CertManager::load(
+        &files,
+        crate::identity::DEFAULT_LEAF_TTL,
+    )?);
     if args.not_before_secs.is_some() || args.not_after_secs.is_some() {
         let nb = relative(args.not_before_secs.unwrap_or(-60));
         let na = relative(args.not_after_secs.unwrap_or(3600));
         certs.install_with_validity(&args.identity, nb, na)?;
     }
-    let config = client_config(certs, args.identity.clone(), args.expect_server.clone())?;
-    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(args.connect))
-        .await
-        .context("connect timed out")?
-        .with_context(|| format!("connect {}", args.connect))?;
+    // The TLS config refers back to the manager weakly: keep it alive for the whole probe.
+    let config = client_config(
+        certs.clone(),
+        args.identity.clone(),
+        args.expect_server.clone(),
+    )?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(args.connect),
+    )
+    .await
+    .context("connect timed out")?
+    .with_context(|| format!("connect {}", args.connect))?;
     let name = ServerName::try_from("hbone.meshd.local")?;
-    let tls = match tokio_rustls::TlsConnector::from(config).connect(name, tcp).await {
+    let tls = match tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+    {
         Ok(t) => t,
         Err(e) => {
-            println!("{}", serde_json::json!({"stage": "tls", "ok": false, "error": e.to_string()}));
+            println!(
+                "{}",
+                serde_json::json!({"stage": "tls", "ok": false, "error": e.to_string()})
+            );
             return Ok(false);
         }
     };
@@ -94,13 +111,19 @@ pub async fn hbone(args: HboneArgs) -> anyhow::Result<bool> {
         Ok(r) => r,
         Err(e) => {
             // A server that rejects our certificate after the handshake closes here.
-            println!("{}", serde_json::json!({"stage": "connect", "ok": false, "error": e.to_string()}));
+            println!(
+                "{}",
+                serde_json::json!({"stage": "connect", "ok": false, "error": e.to_string()})
+            );
             return Ok(false);
         }
     };
     let status = resp.status().as_u16();
     if status != 200 {
-        println!("{}", serde_json::json!({"stage": "connect", "ok": false, "status": status}));
+        println!(
+            "{}",
+            serde_json::json!({"stage": "connect", "ok": false, "status": status})
+        );
         return Ok(false);
     }
     let mut tunnel = TokioIo::new(hyper::upgrade::on(resp).await?);
@@ -115,6 +138,10 @@ pub async fn hbone(args: HboneArgs) -> anyhow::Result<bool> {
     drop(tunnel);
     drop(sender);
     driver.abort();
-    println!("{}", serde_json::json!({"stage": "done", "ok": true, "status": status, "reply": reply}));
+    drop(certs);
+    println!(
+        "{}",
+        serde_json::json!({"stage": "done", "ok": true, "status": status, "reply": reply})
+    );
     Ok(true)
 }

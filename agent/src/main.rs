@@ -118,7 +118,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Identity {
-            command: IdentityCommand::Init { dir, trust_domain, force },
+            command:
+                IdentityCommand::Init {
+                    dir,
+                    trust_domain,
+                    force,
+                },
         } => {
             let out = identity::init(&dir, &trust_domain, force)?;
             println!("{out}");

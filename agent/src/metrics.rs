@@ -86,10 +86,15 @@ mod tests {
         m.reject("inbound", "unknown_ca");
         m.reject("inbound", "unknown_ca");
         m.cert_expiration
-            .get_or_create(&IdentityLabels { identity: "spiffe://cluster.local/ns/default/sa/web".into() })
+            .get_or_create(&IdentityLabels {
+                identity: "spiffe://cluster.local/ns/default/sa/web".into(),
+            })
             .set(1_800_000_000);
         let text = m.encode();
-        assert!(text.contains("hbone_rejected_total{direction=\"inbound\",reason=\"unknown_ca\"} 2"), "{text}");
+        assert!(
+            text.contains("hbone_rejected_total{direction=\"inbound\",reason=\"unknown_ca\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("identity_cert_expiration_timestamp_seconds{identity=\"spiffe://cluster.local/ns/default/sa/web\"} 1800000000"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }

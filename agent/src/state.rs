@@ -186,6 +186,12 @@ services:
         assert_ne!(first[0], second[0], "round robin moves the start");
         assert!(state.service(&"10.96.0.1:81".parse().unwrap()).is_none());
         assert_eq!(state.local_workloads().count(), 0);
-        assert_eq!(state.workload_by_ip(&"10.0.0.2".parse().unwrap()).unwrap().name, "b");
+        assert_eq!(
+            state
+                .workload_by_ip(&"10.0.0.2".parse().unwrap())
+                .unwrap()
+                .name,
+            "b"
+        );
     }
 }

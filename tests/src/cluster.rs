@@ -459,6 +459,16 @@ impl Cluster {
         process::run(cmd, &at, timeout)
     }
 
+    /// Starts `cmd` in the cluster network's netns (the one with `br0`), e.g. a capture.
+    pub fn spawn_in_net(&self, cmd: Command) -> anyhow::Result<ProcHandle> {
+        let path = self.net_netns_path();
+        let at = Placement {
+            netns: Some(&path),
+            cgroup: None,
+        };
+        self.spawn_at("net", cmd, &at)
+    }
+
     /// Runs `cmd` to completion in the cluster network's netns (the one with `br0`).
     pub fn run_in_net(&self, cmd: Command) -> anyhow::Result<Output> {
         let path = self.net_netns_path();

@@ -354,3 +354,76 @@ pub fn serve(cluster: &Cluster, pod: &Pod, port: u16) -> anyhow::Result<ProcHand
         .with_context(|| format!("testapp serve in {}", pod.name))?;
     Ok(h)
 }
+
+/// `meshd identity init` into `<cluster dir>/<name>`; returns the directory.
+pub fn identity_init(cluster: &Cluster, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = cluster.dir().join(name);
+    let out = Command::new(meshd_bin())
+        .args(["identity", "init", "--dir"])
+        .arg(&dir)
+        .output()
+        .context("running meshd identity init")?;
+    if !out.status.success() {
+        bail!(
+            "meshd identity init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(dir)
+}
+
+/// Adds mutual TLS to an agent config: trust anchors from `anchors` (a PEM bundle), the
+/// issuer from `issuer_dir`, workload certificates living `ttl_secs`.
+pub fn with_identity(yaml: &str, anchors: &Path, issuer_dir: &Path, ttl_secs: u64) -> String {
+    format!(
+        "{yaml}identity:\n  trustAnchors: {}\n  issuerCertificate: {}\n  issuerKey: {}\n  certificateTtlSeconds: {ttl_secs}\n",
+        anchors.display(),
+        issuer_dir.join("issuer.crt").display(),
+        issuer_dir.join("issuer.key").display(),
+    )
+}
+
+/// A packet capture with tcpdump on the cluster network's bridge (between the nodes).
+pub struct WireCapture {
+    proc: ProcHandle,
+    pub file: PathBuf,
+}
+
+impl WireCapture {
+    pub fn start(cluster: &Cluster) -> anyhow::Result<WireCapture> {
+        let file = cluster.dir().join("wire.pcap");
+        let mut cmd = Command::new("tcpdump");
+        cmd.args(["-i", "br0", "-U", "-n", "-s", "0", "-w"])
+            .arg(&file)
+            .arg("tcp");
+        let proc = cluster.spawn_in_net(cmd)?;
+        proc.wait_for_output("listening on", Duration::from_secs(10))
+            .context("tcpdump did not start")?;
+        Ok(WireCapture { proc, file })
+    }
+
+    /// Stops the capture and returns the pcap's bytes.
+    pub fn stop(self) -> anyhow::Result<Vec<u8>> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.proc.signal(Signal::SIGINT)?;
+        self.proc.wait(Duration::from_secs(10))?;
+        Ok(std::fs::read(&self.file)?)
+    }
+
+    /// `tshark -r FILE -Y FILTER -T fields -e FIELD...`: one line per matching packet.
+    pub fn tshark(file: &Path, filter: &str, fields: &[&str]) -> anyhow::Result<Vec<String>> {
+        let mut cmd = Command::new("tshark");
+        cmd.arg("-r").arg(file).args(["-Y", filter, "-T", "fields"]);
+        for f in fields {
+            cmd.args(["-e", f]);
+        }
+        let out = cmd.output().context("running tshark")?;
+        if !out.status.success() {
+            bail!("tshark: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect())
+    }
+}

@@ -44,7 +44,10 @@ pub fn server_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
 
 /// The CONNECT request that opens a tunnel to `target` on behalf of `source` (the client
 /// pod's address, in a `Forwarded` header as ztunnel sends it).
-pub fn connect_request(target: SocketAddr, source: Option<std::net::IpAddr>) -> Result<Request<Empty<Bytes>>, hyper::http::Error> {
+pub fn connect_request(
+    target: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> Result<Request<Empty<Bytes>>, hyper::http::Error> {
     let uri = Uri::builder().authority(target.to_string()).build()?;
     let mut req = Request::builder()
         .method(Method::CONNECT)
@@ -74,12 +77,20 @@ mod tests {
 
     #[test]
     fn connect_request_has_authority_only() {
-        let req = connect_request("10.244.1.2:8080".parse().unwrap(), Some("10.244.2.3".parse().unwrap())).unwrap();
+        let req = connect_request(
+            "10.244.1.2:8080".parse().unwrap(),
+            Some("10.244.2.3".parse().unwrap()),
+        )
+        .unwrap();
         assert_eq!(req.method(), Method::CONNECT);
         assert_eq!(req.uri().to_string(), "10.244.1.2:8080");
         assert_eq!(req.headers()["forwarded"], "for=10.244.2.3");
         assert_eq!(target_of(&req), Some("10.244.1.2:8080".parse().unwrap()));
-        let v6 = connect_request("[fd00::2]:80".parse().unwrap(), Some("fd00::3".parse().unwrap())).unwrap();
+        let v6 = connect_request(
+            "[fd00::2]:80".parse().unwrap(),
+            Some("fd00::3".parse().unwrap()),
+        )
+        .unwrap();
         assert_eq!(v6.headers()["forwarded"], "for=\"[fd00::3]\"");
         assert_eq!(target_of(&v6), Some("[fd00::2]:80".parse().unwrap()));
     }

@@ -16,7 +16,9 @@ use hyper::{body::Incoming, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::{connect::connect_in, copy::relay_tunnel, hbone, tls_errors, Direction, PodContext, ProxyContext};
+use super::{
+    connect::connect_in, copy::relay_tunnel, hbone, tls_errors, Direction, PodContext, ProxyContext,
+};
 use crate::identity::Identity;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,7 +30,12 @@ fn respond(status: StatusCode) -> Response<Empty<Bytes>> {
 }
 
 /// Serves one accepted TCP connection on the HBONE port.
-pub async fn handle(ctx: Arc<ProxyContext>, pod: Arc<PodContext>, tcp: TcpStream, peer: SocketAddr) {
+pub async fn handle(
+    ctx: Arc<ProxyContext>,
+    pod: Arc<PodContext>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
     let workload = pod.workload.key();
     let Some(mesh) = ctx.mesh.as_ref() else {
         return;
@@ -102,8 +109,14 @@ async fn connect(
         tracing::warn!(workload = %workload, %peer, client = %client_id, %target, "HBONE: refused CONNECT to an address that is not this pod");
         return respond(StatusCode::FORBIDDEN);
     }
-    let id = ctx.connections.open(Direction::Inbound, workload.clone(), peer, target);
-    ctx.connections.secured(id, Some(client_id.to_string()), pod.identity.as_ref().map(ToString::to_string));
+    let id = ctx
+        .connections
+        .open(Direction::Inbound, workload.clone(), peer, target);
+    ctx.connections.secured(
+        id,
+        Some(client_id.to_string()),
+        pod.identity.as_ref().map(ToString::to_string),
+    );
     let app = match target {
         SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::LOCALHOST, target.port())),
         SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::LOCALHOST, target.port())),

@@ -165,10 +165,16 @@ impl PodProxy {
             proxy.inbound_v6 = Some(proxy.spawn(ctx, &pod, in6, Direction::Inbound)?);
         }
         if ctx.mesh.is_some() {
-            let h4 = bind_in(&pod.netns, SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE_PORT)))?;
+            let h4 = bind_in(
+                &pod.netns,
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE_PORT)),
+            )?;
             proxy.spawn_listener(ctx, &pod, h4, Listener::Hbone)?;
             if has_v6 {
-                let h6 = bind_in(&pod.netns, SocketAddr::from((Ipv6Addr::UNSPECIFIED, HBONE_PORT)))?;
+                let h6 = bind_in(
+                    &pod.netns,
+                    SocketAddr::from((Ipv6Addr::UNSPECIFIED, HBONE_PORT)),
+                )?;
                 proxy.spawn_listener(ctx, &pod, h6, Listener::Hbone)?;
             }
         }
@@ -223,7 +229,12 @@ enum Listener {
     Hbone,
 }
 
-async fn accept_loop(ctx: Arc<ProxyContext>, pod: Arc<PodContext>, listener: TcpListener, kind: Listener) {
+async fn accept_loop(
+    ctx: Arc<ProxyContext>,
+    pod: Arc<PodContext>,
+    listener: TcpListener,
+    kind: Listener,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {

@@ -45,12 +45,18 @@ pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, pee
     for target in targets {
         // A destination in the mesh gets mutual TLS (HBONE); anything else pass-through.
         let peer_workload = state.workload_by_ip(&target.ip());
-        if let (Some(mesh), Some(local), Some(dst_workload)) = (&ctx.mesh, &pod.identity, peer_workload) {
+        if let (Some(mesh), Some(local), Some(dst_workload)) =
+            (&ctx.mesh, &pod.identity, peer_workload)
+        {
             let expected = mesh.identity_of(dst_workload);
             match mesh.pool.tunnel(pod, local, target, &expected).await {
                 Ok(tunnel) => {
                     ctx.connections.routed(id, target, service);
-                    ctx.connections.secured(id, Some(local.to_string()), Some(expected.to_string()));
+                    ctx.connections.secured(
+                        id,
+                        Some(local.to_string()),
+                        Some(expected.to_string()),
+                    );
                     let _slot = tunnel._slot;
                     relay(ctx, id, client, tunnel.io).await;
                     return;

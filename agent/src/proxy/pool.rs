@@ -34,7 +34,10 @@ pub enum TunnelError {
     #[error("TLS configuration for {0}: {1}")]
     Config(String, String),
     #[error("HTTP/2 with {addr}: {source}")]
-    H2 { addr: SocketAddr, source: hyper::Error },
+    H2 {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
     #[error("CONNECT {target} via {addr}: {status}")]
     Refused {
         addr: SocketAddr,
@@ -42,7 +45,10 @@ pub enum TunnelError {
         status: StatusCode,
     },
     #[error("CONNECT {target}: timed out after {timeout:?}")]
-    Timeout { target: SocketAddr, timeout: Duration },
+    Timeout {
+        target: SocketAddr,
+        timeout: Duration,
+    },
 }
 
 impl TunnelError {
@@ -116,17 +122,29 @@ impl Pool {
             None => self.open(pod, local, addr, expected, key).await?,
         };
         let slot = StreamSlot(streams);
-        let source = pod.workload.ips.iter().find(|ip| ip.is_ipv4() == target.is_ipv4()).copied();
+        let source = pod
+            .workload
+            .ips
+            .iter()
+            .find(|ip| ip.is_ipv4() == target.is_ipv4())
+            .copied();
         let req = hbone::connect_request(target, source)
             .map_err(|e| TunnelError::Config(target.to_string(), e.to_string()))?;
         let work = async {
-            sender.ready().await.map_err(|source| TunnelError::H2 { addr, source })?;
+            sender
+                .ready()
+                .await
+                .map_err(|source| TunnelError::H2 { addr, source })?;
             let resp = sender
                 .send_request(req)
                 .await
                 .map_err(|source| TunnelError::H2 { addr, source })?;
             if resp.status() != StatusCode::OK {
-                return Err(TunnelError::Refused { addr, target, status: resp.status() });
+                return Err(TunnelError::Refused {
+                    addr,
+                    target,
+                    status: resp.status(),
+                });
             }
             let upgraded = hyper::upgrade::on(resp)
                 .await
@@ -135,7 +153,10 @@ impl Pool {
         };
         let io = tokio::time::timeout(self.timeout, work)
             .await
-            .map_err(|_| TunnelError::Timeout { target, timeout: self.timeout })??;
+            .map_err(|_| TunnelError::Timeout {
+                target,
+                timeout: self.timeout,
+            })??;
         Ok(Tunnel { io, _slot: slot })
     }
 
@@ -159,11 +180,13 @@ impl Pool {
         expected: &Identity,
         key: Key,
     ) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>), TunnelError> {
-        let config = crate::identity::client_config(self.certs.clone(), local.clone(), expected.clone())
-            .map_err(|e| TunnelError::Config(expected.to_string(), e.to_string()))?;
+        let config =
+            crate::identity::client_config(self.certs.clone(), local.clone(), expected.clone())
+                .map_err(|e| TunnelError::Config(expected.to_string(), e.to_string()))?;
         let tcp = connect_in(&pod.netns, addr, self.timeout).await?;
         let connector = tokio_rustls::TlsConnector::from(config);
-        let name = ServerName::try_from("hbone.meshd.local").map_err(|e| TunnelError::Config(expected.to_string(), e.to_string()))?;
+        let name = ServerName::try_from("hbone.meshd.local")
+            .map_err(|e| TunnelError::Config(expected.to_string(), e.to_string()))?;
         let tls = tokio::time::timeout(self.timeout, connector.connect(name, tcp))
             .await
             .map_err(|_| TunnelError::Tls {
@@ -171,7 +194,11 @@ impl Pool {
                 expected: expected.to_string(),
                 source: std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"),
             })?
-            .map_err(|source| TunnelError::Tls { addr, expected: expected.to_string(), source })?;
+            .map_err(|source| TunnelError::Tls {
+                addr,
+                expected: expected.to_string(),
+                source,
+            })?;
         let (sender, conn) = hbone::client_builder()
             .handshake(TokioIo::new(tls))
             .await
@@ -194,6 +221,10 @@ impl Pool {
     /// Open pooled connections, for `/config_dump`.
     pub fn connection_count(&self) -> usize {
         let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.values().flatten().filter(|c| !c.sender.is_closed()).count()
+        conns
+            .values()
+            .flatten()
+            .filter(|c| !c.sender.is_closed())
+            .count()
     }
 }

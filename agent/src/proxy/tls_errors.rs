@@ -21,18 +21,25 @@ pub fn reason(e: &std::io::Error) -> &'static str {
 pub fn classify(err: &rustls::Error) -> &'static str {
     use rustls::{CertificateError as C, Error as E};
     match err {
-        E::InvalidCertificate(C::UnknownIssuer) | E::InvalidCertificate(C::BadSignature) => "unknown_ca",
-        E::InvalidCertificate(C::Expired) | E::InvalidCertificate(C::ExpiredContext { .. }) => "expired",
-        E::InvalidCertificate(C::NotValidYet) | E::InvalidCertificate(C::NotValidYetContext { .. }) => {
-            "not_yet_valid"
+        E::InvalidCertificate(C::UnknownIssuer) | E::InvalidCertificate(C::BadSignature) => {
+            "unknown_ca"
         }
-        E::InvalidCertificate(C::NotValidForName) | E::InvalidCertificate(C::NotValidForNameContext { .. }) => {
+        E::InvalidCertificate(C::Expired) | E::InvalidCertificate(C::ExpiredContext { .. }) => {
+            "expired"
+        }
+        E::InvalidCertificate(C::NotValidYet)
+        | E::InvalidCertificate(C::NotValidYetContext { .. }) => "not_yet_valid",
+        E::InvalidCertificate(C::NotValidForName)
+        | E::InvalidCertificate(C::NotValidForNameContext { .. }) => "server_identity_mismatch",
+        E::InvalidCertificate(C::Other(o)) if o.to_string().contains("identity") => {
             "server_identity_mismatch"
         }
-        E::InvalidCertificate(C::Other(o)) if o.to_string().contains("identity") => "server_identity_mismatch",
         E::NoCertificatesPresented => "no_client_cert",
-        E::InvalidMessage(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => "not_tls",
-        E::AlertReceived(rustls::AlertDescription::UnknownCA) | E::AlertReceived(rustls::AlertDescription::BadCertificate) => "peer_rejected_us",
+        E::InvalidMessage(_)
+        | E::InappropriateMessage { .. }
+        | E::InappropriateHandshakeMessage { .. } => "not_tls",
+        E::AlertReceived(rustls::AlertDescription::UnknownCA)
+        | E::AlertReceived(rustls::AlertDescription::BadCertificate) => "peer_rejected_us",
         E::AlertReceived(rustls::AlertDescription::CertificateExpired) => "peer_rejected_us",
         _ => "handshake",
     }

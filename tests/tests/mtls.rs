@@ -1,0 +1,404 @@
+//! Mutual TLS between agents (HBONE): identities, encryption on the wire, and every way a
+//! peer can be refused.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use meshd_tests::{
+    mesh::{
+        config_yaml, identity_init, meshd_bin, serve, testapp_json, with_identity, Agent,
+        WireCapture, WorkloadSpec,
+    },
+    require_root, wait_until, Cluster, Node, Pod,
+};
+use serde_json::Value;
+
+fn spiffe(sa: &str) -> String {
+    format!("spiffe://cluster.local/ns/default/sa/{sa}")
+}
+
+fn remote(pod: &Pod) -> WorkloadSpec {
+    let mut w = WorkloadSpec::new(pod);
+    w.remote = true;
+    w
+}
+
+fn metric(agent: &Agent, line_prefix: &str) -> u64 {
+    let (_, text) = agent.get("/metrics").unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rejected(agent: &Agent, direction: &str, reason: &str) -> u64 {
+    metric(
+        agent,
+        &format!("hbone_rejected_total{{direction=\"{direction}\",reason=\"{reason}\"}}"),
+    )
+}
+
+fn echo(c: &Cluster, from: &Pod, to: &str, bytes: u64) -> Value {
+    testapp_json(
+        c,
+        from,
+        &[
+            "echo",
+            "--greet",
+            "--connect",
+            to,
+            "--bytes",
+            &bytes.to_string(),
+        ],
+    )
+    .unwrap()
+}
+
+struct TwoNodes {
+    c: Cluster,
+    n1: Node,
+    n2: Node,
+    a: Pod,
+    b: Pod,
+    a2: Pod,
+    ca: PathBuf,
+}
+
+/// Node 1 runs pods a and a2, node 2 runs pod b; both agents share one trust anchor.
+fn two_nodes(name: &str) -> (TwoNodes, Agent, Agent) {
+    let c = Cluster::new(name).unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let n2 = c.add_node("n2").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let a2 = c.add_pod(&n1, "a2").unwrap();
+    let b = c.add_pod(&n2, "b").unwrap();
+    let ca = identity_init(&c, "ca").unwrap();
+    let anchors = ca.join("ca.crt");
+    let y1 = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&a), WorkloadSpec::new(&a2), remote(&b)],
+        &[],
+    );
+    let y2 = config_yaml(
+        &c,
+        &n2,
+        &[remote(&a), remote(&a2), WorkloadSpec::new(&b)],
+        &[],
+    );
+    let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &anchors, &ca, 3600)).unwrap();
+    let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &anchors, &ca, 3600)).unwrap();
+    (
+        TwoNodes {
+            c,
+            n1,
+            n2,
+            a,
+            b,
+            a2,
+            ca,
+        },
+        agent1,
+        agent2,
+    )
+}
+
+#[test]
+fn pods_talk_over_mutual_tls_and_the_wire_shows_only_tls13() {
+    require_root().unwrap();
+    let (t, agent1, agent2) = two_nodes("mtls-wire");
+    let c = &t.c;
+    serve(c, &t.b, 8080).unwrap();
+    serve(c, &t.a2, 8080).unwrap();
+    let wire = WireCapture::start(c).unwrap();
+
+    // Across nodes: a -> b.
+    let b_dst = format!("{}:8080", t.b.ip);
+    for _ in 0..3 {
+        let r = echo(c, &t.a, &b_dst, 2 * 1024 * 1024);
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let pcap = wire.stop().unwrap();
+
+    // The app's plaintext (the server's greeting) never crossed the wire; TLS 1.3 did,
+    // to port 15008, and only there.
+    let marker = b"hello peer=";
+    assert!(
+        !pcap.windows(marker.len()).any(|w| w == marker),
+        "plaintext on the wire"
+    );
+    let file = c.dir().join("wire.pcap");
+    let hellos = WireCapture::tshark(
+        &file,
+        "tls.handshake.type == 2",
+        &["tls.handshake.extensions.supported_version", "tcp.srcport"],
+    )
+    .unwrap();
+    assert!(!hellos.is_empty(), "a ServerHello was captured");
+    for h in &hellos {
+        assert!(
+            h.starts_with("0x0304") && h.ends_with("15008"),
+            "TLS 1.3 from port 15008: {h}"
+        );
+    }
+    let app_data =
+        WireCapture::tshark(&file, "tls.record.opaque_type == 23", &["tcp.dstport"]).unwrap();
+    assert!(
+        app_data.len() > 10,
+        "encrypted application data records: {}",
+        app_data.len()
+    );
+    let other_ports =
+        WireCapture::tshark(&file, "tcp.len > 0 && !(tcp.port == 15008)", &["tcp.port"]).unwrap();
+    assert!(
+        other_ports.is_empty(),
+        "payload outside HBONE: {other_ports:?}"
+    );
+    // Three connections, one pooled HBONE connection carrying them.
+    let syns = WireCapture::tshark(
+        &file,
+        "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+        &["tcp.dstport"],
+    )
+    .unwrap();
+    assert_eq!(
+        syns,
+        vec!["15008".to_string()],
+        "one multiplexed connection"
+    );
+
+    // Both agents say who was who.
+    let out = agent1.closed_to("outbound", &b_dst).unwrap();
+    assert_eq!(out.len(), 3);
+    assert!(
+        out.iter()
+            .all(|r| r["tls"] == true && r["server_id"] == spiffe("b").as_str()),
+        "{out:#?}"
+    );
+    let inb = agent2.closed_to("inbound", &b_dst).unwrap();
+    assert_eq!(inb.len(), 3);
+    for r in &inb {
+        assert_eq!(r["tls"], true);
+        assert_eq!(r["client_id"], spiffe("a").as_str());
+        assert!(
+            r["peer"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{}:", t.a.ip)),
+            "{r}"
+        );
+    }
+
+    // Same node: a -> a2, also mutual TLS.
+    let a2_dst = format!("{}:8080", t.a2.ip);
+    assert_eq!(echo(c, &t.a, &a2_dst, 100_000)["ok"], true);
+    let inb = agent1.closed_to("inbound", &a2_dst).unwrap();
+    assert_eq!(inb.len(), 1);
+    assert_eq!(inb[0]["client_id"], spiffe("a").as_str());
+
+    // The certificates are exported with their expiry, and shown in /config_dump.
+    let expiry = metric(
+        &agent1,
+        &format!(
+            "identity_cert_expiration_timestamp_seconds{{identity=\"{}\"}}",
+            spiffe("a")
+        ),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        expiry > now + 3000 && expiry <= now + 3600,
+        "{expiry} vs {now}"
+    );
+    let dump = agent1.config_dump().unwrap();
+    assert_eq!(
+        dump["identity"]["certificates"].as_array().unwrap().len(),
+        2,
+        "{dump:#}"
+    );
+    agent1.stop().unwrap();
+    agent2.stop().unwrap();
+}
+
+/// `meshd diagnostics hbone` from node 2's namespace (outside any pod, so not captured).
+fn probe(
+    t: &TwoNodes,
+    issuer: &PathBuf,
+    anchors: &PathBuf,
+    identity: &str,
+    extra: &[&str],
+) -> Value {
+    let mut cmd = Command::new(meshd_bin());
+    cmd.args(["diagnostics", "hbone", "--trust-anchors"])
+        .arg(anchors)
+        .arg("--issuer-cert")
+        .arg(issuer.join("issuer.crt"))
+        .arg("--issuer-key")
+        .arg(issuer.join("issuer.key"))
+        .args([
+            "--identity",
+            &spiffe(identity),
+            "--expect-server",
+            &spiffe("b"),
+        ])
+        .args(["--connect", &format!("{}:15008", t.b.ip)])
+        .args(extra);
+    let out = t.c.run_in_node(&t.n2, cmd).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| {
+        panic!(
+            "diagnostics: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn peers_are_refused_for_every_kind_of_bad_identity() {
+    require_root().unwrap();
+    let (t, agent1, agent2) = two_nodes("mtls-reject");
+    let c = &t.c;
+    serve(c, &t.b, 8080).unwrap();
+    let b_dst = format!("{}:8080", t.b.ip);
+    let anchors = t.ca.join("ca.crt");
+    let authority = ["--authority", &b_dst, "--send", "ping"];
+
+    // The probe works with a good certificate: it reaches the app through the tunnel.
+    let ok = probe(&t, &t.ca, &anchors, "probe", &authority);
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert!(
+        ok["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("hello peer=127.0.0.1:"),
+        "{ok}"
+    );
+
+    // A client certificate from another trust anchor (the client trusts both anchors, so
+    // it is the server that refuses it).
+    let other = identity_init(c, "other-ca").unwrap();
+    let bundle = c.dir().join("both.crt");
+    let both = [
+        std::fs::read_to_string(&anchors).unwrap(),
+        std::fs::read_to_string(other.join("ca.crt")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(&bundle, both).unwrap();
+    let r = probe(&t, &other, &bundle, "intruder", &authority);
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(wait_until(Duration::from_secs(3), || rejected(
+        &agent2,
+        "inbound",
+        "unknown_ca"
+    ) == 1));
+
+    // Expired, and not yet valid.
+    let r = probe(
+        &t,
+        &t.ca,
+        &anchors,
+        "probe",
+        &[
+            "--authority",
+            &b_dst,
+            "--not-before-secs",
+            "-7200",
+            "--not-after-secs",
+            "-3600",
+        ],
+    );
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(wait_until(Duration::from_secs(3), || rejected(
+        &agent2, "inbound", "expired"
+    ) == 1));
+    let r = probe(
+        &t,
+        &t.ca,
+        &anchors,
+        "probe",
+        &[
+            "--authority",
+            &b_dst,
+            "--not-before-secs",
+            "3600",
+            "--not-after-secs",
+            "7200",
+        ],
+    );
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(wait_until(Duration::from_secs(3), || rejected(
+        &agent2,
+        "inbound",
+        "not_yet_valid"
+    ) == 1));
+
+    // A CONNECT to an address that is not this pod (no open relay): 403.
+    let a_dst = format!("{}:8080", t.a.ip);
+    let r = probe(&t, &t.ca, &anchors, "probe", &["--authority", &a_dst]);
+    assert_eq!(r["status"], 403, "{r}");
+    assert_eq!(rejected(&agent2, "inbound", "connect_other_address"), 1);
+
+    // Plaintext to 15008.
+    let r = testapp_json(
+        c,
+        &t.a,
+        &[
+            "echo",
+            "--connect",
+            &format!("{}:15008", t.b.ip),
+            "--bytes",
+            "2000",
+        ],
+    )
+    .unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(wait_until(Duration::from_secs(3), || rejected(
+        &agent2, "inbound", "not_tls"
+    ) >= 1));
+
+    // The logs say what happened, each in one line.
+    let log = agent2.proc.stderr();
+    for reason in ["unknown_ca", "expired", "not_yet_valid", "not_tls"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("HBONE: rejected TLS handshake") && l.contains(reason)),
+            "{reason}: {log}"
+        );
+    }
+    assert!(log.contains("HBONE: refused CONNECT to an address that is not this pod"));
+
+    // A server whose identity is not the expected one: node 1 believes b runs as `api`.
+    let y1 = config_yaml(
+        c,
+        &t.n1,
+        &[WorkloadSpec::new(&t.a), WorkloadSpec::new(&t.a2), {
+            let mut w = remote(&t.b);
+            w.service_account = "api".into();
+            w
+        }],
+        &[],
+    );
+    agent1
+        .write_config(&with_identity(&y1, &anchors, &t.ca, 3600))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let r = echo(c, &t.a, &b_dst, 1000);
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(wait_until(Duration::from_secs(3), || rejected(
+        &agent1,
+        "outbound",
+        "server_identity_mismatch"
+    ) == 1));
+    let log = agent1.proc.stderr();
+    assert!(
+        log.contains("HBONE: refused the server")
+            && log.contains(&spiffe("api"))
+            && log.contains(&spiffe("b")),
+        "{log}"
+    );
+    agent1.stop().unwrap();
+    agent2.stop().unwrap();
+    let _ = t.n1;
+}

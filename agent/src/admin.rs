@@ -138,7 +138,7 @@ impl Admin {
             .map(|s| {
                 serde_json::json!({
                     "name": s.name, "namespace": s.namespace, "vip": s.vip,
-                    "port": s.port, "endpoints": s.endpoints,
+                    "port": s.port, "endpoints": s.endpoints.addrs(),
                 })
             })
             .collect();

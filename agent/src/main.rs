@@ -2,6 +2,7 @@
 
 mod admin;
 mod agent;
+mod balance;
 mod capture;
 mod check;
 mod config;

@@ -5,13 +5,10 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::Arc,
 };
 
-use crate::config::Config;
+use crate::{balance::Balancer, config::Config};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workload {
@@ -48,21 +45,13 @@ pub struct ServicePort {
     pub namespace: String,
     pub vip: IpAddr,
     pub port: u16,
-    pub endpoints: Vec<SocketAddr>,
-    next: AtomicUsize,
+    pub endpoints: Balancer,
 }
 
 impl ServicePort {
-    /// Endpoints in the order to try them: round robin over the start, then the rest, so a
-    /// refused endpoint is skipped for another one.
-    pub fn endpoints_to_try(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        let n = self.endpoints.len();
-        let start = if n == 0 {
-            0
-        } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % n
-        };
-        (0..n).map(move |i| self.endpoints[(start + i) % n])
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
     }
 }
 
@@ -124,8 +113,7 @@ impl State {
                         namespace: s.namespace.clone(),
                         vip: s.vip,
                         port: p.port,
-                        endpoints,
-                        next: AtomicUsize::new(0),
+                        endpoints: Balancer::new(&endpoints),
                     }),
                 );
             }
@@ -173,17 +161,12 @@ services:
         .unwrap();
         let state = State::from_config(&config);
         let svc = state.service(&"10.96.0.1:80".parse().unwrap()).unwrap();
-        assert_eq!(
-            svc.endpoints,
-            vec![
-                "10.0.0.1:8080".parse().unwrap(),
-                "10.1.0.9:8080".parse().unwrap()
-            ]
-        );
-        let first: Vec<_> = svc.endpoints_to_try().collect();
-        let second: Vec<_> = svc.endpoints_to_try().collect();
-        assert_eq!(first.len(), 2);
-        assert_ne!(first[0], second[0], "round robin moves the start");
+        let expected: Vec<SocketAddr> = vec![
+            "10.0.0.1:8080".parse().unwrap(),
+            "10.1.0.9:8080".parse().unwrap(),
+        ];
+        assert_eq!(svc.endpoints.addrs(), expected);
+        assert_eq!(svc.key(), "d/web");
         assert!(state.service(&"10.96.0.1:81".parse().unwrap()).is_none());
         assert_eq!(state.local_workloads().count(), 0);
         assert_eq!(

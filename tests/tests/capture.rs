@@ -184,13 +184,24 @@ fn services_spread_over_endpoints_across_nodes() {
         .stdout()
         .contains(&format!("accepted peer={}:", client.ip)));
 
-    // A dead endpoint is skipped: stop web2's server, every request still succeeds.
+    // A dead endpoint is skipped: stop web2's server; it costs one failed attempt, then it
+    // gets no more traffic, and every request still succeeds.
     web2_log.kill().unwrap();
-    for _ in 0..4 {
+    for _ in 0..6 {
         echo(&c, &client, "10.96.0.10:80", 1024);
     }
-    let recs = wait_closed(&agent, "outbound", "10.96.0.10:80", 10);
-    assert_eq!(recs.iter().filter(to(web1.ip)).count(), 7, "{recs:#?}");
+    let recs = wait_closed(&agent, "outbound", "10.96.0.10:80", 12);
+    assert_eq!(recs.iter().filter(to(web1.ip)).count(), 9, "{recs:#?}");
+    let failures = agent
+        .proc
+        .stderr()
+        .lines()
+        .filter(|l| {
+            l.contains("outbound connect failed") && l.contains(&format!("{}:8080", web2.ip))
+        })
+        .count();
+    assert_eq!(failures, 1, "one attempt at the dead endpoint");
+
     agent.stop().unwrap();
 }
 

@@ -402,3 +402,151 @@ fn peers_are_refused_for_every_kind_of_bad_identity() {
     agent2.stop().unwrap();
     let _ = t.n1;
 }
+
+#[test]
+fn rotation_two_anchors_and_short_lived_certificates_never_fail_a_request() {
+    require_root().unwrap();
+    let c = Cluster::new("mtls-rotate").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let n2 = c.add_node("n2").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let b = c.add_pod(&n2, "b").unwrap();
+    // Mid-rotation: node 1 still issues under the old anchor, node 2 already under the new
+    // one; both trust both.
+    let old = identity_init(&c, "old-ca").unwrap();
+    let new = identity_init(&c, "new-ca").unwrap();
+    let bundle = c.dir().join("bundle.crt");
+    let both = [
+        std::fs::read_to_string(old.join("ca.crt")).unwrap(),
+        std::fs::read_to_string(new.join("ca.crt")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(&bundle, both).unwrap();
+    let y1 = config_yaml(&c, &n1, &[WorkloadSpec::new(&a), remote(&b)], &[]);
+    let y2 = config_yaml(&c, &n2, &[remote(&a), WorkloadSpec::new(&b)], &[]);
+    // Workload certificates live 10 s: renewed every 5 s while the traffic runs.
+    let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &bundle, &old, 10)).unwrap();
+    let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &bundle, &new, 10)).unwrap();
+    serve(&c, &b, 8080).unwrap();
+    serve(&c, &a, 8080).unwrap();
+
+    let mut lp = Command::new(meshd_tests::mesh::testapp_bin());
+    lp.args([
+        "connect-loop",
+        "--greet",
+        "--connect",
+        &format!("{}:8080", b.ip),
+    ])
+    .args(["--interval-ms", "20", "--duration-secs", "12"]);
+    let traffic = c.spawn_in_pod(&a, lp).unwrap();
+    // The other direction too, across the anchors.
+    assert_eq!(echo(&c, &b, &format!("{}:8080", a.ip), 100_000)["ok"], true);
+    traffic.wait(Duration::from_secs(30)).unwrap();
+    let summary: Value = serde_json::from_str(traffic.stdout().lines().last().unwrap()).unwrap();
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert!(summary["ok"].as_u64().unwrap() > 200, "{summary}");
+    for agent in [&agent1, &agent2] {
+        let renewals = agent.config_dump().unwrap()["identity"]["renewals"]
+            .as_u64()
+            .unwrap();
+        assert!(renewals >= 2, "renewed during the traffic: {renewals}");
+    }
+    let inb = agent2
+        .closed_to("inbound", &format!("{}:8080", b.ip))
+        .unwrap();
+    assert!(inb.len() > 200);
+    assert!(inb
+        .iter()
+        .all(|r| r["tls"] == true && r["client_id"] == spiffe("a").as_str()));
+    agent1.stop().unwrap();
+    agent2.stop().unwrap();
+}
+
+#[test]
+fn service_endpoints_behind_agents_are_balanced_and_dead_ones_skipped() {
+    require_root().unwrap();
+    let c = Cluster::new("mtls-svc").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let n2 = c.add_node("n2").unwrap();
+    let client = c.add_pod(&n1, "client").unwrap();
+    let web1 = c.add_pod(&n2, "web1").unwrap();
+    let web2 = c.add_pod(&n2, "web2").unwrap();
+    let ca = identity_init(&c, "ca").unwrap();
+    let anchors = ca.join("ca.crt");
+    let svc = meshd_tests::mesh::ServiceSpec {
+        name: "web".into(),
+        vip: "10.96.0.20".into(),
+        port: 80,
+        target_port: 8080,
+        selector: std::collections::BTreeMap::from([("app".to_string(), "web".to_string())]),
+        endpoints: vec![],
+    };
+    let y1 = config_yaml(
+        &c,
+        &n1,
+        &[
+            WorkloadSpec::new(&client),
+            remote(&web1).label("app", "web"),
+            remote(&web2).label("app", "web"),
+        ],
+        &[svc],
+    );
+    let y2 = config_yaml(
+        &c,
+        &n2,
+        &[
+            remote(&client),
+            WorkloadSpec::new(&web1).label("app", "web"),
+            WorkloadSpec::new(&web2).label("app", "web"),
+        ],
+        &[],
+    );
+    let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &anchors, &ca, 3600)).unwrap();
+    let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &anchors, &ca, 3600)).unwrap();
+    let s1 = serve(&c, &web1, 8080).unwrap();
+    let s2 = serve(&c, &web2, 8080).unwrap();
+    let vip = "10.96.0.20:80";
+
+    for _ in 0..8 {
+        assert_eq!(echo(&c, &client, vip, 1000)["ok"], true);
+    }
+    let recs = agent1.closed_to("outbound", vip).unwrap();
+    let to = |p: &Pod| {
+        recs.iter()
+            .filter(|r| r["target"] == format!("{}:8080", p.ip).as_str())
+            .count()
+    };
+    assert_eq!((to(&web1), to(&web2)), (4, 4), "{recs:#?}");
+    assert!(recs
+        .iter()
+        .all(|r| r["tls"] == true && r["service"] == "default/web"));
+
+    // web1's app dies: its agent answers the tunnel with 503, the client's agent marks the
+    // endpoint down after that one failure and sends everything to web2.
+    s1.kill().unwrap();
+    for _ in 0..6 {
+        assert_eq!(echo(&c, &client, vip, 1000)["ok"], true);
+    }
+    let attempts = agent1
+        .proc
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("HBONE tunnel failed") && l.contains(&format!("{}:8080", web1.ip)))
+        .count();
+    assert_eq!(attempts, 1, "one attempt at the dead endpoint");
+
+    // No live endpoint: fails fast with a clear error.
+    s2.kill().unwrap();
+    for _ in 0..2 {
+        let r = testapp_json(&c, &client, &["echo", "--connect", vip, "--bytes", "10"]).unwrap();
+        assert_eq!(r["ok"], false, "{r}");
+    }
+    let recs = agent1.closed_to("outbound", vip).unwrap();
+    let last = recs.last().unwrap()["error"].as_str().unwrap().to_string();
+    assert!(
+        last.contains("service default/web has no live endpoint"),
+        "{last}"
+    );
+    agent1.stop().unwrap();
+    agent2.stop().unwrap();
+}

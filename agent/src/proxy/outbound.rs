@@ -1,17 +1,29 @@
 //! Outbound: a connection the pod made, redirected by connect4/connect6 to the outbound
-//! listener on its loopback. The original destination comes from the kernel's map; the
-//! agent resolves services to endpoints and connects from inside the pod's namespace.
+//! listener on its loopback. The original destination comes from the kernel's map; a
+//! service address is balanced over its endpoints; a destination in the mesh is reached
+//! over mutual TLS (HBONE), anything else by a plain connection from inside the pod's
+//! namespace.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpStream;
 
 use super::{
     connect::connect_in,
     copy::{relay, reset},
+    pool::Tunnel,
     Direction, PodContext, ProxyContext,
 };
-use crate::capture::maps::std_ip;
+use crate::{
+    capture::maps::std_ip,
+    state::{ServicePort, State},
+};
+
+/// The agent's side towards the destination.
+enum Upstream {
+    Plain(TcpStream),
+    Hbone(Tunnel),
+}
 
 pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, peer: SocketAddr) {
     let workload = pod.workload.key();
@@ -22,71 +34,118 @@ pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, pee
     };
     let id = ctx
         .connections
-        .open(Direction::Outbound, workload.clone(), peer, dst);
-    let state = ctx.state.load();
-    let (targets, service): (Vec<SocketAddr>, Option<String>) = match state.service(&dst) {
-        Some(svc) => (
-            svc.endpoints_to_try().collect(),
-            Some(format!("{}/{}", svc.namespace, svc.name)),
-        ),
-        None => (vec![dst], None),
-    };
-    if targets.is_empty() {
-        let msg = format!(
-            "service {} has no endpoints",
-            service.as_deref().unwrap_or("?")
-        );
-        tracing::warn!(workload = %workload, %dst, "{msg}");
-        ctx.connections.close(id, 0, 0, Some(msg));
-        reset(&client);
-        return;
-    }
-    let mut last_error = None;
-    for target in targets {
-        // A destination in the mesh gets mutual TLS (HBONE); anything else pass-through.
-        let peer_workload = state.workload_by_ip(&target.ip());
-        if let (Some(mesh), Some(local), Some(dst_workload)) =
-            (&ctx.mesh, &pod.identity, peer_workload)
-        {
-            let expected = mesh.identity_of(dst_workload);
-            match mesh.pool.tunnel(pod, local, target, &expected).await {
-                Ok(tunnel) => {
-                    ctx.connections.routed(id, target, service);
-                    ctx.connections.secured(
-                        id,
-                        Some(local.to_string()),
-                        Some(expected.to_string()),
-                    );
-                    let _slot = tunnel._slot;
-                    relay(ctx, id, client, tunnel.io).await;
-                    return;
-                }
-                Err(e) => {
-                    if let Some(reason) = e.reject_reason() {
-                        ctx.metrics.reject("outbound", reason);
-                        tracing::warn!(workload = %workload, %dst, %target, expected = %expected, reason, error = %e, "HBONE: refused the server");
-                    } else {
-                        tracing::info!(workload = %workload, %dst, %target, error = %e, "HBONE tunnel failed");
-                    }
-                    last_error = Some(e.to_string());
-                }
+        .open(Direction::Outbound, workload, peer, dst);
+    let state = ctx.state.load_full();
+    match state.service(&dst).cloned() {
+        Some(svc) => to_service(ctx, pod, &state, id, client, &svc).await,
+        None => match connect_upstream(ctx, pod, &state, id, dst).await {
+            Ok(up) => {
+                ctx.connections.routed(id, dst, None);
+                relay_upstream(ctx, id, client, up).await;
             }
-            continue;
-        }
-        match connect_in(&pod.netns, target, ctx.connect_timeout).await {
-            Ok(server) => {
-                ctx.connections.routed(id, target, service);
-                relay(ctx, id, client, server).await;
+            Err(e) => {
+                ctx.connections.close(id, 0, 0, Some(e));
+                reset(&client);
+            }
+        },
+    }
+}
+
+/// Balances over the service's live endpoints, trying another when one fails.
+async fn to_service(
+    ctx: &ProxyContext,
+    pod: &PodContext,
+    state: &Arc<State>,
+    id: u64,
+    client: TcpStream,
+    svc: &ServicePort,
+) {
+    let mut tried = Vec::new();
+    let mut last_error = None;
+    loop {
+        let Some(lease) = svc.endpoints.pick(&tried) else {
+            let msg = match last_error {
+                None if svc.endpoints.len() == 0 => {
+                    format!("service {} has no endpoints", svc.key())
+                }
+                None => format!(
+                    "service {} has no live endpoint ({} endpoints failed in the last {}s)",
+                    svc.key(),
+                    svc.endpoints.len(),
+                    crate::balance::DOWN_FOR.as_secs()
+                ),
+                Some(e) => format!("service {}: every endpoint failed, last: {e}", svc.key()),
+            };
+            tracing::warn!(workload = %pod.workload.key(), service = %svc.key(), "{msg}");
+            ctx.connections.close(id, 0, 0, Some(msg));
+            reset(&client);
+            return;
+        };
+        let target = lease.addr();
+        tried.push(target);
+        match connect_upstream(ctx, pod, state, id, target).await {
+            Ok(up) => {
+                ctx.connections.routed(id, target, Some(svc.key()));
+                relay_upstream(ctx, id, client, up).await;
+                drop(lease);
                 return;
             }
             Err(e) => {
-                tracing::info!(workload = %workload, %dst, %target, error = %e, "outbound connect failed");
-                last_error = Some(e.to_string());
+                lease.failed();
+                last_error = Some(e);
             }
         }
     }
-    ctx.connections.close(id, 0, 0, last_error);
-    reset(&client);
+}
+
+/// Connects to `target`: HBONE when it is a mesh workload and mutual TLS is on, else plain.
+async fn connect_upstream(
+    ctx: &ProxyContext,
+    pod: &PodContext,
+    state: &State,
+    id: u64,
+    target: SocketAddr,
+) -> Result<Upstream, String> {
+    let workload = pod.workload.key();
+    if let (Some(mesh), Some(local), Some(dst_workload)) =
+        (&ctx.mesh, &pod.identity, state.workload_by_ip(&target.ip()))
+    {
+        let expected = mesh.identity_of(dst_workload);
+        return match mesh.pool.tunnel(pod, local, target, &expected).await {
+            Ok(tunnel) => {
+                ctx.connections
+                    .secured(id, Some(local.to_string()), Some(expected.to_string()));
+                Ok(Upstream::Hbone(tunnel))
+            }
+            Err(e) => {
+                if let Some(reason) = e.reject_reason() {
+                    ctx.metrics.reject("outbound", reason);
+                    tracing::warn!(workload = %workload, %target, expected = %expected, reason, error = %e, "HBONE: refused the server");
+                } else {
+                    tracing::info!(workload = %workload, %target, error = %e, "HBONE tunnel failed");
+                }
+                Err(e.to_string())
+            }
+        };
+    }
+    connect_in(&pod.netns, target, ctx.connect_timeout)
+        .await
+        .map(Upstream::Plain)
+        .map_err(|e| {
+            tracing::info!(workload = %workload, %target, error = %e, "outbound connect failed");
+            e.to_string()
+        })
+}
+
+async fn relay_upstream(ctx: &ProxyContext, id: u64, client: TcpStream, up: Upstream) {
+    match up {
+        Upstream::Plain(server) => relay(ctx, id, client, server).await,
+        Upstream::Hbone(tunnel) => {
+            let Tunnel { io, slot } = tunnel;
+            relay(ctx, id, client, io).await;
+            drop(slot);
+        }
+    }
 }
 
 /// The recorded original destination. sock_ops records it before the handshake completes,

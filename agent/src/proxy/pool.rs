@@ -84,7 +84,8 @@ impl Drop for StreamSlot {
 
 pub struct Tunnel {
     pub io: TokioIo<Upgraded>,
-    pub _slot: StreamSlot,
+    /// Held while the tunnel is open.
+    pub slot: StreamSlot,
 }
 
 pub struct Pool {
@@ -157,7 +158,7 @@ impl Pool {
                 target,
                 timeout: self.timeout,
             })??;
-        Ok(Tunnel { io, _slot: slot })
+        Ok(Tunnel { io, slot })
     }
 
     /// A pooled connection with a free stream slot (taking the slot).

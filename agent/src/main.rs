@@ -70,7 +70,7 @@ enum Command {
 #[derive(Subcommand)]
 enum DiagnosticsCommand {
     /// TLS + HTTP/2 CONNECT to a peer's port 15008; prints one JSON line.
-    Hbone(diagnostics::HboneArgs),
+    Hbone(Box<diagnostics::HboneArgs>),
 }
 
 #[derive(Subcommand)]
@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            if !runtime.block_on(diagnostics::hbone(args))? {
+            if !runtime.block_on(diagnostics::hbone(*args))? {
                 std::process::exit(1);
             }
             Ok(())

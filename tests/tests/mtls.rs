@@ -1,7 +1,11 @@
 //! Mutual TLS between agents (HBONE): identities, encryption on the wire, and every way a
 //! peer can be refused.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use meshd_tests::{
     mesh::{

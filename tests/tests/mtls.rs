@@ -229,8 +229,8 @@ fn pods_talk_over_mutual_tls_and_the_wire_shows_only_tls13() {
 /// `meshd diagnostics hbone` from node 2's namespace (outside any pod, so not captured).
 fn probe(
     t: &TwoNodes,
-    issuer: &PathBuf,
-    anchors: &PathBuf,
+    issuer: &Path,
+    anchors: &Path,
     identity: &str,
     extra: &[&str],
 ) -> Value {

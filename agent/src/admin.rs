@@ -81,6 +81,7 @@ impl Admin {
                     .map(|d| d.as_secs() as i64)
                     .unwrap_or_default();
                 proxy
+                    .telemetry
                     .metrics
                     .cert_expiration
                     .get_or_create(&crate::metrics::IdentityLabels {
@@ -88,9 +89,13 @@ impl Admin {
                     })
                     .set(secs);
             }
-            proxy.metrics.cert_refresh.set(mesh.certs.renewals() as i64);
+            proxy
+                .telemetry
+                .metrics
+                .cert_refresh
+                .set(mesh.certs.renewals() as i64);
         }
-        proxy.metrics.encode()
+        proxy.telemetry.metrics.encode()
     }
 
     fn identity_dump(&self) -> serde_json::Value {

@@ -17,10 +17,10 @@ use crate::{
     capture::{Capture, Enrollment, PinPaths},
     config::Config,
     identity::{CertManager, IssuerFiles},
-    metrics::Metrics,
     netns::Netns,
     proxy::{pool::Pool, Connections, Mesh, PodContext, PodProxy, ProxyContext},
     state::{LocalWorkload, State, Workload},
+    telemetry::Telemetry,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +93,7 @@ impl Agent {
             state: state.clone(),
             maps: capture.maps().clone(),
             connections: Arc::new(Connections::default()),
-            metrics: Arc::new(Metrics::default()),
+            telemetry: Arc::new(Telemetry::default()),
             connect_timeout,
             mesh,
         });

@@ -73,6 +73,10 @@ pub struct WorkloadConfig {
     /// The node the workload runs on; defaults to this node.
     #[serde(default)]
     pub node: Option<String>,
+    /// The owning deployment (Linkerd's `deployment` metric label); defaults to the `app`
+    /// label, else the name.
+    #[serde(default)]
+    pub deployment: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub ips: Vec<IpAddr>,
@@ -88,7 +92,15 @@ pub struct WorkloadConfig {
     /// Outbound destination ports that bypass the agent (Linkerd's skip-outbound-ports).
     #[serde(default)]
     pub skip_outbound_ports: BTreeSet<u16>,
+    /// Ports whose traffic is never parsed as HTTP (server-speaks-first protocols; Linkerd's
+    /// opaque-ports). Defaults to Linkerd's list.
+    #[serde(default)]
+    pub opaque_ports: Option<BTreeSet<u16>>,
 }
+
+/// Linkerd's default opaque ports: SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch,
+/// memcached.
+pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -134,6 +146,19 @@ impl WorkloadConfig {
     /// `namespace/name`, the workload's unique key.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    pub fn deployment(&self) -> String {
+        self.deployment
+            .clone()
+            .or_else(|| self.labels.get("app").cloned())
+            .unwrap_or_else(|| self.name.clone())
+    }
+
+    pub fn opaque_ports(&self) -> BTreeSet<u16> {
+        self.opaque_ports
+            .clone()
+            .unwrap_or_else(|| DEFAULT_OPAQUE_PORTS.into_iter().collect())
     }
 
     pub fn is_on(&self, node: &str) -> bool {

@@ -13,6 +13,7 @@ mod netns;
 mod proxy;
 mod sources;
 mod state;
+mod telemetry;
 
 use std::{path::PathBuf, sync::Arc};
 

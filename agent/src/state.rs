@@ -16,8 +16,12 @@ pub struct Workload {
     pub namespace: String,
     pub service_account: String,
     pub node: String,
+    /// The owning deployment, for metrics.
+    pub deployment: String,
     pub labels: BTreeMap<String, String>,
     pub ips: Vec<IpAddr>,
+    /// Ports never parsed as HTTP.
+    pub opaque_ports: BTreeSet<u16>,
     /// Set for workloads on this node, which the agent captures.
     pub local: Option<LocalWorkload>,
 }
@@ -35,6 +39,14 @@ impl Workload {
     /// `namespace/name`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    pub fn peer(&self) -> crate::telemetry::PeerWorkload {
+        crate::telemetry::PeerWorkload {
+            namespace: self.namespace.clone(),
+            pod: self.name.clone(),
+            deployment: self.deployment.clone(),
+        }
     }
 }
 
@@ -81,8 +93,10 @@ impl State {
                 namespace: w.namespace.clone(),
                 service_account: w.service_account.clone(),
                 node: w.node.clone().unwrap_or_else(|| config.node.clone()),
+                deployment: w.deployment(),
                 labels: w.labels.clone(),
                 ips: w.ips.clone(),
+                opaque_ports: w.opaque_ports(),
                 local,
             });
             for ip in &workload.ips {

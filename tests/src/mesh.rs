@@ -45,7 +45,14 @@ pub struct WorkloadSpec {
     pub skip_outbound_ports: Vec<u16>,
     /// Set for a workload on another node (listed for identity and services only).
     pub remote: bool,
+    /// Ports never parsed as HTTP. `meshd-testapp serve --greet` speaks first, so the ports
+    /// the tests greet on are declared opaque, as a user would declare a server-speaks-first
+    /// protocol (otherwise each connection waits for protocol detection to time out).
+    pub opaque_ports: Option<Vec<u16>>,
 }
+
+/// The ports the tests run greeting (server-speaks-first) test apps on.
+pub const GREETING_PORTS: [u16; 4] = [7070, 8080, 9090, 9091];
 
 impl WorkloadSpec {
     pub fn new(pod: &Pod) -> WorkloadSpec {
@@ -57,6 +64,7 @@ impl WorkloadSpec {
             skip_inbound_ports: Vec::new(),
             skip_outbound_ports: Vec::new(),
             remote: false,
+            opaque_ports: Some(GREETING_PORTS.to_vec()),
         }
     }
 
@@ -77,6 +85,12 @@ impl WorkloadSpec {
 
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.pod.name)
+    }
+
+    /// Sets the opaque ports (`None`: the agent's default list).
+    pub fn opaque(mut self, ports: Option<&[u16]>) -> Self {
+        self.opaque_ports = ports.map(<[u16]>::to_vec);
+        self
     }
 }
 
@@ -126,6 +140,9 @@ pub fn config_yaml(
         }
         if !w.skip_outbound_ports.is_empty() {
             let _ = writeln!(y, "    skipOutboundPorts: {:?}", w.skip_outbound_ports);
+        }
+        if let Some(ports) = &w.opaque_ports {
+            let _ = writeln!(y, "    opaquePorts: {ports:?}");
         }
     }
     let _ = writeln!(y, "services:");

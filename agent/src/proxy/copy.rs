@@ -51,11 +51,3 @@ where
         };
     ctx.connections.close(id, sent, received, error);
 }
-
-/// [`relay`] with the tunnel as the client side (inbound HBONE).
-pub async fn relay_tunnel<T>(ctx: &ProxyContext, id: u64, tunnel: T, app: TcpStream)
-where
-    T: AsyncRead + AsyncWrite + Unpin + Reset,
-{
-    relay(ctx, id, tunnel, app).await
-}

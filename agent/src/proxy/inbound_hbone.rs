@@ -3,12 +3,7 @@
 //! identity, accepts CONNECT only to this pod's own addresses (no open relay), and delivers
 //! each tunnel to the app over the pod's loopback.
 
-use std::{
-    convert::Infallible,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -17,7 +12,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::{
-    connect::connect_in, copy::relay_tunnel, hbone, tls_errors, Direction, PodContext, ProxyContext,
+    connect::connect_in,
+    hbone,
+    inbound::{app_addr, inbound_meta},
+    session::{self, Session},
+    tls_errors, Direction, PodContext, ProxyContext,
 };
 use crate::identity::Identity;
 
@@ -55,19 +54,19 @@ pub async fn handle(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let reason = tls_errors::reason(&e);
-            ctx.metrics.reject("inbound", reason);
+            ctx.telemetry.metrics.reject("inbound", reason);
             tracing::warn!(workload = %workload, %peer, reason, error = %e, "HBONE: rejected TLS handshake");
             return;
         }
         Err(_) => {
-            ctx.metrics.reject("inbound", "handshake");
+            ctx.telemetry.metrics.reject("inbound", "handshake");
             tracing::warn!(workload = %workload, %peer, "HBONE: TLS handshake timed out");
             return;
         }
     };
     let client_id = crate::identity::peer_identity(tls.get_ref().1);
     let Some(client_id) = client_id else {
-        ctx.metrics.reject("inbound", "no_client_cert");
+        ctx.telemetry.metrics.reject("inbound", "no_client_cert");
         tracing::warn!(workload = %workload, %peer, "HBONE: client certificate has no SPIFFE identity");
         return;
     };
@@ -96,16 +95,18 @@ async fn connect(
 ) -> Response<Empty<Bytes>> {
     let workload = pod.workload.key();
     if req.method() != Method::CONNECT {
-        ctx.metrics.reject("inbound", "bad_request");
+        ctx.telemetry.metrics.reject("inbound", "bad_request");
         return respond(StatusCode::METHOD_NOT_ALLOWED);
     }
     let Some(target) = hbone::target_of(&req) else {
-        ctx.metrics.reject("inbound", "bad_request");
+        ctx.telemetry.metrics.reject("inbound", "bad_request");
         tracing::warn!(workload = %workload, %peer, uri = %req.uri(), "HBONE: CONNECT without an ip:port authority");
         return respond(StatusCode::BAD_REQUEST);
     };
     if !pod.workload.ips.contains(&target.ip()) {
-        ctx.metrics.reject("inbound", "connect_other_address");
+        ctx.telemetry
+            .metrics
+            .reject("inbound", "connect_other_address");
         tracing::warn!(workload = %workload, %peer, client = %client_id, %target, "HBONE: refused CONNECT to an address that is not this pod");
         return respond(StatusCode::FORBIDDEN);
     }
@@ -117,10 +118,7 @@ async fn connect(
         Some(client_id.to_string()),
         pod.identity.as_ref().map(ToString::to_string),
     );
-    let app = match target {
-        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::LOCALHOST, target.port())),
-        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::LOCALHOST, target.port())),
-    };
+    let app = app_addr(target);
     let server = match connect_in(&pod.netns, app, ctx.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
@@ -133,7 +131,20 @@ async fn connect(
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(upgraded) => relay_tunnel(&ctx, id, TokioIo::new(upgraded), server).await,
+            Ok(upgraded) => {
+                let mut meta = inbound_meta(&ctx, &pod, peer);
+                meta.tls = true;
+                meta.client_id = Some(client_id.to_string());
+                meta.server_id = pod.identity.as_ref().map(ToString::to_string);
+                let opaque = pod.workload.opaque_ports.contains(&target.port());
+                session::run(
+                    &ctx,
+                    Session { id, meta, opaque },
+                    TokioIo::new(upgraded),
+                    server,
+                )
+                .await;
+            }
             Err(e) => ctx.connections.close(id, 0, 0, Some(e.to_string())),
         }
     });

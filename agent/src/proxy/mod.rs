@@ -6,11 +6,14 @@
 pub mod connect;
 pub mod connections;
 mod copy;
+mod detect;
 pub mod hbone;
+mod http;
 mod inbound;
 mod inbound_hbone;
 mod outbound;
 pub mod pool;
+mod session;
 mod tls_errors;
 
 use std::{
@@ -27,9 +30,9 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use crate::{
     capture::Maps,
     identity::{CertManager, Identity},
-    metrics::Metrics,
     netns::Netns,
     state::{State, Workload},
+    telemetry::Telemetry,
 };
 pub use connections::{Connections, Direction};
 
@@ -50,7 +53,7 @@ pub struct ProxyContext {
     pub state: Arc<ArcSwap<State>>,
     pub maps: Arc<Maps>,
     pub connections: Arc<Connections>,
-    pub metrics: Arc<Metrics>,
+    pub telemetry: Arc<Telemetry>,
     pub connect_timeout: Duration,
     /// Mutual TLS between workloads; `None` runs plain pass-through.
     pub mesh: Option<Mesh>,

@@ -10,12 +10,15 @@ use tokio::net::TcpStream;
 
 use super::{
     connect::connect_in,
-    copy::{relay, reset},
+    copy::reset,
+    http::HttpMeta,
     pool::Tunnel,
+    session::{self, Session},
     Direction, PodContext, ProxyContext,
 };
 use crate::{
     capture::maps::std_ip,
+    config::DEFAULT_OPAQUE_PORTS,
     state::{ServicePort, State},
 };
 
@@ -25,7 +28,12 @@ enum Upstream {
     Hbone(Tunnel),
 }
 
-pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, peer: SocketAddr) {
+pub async fn handle(
+    ctx: &Arc<ProxyContext>,
+    pod: &PodContext,
+    client: TcpStream,
+    peer: SocketAddr,
+) {
     let workload = pod.workload.key();
     let Some(dst) = original_destination(ctx, pod, peer).await else {
         tracing::warn!(workload = %workload, %peer, "outbound connection without a recorded original destination, closing");
@@ -41,7 +49,7 @@ pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, pee
         None => match connect_upstream(ctx, pod, &state, id, dst).await {
             Ok(up) => {
                 ctx.connections.routed(id, dst, None);
-                relay_upstream(ctx, id, client, up).await;
+                run_session(ctx, pod, &state, id, client, up, dst, None).await;
             }
             Err(e) => {
                 ctx.connections.close(id, 0, 0, Some(e));
@@ -53,7 +61,7 @@ pub async fn handle(ctx: &ProxyContext, pod: &PodContext, client: TcpStream, pee
 
 /// Balances over the service's live endpoints, trying another when one fails.
 async fn to_service(
-    ctx: &ProxyContext,
+    ctx: &Arc<ProxyContext>,
     pod: &PodContext,
     state: &Arc<State>,
     id: u64,
@@ -86,7 +94,7 @@ async fn to_service(
         match connect_upstream(ctx, pod, state, id, target).await {
             Ok(up) => {
                 ctx.connections.routed(id, target, Some(svc.key()));
-                relay_upstream(ctx, id, client, up).await;
+                run_session(ctx, pod, state, id, client, up, target, Some(svc.key())).await;
                 drop(lease);
                 return;
             }
@@ -119,7 +127,7 @@ async fn connect_upstream(
             }
             Err(e) => {
                 if let Some(reason) = e.reject_reason() {
-                    ctx.metrics.reject("outbound", reason);
+                    ctx.telemetry.metrics.reject("outbound", reason);
                     tracing::warn!(workload = %workload, %target, expected = %expected, reason, error = %e, "HBONE: refused the server");
                 } else {
                     tracing::info!(workload = %workload, %target, error = %e, "HBONE tunnel failed");
@@ -137,12 +145,49 @@ async fn connect_upstream(
         })
 }
 
-async fn relay_upstream(ctx: &ProxyContext, id: u64, client: TcpStream, up: Upstream) {
+/// Detection, HTTP or relay, and metrics, for a connection whose upstream is open.
+#[allow(clippy::too_many_arguments)]
+async fn run_session(
+    ctx: &Arc<ProxyContext>,
+    pod: &PodContext,
+    state: &State,
+    id: u64,
+    client: TcpStream,
+    up: Upstream,
+    target: SocketAddr,
+    service: Option<String>,
+) {
+    let dst = state.workload_by_ip(&target.ip());
+    let opaque = match dst {
+        Some(w) => w.opaque_ports.contains(&target.port()),
+        None => DEFAULT_OPAQUE_PORTS.contains(&target.port()),
+    };
+    let w = &pod.workload;
+    let mut meta = HttpMeta {
+        direction: Direction::Outbound,
+        namespace: w.namespace.clone(),
+        pod: w.name.clone(),
+        deployment: w.deployment.clone(),
+        peer: dst.map(|d| d.peer()),
+        service,
+        tls: false,
+        client_id: None,
+        server_id: None,
+    };
     match up {
-        Upstream::Plain(server) => relay(ctx, id, client, server).await,
+        Upstream::Plain(server) => {
+            session::run(ctx, Session { id, meta, opaque }, client, server).await
+        }
         Upstream::Hbone(tunnel) => {
-            let Tunnel { io, slot } = tunnel;
-            relay(ctx, id, client, io).await;
+            let Tunnel {
+                io,
+                slot,
+                server_id,
+            } = tunnel;
+            meta.tls = true;
+            meta.client_id = pod.identity.as_ref().map(ToString::to_string);
+            meta.server_id = Some(server_id);
+            session::run(ctx, Session { id, meta, opaque }, client, io).await;
             drop(slot);
         }
     }

@@ -86,6 +86,8 @@ pub struct Tunnel {
     pub io: TokioIo<Upgraded>,
     /// Held while the tunnel is open.
     pub slot: StreamSlot,
+    /// The identity the server proved.
+    pub server_id: String,
 }
 
 pub struct Pool {
@@ -158,7 +160,11 @@ impl Pool {
                 target,
                 timeout: self.timeout,
             })??;
-        Ok(Tunnel { io, slot })
+        Ok(Tunnel {
+            io,
+            slot,
+            server_id: expected.to_string(),
+        })
     }
 
     /// A pooled connection with a free stream slot (taking the slot).

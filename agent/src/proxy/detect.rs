@@ -1,0 +1,186 @@
+//! Protocol detection: read the first bytes a client sends (bounded in size and time) and
+//! decide between HTTP/2 (prior knowledge, which gRPC uses), HTTP/1.x and opaque TCP. The
+//! bytes read are replayed to whatever handles the connection ([`Prefixed`]).
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use super::copy::Reset;
+
+/// How long to wait for a client's first bytes. A protocol where the server speaks first
+/// waits this long unless its port is configured opaque (then there is no wait at all).
+pub const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
+const MAX_PEEK: usize = 1024;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Opaque,
+}
+
+/// A stream with bytes already read from it put back in front.
+pub struct Prefixed<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    pub fn new(prefix: Bytes, inner: T) -> Self {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl<T: Reset> Reset for Prefixed<T> {
+    fn reset(&self) {
+        self.inner.reset()
+    }
+}
+
+/// Classifies what has been read so far; `None` means "need more bytes".
+pub fn classify(buf: &[u8]) -> Option<Protocol> {
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return (buf.len() >= H2_PREFACE.len()).then_some(Protocol::Http2);
+    }
+    // HTTP/1: `METHOD SP target SP HTTP/1.x CRLF`, method a token.
+    let line_end = buf.iter().position(|&b| b == b'\n');
+    let method_len = buf.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    if method_len == 0 || method_len > 16 {
+        return Some(Protocol::Opaque);
+    }
+    if buf.len() > method_len && buf[method_len] != b' ' {
+        return Some(Protocol::Opaque);
+    }
+    match line_end {
+        None if buf.len() >= MAX_PEEK => Some(Protocol::Opaque),
+        None => None,
+        Some(end) => {
+            let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+            let is_http = line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0");
+            Some(if is_http {
+                Protocol::Http1
+            } else {
+                Protocol::Opaque
+            })
+        }
+    }
+}
+
+/// Reads until the protocol is known, the peek limit is reached or [`DETECT_TIMEOUT`]
+/// passes (then: opaque). Returns the protocol and the stream with the bytes put back.
+pub async fn detect<T: AsyncRead + Unpin>(mut io: T) -> (Protocol, Prefixed<T>) {
+    let mut buf = BytesMut::with_capacity(MAX_PEEK);
+    let deadline = tokio::time::Instant::now() + DETECT_TIMEOUT;
+    let protocol = loop {
+        if let Some(p) = (!buf.is_empty()).then(|| classify(&buf)).flatten() {
+            break p;
+        }
+        if buf.len() >= MAX_PEEK {
+            break Protocol::Opaque;
+        }
+        let mut chunk = [0u8; MAX_PEEK];
+        let want = MAX_PEEK - buf.len();
+        match tokio::time::timeout_at(deadline, io.read(&mut chunk[..want])).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break Protocol::Opaque,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    (protocol, Prefixed::new(buf.freeze(), io))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_first_bytes() {
+        assert_eq!(
+            classify(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            Some(Protocol::Http1)
+        );
+        assert_eq!(classify(b"POST /a?b HTTP/1.0\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"GET / HTT"), None);
+        assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
+        assert_eq!(classify(&H2_PREFACE[..10]), None);
+        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Some(Protocol::Opaque));
+        assert_eq!(classify(b"SSH-2.0-OpenSSH\r\n"), Some(Protocol::Opaque));
+        assert_eq!(classify(b"GET / FOO\r\n"), Some(Protocol::Opaque));
+        assert_eq!(classify(b"hello world\n"), Some(Protocol::Opaque));
+    }
+
+    #[tokio::test]
+    async fn replays_what_it_read() {
+        let (mut a, b) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+        });
+        let (p, mut io) = detect(b).await;
+        assert_eq!(p, Protocol::Http1);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn silent_clients_are_opaque_after_the_timeout() {
+        let (_a, b) = tokio::io::duplex(64);
+        let start = std::time::Instant::now();
+        let (p, _) = detect(b).await;
+        assert_eq!(p, Protocol::Opaque);
+        assert!(start.elapsed() >= DETECT_TIMEOUT);
+    }
+}

@@ -1,0 +1,434 @@
+//! HTTP proxying of one client connection over one upstream connection, with hyper on both
+//! sides: HTTP/1.1 (keep-alive, upgrades such as WebSocket) or HTTP/2 (streams, trailers,
+//! gRPC). hyper refuses ambiguous framing (Content-Length with Transfer-Encoding, differing
+//! lengths) with 400 before anything reaches the upstream; such refusals are counted.
+//! Each request is reported to [`crate::telemetry`] when its response ends.
+
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Empty};
+use hyper::{
+    body::{Body, Frame, Incoming},
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    Request, Response, StatusCode, Version,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{detect::Protocol, ProxyContext};
+use crate::proxy::Direction;
+use crate::telemetry::{PeerWorkload, RequestEvent};
+
+/// What is known about the connection the requests travel on.
+#[derive(Clone)]
+pub struct HttpMeta {
+    pub direction: Direction,
+    pub namespace: String,
+    pub pod: String,
+    pub deployment: String,
+    pub peer: Option<PeerWorkload>,
+    pub service: Option<String>,
+    pub tls: bool,
+    pub client_id: Option<String>,
+    pub server_id: Option<String>,
+}
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+enum Sender {
+    H1(Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Incoming>>>),
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
+
+impl Sender {
+    async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, hyper::Error> {
+        match self {
+            Sender::H1(s) => {
+                let mut s = s.lock().await;
+                s.ready().await?;
+                s.send_request(req).await
+            }
+            Sender::H2(s) => {
+                let mut s = s.clone();
+                s.ready().await?;
+                s.send_request(req).await
+            }
+        }
+    }
+}
+
+/// Proxies HTTP from `client` to `upstream` until the client connection ends.
+pub async fn proxy<C, U>(
+    ctx: Arc<ProxyContext>,
+    meta: Arc<HttpMeta>,
+    protocol: Protocol,
+    client: C,
+    upstream: U,
+) -> Result<(), String>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let sender = match protocol {
+        Protocol::Http2 => {
+            let (s, conn) = super::hbone::client_builder()
+                .handshake(TokioIo::new(upstream))
+                .await
+                .map_err(|e| format!("HTTP/2 to upstream: {e}"))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Sender::H2(s)
+        }
+        _ => {
+            let (s, conn) = hyper::client::conn::http1::Builder::new()
+                .handshake(TokioIo::new(upstream))
+                .await
+                .map_err(|e| format!("HTTP/1.1 to upstream: {e}"))?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            Sender::H1(Arc::new(tokio::sync::Mutex::new(s)))
+        }
+    };
+    let sender = Arc::new(sender);
+    let service = {
+        let (ctx, meta) = (ctx.clone(), meta.clone());
+        hyper::service::service_fn(move |req| {
+            let (ctx, meta, sender) = (ctx.clone(), meta.clone(), sender.clone());
+            async move { Ok::<_, Infallible>(forward(ctx, meta, sender, req).await) }
+        })
+    };
+    let served = match protocol {
+        Protocol::Http2 => {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(client), service)
+                .await
+        }
+        _ => {
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(client), service)
+                .with_upgrades()
+                .await
+        }
+    };
+    match served {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_parse() || e.is_parse_status() => {
+            ctx.telemetry.metrics.http_error(
+                meta.direction.as_str(),
+                &meta.namespace,
+                &meta.pod,
+                "invalid_request",
+            );
+            tracing::warn!(direction = meta.direction.as_str(), pod = %meta.pod, error = %e, "refused an invalid HTTP request");
+            Err(format!("invalid HTTP request: {e}"))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, and those named by `Connection`; an upgrade keeps
+/// `Connection: upgrade` and `Upgrade`. `TE: trailers` (gRPC) passes.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    for name in named {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        if let Some(v) = upgrade_value {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, v);
+        }
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The parts of a request's report known before the response.
+struct Pending {
+    meta: Arc<HttpMeta>,
+    method: String,
+    authority: String,
+    path: String,
+    version: String,
+    started: Instant,
+    is_grpc: bool,
+}
+
+impl Pending {
+    fn finish(
+        &self,
+        ctx: &ProxyContext,
+        status: u16,
+        grpc: Option<u32>,
+        latency_ms: f64,
+        error: Option<String>,
+    ) {
+        let grpc = if self.is_grpc && status == 200 {
+            grpc.or(Some(2))
+        } else {
+            grpc
+        };
+        let success = status != 0 && status < 500 && grpc.is_none_or(|g| g == 0) && error.is_none();
+        let m = &self.meta;
+        ctx.telemetry.request(RequestEvent {
+            at_unix_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default(),
+            direction: m.direction,
+            namespace: m.namespace.clone(),
+            pod: m.pod.clone(),
+            deployment: m.deployment.clone(),
+            peer: m.peer.clone(),
+            service: m.service.clone(),
+            tls: m.tls,
+            client_id: m.client_id.clone(),
+            server_id: m.server_id.clone(),
+            method: self.method.clone(),
+            authority: self.authority.clone(),
+            path: self.path.clone(),
+            version: self.version.clone(),
+            status,
+            grpc_status: grpc,
+            success,
+            latency_ms,
+            error,
+        });
+    }
+}
+
+fn empty(status: StatusCode) -> Response<ProxyBody> {
+    let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+async fn forward(
+    ctx: Arc<ProxyContext>,
+    meta: Arc<HttpMeta>,
+    sender: Arc<Sender>,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(String::from)
+        })
+        .unwrap_or_default();
+    let pending = Pending {
+        meta: meta.clone(),
+        method: req.method().to_string(),
+        authority,
+        path: req.uri().path().to_string(),
+        version: format!("{:?}", req.version()),
+        started: Instant::now(),
+        is_grpc: req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc")),
+    };
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    let mut resp = match sender.send(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let latency = pending.started.elapsed().as_secs_f64() * 1000.0;
+            ctx.telemetry.metrics.http_error(
+                meta.direction.as_str(),
+                &meta.namespace,
+                &meta.pod,
+                "upstream_unavailable",
+            );
+            tracing::info!(direction = meta.direction.as_str(), pod = %meta.pod, error = %e, "upstream failed the request");
+            pending.finish(&ctx, 502, None, latency, Some(e.to_string()));
+            return empty(StatusCode::BAD_GATEWAY);
+        }
+    };
+    let latency = pending.started.elapsed().as_secs_f64() * 1000.0;
+    let status = resp.status().as_u16();
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status())
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
+                let _ =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+            }
+        });
+        pending.finish(&ctx, status, None, latency, None);
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed());
+    }
+    strip_hop_by_hop(resp.headers_mut(), false);
+    let header_grpc = grpc_status(resp.headers());
+    let (parts, body) = resp.into_parts();
+    let observed = Observed {
+        inner: body,
+        report: Some(Box::new(
+            move |trailers_grpc: Option<u32>, error: Option<String>| {
+                pending.finish(&ctx, status, trailers_grpc.or(header_grpc), latency, error)
+            },
+        )),
+        grpc: None,
+    };
+    Response::from_parts(parts, observed.boxed())
+}
+
+type Report = Box<dyn FnOnce(Option<u32>, Option<String>) + Send + Sync>;
+
+/// A response body that reports the request when it ends (with the gRPC status from the
+/// trailers), or when it is dropped before the end.
+struct Observed {
+    inner: Incoming,
+    report: Option<Report>,
+    grpc: Option<u32>,
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        if let Some(report) = self.report.take() {
+            let error =
+                (!self.inner.is_end_stream()).then(|| "response body cancelled".to_string());
+            report(self.grpc, error);
+        }
+    }
+}
+
+impl Body for Observed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    self.grpc = grpc_status(trailers);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(report) = self.report.take() {
+                    report(self.grpc, Some(e.to_string()));
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(report) = self.report.take() {
+                    report(self.grpc, None);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+
+        let mut up = HeaderMap::new();
+        up.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        up.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut up, true);
+        assert_eq!(up.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(up.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+}

@@ -1,0 +1,154 @@
+//! One proxied connection once both ends exist: protocol detection, then HTTP proxying or
+//! an opaque relay, with the connection's TCP metrics and record.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{
+    copy::{relay, Reset},
+    detect::{detect, Protocol},
+    http::{self, HttpMeta},
+    ProxyContext,
+};
+use crate::metrics::TrafficLabels;
+
+/// How a connection is to be handled.
+pub struct Session {
+    /// The connection record's id.
+    pub id: u64,
+    pub meta: HttpMeta,
+    /// Skip detection: never parse as HTTP (opaque ports, server-speaks-first).
+    pub opaque: bool,
+}
+
+fn labels(m: &HttpMeta) -> TrafficLabels {
+    let outbound = m.direction == super::Direction::Outbound;
+    TrafficLabels {
+        direction: m.direction.as_str(),
+        namespace: m.namespace.clone(),
+        pod: m.pod.clone(),
+        deployment: m.deployment.clone(),
+        tls: if m.tls { "true" } else { "no_identity" },
+        client_id: m.client_id.clone().filter(|_| !outbound),
+        server_id: m.server_id.clone().filter(|_| outbound),
+        dst_namespace: m
+            .peer
+            .as_ref()
+            .filter(|_| outbound)
+            .map(|p| p.namespace.clone()),
+        dst_deployment: m
+            .peer
+            .as_ref()
+            .filter(|_| outbound)
+            .map(|p| p.deployment.clone()),
+        dst_pod: m.peer.as_ref().filter(|_| outbound).map(|p| p.pod.clone()),
+        dst_service: m.service.clone().filter(|_| outbound),
+    }
+}
+
+/// Runs the connection to its end.
+pub async fn run<C, U>(ctx: &Arc<ProxyContext>, s: Session, client: C, upstream: U)
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + Reset + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + Reset + 'static,
+{
+    let tcp = labels(&s.meta);
+    ctx.telemetry.metrics.tcp_open(&tcp);
+    let client = Counted::new(client);
+    let counts = client.counts.clone();
+    if s.opaque {
+        relay(ctx, s.id, client, upstream).await;
+    } else {
+        let (protocol, client) = detect(client).await;
+        match protocol {
+            Protocol::Opaque => relay(ctx, s.id, client, upstream).await,
+            http => {
+                let result =
+                    http::proxy(ctx.clone(), Arc::new(s.meta), http, client, upstream).await;
+                let (read, written) = counts.get();
+                ctx.connections.close(s.id, read, written, result.err());
+            }
+        }
+    }
+    let (read, written) = counts.get();
+    ctx.telemetry.metrics.tcp_close(&tcp, read, written);
+}
+
+#[derive(Default)]
+pub struct Counts {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Counts {
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.read.load(Ordering::Relaxed),
+            self.written.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Counts the bytes read from and written to a stream.
+pub struct Counted<T> {
+    inner: T,
+    counts: Arc<Counts>,
+}
+
+impl<T> Counted<T> {
+    pub fn new(inner: T) -> Self {
+        Counted {
+            inner,
+            counts: Arc::default(),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.counts.read.fetch_add(n, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.counts.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: Reset> Reset for Counted<T> {
+    fn reset(&self) {
+        self.inner.reset()
+    }
+}

@@ -227,13 +227,7 @@ fn pods_talk_over_mutual_tls_and_the_wire_shows_only_tls13() {
 }
 
 /// `meshd diagnostics hbone` from node 2's namespace (outside any pod, so not captured).
-fn probe(
-    t: &TwoNodes,
-    issuer: &Path,
-    anchors: &Path,
-    identity: &str,
-    extra: &[&str],
-) -> Value {
+fn probe(t: &TwoNodes, issuer: &Path, anchors: &Path, identity: &str, extra: &[&str]) -> Value {
     let mut cmd = Command::new(meshd_bin());
     cmd.args(["diagnostics", "hbone", "--trust-anchors"])
         .arg(anchors)

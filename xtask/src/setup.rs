@@ -31,6 +31,7 @@ const PACKAGES: &[&str] = &[
     "wrk",
     "prometheus",
     "python3",
+    "python3-h2",
     "procps",
 ];
 

@@ -18,6 +18,9 @@ use super::copy::Reset;
 /// waits this long unless its port is configured opaque (then there is no wait at all).
 pub const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
 const MAX_PEEK: usize = 1024;
+/// For HTTP/1, the first request's head is read whole (up to this size) so that its
+/// framing can be checked before anything is forwarded.
+const MAX_HEAD: usize = 16 * 1024;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +39,11 @@ pub struct Prefixed<T> {
 impl<T> Prefixed<T> {
     pub fn new(prefix: Bytes, inner: T) -> Self {
         Prefixed { prefix, inner }
+    }
+
+    /// The bytes read during detection and not yet consumed.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
     }
 }
 
@@ -136,7 +144,49 @@ pub async fn detect<T: AsyncRead + Unpin>(mut io: T) -> (Protocol, Prefixed<T>) 
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     };
+    if protocol == Protocol::Http1 {
+        // Complete the first request's head (bounded), for the framing check.
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_HEAD {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, io.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+    }
     (protocol, Prefixed::new(buf.freeze(), io))
+}
+
+/// Checks the framing of an HTTP/1 request head: a proxy must refuse both Content-Length
+/// and Transfer-Encoding, and Content-Length values that disagree (RFC 9112 §6.3), rather
+/// than pass them on. (hyper, which parses every later request, would quietly prefer
+/// Transfer-Encoding.) Returns the reason when the head is ambiguous.
+pub fn ambiguous_head(head: &[u8]) -> Option<&'static str> {
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(head.len());
+    let text = String::from_utf8_lossy(&head[..end]);
+    let mut lengths = Vec::new();
+    let mut te = false;
+    for line in text.split("\r\n").skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            lengths.extend(value.split(',').map(|v| v.trim().to_string()));
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            te = true;
+        }
+    }
+    if te && !lengths.is_empty() {
+        return Some("content-length with transfer-encoding");
+    }
+    if lengths.windows(2).any(|w| w[0] != w[1]) {
+        return Some("conflicting content-length values");
+    }
+    None
 }
 
 #[cfg(test)]
@@ -157,6 +207,26 @@ mod tests {
         assert_eq!(classify(b"SSH-2.0-OpenSSH\r\n"), Some(Protocol::Opaque));
         assert_eq!(classify(b"GET / FOO\r\n"), Some(Protocol::Opaque));
         assert_eq!(classify(b"hello world\n"), Some(Protocol::Opaque));
+    }
+
+    #[test]
+    fn ambiguous_framing() {
+        assert_eq!(
+            ambiguous_head(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
+            None
+        );
+        assert!(ambiguous_head(
+            b"POST / HTTP/1.1\r\ncontent-length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .is_some());
+        assert!(ambiguous_head(
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"
+        )
+        .is_some());
+        assert_eq!(
+            ambiguous_head(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"),
+            None
+        );
     }
 
     #[tokio::test]

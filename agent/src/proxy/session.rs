@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{
     copy::{relay, Reset},
-    detect::{detect, Protocol},
+    detect::{ambiguous_head, detect, Protocol},
     http::{self, HttpMeta},
     ProxyContext,
 };
@@ -71,6 +71,12 @@ where
         let (protocol, client) = detect(client).await;
         match protocol {
             Protocol::Opaque => relay(ctx, s.id, client, upstream).await,
+            Protocol::Http1 if ambiguous_head(client.prefix()).is_some() => {
+                let why = ambiguous_head(client.prefix()).unwrap_or_default();
+                refuse(ctx, &s.meta, client, why).await;
+                ctx.connections
+                    .close(s.id, 0, 0, Some(format!("refused: {why}")));
+            }
             http => {
                 let result =
                     http::proxy(ctx.clone(), Arc::new(s.meta), http, client, upstream).await;
@@ -81,6 +87,27 @@ where
     }
     let (read, written) = counts.get();
     ctx.telemetry.metrics.tcp_close(&tcp, read, written);
+}
+
+/// Answers 400 and closes: nothing of the request reaches the upstream.
+async fn refuse<C: AsyncWrite + Unpin>(
+    ctx: &ProxyContext,
+    meta: &HttpMeta,
+    mut client: C,
+    why: &str,
+) {
+    use tokio::io::AsyncWriteExt;
+    ctx.telemetry.metrics.http_error(
+        meta.direction.as_str(),
+        &meta.namespace,
+        &meta.pod,
+        "invalid_request",
+    );
+    tracing::warn!(direction = meta.direction.as_str(), pod = %meta.pod, reason = why, "refused an HTTP request with ambiguous framing (request smuggling?)");
+    let _ = client
+        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .await;
+    let _ = client.shutdown().await;
 }
 
 #[derive(Default)]

@@ -1,0 +1,493 @@
+//! L7: HTTP/1.1, HTTP/2 and gRPC through two agents with mutual TLS; Linkerd's metrics,
+//! checked by exact counts and by a real Prometheus server; upgrades, large bodies, and
+//! request smuggling.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use meshd_tests::{
+    mesh::{config_yaml, identity_init, with_identity, Agent, WorkloadSpec},
+    require_root, wait_until, Cluster, Pod, ProcHandle,
+};
+use serde_json::Value;
+
+fn apps_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("apps")
+}
+
+/// Sums the samples of `name` whose labels include every `(label, value)`.
+fn sum_metric(text: &str, name: &str, filters: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            filters
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+struct Mesh {
+    c: Cluster,
+    client: Pod,
+    web: Pod,
+    agent1: Agent,
+    agent2: Agent,
+}
+
+/// Node 1: pod `client`; node 2: pod `web` (deployment `web`); mutual TLS.
+fn mesh(name: &str) -> Mesh {
+    let c = Cluster::new(name).unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let n2 = c.add_node("n2").unwrap();
+    let client = c.add_pod(&n1, "client").unwrap();
+    let web = c.add_pod(&n2, "web").unwrap();
+    let ca = identity_init(&c, "ca").unwrap();
+    let anchors = ca.join("ca.crt");
+    let remote = |p: &Pod| {
+        let mut w = WorkloadSpec::new(p);
+        w.remote = true;
+        w
+    };
+    let y1 = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&client), remote(&web).label("app", "web")],
+        &[],
+    );
+    let y2 = config_yaml(
+        &c,
+        &n2,
+        &[remote(&client), WorkloadSpec::new(&web).label("app", "web")],
+        &[],
+    );
+    let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &anchors, &ca, 3600)).unwrap();
+    let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &anchors, &ca, 3600)).unwrap();
+    Mesh {
+        c,
+        client,
+        web,
+        agent1,
+        agent2,
+    }
+}
+
+fn start_app(c: &Cluster, pod: &Pod, python: &str, script: &str, port: u16) -> ProcHandle {
+    let mut cmd = Command::new(python);
+    cmd.arg(apps_dir().join(script)).arg(port.to_string());
+    let h = c.spawn_in_pod(pod, cmd).unwrap();
+    h.wait_for_output("listening", Duration::from_secs(10))
+        .unwrap();
+    h
+}
+
+/// curl in the client pod; returns stdout.
+fn curl(c: &Cluster, pod: &Pod, args: &[&str]) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20"]).args(args);
+    let out = c.run_in_pod(pod, cmd).unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn metrics(agent: &Agent) -> String {
+    agent.get("/metrics").unwrap().1
+}
+
+#[test]
+fn exact_counts_and_prometheus_queries() {
+    require_root().unwrap();
+    let m = mesh("l7-counts");
+    let c = &m.c;
+    start_app(c, &m.web, "python3", "http_app.py", 8000);
+    let base = format!("http://{}:8000", m.web.ip);
+    let status = |s: u16| format!("{base}/status/{s}");
+
+    // Prometheus on node 2, scraping its agent every second.
+    let prom_dir = c.dir().join("prometheus");
+    std::fs::create_dir_all(&prom_dir).unwrap();
+    std::fs::write(
+        prom_dir.join("prometheus.yml"),
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n  - job_name: meshd\n    static_configs: [{targets: ['127.0.0.1:15000']}]\n",
+    )
+    .unwrap();
+    let mut prom = Command::new("prometheus");
+    prom.arg(format!(
+        "--config.file={}",
+        prom_dir.join("prometheus.yml").display()
+    ))
+    .arg(format!(
+        "--storage.tsdb.path={}",
+        prom_dir.join("data").display()
+    ))
+    .arg("--web.listen-address=127.0.0.1:9090");
+    c.spawn_in_node(&m.agent2.node, prom).unwrap();
+    let query = |q: &str| -> Value {
+        let url = format!("http://127.0.0.1:9090/api/v1/query?query={}", urlencode(q));
+        let (code, body) = meshd_tests::http_get(&m.agent2.node.netns_path, &url).unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            meshd_tests::http_get(
+                &m.agent2.node.netns_path,
+                "http://127.0.0.1:9090/api/v1/targets",
+            )
+            .is_ok_and(|(_, b)| b.contains("\"health\":\"up\""))
+        }),
+        "prometheus scrapes the agent"
+    );
+
+    // Phase 1 creates every series at once (so that rate() sees all of them from the same
+    // first sample), phase 2 is the traffic the queries are checked against.
+    let warm = [
+        status(200),
+        status(404),
+        status(503),
+        format!("{base}/sleep/150"),
+    ];
+    let mut args: Vec<&str> = vec!["-o", "/dev/null", "-w", "%{http_code}\n"];
+    args.extend(warm.iter().map(String::as_str));
+    curl(c, &m.client, &args);
+    std::thread::sleep(Duration::from_secs(3));
+    let mut phase2: Vec<String> = Vec::new();
+    phase2.extend(std::iter::repeat_n(status(200), 7));
+    phase2.extend(std::iter::repeat_n(status(404), 3));
+    phase2.extend(std::iter::repeat_n(status(503), 5));
+    phase2.extend(std::iter::repeat_n(format!("{base}/sleep/150"), 2));
+    let mut args: Vec<&str> = vec!["-o", "/dev/null", "-w", "%{http_code}\n"];
+    args.extend(phase2.iter().map(String::as_str));
+    let codes = curl(c, &m.client, &args);
+    assert_eq!(codes.lines().filter(|l| *l == "503").count(), 5, "{codes}");
+
+    // Exact counts, inbound on node 2 and outbound on node 1 (4 + 17 requests).
+    let t2 = metrics(&m.agent2);
+    let inbound = [("direction", "inbound"), ("deployment", "web")];
+    assert_eq!(sum_metric(&t2, "request_total", &inbound), 21.0, "{t2}");
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut f = inbound.to_vec();
+        f.extend_from_slice(extra);
+        f
+    };
+    assert_eq!(
+        sum_metric(
+            &t2,
+            "response_total",
+            &with(&[("status_code", "200"), ("classification", "success")])
+        ),
+        11.0
+    );
+    assert_eq!(
+        sum_metric(
+            &t2,
+            "response_total",
+            &with(&[("status_code", "404"), ("classification", "success")])
+        ),
+        4.0
+    );
+    assert_eq!(
+        sum_metric(
+            &t2,
+            "response_total",
+            &with(&[("status_code", "503"), ("classification", "failure")])
+        ),
+        6.0
+    );
+    assert_eq!(
+        sum_metric(
+            &t2,
+            "response_total",
+            &with(&[
+                ("tls", "true"),
+                ("client_id", "spiffe://cluster.local/ns/default/sa/client")
+            ])
+        ),
+        21.0
+    );
+    // The latency histogram agrees with what the server did: three requests slept 150 ms.
+    assert_eq!(sum_metric(&t2, "response_latency_ms_count", &inbound), 21.0);
+    assert_eq!(
+        sum_metric(&t2, "response_latency_ms_bucket", &with(&[("le", "100.0")])),
+        18.0,
+        "{t2}"
+    );
+    assert_eq!(
+        sum_metric(&t2, "response_latency_ms_bucket", &with(&[("le", "200.0")])),
+        21.0
+    );
+    let t1 = metrics(&m.agent1);
+    let outbound = [
+        ("direction", "outbound"),
+        ("deployment", "client"),
+        ("dst_deployment", "web"),
+        ("server_id", "spiffe://cluster.local/ns/default/sa/web"),
+    ];
+    assert_eq!(sum_metric(&t1, "request_total", &outbound), 21.0, "{t1}");
+    let mut failures = outbound.to_vec();
+    failures.push(("classification", "failure"));
+    assert_eq!(sum_metric(&t1, "response_total", &failures), 6.0);
+    // TCP: two client connections, both closed, bytes counted.
+    assert_eq!(sum_metric(&t2, "tcp_open_total", &inbound), 2.0);
+    assert!(wait_until(Duration::from_secs(3), || sum_metric(
+        &metrics(&m.agent2),
+        "tcp_close_total",
+        &inbound
+    ) == 2.0));
+    assert!(sum_metric(&t2, "tcp_read_bytes_total", &inbound) > 1000.0);
+
+    // Linkerd's PromQL, unchanged.
+    std::thread::sleep(Duration::from_secs(4));
+    let sr = query("sum(rate(response_total{classification=\"success\"}[1m])) by (deployment) / sum(rate(response_total[1m])) by (deployment)");
+    let web = sr["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"]["deployment"] == "web")
+        .cloned()
+        .unwrap_or_else(|| panic!("{sr}"));
+    let v: f64 = web["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(
+        (v - 12.0 / 17.0).abs() < 0.01,
+        "success rate {v}, expected {}",
+        12.0 / 17.0
+    );
+    let p99 = query(
+        "histogram_quantile(0.99, sum(rate(response_latency_ms_bucket[1m])) by (le, deployment))",
+    );
+    let web = p99["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"]["deployment"] == "web")
+        .cloned()
+        .unwrap_or_else(|| panic!("{p99}"));
+    let v: f64 = web["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(
+        v > 100.0 && v <= 200.0,
+        "p99 {v} ms is in the bucket of the 150 ms requests"
+    );
+    m.agent1.stop().unwrap();
+    m.agent2.stop().unwrap();
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+const UPGRADE_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(b"GET /upgrade HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+assert head.startswith(b"HTTP/1.1 101"), head
+msg = b"hello through the upgrade " * 1000
+s.sendall(msg)
+got = b""
+while len(got) < len(msg):
+    got += s.recv(65536)
+print("echoed" if got == msg else "mismatch")
+"#;
+
+#[test]
+fn http2_grpc_upgrades_and_large_bodies_pass_through() {
+    require_root().unwrap();
+    let m = mesh("l7-protocols");
+    let c = &m.c;
+    start_app(c, &m.web, "python3", "http_app.py", 8000);
+    start_app(c, &m.web, "/usr/bin/python3", "grpc_app.py", 9000);
+    let docroot = c.dir().join("www");
+    std::fs::create_dir_all(&docroot).unwrap();
+    let page: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(docroot.join("page.txt"), &page).unwrap();
+    let mut nghttpd = Command::new("nghttpd");
+    nghttpd.args(["--no-tls", "-d"]).arg(&docroot).arg("8001");
+    c.spawn_in_pod(&m.web, nghttpd).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        let mut ss = Command::new("ss");
+        ss.args(["-Hltn", "sport", "= :8001"]);
+        c.run_in_pod(&m.web, ss).is_ok_and(|o| !o.stdout.is_empty())
+    }));
+
+    // HTTP/1.1 and HTTP/2 (prior knowledge) through both agents, bodies unchanged.
+    assert_eq!(
+        curl(c, &m.client, &[&format!("http://{}:8000/", m.web.ip)]),
+        "ok\n"
+    );
+    let got = curl(
+        c,
+        &m.client,
+        &[
+            "--http2-prior-knowledge",
+            &format!("http://{}:8001/page.txt", m.web.ip),
+        ],
+    );
+    assert_eq!(got, page);
+    let code = curl(
+        c,
+        &m.client,
+        &[
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            &format!("http://{}:8001/missing", m.web.ip),
+        ],
+    );
+    assert_eq!(code, "404 2");
+
+    // A large streaming body, hashed by the server.
+    let big = c.dir().join("big.bin");
+    let data: Vec<u8> = (0..32 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&big, &data).unwrap();
+    let digest = Command::new("sha256sum").arg(&big).output().unwrap();
+    let want = String::from_utf8_lossy(&digest.stdout)
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let got = curl(
+        c,
+        &m.client,
+        &[
+            "--data-binary",
+            &format!("@{}", big.display()),
+            &format!("http://{}:8000/sha256", m.web.ip),
+        ],
+    );
+    assert_eq!(got.trim(), want);
+
+    // An HTTP/1.1 upgrade (what WebSocket does): the connection becomes a byte stream.
+    let mut py = Command::new("python3");
+    py.args(["-c", UPGRADE_CLIENT, &m.web.ip.to_string(), "8000"]);
+    let out = c.run_in_pod(&m.client, py).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "echoed",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // gRPC: status 0 is a success, status 13 a failure, from the trailers.
+    let message = c.dir().join("grpc-message.bin");
+    std::fs::write(&message, b"\0\0\0\0\x02hi").unwrap();
+    let message_arg = format!("@{}", message.display());
+    for (method, n) in [("Status0", 3), ("Status13", 2)] {
+        for _ in 0..n {
+            curl(
+                c,
+                &m.client,
+                &[
+                    "--http2-prior-knowledge",
+                    "-o",
+                    "/dev/null",
+                    "-H",
+                    "content-type: application/grpc",
+                    "-H",
+                    "te: trailers",
+                    "--data-binary",
+                    &message_arg,
+                    &format!("http://{}:9000/grpc.test.Echo/{method}", m.web.ip),
+                ],
+            );
+        }
+    }
+    let t2 = metrics(&m.agent2);
+    let inbound = [("direction", "inbound"), ("deployment", "web")];
+    let grpc = |code: &'static str, class: &'static str| {
+        let mut f = inbound.to_vec();
+        f.extend_from_slice(&[("grpc_status", code), ("classification", class)]);
+        sum_metric(&t2, "response_total", &f)
+    };
+    assert_eq!(grpc("0", "success"), 3.0, "{t2}");
+    assert_eq!(grpc("13", "failure"), 2.0, "{t2}");
+    m.agent1.stop().unwrap();
+    m.agent2.stop().unwrap();
+}
+
+const SMUGGLE: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(sys.argv[3].encode().decode("unicode_escape").encode("latin-1"))
+data = b""
+try:
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+except socket.timeout:
+    pass
+print(data.split(b"\r\n")[0].decode())
+"#;
+
+#[test]
+fn request_smuggling_is_refused_and_counted() {
+    require_root().unwrap();
+    let m = mesh("l7-smuggle");
+    let c = &m.c;
+    let app = start_app(c, &m.web, "python3", "http_app.py", 8000);
+    let attempts = [
+        // Content-Length and Transfer-Encoding together.
+        "POST /sha256 HTTP/1.1\\r\\nHost: web\\r\\nContent-Length: 6\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\nGET /status/500 HTTP/1.1\\r\\nHost: web\\r\\n\\r\\n",
+        // Two different Content-Lengths.
+        "POST /sha256 HTTP/1.1\\r\\nHost: web\\r\\nContent-Length: 3\\r\\nContent-Length: 30\\r\\n\\r\\nabcGET /status/500 HTTP/1.1\\r\\n\\r\\n",
+    ];
+    for a in attempts {
+        let mut py = Command::new("python3");
+        py.args(["-c", SMUGGLE, &m.web.ip.to_string(), "8000", a]);
+        let out = c.run_in_pod(&m.client, py).unwrap();
+        let first = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(
+            first,
+            "HTTP/1.1 400 Bad Request",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let t1 = metrics(&m.agent1);
+    assert_eq!(
+        sum_metric(
+            &t1,
+            "http_errors_total",
+            &[("direction", "outbound"), ("error", "invalid_request")]
+        ),
+        2.0,
+        "{t1}"
+    );
+    // Nothing reached the app, and the next request (another connection) is fine.
+    assert_eq!(
+        curl(
+            c,
+            &m.client,
+            &[&format!("http://{}:8000/status/200", m.web.ip)]
+        ),
+        "status 200\n"
+    );
+    let t2 = metrics(&m.agent2);
+    assert_eq!(
+        sum_metric(&t2, "request_total", &[("direction", "inbound")]),
+        1.0,
+        "{t2}"
+    );
+    let _ = app;
+    m.agent1.stop().unwrap();
+    m.agent2.stop().unwrap();
+}

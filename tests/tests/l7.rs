@@ -385,6 +385,61 @@ fn http2_grpc_upgrades_and_large_bodies_pass_through() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A real WebSocket echo (HTTP/1.1 upgrade, then frames both ways).
+    let mut ws = Command::new("/usr/bin/python3");
+    ws.arg(apps_dir().join("ws_app.py")).args(["serve", "8002"]);
+    c.spawn_in_pod(&m.web, ws)
+        .unwrap()
+        .wait_for_output("listening", Duration::from_secs(10))
+        .unwrap();
+    let mut call = Command::new("/usr/bin/python3");
+    call.arg(apps_dir().join("ws_app.py")).args([
+        "call",
+        &format!("ws://{}:8002/", m.web.ip),
+        "20",
+    ]);
+    let out = c.run_in_pod(&m.client, call).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "echoed 20",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t2 = metrics(&m.agent2);
+    assert_eq!(
+        sum_metric(
+            &t2,
+            "response_total",
+            &[("direction", "inbound"), ("status_code", "101")]
+        ),
+        2.0,
+        "the echo upgrade and the WebSocket: {t2}"
+    );
+
+    // A protocol where the server speaks first: on a port declared opaque it is never
+    // parsed; elsewhere detection gives up waiting for the client and relays it too.
+    for port in [9090u16, 9191] {
+        meshd_tests::mesh::serve(c, &m.web, port).unwrap();
+        let r = meshd_tests::mesh::testapp_json(
+            c,
+            &m.client,
+            &[
+                "echo",
+                "--greet",
+                "--connect",
+                &format!("{}:{port}", m.web.ip),
+                "--bytes",
+                "100000",
+            ],
+        )
+        .unwrap();
+        assert_eq!(r["ok"], true, "{r}");
+        assert!(
+            r["greeting"].as_str().unwrap().starts_with("hello peer="),
+            "{r}"
+        );
+    }
+
     // gRPC: status 0 is a success, status 13 a failure, from the trailers.
     let message = c.dir().join("grpc-message.bin");
     std::fs::write(&message, b"\0\0\0\0\x02hi").unwrap();

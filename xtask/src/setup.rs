@@ -32,6 +32,7 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     "python3",
     "python3-h2",
+    "python3-websockets",
     "procps",
 ];
 

@@ -164,6 +164,7 @@ impl Admin {
                 "pins": self.agent.pins_root(),
                 "workloads": self.agent.statuses(),
                 "maps": self.agent.map_counts(),
+                "attached": self.agent.attachments(),
             },
         })
     }

@@ -285,6 +285,11 @@ impl Agent {
         lock(&self.capture).pins().root().display().to_string()
     }
 
+    /// Attached programs and links, for `/config_dump`.
+    pub fn attachments(&self) -> serde_json::Value {
+        lock(&self.capture).attachments()
+    }
+
     pub fn map_counts(&self) -> serde_json::Value {
         self.proxy.maps.counts()
     }

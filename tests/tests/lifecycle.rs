@@ -241,6 +241,15 @@ fn restarted_agent_adopts_its_pins() {
     );
     assert!(!agent2.pin_root.join("v1/links/default_gone").exists());
     assert_eq!(map_count(&agent2, "MESHD_PODS"), 2);
+    // /config_dump names what is attached where: the adopted links run the new programs.
+    let dump = agent2.config_dump().unwrap();
+    let attached = &dump["capture"]["attached"];
+    let connect4 = attached["programs"]["meshd_connect4"].as_u64().unwrap();
+    let links = attached["links"]["default/client"].as_array().unwrap();
+    assert_eq!(links.len(), 4, "{attached:#}");
+    let c4 = links.iter().find(|l| l["hook"] == "connect4").unwrap();
+    assert_eq!(c4["programId"].as_u64(), Some(connect4));
+    assert!(attached["links"].get("default/gone").is_none());
     // The old agent's programs are unloaded: nothing references them any more.
     for id in old_ids {
         assert!(

@@ -239,6 +239,47 @@ impl Capture {
         }
     }
 
+    /// What is attached where, for `/config_dump`: the loaded programs' ids, and per
+    /// enrolled workload each pinned link with its link and program ids.
+    pub fn attachments(&self) -> serde_json::Value {
+        let mut programs = serde_json::Map::new();
+        for hook in Hook::ALL {
+            let id = self
+                .ebpf
+                .program(hook.program())
+                .and_then(|p| p.info().ok())
+                .map(|i| i.id());
+            programs.insert(hook.program().to_string(), serde_json::json!(id));
+        }
+        let mut workloads = serde_json::Map::new();
+        if let Ok(entries) = std::fs::read_dir(self.pins.links()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(key) = PinPaths::workload_key(&name) else {
+                    continue;
+                };
+                let links: Vec<serde_json::Value> = Hook::ALL
+                    .iter()
+                    .filter_map(|hook| {
+                        let path = entry.path().join(hook.link_name());
+                        let link: aya::programs::links::FdLink =
+                            aya::programs::links::PinnedLink::from_pin(&path).ok()?.into();
+                        let info = link.info().ok()?;
+                        Some(serde_json::json!({
+                            "hook": hook.link_name(),
+                            "attachedTo": hook.target_kind(),
+                            "pin": path,
+                            "linkId": info.id(),
+                            "programId": info.program_id(),
+                        }))
+                    })
+                    .collect();
+                workloads.insert(key, serde_json::Value::Array(links));
+            }
+        }
+        serde_json::json!({ "programs": programs, "links": workloads })
+    }
+
     /// Removes everything under the versioned pin directory: links (detaching them), programs
     /// and maps. Used on clean shutdown and by `meshd uninstall`.
     pub fn uninstall(pins: &PinPaths) -> Result<(), CaptureError> {

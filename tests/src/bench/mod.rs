@@ -444,15 +444,30 @@ fn first_error_line(text: &str) -> String {
     l.chars().take(300).collect()
 }
 
+/// Ports never parsed as HTTP in `mode`: the raw TCP tools always (the sink speaks first);
+/// the HTTP servers too, except in `mtls-http`, where the agents parse HTTP on both sides.
+fn opaque_ports(mode: &str) -> Vec<u16> {
+    let mut ports = vec![ECHO_PORT, SINK_PORT, IPERF_PORT];
+    if mode != "mtls-http" {
+        ports.extend([HTTP1_PORT, HTTP2_PORT]);
+    }
+    ports
+}
+
 fn agent_yaml(
     ctx: &Ctx<'_>,
     node: &Node,
     local: &[&Pod],
     remote: &Pod,
     identity: Option<&Path>,
+    mode: &str,
 ) -> String {
-    let mut w: Vec<WorkloadSpec> = local.iter().map(|p| WorkloadSpec::new(p)).collect();
-    let mut r = WorkloadSpec::new(remote);
+    let opaque = opaque_ports(mode);
+    let mut w: Vec<WorkloadSpec> = local
+        .iter()
+        .map(|p| WorkloadSpec::new(p).opaque(Some(&opaque)))
+        .collect();
+    let mut r = WorkloadSpec::new(remote).opaque(Some(&opaque));
     r.remote = true;
     w.push(r);
     let mut y = config_yaml(ctx.c, node, &w, &[]);
@@ -516,6 +531,7 @@ fn setup_agents(ctx: &mut Ctx<'_>, mode: &str) -> Result<Agents, String> {
         &[&ctx.client],
         &ctx.server,
         identity.as_deref(),
+        mode,
     );
     let y2 = agent_yaml(
         ctx,
@@ -523,6 +539,7 @@ fn setup_agents(ctx: &mut Ctx<'_>, mode: &str) -> Result<Agents, String> {
         &[&ctx.server],
         &ctx.client,
         identity.as_deref(),
+        mode,
     );
     let a1 = start_agent(ctx.c, &ctx.n1, &y1)?;
     let a2 = match start_agent(ctx.c, &ctx.n2, &y2) {
@@ -1026,7 +1043,7 @@ fn measure_memory(
     };
     let mut local: Vec<&Pod> = vec![&ctx.client];
     local.extend(ctx.mem_pods.iter());
-    let y = agent_yaml(ctx, &ctx.n1, &local, &ctx.server, identity.as_deref());
+    let y = agent_yaml(ctx, &ctx.n1, &local, &ctx.server, identity.as_deref(), mode);
     let a1 = &agents.list[0];
     a1.write_config(&y)?;
     let want = local.len();

@@ -169,7 +169,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let initial = state::State::from_config(&config);
     let a = agent.clone();
     tokio::task::spawn_blocking(move || a.apply(initial)).await?;
-    let source = Arc::new(sources::file::FileSource::new(path.clone()));
+    let source = Arc::new(sources::file::FileSource::new(path.clone(), config.clone()));
     tokio::spawn(source.clone().watch(agent.clone(), text));
     let admin = Arc::new(admin::Admin {
         agent: agent.clone(),

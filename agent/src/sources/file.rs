@@ -15,14 +15,17 @@ const POLL: Duration = Duration::from_millis(250);
 
 pub struct FileSource {
     pub path: PathBuf,
+    /// The settings read once at start-up (admin address, bpffs root, identity).
+    startup: Config,
     /// The last reload error, cleared by the next good file.
     pub last_error: Arc<Mutex<Option<String>>>,
 }
 
 impl FileSource {
-    pub fn new(path: PathBuf) -> FileSource {
+    pub fn new(path: PathBuf, startup: Config) -> FileSource {
         FileSource {
             path,
+            startup,
             last_error: Arc::default(),
         }
     }
@@ -48,6 +51,9 @@ impl FileSource {
             match Config::parse(&self.path, &text) {
                 Ok(config) => {
                     tracing::info!(path = %self.path.display(), "config changed, applying");
+                    for field in self.needs_restart(&config) {
+                        tracing::warn!(field, "this setting changed in the config file; it takes effect when the agent restarts");
+                    }
                     let agent = agent.clone();
                     let state = State::from_config(&config);
                     // Enrollment does blocking set-up work (namespaces, bpf syscalls).
@@ -60,6 +66,28 @@ impl FileSource {
             }
             applied = text;
         }
+    }
+
+    /// Settings that differ from start-up and are only read then.
+    fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
+        let old = &self.startup;
+        let mut fields = Vec::new();
+        if old.admin != new.admin {
+            fields.push("admin");
+        }
+        if old.bpffs != new.bpffs {
+            fields.push("bpffs");
+        }
+        if old.trust_domain != new.trust_domain {
+            fields.push("trustDomain");
+        }
+        if old.identity != new.identity {
+            fields.push("identity");
+        }
+        if old.connect_timeout_ms != new.connect_timeout_ms {
+            fields.push("connectTimeoutMs");
+        }
+        fields
     }
 
     fn report(&self, message: String) {

@@ -410,7 +410,7 @@ impl WireCapture {
     pub fn start(cluster: &Cluster) -> anyhow::Result<WireCapture> {
         let file = cluster.dir().join("wire.pcap");
         let mut cmd = Command::new("tcpdump");
-        cmd.args(["-i", "br0", "-U", "-n", "-s", "0", "-w"])
+        cmd.args(["-i", "br0", "-U", "--immediate-mode", "-n", "-s", "0", "-w"])
             .arg(&file)
             .arg("tcp");
         let proc = cluster.spawn_in_net(cmd)?;

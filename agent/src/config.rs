@@ -173,8 +173,10 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
-            let message = if field.is_empty() || field == "." {
-                inner.to_string()
+            let inner = inner.to_string();
+            // serde_yaml names the field itself for some errors; do not say it twice.
+            let message = if field.is_empty() || field == "." || inner.starts_with(&field) {
+                inner
             } else {
                 format!("at {field}: {inner}")
             };

@@ -1,22 +1,36 @@
-//! The admin server on a node-local address: liveness, readiness, the agent's view of its
-//! configuration and capture, and its account of proxied connections.
+//! The admin server on a node-local address: liveness, readiness, metrics, the agent's view
+//! of its configuration and capture, its account of proxied connections, and the views
+//! behind `meshd stat`, `edges` and `tap`, plus the runtime log level.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::{
+    body::{Body, Frame, Incoming},
+    header, Method, Request, Response, StatusCode,
+};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::mpsc;
 
-use crate::{agent::Agent, sources::file::FileSource};
+use crate::{agent::Agent, sources::file::FileSource, telemetry::tap::TapFilter};
+
+type AdminBody = BoxBody<Bytes, Infallible>;
 
 pub struct Admin {
     pub agent: Arc<Agent>,
     pub source: Arc<FileSource>,
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -25,10 +39,10 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
-fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+fn json(value: &impl serde::Serialize) -> Response<AdminBody> {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => {
-            let mut r = Response::new(Full::new(Bytes::from(body)));
+            let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("application/json"),
@@ -39,12 +53,180 @@ fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
     }
 }
 
-impl Admin {
-    fn route(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        if req.method() != Method::GET {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+/// The query string's parameters.
+fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(v) => {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
         }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A streaming response body fed by a channel (for `/tap`).
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+impl Admin {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<AdminBody> {
+        match (req.method().clone(), req.uri().path()) {
+            (Method::PUT, "/log-level") => {
+                let body = match req.into_body().collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                };
+                match crate::logging::set(&String::from_utf8_lossy(&body)) {
+                    Ok(now) => text(StatusCode::OK, format!("{now}\n")),
+                    Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                }
+            }
+            (Method::GET, "/tap") => self.tap(&req),
+            (Method::GET, _) => self.route(&req),
+            _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET, or PUT /log-level\n"),
+        }
+    }
+
+    /// Streams matching requests as JSON lines until `limit` events or the client leaves.
+    fn tap(&self, req: &Request<Incoming>) -> Response<AdminBody> {
+        let q = query(req);
+        let filter = TapFilter {
+            workload: q.get("workload").cloned().filter(|s| !s.is_empty()),
+            path_prefix: q.get("path").cloned().filter(|s| !s.is_empty()),
+            method: q.get("method").cloned().filter(|s| !s.is_empty()),
+            direction: q.get("direction").cloned().filter(|s| !s.is_empty()),
+        };
+        let limit: Option<u64> = q.get("limit").and_then(|l| l.parse().ok());
+        let mut events = self.agent.proxy.telemetry.tap.subscribe();
+        let (tx, rx) = mpsc::channel::<Bytes>(256);
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            // A first line, so that a client knows the tap is live.
+            if tx
+                .send(Bytes::from_static(b"{\"tap\":\"started\"}\n"))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            loop {
+                let ev = match events.recv().await {
+                    Ok(ev) => ev,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let line = format!("{{\"tap\":\"lagged\",\"missed\":{n}}}\n");
+                        if tx.send(Bytes::from(line)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                if !filter.matches(&ev) {
+                    continue;
+                }
+                let mut line = serde_json::to_vec(&*ev).unwrap_or_default();
+                line.push(b'\n');
+                if tx.send(Bytes::from(line)).await.is_err() {
+                    return;
+                }
+                sent += 1;
+                if limit.is_some_and(|l| sent >= l) {
+                    return;
+                }
+            }
+        });
+        let mut r = Response::new(BodyExt::boxed(ChannelBody(rx)));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/x-ndjson"),
+        );
+        r
+    }
+
+    /// Who talks to whom, from the connection records.
+    fn edges(&self) -> serde_json::Value {
+        let state = self.agent.state.load();
+        let name_of = |addr: &SocketAddr| {
+            state
+                .workload_by_ip(&addr.ip())
+                .map(|w| w.key())
+                .unwrap_or_else(|| addr.ip().to_string())
+        };
+        let mut edges: BTreeMap<(String, String, String, String, bool), u64> = BTreeMap::new();
+        for c in self.agent.proxy.connections.snapshot() {
+            let (src, dst) = match c.direction {
+                crate::proxy::Direction::Outbound => {
+                    (c.workload.clone(), name_of(&c.target.unwrap_or(c.orig_dst)))
+                }
+                crate::proxy::Direction::Inbound => (name_of(&c.peer), c.workload.clone()),
+            };
+            let key = (
+                src,
+                dst,
+                c.client_id.clone().unwrap_or_default(),
+                c.server_id.clone().unwrap_or_default(),
+                c.tls,
+            );
+            *edges.entry(key).or_default() += 1;
+        }
+        serde_json::Value::Array(
+            edges
+                .into_iter()
+                .map(|((src, dst, client_id, server_id, secured), connections)| {
+                    serde_json::json!({
+                        "src": src, "dst": dst, "client_id": client_id, "server_id": server_id,
+                        "secured": secured, "connections": connections,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    fn route(&self, req: &Request<Incoming>) -> Response<AdminBody> {
         match req.uri().path() {
+            "/stat" => {
+                let window = query(req)
+                    .get("window")
+                    .and_then(|w| w.trim_end_matches('s').parse().ok())
+                    .unwrap_or(10);
+                json(&self.agent.proxy.telemetry.stats.rows(window))
+            }
+            "/edges" => json(&self.edges()),
+            "/log-level" => text(StatusCode::OK, format!("{}\n", crate::logging::current().unwrap_or_default())),
             "/live" => text(StatusCode::OK, "live\n"),
             "/ready" => {
                 if self.agent.ready.load(std::sync::atomic::Ordering::SeqCst) {
@@ -67,7 +249,7 @@ impl Admin {
             "/config_dump" => json(&self.config_dump()),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /live /ready /metrics /config_dump /connections\n",
+                "not found; try /live /ready /metrics /config_dump /connections /stat /edges /tap /log-level\n",
             ),
         }
     }
@@ -185,7 +367,7 @@ pub async fn serve(admin: Arc<Admin>, listener: tokio::net::TcpListener) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.route(&req)) }
+                async move { Ok::<_, Infallible>(admin.handle(req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder

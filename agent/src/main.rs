@@ -8,12 +8,14 @@ mod check;
 mod config;
 mod diagnostics;
 mod identity;
+mod logging;
 mod metrics;
 mod netns;
 mod proxy;
 mod sources;
 mod state;
 mod telemetry;
+mod views;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -49,6 +51,39 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Per-workload success rate, RPS and latency, like `linkerd viz stat`.
+    Stat {
+        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        admin: std::net::SocketAddr,
+        /// Window in seconds (1 to 60), e.g. `10` or `10s`.
+        #[arg(long, default_value = "10s", value_parser = parse_secs)]
+        window: u64,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: views::Output,
+    },
+    /// Who talks to whom, with identities, like `linkerd viz edges`.
+    Edges {
+        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        admin: std::net::SocketAddr,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: views::Output,
+    },
+    /// Live requests, like `linkerd viz tap`.
+    Tap {
+        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        admin: std::net::SocketAddr,
+        #[command(flatten)]
+        args: views::tap::TapArgs,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: views::Output,
+    },
+    /// Show or change the agent's log filter at runtime.
+    LogLevel {
+        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        admin: std::net::SocketAddr,
+        /// New filter, e.g. `debug` or `info,meshd=trace`.
+        filter: Option<String>,
     },
     /// Diagnostics: open an HBONE tunnel by hand as a given identity.
     Diagnostics {
@@ -90,19 +125,6 @@ enum IdentityCommand {
     },
 }
 
-fn init_tracing(filter: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> std::process::ExitCode {
     match cli_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -114,10 +136,54 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn parse_secs(s: &str) -> Result<u64, String> {
+    s.trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))
+}
+
+fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
 fn cli_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(&cli.log, cli.log_json);
+    logging::init(&cli.log, cli.log_json);
     match cli.command {
+        Command::Stat {
+            admin,
+            window,
+            output,
+        } => small_runtime()?.block_on(views::stat::run(
+            &views::AdminClient { addr: admin },
+            window,
+            output,
+        )),
+        Command::Edges { admin, output } => small_runtime()?.block_on(views::edges::run(
+            &views::AdminClient { addr: admin },
+            output,
+        )),
+        Command::Tap {
+            admin,
+            args,
+            output,
+        } => small_runtime()?.block_on(views::tap::run(
+            &views::AdminClient { addr: admin },
+            args,
+            output,
+        )),
+        Command::LogLevel { admin, filter } => small_runtime()?.block_on(async move {
+            let client = views::AdminClient { addr: admin };
+            let now = match filter {
+                Some(f) => client.put("/log-level", &f).await?,
+                None => client.get("/log-level").await?.trim().to_string(),
+            };
+            println!("{now}");
+            Ok(())
+        }),
         Command::Diagnostics {
             command: DiagnosticsCommand::Hbone(args),
         } => {

@@ -263,7 +263,9 @@ impl Capture {
                     .filter_map(|hook| {
                         let path = entry.path().join(hook.link_name());
                         let link: aya::programs::links::FdLink =
-                            aya::programs::links::PinnedLink::from_pin(&path).ok()?.into();
+                            aya::programs::links::PinnedLink::from_pin(&path)
+                                .ok()?
+                                .into();
                         let info = link.info().ok()?;
                         Some(serde_json::json!({
                             "hook": hook.link_name(),

@@ -63,6 +63,16 @@ where
 {
     let tcp = labels(&s.meta);
     ctx.telemetry.metrics.tcp_open(&tcp);
+    let m = &s.meta;
+    let stat_key = (
+        m.direction.as_str(),
+        m.namespace.clone(),
+        m.deployment.clone(),
+        m.pod.clone(),
+    );
+    ctx.telemetry
+        .stats
+        .tcp(stat_key.0, &stat_key.1, &stat_key.2, &stat_key.3, 1);
     let client = Counted::new(client);
     let counts = client.counts.clone();
     if s.opaque {
@@ -87,6 +97,9 @@ where
     }
     let (read, written) = counts.get();
     ctx.telemetry.metrics.tcp_close(&tcp, read, written);
+    ctx.telemetry
+        .stats
+        .tcp(stat_key.0, &stat_key.1, &stat_key.2, &stat_key.3, -1);
 }
 
 /// Answers 400 and closes: nothing of the request reaches the upstream.

@@ -1,11 +1,227 @@
-//! Rolling per-workload request statistics for `meshd stat`.
-//! (Placeholder: the aggregation lands next.)
+//! Rolling per-workload statistics behind `meshd stat` (like `linkerd viz stat`): exact
+//! counts over a sliding window of one-second buckets, the latencies of the window for
+//! percentiles, and the open TCP connections.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Mutex,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
 
 use super::RequestEvent;
 
+/// The longest window `meshd stat` can ask for.
+pub const MAX_WINDOW_SECS: u64 = 60;
+/// Latency samples kept per one-second bucket (the rest still counts in the rates).
+const SAMPLES_PER_BUCKET: usize = 2048;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    direction: &'static str,
+    namespace: String,
+    deployment: String,
+    pod: String,
+}
+
 #[derive(Default)]
-pub struct Stats {}
+struct Bucket {
+    second: u64,
+    requests: u64,
+    successes: u64,
+    latencies_ms: Vec<f64>,
+}
+
+#[derive(Default)]
+struct Workload {
+    buckets: VecDeque<Bucket>,
+    requests_total: u64,
+    tcp_open: i64,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    inner: Mutex<BTreeMap<Key, Workload>>,
+}
+
+/// One row of `meshd stat`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatRow {
+    pub namespace: String,
+    pub deployment: String,
+    pub pod: String,
+    pub direction: &'static str,
+    pub meshed: bool,
+    pub window_secs: u64,
+    pub requests: u64,
+    pub successes: u64,
+    /// `None` when there were no requests in the window.
+    pub success_rate: Option<f64>,
+    pub rps: f64,
+    pub latency_ms_p50: Option<f64>,
+    pub latency_ms_p95: Option<f64>,
+    pub latency_ms_p99: Option<f64>,
+    pub requests_total: u64,
+    pub tcp_connections: i64,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted.get(rank.min(sorted.len()) - 1).copied()
+}
 
 impl Stats {
-    pub fn record(&self, _ev: &RequestEvent) {}
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Workload>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn record(&self, ev: &RequestEvent) {
+        let key = Key {
+            direction: ev.direction.as_str(),
+            namespace: ev.namespace.clone(),
+            deployment: ev.deployment.clone(),
+            pod: ev.pod.clone(),
+        };
+        let now = now_secs();
+        let mut inner = self.lock();
+        let w = inner.entry(key).or_default();
+        if w.buckets.back().is_none_or(|b| b.second != now) {
+            w.buckets.push_back(Bucket {
+                second: now,
+                ..Bucket::default()
+            });
+        }
+        while w
+            .buckets
+            .front()
+            .is_some_and(|b| b.second + MAX_WINDOW_SECS <= now)
+        {
+            w.buckets.pop_front();
+        }
+        w.requests_total += 1;
+        if let Some(b) = w.buckets.back_mut() {
+            b.requests += 1;
+            b.successes += u64::from(ev.success);
+            if ev.status != 0 && b.latencies_ms.len() < SAMPLES_PER_BUCKET {
+                b.latencies_ms.push(ev.latency_ms);
+            }
+        }
+    }
+
+    /// A TCP connection of this workload opened (`+1`) or closed (`-1`).
+    pub fn tcp(
+        &self,
+        direction: &'static str,
+        namespace: &str,
+        deployment: &str,
+        pod: &str,
+        delta: i64,
+    ) {
+        let key = Key {
+            direction,
+            namespace: namespace.to_string(),
+            deployment: deployment.to_string(),
+            pod: pod.to_string(),
+        };
+        self.lock().entry(key).or_default().tcp_open += delta;
+    }
+
+    /// Every workload seen, over the last `window_secs` (1 to 60).
+    pub fn rows(&self, window_secs: u64) -> Vec<StatRow> {
+        let window = window_secs.clamp(1, MAX_WINDOW_SECS);
+        let now = now_secs();
+        let inner = self.lock();
+        inner
+            .iter()
+            .map(|(k, w)| {
+                // The current second is included; the window reaches back `window` seconds.
+                let recent = w.buckets.iter().filter(|b| b.second + window > now);
+                let (mut requests, mut successes, mut lat) = (0, 0, Vec::new());
+                for b in recent {
+                    requests += b.requests;
+                    successes += b.successes;
+                    lat.extend_from_slice(&b.latencies_ms);
+                }
+                lat.sort_by(f64::total_cmp);
+                StatRow {
+                    namespace: k.namespace.clone(),
+                    deployment: k.deployment.clone(),
+                    pod: k.pod.clone(),
+                    direction: k.direction,
+                    meshed: true,
+                    window_secs: window,
+                    requests,
+                    successes,
+                    success_rate: (requests > 0).then(|| successes as f64 / requests as f64),
+                    rps: requests as f64 / window as f64,
+                    latency_ms_p50: percentile(&lat, 0.50),
+                    latency_ms_p95: percentile(&lat, 0.95),
+                    latency_ms_p99: percentile(&lat, 0.99),
+                    requests_total: w.requests_total,
+                    tcp_connections: w.tcp_open,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::Direction;
+
+    fn ev(status: u16, latency_ms: f64) -> RequestEvent {
+        RequestEvent {
+            at_unix_ms: 0,
+            direction: Direction::Inbound,
+            namespace: "default".into(),
+            pod: "web-1".into(),
+            deployment: "web".into(),
+            peer: None,
+            service: None,
+            tls: true,
+            client_id: None,
+            server_id: None,
+            method: "GET".into(),
+            authority: "web".into(),
+            path: "/".into(),
+            version: "HTTP/1.1".into(),
+            status,
+            grpc_status: None,
+            success: status < 500,
+            latency_ms,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn exact_rates_and_percentiles() {
+        let s = Stats::default();
+        for i in 0..8 {
+            s.record(&ev(200, f64::from(i + 1)));
+        }
+        s.record(&ev(500, 50.0));
+        s.record(&ev(503, 100.0));
+        s.tcp("inbound", "default", "web", "web-1", 1);
+        let rows = s.rows(10);
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!((r.requests, r.successes), (10, 8));
+        assert_eq!(r.success_rate, Some(0.8));
+        assert!((r.rps - 1.0).abs() < 1e-9);
+        assert_eq!(r.latency_ms_p50, Some(5.0));
+        assert_eq!(r.latency_ms_p99, Some(100.0));
+        assert_eq!(r.tcp_connections, 1);
+    }
 }

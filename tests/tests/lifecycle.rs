@@ -402,3 +402,48 @@ fn check_reports_every_feature_and_cleans_up() {
         "{text}"
     );
 }
+
+#[test]
+fn check_with_config_reports_the_identity_files() {
+    require_root().unwrap();
+    let c = Cluster::new("checkid").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let ca = meshd_tests::mesh::identity_init(&c, "ca").unwrap();
+    let yaml = meshd_tests::mesh::with_identity(
+        &config_yaml(&c, &n1, &[], &[]),
+        &ca.join("ca.crt"),
+        &ca,
+        3600,
+    );
+    let path = c.dir().join("check.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let out = Command::new(meshd_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("√ trust anchor: CN=root.cluster.local valid for 36"),
+        "{text}"
+    );
+    assert!(
+        text.contains("√ issuer: CN=identity.linkerd.cluster.local valid for 36"),
+        "{text}"
+    );
+
+    // The issuer key replaced by the anchor's: refused, naming the file.
+    std::fs::copy(ca.join("ca.key"), ca.join("issuer.key")).unwrap();
+    let out = Command::new(meshd_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("× identity") && text.contains("issuer.key"),
+        "{text}"
+    );
+}

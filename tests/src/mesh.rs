@@ -444,3 +444,55 @@ impl WireCapture {
             .collect())
     }
 }
+
+/// The common two-node mesh of the L7 tests: node `n1` runs pod `client`, node `n2` runs
+/// pod `web` (deployment `web`); both agents share one trust anchor (mutual TLS on).
+pub struct ClientServer {
+    pub cluster: Cluster,
+    pub n1: Node,
+    pub n2: Node,
+    pub client: Pod,
+    pub web: Pod,
+    pub agent1: Agent,
+    pub agent2: Agent,
+}
+
+impl ClientServer {
+    pub fn start(test_name: &str) -> anyhow::Result<ClientServer> {
+        let c = Cluster::new(test_name)?;
+        let n1 = c.add_node("n1")?;
+        let n2 = c.add_node("n2")?;
+        let client = c.add_pod(&n1, "client")?;
+        let web = c.add_pod(&n2, "web")?;
+        let ca = identity_init(&c, "ca")?;
+        let anchors = ca.join("ca.crt");
+        let remote = |p: &Pod| {
+            let mut w = WorkloadSpec::new(p);
+            w.remote = true;
+            w
+        };
+        let y1 = config_yaml(
+            &c,
+            &n1,
+            &[WorkloadSpec::new(&client), remote(&web).label("app", "web")],
+            &[],
+        );
+        let y2 = config_yaml(
+            &c,
+            &n2,
+            &[remote(&client), WorkloadSpec::new(&web).label("app", "web")],
+            &[],
+        );
+        let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &anchors, &ca, 3600))?;
+        let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &anchors, &ca, 3600))?;
+        Ok(ClientServer {
+            cluster: c,
+            n1,
+            n2,
+            client,
+            web,
+            agent1,
+            agent2,
+        })
+    }
+}

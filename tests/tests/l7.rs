@@ -5,7 +5,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use meshd_tests::{
-    mesh::{config_yaml, identity_init, with_identity, Agent, WorkloadSpec},
+    mesh::{Agent, ClientServer},
     require_root, wait_until, Cluster, Pod, ProcHandle,
 };
 use serde_json::Value;
@@ -28,50 +28,12 @@ fn sum_metric(text: &str, name: &str, filters: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-struct Mesh {
-    c: Cluster,
-    client: Pod,
-    web: Pod,
-    agent1: Agent,
-    agent2: Agent,
-}
-
 /// Node 1: pod `client`; node 2: pod `web` (deployment `web`); mutual TLS.
 fn mesh(name: &str) -> Mesh {
-    let c = Cluster::new(name).unwrap();
-    let n1 = c.add_node("n1").unwrap();
-    let n2 = c.add_node("n2").unwrap();
-    let client = c.add_pod(&n1, "client").unwrap();
-    let web = c.add_pod(&n2, "web").unwrap();
-    let ca = identity_init(&c, "ca").unwrap();
-    let anchors = ca.join("ca.crt");
-    let remote = |p: &Pod| {
-        let mut w = WorkloadSpec::new(p);
-        w.remote = true;
-        w
-    };
-    let y1 = config_yaml(
-        &c,
-        &n1,
-        &[WorkloadSpec::new(&client), remote(&web).label("app", "web")],
-        &[],
-    );
-    let y2 = config_yaml(
-        &c,
-        &n2,
-        &[remote(&client), WorkloadSpec::new(&web).label("app", "web")],
-        &[],
-    );
-    let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &anchors, &ca, 3600)).unwrap();
-    let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &anchors, &ca, 3600)).unwrap();
-    Mesh {
-        c,
-        client,
-        web,
-        agent1,
-        agent2,
-    }
+    ClientServer::start(name).unwrap()
 }
+
+type Mesh = ClientServer;
 
 fn start_app(c: &Cluster, pod: &Pod, python: &str, script: &str, port: u16) -> ProcHandle {
     let mut cmd = Command::new(python);
@@ -103,7 +65,7 @@ fn metrics(agent: &Agent) -> String {
 fn exact_counts_and_prometheus_queries() {
     require_root().unwrap();
     let m = mesh("l7-counts");
-    let c = &m.c;
+    let c = &m.cluster;
     start_app(c, &m.web, "python3", "http_app.py", 8000);
     let base = format!("http://{}:8000", m.web.ip);
     let status = |s: u16| format!("{base}/status/{s}");
@@ -307,7 +269,7 @@ print("echoed" if got == msg else "mismatch")
 fn http2_grpc_upgrades_and_large_bodies_pass_through() {
     require_root().unwrap();
     let m = mesh("l7-protocols");
-    let c = &m.c;
+    let c = &m.cluster;
     start_app(c, &m.web, "python3", "http_app.py", 8000);
     start_app(c, &m.web, "/usr/bin/python3", "grpc_app.py", 9000);
     let docroot = c.dir().join("www");
@@ -497,7 +459,7 @@ print(data.split(b"\r\n")[0].decode())
 fn request_smuggling_is_refused_and_counted() {
     require_root().unwrap();
     let m = mesh("l7-smuggle");
-    let c = &m.c;
+    let c = &m.cluster;
     let app = start_app(c, &m.web, "python3", "http_app.py", 8000);
     let attempts = [
         // Content-Length and Transfer-Encoding together.

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use meshd_tests::{
-    mesh::{config_yaml, identity_init, meshd_bin, with_identity, Agent, WorkloadSpec},
+    mesh::{meshd_bin, ClientServer},
     require_root, wait_until, Cluster, Node, Pod,
 };
 use serde_json::Value;
@@ -34,36 +34,13 @@ fn curl(c: &Cluster, pod: &Pod, urls: &[String]) {
 #[test]
 fn stat_edges_tap_and_log_level_show_known_traffic() {
     require_root().unwrap();
-    let c = Cluster::new("views").unwrap();
-    let n1 = c.add_node("n1").unwrap();
-    let n2 = c.add_node("n2").unwrap();
-    let client = c.add_pod(&n1, "client").unwrap();
-    let web = c.add_pod(&n2, "web").unwrap();
-    let ca = identity_init(&c, "ca").unwrap();
-    let anchors = ca.join("ca.crt");
-    let remote = |p: &Pod| {
-        let mut w = WorkloadSpec::new(p);
-        w.remote = true;
-        w
-    };
-    let y1 = config_yaml(
-        &c,
-        &n1,
-        &[WorkloadSpec::new(&client), remote(&web).label("app", "web")],
-        &[],
-    );
-    let y2 = config_yaml(
-        &c,
-        &n2,
-        &[remote(&client), WorkloadSpec::new(&web).label("app", "web")],
-        &[],
-    );
-    let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &anchors, &ca, 3600)).unwrap();
-    let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &anchors, &ca, 3600)).unwrap();
+    let m = ClientServer::start("views").unwrap();
+    let (c, n1, n2, client, web) = (&m.cluster, &m.n1, &m.n2, &m.client, &m.web);
+    let (agent1, agent2) = (&m.agent1, &m.agent2);
     let apps = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("apps");
     let mut app = Command::new("python3");
     app.arg(apps.join("http_app.py")).arg("8000");
-    c.spawn_in_pod(&web, app)
+    c.spawn_in_pod(web, app)
         .unwrap()
         .wait_for_output("listening", Duration::from_secs(10))
         .unwrap();
@@ -71,7 +48,7 @@ fn stat_edges_tap_and_log_level_show_known_traffic() {
     // Taps started before the traffic: everything on node 2 (first 3), and only 500s.
     let mut tap_all = Command::new(meshd_bin());
     tap_all.args(["tap", "--limit", "3", "-o", "json"]);
-    let tap_all = c.spawn_in_node(&n2, tap_all).unwrap();
+    let tap_all = c.spawn_in_node(n2, tap_all).unwrap();
     let mut tap_500 = Command::new(meshd_bin());
     tap_500.args([
         "tap",
@@ -82,16 +59,16 @@ fn stat_edges_tap_and_log_level_show_known_traffic() {
         "--limit",
         "2",
     ]);
-    let tap_500 = c.spawn_in_node(&n2, tap_500).unwrap();
+    let tap_500 = c.spawn_in_node(n2, tap_500).unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
     let base = format!("http://{}:8000", web.ip);
     let mut urls: Vec<String> = (0..8).map(|_| format!("{base}/status/200")).collect();
     urls.extend((0..2).map(|_| format!("{base}/status/500")));
-    curl(&c, &client, &urls);
+    curl(c, client, &urls);
 
     // stat, as JSON and as a table.
-    let (ok, out, err) = meshd(&c, &n2, &["stat", "--window", "30s", "-o", "json"]);
+    let (ok, out, err) = meshd(c, n2, &["stat", "--window", "30s", "-o", "json"]);
     assert!(ok, "{err}");
     let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
     let web_row = rows
@@ -101,7 +78,7 @@ fn stat_edges_tap_and_log_level_show_known_traffic() {
     assert_eq!(web_row["requests"], 10);
     assert_eq!(web_row["success_rate"], 0.8);
     assert!(web_row["latency_ms_p99"].as_f64().unwrap() > 0.0);
-    let (_, out1, _) = meshd(&c, &n1, &["stat", "-o", "json"]);
+    let (_, out1, _) = meshd(c, n1, &["stat", "-o", "json"]);
     let rows: Vec<Value> = serde_json::from_str(&out1).unwrap();
     assert!(
         rows.iter().any(|r| r["deployment"] == "client"
@@ -109,7 +86,7 @@ fn stat_edges_tap_and_log_level_show_known_traffic() {
             && r["requests"] == 10),
         "{out1}"
     );
-    let (ok, table, _) = meshd(&c, &n2, &["stat"]);
+    let (ok, table, _) = meshd(c, n2, &["stat"]);
     assert!(ok);
     assert!(table.lines().next().unwrap().starts_with("NAME"), "{table}");
     let line = table
@@ -122,7 +99,7 @@ fn stat_edges_tap_and_log_level_show_known_traffic() {
     );
 
     // edges: client -> web, both identities, secured.
-    let (ok, out, _) = meshd(&c, &n2, &["edges", "-o", "json"]);
+    let (ok, out, _) = meshd(c, n2, &["edges", "-o", "json"]);
     assert!(ok);
     let edges: Vec<Value> = serde_json::from_str(&out).unwrap();
     let e = edges
@@ -135,7 +112,7 @@ fn stat_edges_tap_and_log_level_show_known_traffic() {
     );
     assert_eq!(e["server_id"], "spiffe://cluster.local/ns/default/sa/web");
     assert_eq!(e["secured"], true);
-    let (_, table, _) = meshd(&c, &n1, &["edges"]);
+    let (_, table, _) = meshd(c, n1, &["edges"]);
     assert!(
         table.lines().any(|l| l.starts_with("default/client")
             && l.contains("default/web")
@@ -174,28 +151,28 @@ fn stat_edges_tap_and_log_level_show_known_traffic() {
     );
 
     // The log level changes at runtime; a bad filter is refused.
-    let (ok, out, _) = meshd(&c, &n2, &["log-level", "warn"]);
+    let (ok, out, _) = meshd(c, n2, &["log-level", "warn"]);
     assert!(ok && out.trim() == "warn", "{out}");
     let before = agent2.proc.stderr().matches("connection closed").count();
-    curl(&c, &client, &[format!("{base}/status/200")]);
+    curl(c, client, &[format!("{base}/status/200")]);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         agent2.proc.stderr().matches("connection closed").count(),
         before,
         "no debug lines at warn"
     );
-    let (ok, _, _) = meshd(&c, &n2, &["log-level", "info,meshd=debug"]);
+    let (ok, _, _) = meshd(c, n2, &["log-level", "info,meshd=debug"]);
     assert!(ok);
-    curl(&c, &client, &[format!("{base}/status/200")]);
+    curl(c, client, &[format!("{base}/status/200")]);
     assert!(wait_until(Duration::from_secs(3), || agent2
         .proc
         .stderr()
         .matches("connection closed")
         .count()
         > before));
-    let (ok, _, err) = meshd(&c, &n2, &["log-level", "meshd=notalevel"]);
+    let (ok, _, err) = meshd(c, n2, &["log-level", "meshd=notalevel"]);
     assert!(!ok && err.contains("invalid log filter"), "{err}");
-    let (ok, _, err) = meshd(&c, &n2, &["stat", "--admin", "127.0.0.1:1"]);
+    let (ok, _, err) = meshd(c, n2, &["stat", "--admin", "127.0.0.1:1"]);
     assert!(
         !ok && err.contains("cannot reach the agent's admin API"),
         "{err}"

@@ -235,7 +235,23 @@ fn cli_main() -> anyhow::Result<()> {
     }
 }
 
+/// Each proxied connection holds two sockets: raise the soft open-files limit to the hard
+/// one, as proxies do.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
+    }
+}
+
 async fn run(path: PathBuf) -> anyhow::Result<()> {
+    raise_fd_limit();
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let config = config::Config::parse(&path, &text)?;

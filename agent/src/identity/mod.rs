@@ -8,8 +8,9 @@
 //! configurations for the mesh's mutual TLS ([`server_config`], [`client_config`],
 //! [`peer_identity`]).
 
-// The proxy (HBONE) and `meshd identity init` / `meshd check` wire these up next; until then
-// parts of the API are not called from the binary.
+// Wired into HBONE, `meshd identity init`, `check` and `diagnostics`. A few items
+// (`CertManager::reload`/`forget`, `Identity::try_new`, `IssuerFiles::in_dir`, ...) are used
+// only by the tests so far; issuer reload on a config change and policy will use them.
 #![allow(dead_code)]
 
 mod error;

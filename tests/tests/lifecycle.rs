@@ -447,3 +447,44 @@ fn check_with_config_reports_the_identity_files() {
         "{text}"
     );
 }
+
+#[test]
+fn uninstall_removes_what_a_crashed_agent_left() {
+    require_root().unwrap();
+    let c = Cluster::new("uninstall").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let agent = Agent::start(
+        &c,
+        &n1,
+        &config_yaml(&c, &n1, &[WorkloadSpec::new(&a)], &[]),
+    )
+    .unwrap();
+    agent.crash().unwrap();
+    assert_eq!(
+        attached_ids(&a.cgroup).len(),
+        3,
+        "the crash left the programs attached"
+    );
+    assert_eq!(netns_programs(&a.netns_path).unwrap(), ["meshd_sk_lookup"]);
+    let out = Command::new(meshd_bin())
+        .args(["uninstall", "--bpffs"])
+        .arg(&agent.pin_root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(attached_ids(&a.cgroup).is_empty());
+    assert!(netns_programs(&a.netns_path).unwrap().is_empty());
+    assert!(!agent.pin_root.exists());
+    // A second uninstall has nothing to do and says so without failing.
+    let out = Command::new(meshd_bin())
+        .args(["uninstall", "--bpffs"])
+        .arg(&agent.pin_root)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}

@@ -196,7 +196,8 @@ fn install_bpf_linker() -> anyhow::Result<()> {
     cmd.env("PATH", &path).args(["install", "bpf-linker"]);
     let spec = format!("bpf-linker@{BPF_LINKER_VERSION}");
     if query(util::cargo().args(["info", &spec])).is_some() {
-        cmd.args(["--version", BPF_LINKER_VERSION]);
+        // `cargo install --version` wants a requirement, not a bare "0.13".
+        cmd.args(["--version", &format!("~{BPF_LINKER_VERSION}")]);
     } else {
         println!("warning: {spec} not found on crates.io; installing the newest bpf-linker");
     }

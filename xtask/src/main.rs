@@ -39,8 +39,9 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
-    /// Run the demo (not implemented yet).
-    Demo,
+    /// Setup, build, then the demo: two nodes, curl to a real HTTP server through meshd with
+    /// mutual TLS, a capture of the traffic between the nodes; removes everything afterwards.
+    Demo(demo::DemoArgs),
     /// Setup, build in release, then measure direct, passthrough, mtls and mtls-http side by
     /// side in a cluster of namespaces; prints a table, writes target/bench/*.json.
     Bench(bench::BenchArgs),
@@ -77,7 +78,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             }
             test::run(skip_clippy, &cargo_args)
         }
-        Cmd::Demo => demo::run(),
+        Cmd::Demo(args) => demo::run(args),
         Cmd::Bench(args) => bench::run(args),
     }
 }

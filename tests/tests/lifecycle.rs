@@ -488,3 +488,94 @@ fn uninstall_removes_what_a_crashed_agent_left() {
         .unwrap();
     assert!(out.status.success());
 }
+
+/// `meshd check --config` on a config whose identity files are broken in other ways than a
+/// swapped key: each case fails the check with one `× identity` (or `× config`) line that
+/// names the file at fault, and a good config passes with the anchor's and issuer's validity.
+#[test]
+fn check_with_config_names_the_broken_identity_file() {
+    require_root().unwrap();
+    let c = Cluster::new("checkbad").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let ca = meshd_tests::mesh::identity_init(&c, "ca").unwrap();
+    let other = meshd_tests::mesh::identity_init(&c, "other").unwrap();
+    let check = |anchors: &std::path::Path, issuer_dir: &std::path::Path| {
+        let yaml = meshd_tests::mesh::with_identity(
+            &config_yaml(&c, &n1, &[], &[]),
+            anchors,
+            issuer_dir,
+            600,
+        );
+        let path = c.dir().join("check.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let out = Command::new(meshd_bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let failed_line = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("× identity") || l.starts_with("× config"))
+            .unwrap_or_else(|| panic!("no failed identity or config line in:\n{text}"))
+            .to_string()
+    };
+
+    let (ok, text) = check(&ca.join("ca.crt"), &ca);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("√ trust anchor: CN=root.cluster.local valid for 36")
+            && text.contains("more days"),
+        "{text}"
+    );
+    assert!(
+        text.contains("√ issuer: CN=identity.linkerd.cluster.local valid for 36")
+            && text.contains("workload certificates live 600s"),
+        "{text}"
+    );
+
+    // An issuer signed by another trust anchor: names the issuer and the anchors.
+    let (ok, text) = check(&ca.join("ca.crt"), &other);
+    let line = failed_line(&text);
+    assert!(!ok, "{text}");
+    assert!(
+        line.contains(&other.join("issuer.crt").display().to_string())
+            && line.contains(&ca.join("ca.crt").display().to_string()),
+        "{line}"
+    );
+
+    // A garbage issuer key.
+    let broken = c.dir().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(ca.join("issuer.crt"), broken.join("issuer.crt")).unwrap();
+    std::fs::write(broken.join("issuer.key"), "not a key\n").unwrap();
+    let (ok, text) = check(&ca.join("ca.crt"), &broken);
+    let line = failed_line(&text);
+    assert!(!ok, "{text}");
+    assert!(
+        line.contains(&broken.join("issuer.key").display().to_string()),
+        "{line}"
+    );
+
+    // A garbage issuer certificate (with the right key).
+    std::fs::copy(ca.join("issuer.key"), broken.join("issuer.key")).unwrap();
+    std::fs::write(broken.join("issuer.crt"), "not a certificate\n").unwrap();
+    let (ok, text) = check(&ca.join("ca.crt"), &broken);
+    let line = failed_line(&text);
+    assert!(!ok, "{text}");
+    assert!(
+        line.contains(&broken.join("issuer.crt").display().to_string()),
+        "{line}"
+    );
+
+    // A trust anchor file that does not exist.
+    let missing = c.dir().join("missing.crt");
+    let (ok, text) = check(&missing, &ca);
+    let line = failed_line(&text);
+    assert!(!ok, "{text}");
+    assert!(line.contains(&missing.display().to_string()), "{line}");
+}

@@ -1,19 +1,60 @@
 //! Moving bytes between the two halves of a proxied connection, with half-close: when one
 //! side finishes sending, the other side's write half is shut down and the opposite
-//! direction keeps flowing until it finishes too.
+//! direction keeps flowing until it finishes too. When either side fails, both are reset.
+//!
+//! Two ways, chosen per connection:
+//!
+//! - TCP to TCP (plain pass-through, inbound delivery of plaintext): `splice(2)` through a
+//!   pipe, so the payload never enters user space. The pipe is taken from a small pool only
+//!   while bytes are in flight, so an idle connection holds neither a pipe nor a buffer.
+//! - Anything else (an HBONE tunnel, a stream with detection bytes in front): a buffered
+//!   copy whose buffers are likewise taken from a pool only while data flows, so idle
+//!   connections cost no buffer memory.
+
+use std::{
+    cell::RefCell,
+    future::poll_fn,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Mutex,
+    },
+    task::{ready, Context, Poll},
+};
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncWrite, Interest, ReadBuf},
     net::TcpStream,
 };
 
 use super::ProxyContext;
 
+/// Buffer size of the buffered copy (per direction, only while data flows).
 const BUF: usize = 64 * 1024;
+/// Idle buffers kept per worker thread for reuse.
+const BUF_POOL: usize = 16;
+/// Bytes asked of one `splice` from a socket into an empty pipe.
+const SPLICE_CHUNK: usize = 1 << 20;
+/// Pipe capacity (`F_SETPIPE_SZ`); the kernel default (64 KiB) if refused.
+const PIPE_SIZE: libc::c_int = 256 * 1024;
+/// Idle pipes kept for reuse (two fds each).
+const PIPE_POOL: usize = 64;
 
 /// A side of a relay that can be closed abortively when the other side failed.
 pub trait Reset {
     fn reset(&self);
+
+    /// The plain TCP socket this side is, when its bytes can be moved with `splice(2)`
+    /// (nothing buffered in front of it, no framing).
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+
+    /// Bytes read from and written to this side without its `AsyncRead` / `AsyncWrite`
+    /// (spliced), for wrappers that count.
+    fn spliced(&self, _read: u64, _written: u64) {}
 }
 
 impl Reset for TcpStream {
@@ -21,6 +62,10 @@ impl Reset for TcpStream {
     /// the connection it accepted on behalf of a destination could not be completed.
     fn reset(&self) {
         let _ = socket2::SockRef::from(self).set_linger(Some(std::time::Duration::ZERO));
+    }
+
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self)
     }
 }
 
@@ -40,14 +85,500 @@ where
     A: AsyncRead + AsyncWrite + Unpin + Reset,
     B: AsyncRead + AsyncWrite + Unpin + Reset,
 {
-    let (sent, received, error) =
-        match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, BUF, BUF).await {
-            Ok((a, b)) => (a, b, None),
-            Err(e) => {
-                client.reset();
-                server.reset();
-                (0, 0, Some(e.to_string()))
+    let result = match (client.tcp(), server.tcp()) {
+        (Some(c), Some(s)) => {
+            let sent = AtomicU64::new(0);
+            let received = AtomicU64::new(0);
+            let r = splice_bidirectional(c, s, &sent, &received).await;
+            let (sent, received) = (sent.into_inner(), received.into_inner());
+            client.spliced(sent, received);
+            server.spliced(received, sent);
+            r.map(|()| (sent, received))
+        }
+        _ => copy_bidirectional(&mut client, &mut server).await,
+    };
+    let (sent, received, error) = match result {
+        Ok((a, b)) => (a, b, None),
+        Err(e) => {
+            client.reset();
+            server.reset();
+            (0, 0, Some(e.to_string()))
+        }
+    };
+    ctx.connections.close(id, sent, received, error);
+}
+
+// ---------------------------------------------------------------------------------------
+// splice(2): socket -> pipe -> socket
+
+/// A pipe for splicing; goes back to the pool when empty.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+static PIPES: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+impl Pipe {
+    fn take() -> io::Result<Pipe> {
+        if let Some(p) = PIPES.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(p);
+        }
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: a valid two-element out array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both fds are open and ours.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // A larger pipe moves more per pair of syscalls; best effort.
+        // SAFETY: fcntl on an fd we own.
+        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        Ok(Pipe { read, write })
+    }
+
+    /// Returns an empty pipe to the pool (or closes it when the pool is full).
+    fn give_back(self) {
+        let mut pool = PIPES.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < PIPE_POOL {
+            pool.push(self);
+        }
+    }
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain fds; null offsets (sockets and pipes have none).
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+async fn splice_bidirectional(
+    a: &TcpStream,
+    b: &TcpStream,
+    a_to_b: &AtomicU64,
+    b_to_a: &AtomicU64,
+) -> io::Result<()> {
+    tokio::try_join!(splice_one(a, b, a_to_b), splice_one(b, a, b_to_a)).map(|_| ())
+}
+
+/// Moves `src`'s bytes to `dst` until `src` ends, then shuts down `dst`'s write half.
+async fn splice_one(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::Result<()> {
+    let mut pipe: Option<Pipe> = None;
+    loop {
+        tokio::task::coop::consume_budget().await;
+        let p = match pipe.take() {
+            Some(p) => p,
+            None => {
+                // Idle: hold no pipe while waiting.
+                src.readable().await?;
+                match Pipe::take() {
+                    Ok(p) => p,
+                    // Out of fds: this chunk goes through a buffer instead.
+                    Err(_) => match copy_chunk(src, dst, moved).await? {
+                        true => continue,
+                        false => break,
+                    },
+                }
             }
         };
-    ctx.connections.close(id, sent, received, error);
+        let n = match src.try_io(Interest::READABLE, || {
+            splice(src.as_raw_fd(), p.write.as_raw_fd(), SPLICE_CHUNK)
+        }) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Drained: the pipe is empty, give it back until more arrives.
+                p.give_back();
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                pipe = Some(p);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            p.give_back();
+            break;
+        }
+        let mut left = n;
+        while left > 0 {
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(p.read.as_raw_fd(), dst.as_raw_fd(), left)
+            }) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(w) => {
+                    left -= w;
+                    moved.fetch_add(w as u64, Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The pipe may still hold bytes: it is closed, not pooled.
+                Err(e) => return Err(e),
+            }
+        }
+        pipe = Some(p);
+    }
+    socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)
+}
+
+/// Without a pipe: one read and its writes through a temporary buffer. `false` at the end
+/// of `src`.
+async fn copy_chunk(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::Result<bool> {
+    let mut buf = Buffer::take();
+    let n = loop {
+        match src.try_read(&mut buf.0) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => src.readable().await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    };
+    let mut pos = 0;
+    while pos < n {
+        match dst.try_write(&buf.0[pos..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(w) => {
+                pos += w;
+                moved.fetch_add(w as u64, Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.give_back();
+    Ok(n > 0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Buffered copy with buffers taken only while data flows
+
+struct Buffer(Box<[u8]>);
+
+thread_local! {
+    static BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Buffer {
+    fn take() -> Buffer {
+        let pooled = BUFFERS.with(|b| b.borrow_mut().pop());
+        Buffer(pooled.unwrap_or_else(|| vec![0u8; BUF].into_boxed_slice()))
+    }
+
+    fn give_back(self) {
+        BUFFERS.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < BUF_POOL {
+                b.push(self.0);
+            }
+        });
+    }
+}
+
+/// One direction of the buffered copy (after tokio's `CopyBuffer`, with a lazy buffer).
+#[derive(Default)]
+struct CopyBuffer {
+    buf: Option<Buffer>,
+    read_done: bool,
+    need_flush: bool,
+    pos: usize,
+    cap: usize,
+    amt: u64,
+}
+
+impl CopyBuffer {
+    fn poll_fill_buf<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: Pin<&mut R>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+    {
+        let buf = self.buf.get_or_insert_with(Buffer::take);
+        let mut rb = ReadBuf::new(&mut buf.0);
+        rb.set_filled(self.cap);
+        let mut reader = reader;
+        let res = loop {
+            match reader.as_mut().poll_read(cx, &mut rb) {
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                res => break res,
+            }
+        };
+        if let Poll::Ready(Ok(())) = res {
+            let filled = rb.filled().len();
+            self.read_done = self.cap == filled;
+            self.cap = filled;
+        }
+        res
+    }
+
+    /// Gives the buffer back when it holds nothing.
+    fn release_if_empty(&mut self) {
+        if self.pos == self.cap {
+            self.pos = 0;
+            self.cap = 0;
+            if let Some(b) = self.buf.take() {
+                b.give_back();
+            }
+        }
+    }
+
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        let coop = ready!(tokio::task::coop::poll_proceed(cx));
+        loop {
+            if self.cap < BUF && !self.read_done {
+                match self.poll_fill_buf(cx, reader.as_mut()) {
+                    Poll::Ready(Ok(())) => coop.made_progress(),
+                    Poll::Ready(Err(e)) => {
+                        coop.made_progress();
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Pending => {
+                        if self.pos == self.cap {
+                            self.release_if_empty();
+                            if self.need_flush {
+                                ready!(writer.as_mut().poll_flush(cx))?;
+                                coop.made_progress();
+                                self.need_flush = false;
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                let Some(buf) = self.buf.as_ref() else {
+                    break;
+                };
+                let res = loop {
+                    match writer.as_mut().poll_write(cx, &buf.0[self.pos..self.cap]) {
+                        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        res => break res,
+                    }
+                };
+                match res {
+                    Poll::Pending => {
+                        // Top up towards a larger next write while the writer is busy.
+                        if !self.read_done && self.cap < BUF {
+                            ready!(self.poll_fill_buf(cx, reader.as_mut()))?;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "write zero byte into writer",
+                        )))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        coop.made_progress();
+                        self.pos += n;
+                        self.amt += n as u64;
+                        self.need_flush = true;
+                    }
+                }
+            }
+            self.pos = 0;
+            self.cap = 0;
+            if self.read_done {
+                self.release_if_empty();
+                ready!(writer.as_mut().poll_flush(cx))?;
+                coop.made_progress();
+                return Poll::Ready(Ok(self.amt));
+            }
+        }
+    }
+}
+
+enum Transfer {
+    Running(CopyBuffer),
+    ShuttingDown(u64),
+    Done(u64),
+}
+
+fn transfer<A, B>(
+    cx: &mut Context<'_>,
+    state: &mut Transfer,
+    r: &mut A,
+    w: &mut B,
+) -> Poll<io::Result<u64>>
+where
+    A: AsyncRead + Unpin + ?Sized,
+    B: AsyncWrite + Unpin + ?Sized,
+{
+    let mut r = Pin::new(r);
+    let mut w = Pin::new(w);
+    loop {
+        match state {
+            Transfer::Running(buf) => {
+                let n = ready!(buf.poll_copy(cx, r.as_mut(), w.as_mut()))?;
+                *state = Transfer::ShuttingDown(n);
+            }
+            Transfer::ShuttingDown(n) => {
+                ready!(w.as_mut().poll_shutdown(cx))?;
+                *state = Transfer::Done(*n);
+            }
+            Transfer::Done(n) => return Poll::Ready(Ok(*n)),
+        }
+    }
+}
+
+/// `tokio::io::copy_bidirectional`, with buffers held only while data is in flight.
+async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut a_to_b = Transfer::Running(CopyBuffer::default());
+    let mut b_to_a = Transfer::Running(CopyBuffer::default());
+    poll_fn(|cx| {
+        let ab = transfer(cx, &mut a_to_b, a, b)?;
+        let ba = transfer(cx, &mut b_to_a, b, a)?;
+        let ab = ready!(ab);
+        let ba = ready!(ba);
+        Poll::Ready(Ok((ab, ba)))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (c.unwrap(), s.unwrap().0)
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// client <-> [a relay b] <-> server; both directions with half-close, either way.
+    async fn both_ways(spliced: bool) {
+        let (client, a) = pair().await;
+        let (b, server) = pair().await;
+        let relay = tokio::spawn(async move {
+            if spliced {
+                let (x, y) = (AtomicU64::new(0), AtomicU64::new(0));
+                splice_bidirectional(&a, &b, &x, &y)
+                    .await
+                    .map(|()| (x.into_inner(), y.into_inner()))
+            } else {
+                let (mut a, mut b) = (a, b);
+                copy_bidirectional(&mut a, &mut b).await
+            }
+        });
+        let up = pattern(3 * 1024 * 1024 + 17);
+        let down = pattern(2 * 1024 * 1024 + 5);
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let (u, d) = (up.clone(), down.clone());
+        let w1 = tokio::spawn(async move {
+            cw.write_all(&u).await.unwrap();
+            cw.shutdown().await.unwrap();
+        });
+        let w2 = tokio::spawn(async move {
+            sw.write_all(&d).await.unwrap();
+            sw.shutdown().await.unwrap();
+        });
+        let mut got_up = Vec::new();
+        let mut got_down = Vec::new();
+        let (r1, r2) = tokio::join!(sr.read_to_end(&mut got_up), cr.read_to_end(&mut got_down));
+        r1.unwrap();
+        r2.unwrap();
+        w1.await.unwrap();
+        w2.await.unwrap();
+        assert!(got_up == up, "client to server intact");
+        assert!(got_down == down, "server to client intact");
+        let (n_up, n_down) = relay.await.unwrap().unwrap();
+        assert_eq!((n_up, n_down), (up.len() as u64, down.len() as u64));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn splice_relays_both_ways_with_half_close() {
+        both_ways(true).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn buffered_copy_relays_both_ways_with_half_close() {
+        both_ways(false).await;
+    }
+
+    #[tokio::test]
+    async fn half_close_keeps_the_other_direction() {
+        for spliced in [true, false] {
+            let (mut client, a) = pair().await;
+            let (b, mut server) = pair().await;
+            let relay = tokio::spawn(async move {
+                if spliced {
+                    let (x, y) = (AtomicU64::new(0), AtomicU64::new(0));
+                    splice_bidirectional(&a, &b, &x, &y).await
+                } else {
+                    let (mut a, mut b) = (a, b);
+                    copy_bidirectional(&mut a, &mut b).await.map(|_| ())
+                }
+            });
+            client.write_all(b"request").await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut req = Vec::new();
+            server.read_to_end(&mut req).await.unwrap();
+            assert_eq!(req, b"request");
+            // After the client's FIN the server can still answer.
+            server.write_all(b"answer").await.unwrap();
+            drop(server);
+            let mut resp = Vec::new();
+            client.read_to_end(&mut resp).await.unwrap();
+            assert_eq!(resp, b"answer");
+            relay.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_is_an_error() {
+        for spliced in [true, false] {
+            let (client, a) = pair().await;
+            let (b, _server) = pair().await;
+            let relay = tokio::spawn(async move {
+                if spliced {
+                    let (x, y) = (AtomicU64::new(0), AtomicU64::new(0));
+                    splice_bidirectional(&a, &b, &x, &y).await
+                } else {
+                    let (mut a, mut b) = (a, b);
+                    copy_bidirectional(&mut a, &mut b).await.map(|_| ())
+                }
+            });
+            client.reset();
+            drop(client);
+            assert!(relay.await.unwrap().is_err(), "spliced={spliced}");
+        }
+    }
 }

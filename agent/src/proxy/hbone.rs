@@ -17,6 +17,11 @@ pub const MAX_STREAMS: u32 = 100;
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 const MAX_FRAME: u32 = 256 * 1024;
+/// Bytes h2 may queue per stream before a tunnel's writer waits (hyper's default: 400 KiB).
+const MAX_SEND_BUF: usize = 1024 * 1024;
+/// Read buffer under TLS: rustls reads at most 4 KiB per call, which would cost about
+/// four `read(2)`s per 16 KiB record; one read now takes several records at once.
+const TLS_READ_BUF: usize = 64 * 1024;
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
 pub fn client_builder() -> hyper::client::conn::http2::Builder<TokioExecutor> {
@@ -25,6 +30,7 @@ pub fn client_builder() -> hyper::client::conn::http2::Builder<TokioExecutor> {
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
+        .max_send_buf_size(MAX_SEND_BUF)
         .keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(Duration::from_secs(10));
     b
@@ -36,10 +42,16 @@ pub fn server_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
+        .max_send_buf_size(MAX_SEND_BUF)
         .max_concurrent_streams(MAX_STREAMS)
         .keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(Duration::from_secs(10));
     b
+}
+
+/// The TCP connection under an HBONE TLS session, with a read buffer (see [`TLS_READ_BUF`]).
+pub fn buffered<T: tokio::io::AsyncRead>(tcp: T) -> tokio::io::BufReader<T> {
+    tokio::io::BufReader::with_capacity(TLS_READ_BUF, tcp)
 }
 
 /// The CONNECT request that opens a tunnel to `target` on behalf of `source` (the client

@@ -194,7 +194,7 @@ impl Pool {
         let connector = tokio_rustls::TlsConnector::from(config);
         let name = ServerName::try_from("hbone.meshd.local")
             .map_err(|e| TunnelError::Config(expected.to_string(), e.to_string()))?;
-        let tls = tokio::time::timeout(self.timeout, connector.connect(name, tcp))
+        let tls = tokio::time::timeout(self.timeout, connector.connect(name, hbone::buffered(tcp)))
             .await
             .map_err(|_| TunnelError::Tls {
                 addr,

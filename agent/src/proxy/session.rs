@@ -191,4 +191,12 @@ impl<T: Reset> Reset for Counted<T> {
     fn reset(&self) {
         self.inner.reset()
     }
+    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        self.inner.tcp()
+    }
+    fn spliced(&self, read: u64, written: u64) {
+        self.counts.read.fetch_add(read, Ordering::Relaxed);
+        self.counts.written.fetch_add(written, Ordering::Relaxed);
+        self.inner.spliced(read, written)
+    }
 }

@@ -1,18 +1,20 @@
 //! Working inside a pod's network namespace without moving the agent there.
 //!
-//! Each [`Netns`] owns one thread that entered the namespace (`setns`) once; sockets are
-//! created on that thread and keep their namespace for life, so the agent's tokio runtime can
-//! then use them like any other socket. This is how the agent listens and connects "from
-//! inside" a pod, like ztunnel's in-pod mode.
+//! A socket belongs for life to the network namespace its creator was in when it called
+//! `socket(2)`. So to listen or connect "from inside" a pod (like ztunnel's in-pod mode),
+//! the calling thread enters the pod's namespace (`setns`), creates the socket and returns to
+//! the agent's own namespace at once; the tokio runtime then uses the socket like any other.
+//! Nothing else runs on the thread in between, and no thread is kept per pod: a new
+//! connection costs two `setns` calls instead of a hand-off to another thread and back.
 
 use std::{
     fs::File,
     os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::OnceLock,
 };
 
-use tokio::sync::oneshot;
+use socket2::{Domain, Protocol, Socket, Type};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -23,61 +25,53 @@ pub enum NetnsError {
     },
     #[error("cannot enter network namespace {path}: {source}")]
     Enter { path: PathBuf, source: nix::Error },
-    #[error("network namespace thread for {path} is gone")]
-    Gone { path: PathBuf },
-    #[error("cannot spawn network namespace thread: {0}")]
-    Spawn(std::io::Error),
+    #[error("cannot open the agent's own network namespace: {0}")]
+    Home(std::io::Error),
+    #[error("socket in network namespace {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// A handle on a thread living in a network namespace. Dropping it ends the thread.
+/// A pod's network namespace, held open.
 #[derive(Debug)]
 pub struct Netns {
     path: PathBuf,
-    jobs: mpsc::Sender<Job>,
+    file: File,
     cookie: u64,
 }
 
+/// The namespace the agent runs in, where every thread returns after a socket is made.
+fn home() -> Result<&'static File, NetnsError> {
+    static HOME: OnceLock<File> = OnceLock::new();
+    if let Some(f) = HOME.get() {
+        return Ok(f);
+    }
+    // The thread group leader's namespace: the agent's, whatever this thread is doing.
+    let f = File::open("/proc/self/ns/net").map_err(NetnsError::Home)?;
+    Ok(HOME.get_or_init(|| f))
+}
+
 impl Netns {
-    /// Opens `path` (e.g. `/run/netns/web-1`) and starts the namespace thread.
+    /// Opens `path` (e.g. `/run/netns/web-1`) and checks that it can be entered.
     pub fn open(path: &Path) -> Result<Netns, NetnsError> {
         let file = File::open(path).map_err(|source| NetnsError::Open {
             path: path.to_owned(),
             source,
         })?;
-        let (jobs, rx) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let owned = path.to_owned();
-        std::thread::Builder::new()
-            .name(format!("netns:{}", short_name(path)))
-            .spawn(move || {
-                if let Err(source) = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                {
-                    let _ = ready_tx.send(Err(NetnsError::Enter {
-                        path: owned,
-                        source,
-                    }));
-                    return;
-                }
-                drop(file);
-                let _ = ready_tx.send(current_cookie().map_err(|e| NetnsError::Open {
-                    path: owned,
-                    source: e,
-                }));
-                while let Ok(job) = rx.recv() {
-                    job();
-                }
-            })
-            .map_err(NetnsError::Spawn)?;
-        let cookie = ready_rx.recv().map_err(|_| NetnsError::Gone {
+        let mut ns = Netns {
             path: path.to_owned(),
-        })??;
-        Ok(Netns {
-            path: path.to_owned(),
-            jobs,
-            cookie,
-        })
+            file,
+            cookie: 0,
+        };
+        let probe = ns.socket(Domain::IPV4, Type::DGRAM, None)?;
+        ns.cookie =
+            socket_netns_cookie(&OwnedFd::from(probe)).map_err(|source| NetnsError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(ns)
     }
 
     pub fn path(&self) -> &Path {
@@ -89,53 +83,33 @@ impl Netns {
         self.cookie
     }
 
-    /// Runs `f` on the namespace thread and waits for it without blocking the runtime.
-    pub async fn run<T: Send + 'static>(
+    /// A new socket in this namespace (close-on-exec).
+    pub fn socket(
         &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, NetnsError> {
-        let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send(Box::new(move || {
-                let _ = tx.send(f());
-            }))
-            .map_err(|_| self.gone())?;
-        rx.await.map_err(|_| self.gone())
-    }
-
-    /// Runs `f` on the namespace thread and blocks until it returns (for set-up code).
-    pub fn run_blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, NetnsError> {
-        let (tx, rx) = mpsc::channel();
-        self.jobs
-            .send(Box::new(move || {
-                let _ = tx.send(f());
-            }))
-            .map_err(|_| self.gone())?;
-        rx.recv().map_err(|_| self.gone())
-    }
-
-    fn gone(&self) -> NetnsError {
-        NetnsError::Gone {
-            path: self.path.clone(),
+        domain: Domain,
+        ty: Type,
+        protocol: Option<Protocol>,
+    ) -> Result<Socket, NetnsError> {
+        let home = home()?;
+        nix::sched::setns(&self.file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|source| {
+            NetnsError::Enter {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
+        let socket = Socket::new(domain, ty, protocol);
+        if let Err(e) = nix::sched::setns(home, nix::sched::CloneFlags::CLONE_NEWNET) {
+            // A worker thread left in a pod's namespace would make every later socket of
+            // the agent there: not something to run on with. (Returning to the namespace
+            // the thread came from fails only when the kernel is out of memory.)
+            tracing::error!(netns = %self.path.display(), error = %e, "cannot return to the agent's network namespace; aborting");
+            std::process::abort();
         }
+        socket.map_err(|source| NetnsError::Socket {
+            path: self.path.clone(),
+            source,
+        })
     }
-}
-
-fn short_name(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    name.chars().take(8).collect()
-}
-
-/// The network namespace cookie of the calling thread's namespace.
-pub fn current_cookie() -> std::io::Result<u64> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-    socket_netns_cookie(&OwnedFd::from(sock))
 }
 
 /// `SO_NETNS_COOKIE` of a socket (kernel 5.14+).
@@ -163,12 +137,47 @@ pub fn socket_netns_cookie(fd: &OwnedFd) -> std::io::Result<u64> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn runs_jobs_in_the_namespace() {
+    /// The network namespace cookie of the calling thread's namespace.
+    fn current_cookie() -> std::io::Result<u64> {
+        let sock = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+        socket_netns_cookie(&OwnedFd::from(sock))
+    }
+
+    #[test]
+    fn sockets_are_made_in_the_namespace_and_the_thread_comes_back() {
         // The agent's own namespace: always there, and the cookie must match ours.
+        let before = current_cookie().unwrap();
         let ns = Netns::open(Path::new("/proc/self/ns/net")).unwrap();
-        assert_eq!(ns.cookie(), current_cookie().unwrap());
-        assert_eq!(ns.run(|| 7).await.unwrap(), 7);
+        assert_eq!(ns.cookie(), before);
+        let s = ns.socket(Domain::IPV4, Type::STREAM, None).unwrap();
+        assert_eq!(socket_netns_cookie(&OwnedFd::from(s)).unwrap(), before);
+        assert_eq!(current_cookie().unwrap(), before, "back home");
         assert!(Netns::open(Path::new("/nonexistent")).is_err());
+    }
+
+    #[test]
+    fn a_new_namespace_gets_its_own_sockets() {
+        if !nix::unistd::Uid::effective().is_root() {
+            return; // needs CAP_SYS_ADMIN; the integration tests cover it as root too
+        }
+        let home_cookie = current_cookie().unwrap();
+        // A scratch thread moves into a fresh namespace and stays there until told to end.
+        let (path_tx, path_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let tid = nix::unistd::gettid();
+            path_tx
+                .send(PathBuf::from(format!("/proc/self/task/{tid}/ns/net")))
+                .unwrap();
+            let _ = done_rx.recv();
+        });
+        let ns = Netns::open(&path_rx.recv().unwrap()).unwrap();
+        assert_ne!(ns.cookie(), home_cookie);
+        let s = ns.socket(Domain::IPV4, Type::STREAM, None).unwrap();
+        assert_eq!(socket_netns_cookie(&OwnedFd::from(s)).unwrap(), ns.cookie());
+        assert_eq!(current_cookie().unwrap(), home_cookie, "back home");
+        drop(done_tx);
+        t.join().unwrap();
     }
 }

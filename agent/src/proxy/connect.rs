@@ -1,9 +1,9 @@
 //! Connecting from inside a pod's network namespace, so that the source address is the
 //! pod's own, with a timeout.
 
-use std::{net::SocketAddr, os::fd::OwnedFd, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::netns::Netns;
@@ -34,14 +34,13 @@ pub async fn connect_in(
     } else {
         Domain::IPV6
     };
-    let fd = netns
-        .run(move || -> std::io::Result<OwnedFd> {
-            let s = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
-            Ok(OwnedFd::from(s))
-        })
-        .await?
-        .map_err(ConnectError::Socket)?;
-    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+    let socket = netns
+        .socket(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))
+        .map_err(|e| match e {
+            crate::netns::NetnsError::Socket { source, .. } => ConnectError::Socket(source),
+            e => ConnectError::Netns(e),
+        })?;
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
     let stream = tokio::time::timeout(timeout, socket.connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout { addr, timeout })?

@@ -106,25 +106,23 @@ fn bind_in(netns: &Netns, addr: SocketAddr) -> Result<std::net::TcpListener, Pro
         netns: netns.path().display().to_string(),
         source,
     };
-    netns
-        .run_blocking(move || -> std::io::Result<std::net::TcpListener> {
-            use socket2::{Domain, Socket, Type};
-            let domain = if addr.is_ipv4() {
-                Domain::IPV4
-            } else {
-                Domain::IPV6
-            };
-            let s = Socket::new(domain, Type::STREAM, None)?;
-            s.set_reuse_address(true)?;
-            if addr.is_ipv6() {
-                s.set_only_v6(true)?;
-            }
-            s.bind(&addr.into())?;
-            s.listen(1024)?;
-            s.set_nonblocking(true)?;
-            Ok(s.into())
-        })?
-        .map_err(err)
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = netns.socket(domain, socket2::Type::STREAM, None)?;
+    let setup = || -> std::io::Result<std::net::TcpListener> {
+        s.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        s.set_nonblocking(true)?;
+        Ok(s.into())
+    };
+    setup().map_err(err)
 }
 
 impl PodProxy {

@@ -28,6 +28,9 @@ pub struct BenchArgs {
     /// Seconds per measurement (default 10, or 1 with --quick).
     #[arg(long)]
     pub duration_secs: Option<u64>,
+    /// Extra pods enrolled for the memory measurement (default 100, or 10 with --quick).
+    #[arg(long)]
+    pub pods: Option<u64>,
     /// Print the table of an earlier run (a JSON file written by this command), and exit.
     #[arg(long, value_name = "FILE.json")]
     pub show: Option<PathBuf>,
@@ -84,6 +87,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(d) = args.duration_secs {
         opts.duration_secs = d.max(1);
+    }
+    if let Some(p) = args.pods {
+        opts.pods = p;
     }
     ctrlc::set_handler(|| {
         eprintln!(

@@ -429,6 +429,12 @@ fn identity_dir(ctx: &mut Ctx<'_>) -> Result<PathBuf, String> {
     r
 }
 
+/// The last `n` lines of a log, joined with " / ".
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" / ")
+}
+
 fn first_error_line(text: &str) -> String {
     let lines: Vec<&str> = text
         .lines()
@@ -1117,11 +1123,17 @@ fn hold_and_measure(
             r.figures.insert("conns_max_opened".into(), opened as f64);
         }
         if opened < count {
+            let logs: Vec<String> = agents
+                .list
+                .iter()
+                .map(|a| format!("{}: {}", a.node.name, last_lines(&a.proc.stderr(), 3)))
+                .collect();
             r.notes.push(format!(
-                "{count} connections: only {opened} opened ({} failed; first errors: {}); agents: {}",
+                "{count} connections: only {opened} opened ({} failed; first errors: {}); agents: {}; their last log lines: {}",
                 v["failed"],
                 v["errors"],
-                Value::Object(per.clone())
+                Value::Object(per.clone()),
+                logs.join(" | ")
             ));
         }
         for a in &agents.list {

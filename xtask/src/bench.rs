@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Extra pods enrolled for the memory measurement (default 100, or 10 with --quick).
     #[arg(long)]
     pub pods: Option<u64>,
+    /// Worker threads per agent (default: half of the cores, at least 1, as the two
+    /// simulated nodes share the machine; 0 leaves the agent's own default, one per core).
+    #[arg(long)]
+    pub agent_workers: Option<u16>,
     /// Print the table of an earlier run (a JSON file written by this command), and exit.
     #[arg(long, value_name = "FILE.json")]
     pub show: Option<PathBuf>,
@@ -90,6 +94,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(p) = args.pods {
         opts.pods = p;
+    }
+    if let Some(w) = args.agent_workers {
+        opts.agent_workers = (w > 0).then_some(w);
     }
     ctrlc::set_handler(|| {
         eprintln!(

@@ -60,8 +60,18 @@ pub struct Options {
     pub conns_max: u64,
     /// HTTP/1.1 requests over which the agents' CPU time is measured.
     pub cpu_requests: u64,
+    /// Worker threads per agent (`meshd run --workers`); `None` leaves the agent's default.
+    pub agent_workers: Option<u16>,
     /// Print progress to stderr.
     pub verbose: bool,
+}
+
+/// Worker threads per agent by default: the two simulated nodes share this machine's
+/// cores (with the clients and servers), so each agent gets the share one node would have,
+/// half of the cores, at least one.
+pub fn default_agent_workers() -> u16 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u16::try_from((cores / 2).max(1)).unwrap_or(u16::MAX)
 }
 
 impl Options {
@@ -78,6 +88,7 @@ impl Options {
             conns: 1000,
             conns_max: 10_000,
             cpu_requests: 50_000,
+            agent_workers: Some(default_agent_workers()),
             verbose: true,
         }
     }
@@ -106,6 +117,7 @@ impl Options {
             conns: self.conns,
             conns_max: self.conns_max,
             cpu_requests: self.cpu_requests,
+            agent_workers: self.agent_workers.map_or(0, u64::from),
         }
     }
 }
@@ -490,12 +502,20 @@ fn agent_yaml(
 
 /// Starts `meshd run` in a node with warnings-only logging (the tests' debug logging
 /// would cost as much as the proxying) and waits until it is ready.
-fn start_agent(c: &Cluster, node: &Node, yaml: &str) -> Result<Agent, String> {
+fn start_agent(
+    c: &Cluster,
+    node: &Node,
+    yaml: &str,
+    workers: Option<u16>,
+) -> Result<Agent, String> {
     let config_path = c.dir().join(format!("meshd-{}.yaml", node.name));
     std::fs::write(&config_path, yaml).map_err(|e| format!("writing the config: {e}"))?;
     let mut cmd = Command::new(meshd_bin());
     cmd.args(["--log", "warn", "run", "--config"])
         .arg(&config_path);
+    if let Some(n) = workers {
+        cmd.arg("--workers").arg(n.to_string());
+    }
     let proc = c
         .spawn_in_node(node, cmd)
         .map_err(|e| format!("starting meshd: {e:#}"))?;
@@ -547,8 +567,8 @@ fn setup_agents(ctx: &mut Ctx<'_>, mode: &str) -> Result<Agents, String> {
         identity.as_deref(),
         mode,
     );
-    let a1 = start_agent(ctx.c, &ctx.n1, &y1)?;
-    let a2 = match start_agent(ctx.c, &ctx.n2, &y2) {
+    let a1 = start_agent(ctx.c, &ctx.n1, &y1, ctx.o.agent_workers)?;
+    let a2 = match start_agent(ctx.c, &ctx.n2, &y2, ctx.o.agent_workers) {
         Ok(a) => a,
         Err(e) => {
             let _ = a1.stop();

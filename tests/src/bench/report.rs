@@ -181,6 +181,8 @@ pub struct RunSettings {
     pub conns: u64,
     pub conns_max: u64,
     pub cpu_requests: u64,
+    /// Worker threads of each agent (`meshd run --workers`); 0: the agent's default.
+    pub agent_workers: u64,
 }
 
 /// One mode's results.
@@ -399,6 +401,7 @@ impl Report {
                 "conns": s.conns,
                 "conns_max": s.conns_max,
                 "cpu_requests": s.cpu_requests,
+                "agent_workers": s.agent_workers,
             },
             "modes": self.modes.iter().map(|m| json!({
                 "mode": m.mode,
@@ -483,6 +486,8 @@ impl Report {
                 conns: u64_(s, "conns")?,
                 conns_max: u64_(s, "conns_max")?,
                 cpu_requests: u64_(s, "cpu_requests")?,
+                // Absent in reports written before the setting existed.
+                agent_workers: s["agent_workers"].as_u64().unwrap_or(0),
             },
             modes,
             targets,
@@ -505,13 +510,18 @@ impl Report {
         let m = &self.machine;
         let _ = writeln!(
             out,
-            "meshd bench{}: {} cores, kernel {}, {} agent ({}), {} s per measurement",
+            "meshd bench{}: {} cores, kernel {}, {} agent ({}), {} s per measurement, {}",
             if self.settings.quick { " --quick" } else { "" },
             m.cores,
             m.kernel,
             m.agent_build,
             m.agent_binary,
-            self.settings.duration_secs
+            self.settings.duration_secs,
+            match self.settings.agent_workers {
+                0 => "agents with their default worker threads".to_string(),
+                1 => "1 worker thread per agent".to_string(),
+                n => format!("{n} worker threads per agent"),
+            }
         );
         const W0: usize = 44;
         const W: usize = 21;

@@ -15,7 +15,11 @@ pub fn init(filter: &str, json: bool) {
     let (filter, handle) = reload::Layer::new(filter);
     let _ = FILTER.set(handle);
     let registry = tracing_subscriber::registry().with(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if json {
         registry.with(fmt.json()).init();
     } else {

@@ -37,8 +37,9 @@ const BUF: usize = 64 * 1024;
 const BUF_POOL: usize = 16;
 /// Bytes asked of one `splice` from a socket into an empty pipe.
 const SPLICE_CHUNK: usize = 1 << 20;
-/// Pipe capacity (`F_SETPIPE_SZ`); the kernel default (64 KiB) if refused.
-const PIPE_SIZE: libc::c_int = 256 * 1024;
+/// Pipe capacity (`F_SETPIPE_SZ`, at most `fs.pipe-max-size`, 1 MiB by default); the kernel
+/// default (64 KiB) if refused. Measured against 256 KiB: +4 to +14 % bulk throughput.
+const PIPE_SIZE: libc::c_int = 1024 * 1024;
 /// Idle pipes kept for reuse (two fds each).
 const PIPE_POOL: usize = 64;
 

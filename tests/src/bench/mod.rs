@@ -124,6 +124,28 @@ impl Options {
 
 static RUNNING: Mutex<Option<Arc<Cluster>>> = Mutex::new(None);
 
+/// Open files the agents may hold: a plain relay holds two sockets per connection, so
+/// 10,000 held connections need more than 20,000 (a DaemonSet's container runtime usually
+/// gives 1,048,576).
+const FD_LIMIT: u64 = 65_536;
+
+/// Raises this process's open-files limits (soft and hard) to at least `want`, within the
+/// kernel's `fs.nr_open`; the agents and apps the bench starts inherit them.
+fn raise_fd_limit(want: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(want);
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let hard = hard.max(want.min(nr_open));
+        let soft = soft.max(hard);
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, soft, hard) {
+            eprintln!("bench: cannot raise the open-files limit to {hard}: {e}");
+        }
+    }
+}
+
 /// Removes the cluster of a run in progress (for a Ctrl-C handler).
 pub fn cleanup_running() {
     let c = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -168,6 +190,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
             bail!("unknown mode {m:?} (modes: {})", MODES.join(", "));
         }
     }
+    raise_fd_limit(FD_LIMIT);
     let cluster = Arc::new(Cluster::new("bench")?);
     *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(cluster.clone());
     let result = run_in(&cluster, opts);

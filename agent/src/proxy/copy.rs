@@ -276,16 +276,26 @@ thread_local! {
 impl Buffer {
     fn take() -> Buffer {
         let pooled = BUFFERS.with(|b| b.borrow_mut().pop());
+        #[cfg(test)]
+        tests::HELD.with(|h| h.set(h.get() + 1));
         Buffer(pooled.unwrap_or_else(|| vec![0u8; BUF].into_boxed_slice()))
     }
 
-    fn give_back(self) {
+    fn give_back(mut self) {
+        let buf = std::mem::take(&mut self.0);
         BUFFERS.with(|b| {
             let mut b = b.borrow_mut();
             if b.len() < BUF_POOL {
-                b.push(self.0);
+                b.push(buf);
             }
         });
+    }
+}
+
+#[cfg(test)]
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        tests::HELD.with(|h| h.set(h.get() - 1));
     }
 }
 
@@ -470,6 +480,11 @@ where
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    thread_local! {
+        /// Relay buffers taken and not given back (or dropped) on this thread.
+        pub(super) static HELD: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+    }
     use tokio::net::TcpListener;
 
     async fn pair() -> (TcpStream, TcpStream) {
@@ -483,11 +498,13 @@ mod tests {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
-    /// client <-> [a relay b] <-> server; both directions with half-close, either way.
-    async fn both_ways(spliced: bool) {
-        let (client, a) = pair().await;
-        let (b, server) = pair().await;
-        let relay = tokio::spawn(async move {
+    /// Relays between `a` and `b` by splice or by the buffered copy; bytes each way.
+    fn spawn_relay(
+        a: TcpStream,
+        b: TcpStream,
+        spliced: bool,
+    ) -> tokio::task::JoinHandle<io::Result<(u64, u64)>> {
+        tokio::spawn(async move {
             if spliced {
                 let (x, y) = (AtomicU64::new(0), AtomicU64::new(0));
                 splice_bidirectional(&a, &b, &x, &y)
@@ -497,7 +514,14 @@ mod tests {
                 let (mut a, mut b) = (a, b);
                 copy_bidirectional(&mut a, &mut b).await
             }
-        });
+        })
+    }
+
+    /// client <-> [a relay b] <-> server; both directions with half-close, either way.
+    async fn both_ways(spliced: bool) {
+        let (client, a) = pair().await;
+        let (b, server) = pair().await;
+        let relay = spawn_relay(a, b, spliced);
         let up = pattern(3 * 1024 * 1024 + 17);
         let down = pattern(2 * 1024 * 1024 + 5);
         let (mut cr, mut cw) = client.into_split();
@@ -539,15 +563,7 @@ mod tests {
         for spliced in [true, false] {
             let (mut client, a) = pair().await;
             let (b, mut server) = pair().await;
-            let relay = tokio::spawn(async move {
-                if spliced {
-                    let (x, y) = (AtomicU64::new(0), AtomicU64::new(0));
-                    splice_bidirectional(&a, &b, &x, &y).await
-                } else {
-                    let (mut a, mut b) = (a, b);
-                    copy_bidirectional(&mut a, &mut b).await.map(|_| ())
-                }
-            });
+            let relay = spawn_relay(a, b, spliced);
             client.write_all(b"request").await.unwrap();
             client.shutdown().await.unwrap();
             let mut req = Vec::new();
@@ -568,18 +584,53 @@ mod tests {
         for spliced in [true, false] {
             let (client, a) = pair().await;
             let (b, _server) = pair().await;
-            let relay = tokio::spawn(async move {
-                if spliced {
-                    let (x, y) = (AtomicU64::new(0), AtomicU64::new(0));
-                    splice_bidirectional(&a, &b, &x, &y).await
-                } else {
-                    let (mut a, mut b) = (a, b);
-                    copy_bidirectional(&mut a, &mut b).await.map(|_| ())
-                }
-            });
+            let relay = spawn_relay(a, b, spliced);
             client.reset();
             drop(client);
             assert!(relay.await.unwrap().is_err(), "spliced={spliced}");
         }
+    }
+
+    /// An idle connection holds no buffer: once the bytes are through, both directions have
+    /// given their buffers back while the connection stays open.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_buffered_relay_holds_no_buffer() {
+        let held = || HELD.with(|h| h.get());
+        let (mut client, a) = pair().await;
+        let (b, mut server) = pair().await;
+        let relay = spawn_relay(a, b, false);
+        client.write_all(&pattern(200_000)).await.unwrap();
+        let mut got = vec![0u8; 200_000];
+        server.read_exact(&mut got).await.unwrap();
+        server.write_all(b"pong").await.unwrap();
+        let mut pong = [0u8; 4];
+        client.read_exact(&mut pong).await.unwrap();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!relay.is_finished(), "the connection is still open");
+        assert_eq!(held(), 0, "no buffer held by the idle relay");
+        // While bytes wait for a reader that does not read, a buffer is held.
+        let (mut cr, mut cw) = client.into_split();
+        let writer = tokio::spawn(async move {
+            let _ = cw.write_all(&pattern(32 * 1024 * 1024)).await;
+            cw
+        });
+        let mut waited = 0;
+        while held() == 0 && waited < 200 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            waited += 1;
+        }
+        assert!(held() > 0, "a buffer is held while data is in flight");
+        let mut sink = Vec::new();
+        let reader = tokio::spawn(async move {
+            let _ = server.read_to_end(&mut sink).await;
+            sink.len()
+        });
+        drop(writer.await.unwrap());
+        drop(cr.read(&mut [0u8; 1]).await);
+        assert_eq!(reader.await.unwrap(), 32 * 1024 * 1024);
+        relay.await.unwrap().unwrap();
+        assert_eq!(held(), 0);
     }
 }

@@ -19,6 +19,9 @@ mod views;
 
 use std::{path::PathBuf, sync::Arc};
 
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
 /// jemalloc, as ztunnel and most proxies use: less fragmentation than glibc's per-thread
 /// arenas, and freed memory goes back to the kernel (a traffic burst does not leave the
 /// agent's RSS at its high-water mark).
@@ -31,9 +34,6 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[export_name = "malloc_conf"]
 pub static malloc_conf: &[u8; 60] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
-
-use anyhow::Context as _;
-use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(

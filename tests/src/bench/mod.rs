@@ -40,6 +40,8 @@ const SINK_PORT: u16 = 7001;
 const HTTP1_PORT: u16 = 8080;
 const HTTP2_PORT: u16 = 8081;
 const IPERF_PORT: u16 = 5201;
+/// In `relay` mode, the server pod's relay listens on each server port plus this.
+const RELAY_OFFSET: u16 = 1000;
 
 /// What to run and how long.
 #[derive(Clone, Debug)]
@@ -213,6 +215,8 @@ struct Ctx<'a> {
     server: Pod,
     mem_pods: Vec<Pod>,
     identity: Option<Result<PathBuf, String>>,
+    /// `relay` mode: clients connect to the relay on their own loopback.
+    relay: bool,
 }
 
 impl Ctx<'_> {
@@ -223,7 +227,11 @@ impl Ctx<'_> {
     }
 
     fn dst(&self, port: u16) -> String {
-        format!("{}:{port}", self.server.ip)
+        if self.relay {
+            format!("127.0.0.1:{port}")
+        } else {
+            format!("{}:{port}", self.server.ip)
+        }
     }
 }
 
@@ -242,6 +250,7 @@ fn run_in(c: &Cluster, o: &Options) -> anyhow::Result<Report> {
         server,
         mem_pods: Vec::new(),
         identity: None,
+        relay: false,
     };
     for ns in [
         &ctx.n1.netns_path,
@@ -311,6 +320,51 @@ fn spawn_server(ctx: &Ctx<'_>, cmd: Command, port: u16, what: &str) -> anyhow::R
     Ok(h)
 }
 
+/// `relay` mode: a `meshd-testapp relay` in the client pod on 127.0.0.1:PORT for each server
+/// port, to one in the server pod on PORT + [`RELAY_OFFSET`], to the server on 127.0.0.1:PORT.
+fn start_relays(ctx: &Ctx<'_>) -> anyhow::Result<Vec<ProcHandle>> {
+    let mut procs = Vec::new();
+    let res = (|| -> anyhow::Result<()> {
+        for port in [ECHO_PORT, IPERF_PORT, HTTP1_PORT, HTTP2_PORT] {
+            let far = port + RELAY_OFFSET;
+            let h = ctx.c.spawn_in_pod(
+                &ctx.server,
+                testapp(&[
+                    "relay",
+                    "--listen",
+                    &format!("0.0.0.0:{far}"),
+                    "--connect",
+                    &format!("127.0.0.1:{port}"),
+                ]),
+            )?;
+            procs.push(h);
+            wait_listening(ctx.c, &ctx.server, far, "relay in the server pod")?;
+            let h = ctx.c.spawn_in_pod(
+                &ctx.client,
+                testapp(&[
+                    "relay",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--connect",
+                    &format!("{}:{far}", ctx.server.ip),
+                ]),
+            )?;
+            procs.push(h);
+            wait_listening(ctx.c, &ctx.client, port, "relay in the client pod")?;
+        }
+        Ok(())
+    })();
+    match res {
+        Ok(()) => Ok(procs),
+        Err(e) => {
+            for p in procs {
+                let _ = p.kill();
+            }
+            Err(e)
+        }
+    }
+}
+
 fn testapp(args: &[&str]) -> Command {
     let mut cmd = Command::new(testapp_bin());
     cmd.args(args);
@@ -364,12 +418,30 @@ impl Agents {
 fn run_mode(ctx: &mut Ctx<'_>, mode: &str) -> ModeReport {
     let description = match mode {
         "direct" => "no agent: client pod on n1 -> server pod on n2, the machine's limit",
+        "relay" => "no agent; a minimal user-space relay where each agent's sockets are (client pod loopback -> relay -> server pod -> relay -> server): what any proxy pair costs here",
         "passthrough" => "an agent per node, no identity: plain TCP through both agents (outbound capture on n1, inbound capture on n2)",
         "mtls" => "an agent per node with identity: HBONE (HTTP/2 CONNECT over mutual TLS) between the nodes",
         "mtls-http" => "as mtls, with HTTP parsed and counted by the agents (request_total in /metrics)",
         _ => "?",
     };
     let mut r = ModeReport::new(mode, description);
+    if mode == "relay" {
+        match start_relays(ctx) {
+            Ok(relays) => {
+                ctx.relay = true;
+                measure_traffic(ctx, &mut r);
+                ctx.relay = false;
+                for p in relays {
+                    let _ = p.kill();
+                }
+            }
+            Err(e) => {
+                ctx.say(&format!("relay: unavailable: {e:#}"));
+                r.unavailable = Some(format!("{e:#}"));
+            }
+        }
+        return r;
+    }
     let agents = if mode == "direct" {
         Agents { list: Vec::new() }
     } else {

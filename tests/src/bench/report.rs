@@ -10,7 +10,10 @@ use serde_json::{json, Map, Value};
 pub const SCHEMA: &str = "meshd-bench/1";
 
 /// The modes, in the order they run and print.
-pub const MODES: &[&str] = &["direct", "passthrough", "mtls", "mtls-http"];
+pub const MODES: &[&str] = &["direct", "relay", "passthrough", "mtls", "mtls-http"];
+
+/// Modes that run no agent (so no agent memory or CPU figures).
+pub const WITHOUT_AGENT: &[&str] = &["direct", "relay"];
 
 /// One measurement: its JSON key, what it is, its unit, and which way is better.
 #[derive(Clone, Copy, Debug)]
@@ -225,7 +228,7 @@ impl ModeReport {
     pub fn expected_metrics(&self) -> Vec<&'static Metric> {
         METRICS
             .iter()
-            .filter(|m| !(m.agent_only && self.mode == "direct"))
+            .filter(|m| !(m.agent_only && WITHOUT_AGENT.contains(&self.mode.as_str())))
             .collect()
     }
 }

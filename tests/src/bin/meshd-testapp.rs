@@ -11,10 +11,12 @@
 //! meshd-testapp hold --connect ADDR --count N [--hold-secs S] [--timeout-secs S]
 //! meshd-testapp sink --listen ADDR
 //! meshd-testapp http-serve --listen ADDR
+//! meshd-testapp relay --listen ADDR --connect ADDR
 //! ```
 //!
 //! `rr`, `cps`, `hold`, `sink` and `http-serve` are the benchmark's load generators and
-//! servers (see `meshd_tests::bench`).
+//! servers (see `meshd_tests::bench`); `relay` is its reference for "any user-space proxy":
+//! the smallest TCP relay (a thread per direction, blocking copies through 64 KiB buffers).
 //!
 //! Client commands print one JSON line on stdout and exit 0 on success, 1 on failure.
 
@@ -36,7 +38,8 @@ const USAGE: &str = "usage:
   meshd-testapp cps --connect ADDR [--duration-secs S] [--concurrency N] [--size BYTES]
   meshd-testapp hold --connect ADDR --count N [--hold-secs S] [--timeout-secs S]
   meshd-testapp sink --listen ADDR
-  meshd-testapp http-serve --listen ADDR";
+  meshd-testapp http-serve --listen ADDR
+  meshd-testapp relay --listen ADDR --connect ADDR";
 
 const FLAGS: [&str; 1] = ["--greet"];
 
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
         "hold" => hold(&args),
         "sink" => sink(&args),
         "http-serve" => http_serve(&args),
+        "relay" => relay(&args),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -182,6 +186,62 @@ fn handle(mut s: TcpStream, greet: bool) {
         }
     }
     let _ = s.shutdown(Shutdown::Write);
+}
+
+// ---------------------------------------------------------------------------- relay
+
+/// Accepts on `--listen` and relays each connection to `--connect`, with half-close.
+fn relay(args: &Args) -> Result<ExitCode, String> {
+    let addr = args.addr("--listen")?;
+    let to = args.addr("--connect")?;
+    let l = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    say(&format!("relaying {addr} to {to}"));
+    for conn in l.incoming() {
+        match conn {
+            Ok(client) => {
+                std::thread::spawn(move || {
+                    if let Err(e) = relay_one(client, to) {
+                        eprintln!("relay: {e}");
+                    }
+                });
+            }
+            Err(e) => eprintln!("accept: {e}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn relay_one(client: TcpStream, to: SocketAddr) -> Result<(), String> {
+    let upstream = TcpStream::connect(to).map_err(|e| format!("connect {to}: {e}"))?;
+    for s in [&client, &upstream] {
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+    }
+    let (c2, u2) = (
+        client.try_clone().map_err(|e| e.to_string())?,
+        upstream.try_clone().map_err(|e| e.to_string())?,
+    );
+    let up = std::thread::spawn(move || copy_half(c2, u2));
+    copy_half(upstream, client);
+    let _ = up.join();
+    Ok(())
+}
+
+/// Copies until `from` ends, then shuts down `to`'s sending side.
+fn copy_half(mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
 }
 
 // ----------------------------------------------------------------------------- echo

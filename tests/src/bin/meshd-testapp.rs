@@ -172,20 +172,23 @@ fn handle(mut s: TcpStream, greet: bool) {
     {
         return;
     }
+    if pump(&mut &s, &mut &s).is_ok() {
+        let _ = s.shutdown(Shutdown::Write);
+    }
+}
+
+/// Copies `from` to `to` through a 64 KiB buffer until `from` ends (`Ok`) or either side
+/// fails.
+fn pump(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if s.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
+        match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => to.write_all(&buf[..n])?,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
+            Err(e) => return Err(e),
         }
     }
-    let _ = s.shutdown(Shutdown::Write);
 }
 
 // ---------------------------------------------------------------------------- relay
@@ -226,21 +229,9 @@ fn relay_one(client: TcpStream, to: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-/// Copies until `from` ends, then shuts down `to`'s sending side.
+/// Copies until `from` ends or fails, then shuts down `to`'s sending side.
 fn copy_half(mut from: TcpStream, mut to: TcpStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
+    let _ = pump(&mut from, &mut to);
     let _ = to.shutdown(Shutdown::Write);
 }
 

@@ -226,12 +226,18 @@ impl Ctx<'_> {
         }
     }
 
-    fn dst(&self, port: u16) -> String {
+    /// The address clients connect to: the server pod's, or in `relay` mode the relay's on
+    /// the client pod's loopback.
+    fn host(&self) -> String {
         if self.relay {
-            format!("127.0.0.1:{port}")
+            "127.0.0.1".to_string()
         } else {
-            format!("{}:{port}", self.server.ip)
+            self.server.ip.to_string()
         }
+    }
+
+    fn dst(&self, port: u16) -> String {
+        format!("{}:{port}", self.host())
     }
 }
 
@@ -934,7 +940,7 @@ fn positive(v: Option<f64>, what: &str) -> anyhow::Result<f64> {
 fn throughput(ctx: &Ctx<'_>, streams: u32, r: &mut ModeReport) -> anyhow::Result<()> {
     let mut cmd = Command::new("iperf3");
     cmd.args(["-J", "-c"])
-        .arg(ctx.server.ip.to_string())
+        .arg(ctx.host())
         .args(["-p", &IPERF_PORT.to_string()])
         .args(["-t", &ctx.o.duration_secs.to_string()])
         .args(["-P", &streams.to_string()])
@@ -955,6 +961,18 @@ fn throughput(ctx: &Ctx<'_>, streams: u32, r: &mut ModeReport) -> anyhow::Result
     })?;
     if let Some(e) = v["error"].as_str() {
         bail!("iperf3: {e}");
+    }
+    // In `relay` mode every stream went to the relay. (Captured streams also show the
+    // agent's loopback address: `getpeername()` under connect4, see README.)
+    let peers: Vec<&str> = v["start"]["connected"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|s| s["remote_host"].as_str()).collect())
+        .unwrap_or_default();
+    if ctx.relay && (peers.len() != streams as usize || peers.iter().any(|p| *p != ctx.host())) {
+        bail!(
+            "iperf3 streams connected to {peers:?}, expected {streams} to the relay at {}",
+            ctx.host()
+        );
     }
     let bps = positive(
         v["end"]["sum_received"]["bits_per_second"].as_f64(),

@@ -58,7 +58,8 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
-        /// Proxy worker threads (default: one per CPU), like ztunnel's worker threads.
+        /// Proxy worker threads (default: one per CPU), like ztunnel's worker threads; with 1,
+        /// the proxy runs on a single-threaded runtime.
         #[arg(long, env = "MESHD_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
     },
@@ -165,6 +166,25 @@ fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
+/// The proxy's runtime: with one worker, everything on this thread (no work-stealing
+/// scheduler, as linkerd2-proxy does with one core); otherwise that many worker threads
+/// (default: one per CPU).
+fn proxy_runtime(workers: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = workers.map_or(cpus, usize::from);
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
 fn cli_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     logging::init(&cli.log, cli.log_json);
@@ -241,17 +261,7 @@ fn cli_main() -> anyhow::Result<()> {
             println!("removed {}", pins.root().display());
             Ok(())
         }
-        Command::Run { config, workers } => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = workers {
-                builder.worker_threads(usize::from(n));
-            }
-            let runtime = builder
-                .enable_all()
-                .build()
-                .context("starting the tokio runtime")?;
-            runtime.block_on(run(config))
-        }
+        Command::Run { config, workers } => proxy_runtime(workers)?.block_on(run(config)),
     }
 }
 

@@ -310,3 +310,28 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || agent.shutdown()).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    fn flavor(workers: Option<u16>) -> RuntimeFlavor {
+        super::proxy_runtime(workers)
+            .expect("runtime")
+            .handle()
+            .runtime_flavor()
+    }
+
+    #[test]
+    fn one_worker_is_a_single_threaded_runtime() {
+        assert_eq!(flavor(Some(1)), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(Some(2)), RuntimeFlavor::MultiThread);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let default = if cpus == 1 {
+            RuntimeFlavor::CurrentThread
+        } else {
+            RuntimeFlavor::MultiThread
+        };
+        assert_eq!(flavor(None), default);
+    }
+}

@@ -495,8 +495,14 @@ fn measure_traffic(ctx: &Ctx<'_>, r: &mut ModeReport) {
         note(r, &format!("throughput with {streams} streams"), res);
     }
     ctx.say(&format!("{}: request/response latency", r.mode));
-    let res = latency(ctx, r);
+    let res = latency(ctx, r, Cpus::AsTheyAre);
     note(r, "latency", res);
+    ctx.say(&format!(
+        "{}: request/response latency, CPUs kept out of idle",
+        r.mode
+    ));
+    let res = latency(ctx, r, Cpus::KeptBusy);
+    note(r, "latency with the CPUs kept out of idle", res);
     ctx.say(&format!("{}: connections per second", r.mode));
     let res = cps(ctx, r);
     note(r, "connections per second", res);
@@ -994,7 +1000,63 @@ fn throughput(ctx: &Ctx<'_>, streams: u32, r: &mut ModeReport) -> anyhow::Result
     Ok(())
 }
 
-fn latency(ctx: &Ctx<'_>, r: &mut ModeReport) -> anyhow::Result<()> {
+/// How the CPUs are while the latency is measured.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cpus {
+    /// As they are: idle between requests.
+    AsTheyAre,
+    /// Kept out of idle by `meshd-testapp idle-load` (spinning `SCHED_IDLE` threads that
+    /// every other thread preempts): what remains is the cost of the proxies' work, without
+    /// the cost of waking an idle CPU (on a VM, a halted vCPU).
+    KeptBusy,
+}
+
+fn latency(ctx: &Ctx<'_>, r: &mut ModeReport, cpus: Cpus) -> anyhow::Result<()> {
+    let load = match cpus {
+        Cpus::AsTheyAre => None,
+        Cpus::KeptBusy => {
+            let h = ctx
+                .c
+                .spawn_in_net(testapp(&["idle-load"]))
+                .context("starting meshd-testapp idle-load")?;
+            std::thread::sleep(Duration::from_millis(200));
+            Some(h)
+        }
+    };
+    let result = measure_rr(ctx);
+    let load_alive = load.as_ref().map(|h| (h.is_running(), h.output_tail()));
+    if let Some(h) = &load {
+        h.kill().context("stopping meshd-testapp idle-load")?;
+    }
+    if let Some((false, tail)) = load_alive {
+        bail!("meshd-testapp idle-load exited during the measurement{tail}");
+    }
+    let v = result?;
+    let prefix = match cpus {
+        Cpus::AsTheyAre => "latency",
+        Cpus::KeptBusy => "latency_busy",
+    };
+    for (k, f) in [
+        ("p50_us", "p50_us"),
+        ("p99_us", "p99_us"),
+        ("p999_us", "p999_us"),
+    ] {
+        r.figures
+            .insert(format!("{prefix}_{f}"), positive(v[k].as_f64(), k)?);
+    }
+    r.details.insert(
+        match cpus {
+            Cpus::AsTheyAre => "rr",
+            Cpus::KeptBusy => "rr_busy",
+        }
+        .into(),
+        v,
+    );
+    Ok(())
+}
+
+/// One `meshd-testapp rr` run: 1 KiB messages at the run's rate, its JSON result.
+fn measure_rr(ctx: &Ctx<'_>) -> anyhow::Result<Value> {
     let cmd = testapp(&[
         "rr",
         "--connect",
@@ -1011,15 +1073,7 @@ fn latency(ctx: &Ctx<'_>, r: &mut ModeReport) -> anyhow::Result<()> {
     if v["ok"] != true {
         bail!("rr: {}", v["error"]);
     }
-    for (k, f) in [
-        ("p50_us", "latency_p50_us"),
-        ("p99_us", "latency_p99_us"),
-        ("p999_us", "latency_p999_us"),
-    ] {
-        r.figures.insert(f.into(), positive(v[k].as_f64(), k)?);
-    }
-    r.details.insert("rr".into(), v);
-    Ok(())
+    Ok(v)
 }
 
 fn cps(ctx: &Ctx<'_>, r: &mut ModeReport) -> anyhow::Result<()> {

@@ -89,6 +89,30 @@ pub const METRICS: &[Metric] = &[
         false,
         true,
     ),
+    m(
+        "latency_busy_p50_us",
+        "  the same, CPUs kept out of idle, p50",
+        "us",
+        false,
+        false,
+        true,
+    ),
+    m(
+        "latency_busy_p99_us",
+        "  the same, CPUs kept out of idle, p99",
+        "us",
+        false,
+        false,
+        true,
+    ),
+    m(
+        "latency_busy_p999_us",
+        "  the same, CPUs kept out of idle, p99.9",
+        "us",
+        false,
+        false,
+        true,
+    ),
     m("cps", "new connections", "conn/s", true, false, false),
     m(
         "http1_rps",
@@ -339,15 +363,27 @@ impl Report {
                 );
             }
         }
-        for (key, what, limit) in [
-            ("latency_p50_us", "p50", 100.0),
-            ("latency_p99_us", "p99", 300.0),
+        for (key, what, limit, cpus) in [
+            ("latency_p50_us", "p50", 100.0, ""),
+            ("latency_p99_us", "p99", 300.0, ""),
+            (
+                "latency_busy_p50_us",
+                "p50",
+                100.0,
+                ", CPUs kept out of idle",
+            ),
+            (
+                "latency_busy_p99_us",
+                "p99",
+                300.0,
+                ", CPUs kept out of idle",
+            ),
         ] {
             let added = avail(self, "mtls")
                 .map(|_| Some(self.figure("mtls", key)? - self.figure("direct", key)?));
             add(
                 format!(
-                    "mtls {what} latency added over direct <= {limit} us at {} rps",
+                    "mtls {what} latency added over direct <= {limit} us at {} rps{cpus}",
                     self.settings.rate
                 ),
                 added,

@@ -12,11 +12,15 @@
 //! meshd-testapp sink --listen ADDR
 //! meshd-testapp http-serve --listen ADDR
 //! meshd-testapp relay --listen ADDR --connect ADDR
+//! meshd-testapp idle-load [--threads N]
 //! ```
 //!
 //! `rr`, `cps`, `hold`, `sink` and `http-serve` are the benchmark's load generators and
 //! servers (see `meshd_tests::bench`); `relay` is its reference for "any user-space proxy":
 //! the smallest TCP relay (a thread per direction, blocking copies through 64 KiB buffers).
+//! `idle-load` keeps the CPUs out of idle with spinning threads of the `SCHED_IDLE` policy
+//! (every other thread preempts them at once), for the benchmark's latency measured without
+//! the cost of waking an idle CPU.
 //!
 //! Client commands print one JSON line on stdout and exit 0 on success, 1 on failure.
 
@@ -39,7 +43,8 @@ const USAGE: &str = "usage:
   meshd-testapp hold --connect ADDR --count N [--hold-secs S] [--timeout-secs S]
   meshd-testapp sink --listen ADDR
   meshd-testapp http-serve --listen ADDR
-  meshd-testapp relay --listen ADDR --connect ADDR";
+  meshd-testapp relay --listen ADDR --connect ADDR
+  meshd-testapp idle-load [--threads N]";
 
 const FLAGS: [&str; 1] = ["--greet"];
 
@@ -114,6 +119,7 @@ fn main() -> ExitCode {
         "sink" => sink(&args),
         "http-serve" => http_serve(&args),
         "relay" => relay(&args),
+        "idle-load" => idle_load(&args),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -194,6 +200,38 @@ fn pump(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<()> {
 // ---------------------------------------------------------------------------- relay
 
 /// Accepts on `--listen` and relays each connection to `--connect`, with half-close.
+/// Spins `--threads` threads (default: one per CPU) at the `SCHED_IDLE` policy until killed.
+fn idle_load(args: &Args) -> Result<ExitCode, String> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads: usize = args.num("--threads", cpus)?;
+    if threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..threads {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sets the calling thread's policy; `param` outlives the call.
+            if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+                let _ = tx.send(format!(
+                    "sched_setscheduler(SCHED_IDLE): {}",
+                    std::io::Error::last_os_error()
+                ));
+                return;
+            }
+            loop {
+                std::hint::spin_loop();
+            }
+        });
+    }
+    drop(tx);
+    match rx.recv() {
+        Ok(e) => Err(e),
+        Err(_) => Ok(ExitCode::SUCCESS),
+    }
+}
+
 fn relay(args: &Args) -> Result<ExitCode, String> {
     let addr = args.addr("--listen")?;
     let to = args.addr("--connect")?;

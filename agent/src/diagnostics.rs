@@ -106,7 +106,8 @@ pub async fn hbone(args: HboneArgs) -> anyhow::Result<bool> {
     };
     let (mut sender, conn) = hbone::client_builder().handshake(TokioIo::new(tls)).await?;
     let driver = tokio::spawn(conn);
-    let req = hbone::connect_request(args.authority, None)?;
+    let req = hbone::connect_request(args.authority, None)?
+        .map(|()| http_body_util::Empty::<bytes::Bytes>::new());
     let resp = match sender.send_request(req).await {
         Ok(r) => r,
         Err(e) => {

@@ -29,7 +29,10 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::ProxyContext;
+use super::{
+    tunnel::{self, TunnelStream},
+    ProxyContext,
+};
 
 /// Buffer size of the buffered copy (per direction, only while data flows).
 const BUF: usize = 64 * 1024;
@@ -53,8 +56,14 @@ pub trait Reset {
         None
     }
 
+    /// The HBONE tunnel this side is, when whole buffers can be handed to and taken from
+    /// its HTTP/2 stream (nothing buffered in front of it).
+    fn tunnel(&mut self) -> Option<&mut TunnelStream> {
+        None
+    }
+
     /// Bytes read from and written to this side without its `AsyncRead` / `AsyncWrite`
-    /// (spliced), for wrappers that count.
+    /// (spliced, or handed to a tunnel), for wrappers that count.
     fn spliced(&self, _read: u64, _written: u64) {}
 }
 
@@ -70,9 +79,13 @@ impl Reset for TcpStream {
     }
 }
 
-impl<T> Reset for hyper_util::rt::TokioIo<T> {
-    /// Dropping a tunnel that was not shut down resets its HTTP/2 stream.
+impl Reset for TunnelStream {
+    /// Dropping a tunnel that was not shut down resets its HTTP/2 stream (`CANCEL`).
     fn reset(&self) {}
+
+    fn tunnel(&mut self) -> Option<&mut TunnelStream> {
+        Some(self)
+    }
 }
 
 pub fn reset(stream: &TcpStream) {
@@ -86,17 +99,25 @@ where
     A: AsyncRead + AsyncWrite + Unpin + Reset,
     B: AsyncRead + AsyncWrite + Unpin + Reset,
 {
-    let result = match (client.tcp(), server.tcp()) {
-        (Some(c), Some(s)) => {
-            let sent = AtomicU64::new(0);
-            let received = AtomicU64::new(0);
-            let r = splice_bidirectional(c, s, &sent, &received).await;
+    let sent = AtomicU64::new(0);
+    let received = AtomicU64::new(0);
+    let moved = if let (Some(c), Some(s)) = (client.tcp(), server.tcp()) {
+        Some(splice_bidirectional(c, s, &sent, &received).await)
+    } else if let (Some(c), Some(t)) = (client.tcp(), server.tunnel()) {
+        Some(tunnel::relay_tcp(c, t, &sent, &received).await)
+    } else if let (Some(t), Some(s)) = (client.tunnel(), server.tcp()) {
+        Some(tunnel::relay_tcp(s, t, &received, &sent).await)
+    } else {
+        None
+    };
+    let result = match moved {
+        Some(r) => {
             let (sent, received) = (sent.into_inner(), received.into_inner());
             client.spliced(sent, received);
             server.spliced(received, sent);
             r.map(|()| (sent, received))
         }
-        _ => copy_bidirectional(&mut client, &mut server).await,
+        None => copy_bidirectional(&mut client, &mut server).await,
     };
     let (sent, received, error) = match result {
         Ok((a, b)) => (a, b, None),

@@ -1,11 +1,10 @@
 //! HBONE, the tunnel protocol of Istio ambient: HTTP/2 CONNECT over mutual TLS 1.3 to port
 //! 15008, `:authority` = the original destination (`ip:port`). One TLS connection carries
-//! many tunnels (streams), so connections between two pods multiplex.
+//! many tunnels (streams), so connections between two pods multiplex. The agent's two sides
+//! drive HTTP/2 with `h2` directly (see [`super::tunnel`]).
 
 use std::{net::SocketAddr, time::Duration};
 
-use bytes::Bytes;
-use http_body_util::Empty;
 use hyper::{Method, Request, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -24,6 +23,57 @@ const MAX_SEND_BUF: usize = 1024 * 1024;
 const TLS_READ_BUF: usize = 64 * 1024;
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
+/// HBONE's client side (the pool): HTTP/2 driven directly with `h2`.
+pub fn h2_client() -> h2::client::Builder {
+    let mut b = h2::client::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buffer_size(MAX_SEND_BUF)
+        .enable_push(false);
+    b
+}
+
+/// HBONE's server side (port 15008).
+pub fn h2_server() -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buffer_size(MAX_SEND_BUF)
+        .max_concurrent_streams(MAX_STREAMS);
+    b
+}
+
+/// Why a connection's keep-alive gave up on it.
+#[derive(Debug, thiserror::Error)]
+pub enum KeepaliveError {
+    #[error("no PING acknowledgement within {0:?}")]
+    Timeout(Duration),
+    #[error("PING: {0}")]
+    H2(#[from] h2::Error),
+}
+
+/// Sends a PING every [`KEEPALIVE`] and returns when one goes unanswered for 10 s, so that a
+/// connection to a peer that went away is dropped (and the pool opens a new one). Never
+/// returns without `ping` (the connection's PING handle was already taken).
+pub async fn keepalive(ping: Option<h2::PingPong>) -> KeepaliveError {
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(KEEPALIVE).await;
+        match tokio::time::timeout(TIMEOUT, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(e)) => return e.into(),
+            Err(_) => return KeepaliveError::Timeout(TIMEOUT),
+        }
+    }
+}
+
+/// A hyper HTTP/2 client with HBONE's settings: `meshd diagnostics hbone`, and HTTP/2 to
+/// upstream apps.
 pub fn client_builder() -> hyper::client::conn::http2::Builder<TokioExecutor> {
     let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
@@ -31,19 +81,6 @@ pub fn client_builder() -> hyper::client::conn::http2::Builder<TokioExecutor> {
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_send_buf_size(MAX_SEND_BUF)
-        .keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(Duration::from_secs(10));
-    b
-}
-
-pub fn server_builder() -> hyper::server::conn::http2::Builder<TokioExecutor> {
-    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .max_send_buf_size(MAX_SEND_BUF)
-        .max_concurrent_streams(MAX_STREAMS)
         .keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(Duration::from_secs(10));
     b
@@ -59,7 +96,7 @@ pub fn buffered<T: tokio::io::AsyncRead>(tcp: T) -> tokio::io::BufReader<T> {
 pub fn connect_request(
     target: SocketAddr,
     source: Option<std::net::IpAddr>,
-) -> Result<Request<Empty<Bytes>>, hyper::http::Error> {
+) -> Result<Request<()>, hyper::http::Error> {
     let uri = Uri::builder().authority(target.to_string()).build()?;
     let mut req = Request::builder()
         .method(Method::CONNECT)
@@ -68,7 +105,7 @@ pub fn connect_request(
     if let Some(ip) = source {
         req = req.header("forwarded", format!("for={}", forwarded_ip(ip)));
     }
-    req.body(Empty::new())
+    req.body(())
 }
 
 fn forwarded_ip(ip: std::net::IpAddr) -> String {

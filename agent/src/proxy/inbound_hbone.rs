@@ -3,12 +3,11 @@
 //! identity, accepts CONNECT only to this pod's own addresses (no open relay), and delivers
 //! each tunnel to the app over the pod's loopback.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::{body::Incoming, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use h2::{server::SendResponse, RecvStream};
+use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpStream;
 
 use super::{
@@ -16,16 +15,23 @@ use super::{
     hbone,
     inbound::{app_addr, inbound_meta},
     session::{self, Session},
-    tls_errors, Direction, PodContext, ProxyContext,
+    tls_errors,
+    tunnel::TunnelStream,
+    Direction, PodContext, ProxyContext,
 };
 use crate::identity::Identity;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn respond(status: StatusCode) -> Response<Empty<Bytes>> {
-    let mut r = Response::new(Empty::new());
+fn response(status: StatusCode) -> Response<()> {
+    let mut r = Response::new(());
     *r.status_mut() = status;
     r
+}
+
+/// Answers a CONNECT that is refused: the status, and the stream ends.
+fn refuse(mut respond: SendResponse<Bytes>, status: StatusCode) {
+    let _ = respond.send_response(response(status), true);
 }
 
 /// Serves one accepted TCP connection on the HBONE port.
@@ -72,18 +78,34 @@ pub async fn handle(
         tracing::warn!(workload = %workload, %peer, "HBONE: client certificate has no SPIFFE identity");
         return;
     };
-    let service = {
-        let (ctx, pod, client_id) = (ctx.clone(), pod.clone(), client_id.clone());
-        hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (ctx, pod, client_id) = (ctx.clone(), pod.clone(), client_id.clone());
-            async move { Ok::<_, Infallible>(connect(ctx, pod, peer, client_id, req).await) }
-        })
+    let mut conn = match hbone::h2_server().handshake(tls).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE: no HTTP/2 connection");
+            return;
+        }
     };
-    if let Err(e) = hbone::server_builder()
-        .serve_connection(TokioIo::new(tls), service)
-        .await
-    {
-        tracing::debug!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE connection ended");
+    let keepalive = hbone::keepalive(conn.ping_pong());
+    tokio::pin!(keepalive);
+    loop {
+        let next = tokio::select! {
+            next = conn.accept() => next,
+            e = &mut keepalive => {
+                tracing::info!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE connection dropped by keep-alive");
+                return;
+            }
+        };
+        match next {
+            Some(Ok((req, respond))) => {
+                let (ctx, pod, client_id) = (ctx.clone(), pod.clone(), client_id.clone());
+                tokio::spawn(connect(ctx, pod, peer, client_id, req, respond));
+            }
+            Some(Err(e)) => {
+                tracing::debug!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE connection ended");
+                return;
+            }
+            None => return,
+        }
     }
 }
 
@@ -93,24 +115,25 @@ async fn connect(
     pod: Arc<PodContext>,
     peer: SocketAddr,
     client_id: Identity,
-    mut req: Request<Incoming>,
-) -> Response<Empty<Bytes>> {
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
     let workload = pod.workload.key();
     if req.method() != Method::CONNECT {
         ctx.telemetry.metrics.reject("inbound", "bad_request");
-        return respond(StatusCode::METHOD_NOT_ALLOWED);
+        return refuse(respond, StatusCode::METHOD_NOT_ALLOWED);
     }
     let Some(target) = hbone::target_of(&req) else {
         ctx.telemetry.metrics.reject("inbound", "bad_request");
         tracing::warn!(workload = %workload, %peer, uri = %req.uri(), "HBONE: CONNECT without an ip:port authority");
-        return respond(StatusCode::BAD_REQUEST);
+        return refuse(respond, StatusCode::BAD_REQUEST);
     };
     if !pod.workload.ips.contains(&target.ip()) {
         ctx.telemetry
             .metrics
             .reject("inbound", "connect_other_address");
         tracing::warn!(workload = %workload, %peer, client = %client_id, %target, "HBONE: refused CONNECT to an address that is not this pod");
-        return respond(StatusCode::FORBIDDEN);
+        return refuse(respond, StatusCode::FORBIDDEN);
     }
     let id = ctx
         .connections
@@ -126,29 +149,22 @@ async fn connect(
         Err(e) => {
             tracing::info!(workload = %workload, %peer, %target, error = %e, "HBONE: delivery to the app failed");
             ctx.connections.close(id, 0, 0, Some(e.to_string()));
-            return respond(StatusCode::SERVICE_UNAVAILABLE);
+            return refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
         }
     };
     ctx.connections.routed(id, app, None);
-    let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let mut meta = inbound_meta(&ctx, &pod, peer);
-                meta.tls = true;
-                meta.client_id = Some(client_id.to_string());
-                meta.server_id = pod.identity.as_ref().map(ToString::to_string);
-                let opaque = pod.workload.opaque_ports.contains(&target.port());
-                session::run(
-                    &ctx,
-                    Session { id, meta, opaque },
-                    TokioIo::new(upgraded),
-                    server,
-                )
-                .await;
-            }
-            Err(e) => ctx.connections.close(id, 0, 0, Some(e.to_string())),
+    let send = match respond.send_response(response(StatusCode::OK), false) {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.connections.close(id, 0, 0, Some(e.to_string()));
+            return;
         }
-    });
-    respond(StatusCode::OK)
+    };
+    let tunnel = TunnelStream::new(send, req.into_body());
+    let mut meta = inbound_meta(&ctx, &pod, peer);
+    meta.tls = true;
+    meta.client_id = Some(client_id.to_string());
+    meta.server_id = pod.identity.as_ref().map(ToString::to_string);
+    let opaque = pod.workload.opaque_ports.contains(&target.port());
+    session::run(&ctx, Session { id, meta, opaque }, tunnel, server).await;
 }

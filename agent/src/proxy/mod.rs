@@ -15,6 +15,7 @@ mod outbound;
 pub mod pool;
 mod session;
 mod tls_errors;
+mod tunnel;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},

@@ -13,12 +13,11 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::{client::conn::http2::SendRequest, upgrade::Upgraded, StatusCode};
-use hyper_util::rt::TokioIo;
+use h2::client::SendRequest;
+use hyper::StatusCode;
 use rustls::pki_types::ServerName;
 
-use super::{connect::connect_in, hbone, PodContext};
+use super::{connect::connect_in, hbone, tunnel::TunnelStream, PodContext};
 use crate::identity::{CertManager, Identity};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +33,7 @@ pub enum TunnelError {
     #[error("TLS configuration for {0}: {1}")]
     Config(String, String),
     #[error("HTTP/2 with {addr}: {source}")]
-    H2 {
-        addr: SocketAddr,
-        source: hyper::Error,
-    },
+    H2 { addr: SocketAddr, source: h2::Error },
     #[error("CONNECT {target} via {addr}: {status}")]
     Refused {
         addr: SocketAddr,
@@ -69,8 +65,16 @@ struct Key {
 }
 
 struct Conn {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Bytes>,
     streams: Arc<AtomicUsize>,
+    /// Set when the connection's task ended (closed, failed, or its keep-alive gave up).
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
 }
 
 /// Keeps a stream slot of a pooled connection while a tunnel is open.
@@ -83,7 +87,7 @@ impl Drop for StreamSlot {
 }
 
 pub struct Tunnel {
-    pub io: TokioIo<Upgraded>,
+    pub io: TunnelStream,
     /// Held while the tunnel is open.
     pub slot: StreamSlot,
     /// The identity the server proved.
@@ -120,7 +124,7 @@ impl Pool {
             addr,
             expected: expected.to_string(),
         };
-        let (mut sender, streams) = match self.reuse(&key) {
+        let (sender, streams) = match self.reuse(&key) {
             Some(c) => c,
             None => self.open(pod, local, addr, expected, key).await?,
         };
@@ -134,14 +138,10 @@ impl Pool {
         let req = hbone::connect_request(target, source)
             .map_err(|e| TunnelError::Config(target.to_string(), e.to_string()))?;
         let work = async {
-            sender
-                .ready()
-                .await
-                .map_err(|source| TunnelError::H2 { addr, source })?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|source| TunnelError::H2 { addr, source })?;
+            let h2 = |source| TunnelError::H2 { addr, source };
+            let mut sender = sender.ready().await.map_err(h2)?;
+            let (resp, send) = sender.send_request(req, false).map_err(h2)?;
+            let resp = resp.await.map_err(h2)?;
             if resp.status() != StatusCode::OK {
                 return Err(TunnelError::Refused {
                     addr,
@@ -149,10 +149,7 @@ impl Pool {
                     status: resp.status(),
                 });
             }
-            let upgraded = hyper::upgrade::on(resp)
-                .await
-                .map_err(|source| TunnelError::H2 { addr, source })?;
-            Ok(TokioIo::new(upgraded))
+            Ok(TunnelStream::new(send, resp.into_body()))
         };
         let io = tokio::time::timeout(self.timeout, work)
             .await
@@ -168,10 +165,10 @@ impl Pool {
     }
 
     /// A pooled connection with a free stream slot (taking the slot).
-    fn reuse(&self, key: &Key) -> Option<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>)> {
+    fn reuse(&self, key: &Key) -> Option<(SendRequest<Bytes>, Arc<AtomicUsize>)> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let list = conns.get_mut(key)?;
-        list.retain(|c| !c.sender.is_closed());
+        list.retain(|c| !c.is_closed());
         let c = list
             .iter()
             .find(|c| c.streams.load(Ordering::Relaxed) < hbone::MAX_STREAMS as usize)?;
@@ -186,7 +183,7 @@ impl Pool {
         addr: SocketAddr,
         expected: &Identity,
         key: Key,
-    ) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>), TunnelError> {
+    ) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>), TunnelError> {
         let config =
             crate::identity::client_config(self.certs.clone(), local.clone(), expected.clone())
                 .map_err(|e| TunnelError::Config(expected.to_string(), e.to_string()))?;
@@ -206,20 +203,30 @@ impl Pool {
                 expected: expected.to_string(),
                 source,
             })?;
-        let (sender, conn) = hbone::client_builder()
-            .handshake(TokioIo::new(tls))
+        let (sender, mut conn) = hbone::h2_client()
+            .handshake(tls)
             .await
             .map_err(|source| TunnelError::H2 { addr, source })?;
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ping = conn.ping_pong();
+        let done = closed.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "HBONE connection ended");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%addr, error = %e, "HBONE connection ended");
+                },
+                e = hbone::keepalive(ping) => {
+                    tracing::info!(%addr, error = %e, "HBONE connection dropped by keep-alive");
+                }
             }
+            done.store(true, Ordering::Relaxed);
         });
         let streams = Arc::new(AtomicUsize::new(1));
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.entry(key).or_default().push(Conn {
             sender: sender.clone(),
             streams: streams.clone(),
+            closed,
         });
         tracing::debug!(%addr, expected = %expected, "opened HBONE connection");
         Ok((sender, streams))
@@ -228,10 +235,6 @@ impl Pool {
     /// Open pooled connections, for `/config_dump`.
     pub fn connection_count(&self) -> usize {
         let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns
-            .values()
-            .flatten()
-            .filter(|c| !c.sender.is_closed())
-            .count()
+        conns.values().flatten().filter(|c| !c.is_closed()).count()
     }
 }

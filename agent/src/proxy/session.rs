@@ -194,6 +194,9 @@ impl<T: Reset> Reset for Counted<T> {
     fn tcp(&self) -> Option<&tokio::net::TcpStream> {
         self.inner.tcp()
     }
+    fn tunnel(&mut self) -> Option<&mut super::tunnel::TunnelStream> {
+        self.inner.tunnel()
+    }
     fn spliced(&self, read: u64, written: u64) {
         self.counts.read.fetch_add(read, Ordering::Relaxed);
         self.counts.written.fetch_add(written, Ordering::Relaxed);

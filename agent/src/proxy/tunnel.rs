@@ -1,0 +1,369 @@
+//! One HBONE tunnel: an HTTP/2 CONNECT stream, driven with the `h2` crate directly so that
+//! a relay can hand the stream whole buffers ([`Bytes`]) and take them back without the
+//! copies of a byte-stream adapter. It is also an `AsyncRead` / `AsyncWrite` byte stream,
+//! for HTTP proxying over the tunnel.
+
+use std::{
+    cell::RefCell,
+    future::poll_fn,
+    io,
+    pin::Pin,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    task::{ready, Context, Poll},
+};
+
+use bytes::{Buf, BufMut, Bytes};
+use h2::{Reason, RecvStream, SendStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+
+/// Bytes asked of one read from a TCP socket into a tunnel (at most the stream's send
+/// capacity at that moment).
+const CHUNK: usize = 256 * 1024;
+/// Idle read buffers kept per thread for reuse.
+const CHUNK_POOL: usize = 16;
+
+thread_local! {
+    static CHUNKS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A read buffer of [`CHUNK`] bytes from the thread's pool. Handed to h2 as [`Bytes`] (see
+/// [`ReadChunk`]), it returns to the pool when h2 has written it: neither bulk transfers nor
+/// small messages allocate per read, and an idle tunnel holds no buffer.
+fn take_chunk() -> Vec<u8> {
+    CHUNKS
+        .with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(CHUNK))
+}
+
+fn give_back(mut chunk: Vec<u8>) {
+    chunk.clear();
+    CHUNKS.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < CHUNK_POOL {
+            p.push(chunk);
+        }
+    });
+}
+
+/// A filled pooled read buffer, as the owner of a [`Bytes`].
+struct ReadChunk(Option<Vec<u8>>);
+
+impl AsRef<[u8]> for ReadChunk {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+impl Drop for ReadChunk {
+    fn drop(&mut self) {
+        if let Some(buf) = self.0.take() {
+            give_back(buf);
+        }
+    }
+}
+
+/// An open tunnel (both directions of one HTTP/2 stream).
+pub struct TunnelStream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// Received but not yet read (`AsyncRead` only).
+    pending: Bytes,
+    recv_done: bool,
+}
+
+/// An `h2` error as an I/O error; a stream the peer closed (`NO_ERROR`, `CANCEL`) ends like
+/// a TCP stream ends, as hyper's upgraded streams do.
+fn to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e.into_io().unwrap_or_else(|| io::ErrorKind::Other.into());
+    }
+    match e.reason() {
+        Some(Reason::STREAM_CLOSED) => io::ErrorKind::BrokenPipe.into(),
+        _ => io::Error::other(e),
+    }
+}
+
+fn is_clean_end(e: &h2::Error) -> bool {
+    matches!(e.reason(), Some(Reason::NO_ERROR) | Some(Reason::CANCEL))
+}
+
+impl TunnelStream {
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> TunnelStream {
+        TunnelStream {
+            send,
+            recv,
+            pending: Bytes::new(),
+            recv_done: false,
+        }
+    }
+
+    /// Why the peer reset the stream, once a write failed.
+    fn poll_write_error(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        match ready!(self.send.poll_reset(cx)) {
+            Ok(Reason::NO_ERROR) | Ok(Reason::CANCEL) | Ok(Reason::STREAM_CLOSED) => {
+                Poll::Ready(io::ErrorKind::BrokenPipe.into())
+            }
+            Ok(reason) => Poll::Ready(io::Error::other(h2::Error::from(reason))),
+            Err(e) => Poll::Ready(to_io(e)),
+        }
+    }
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.pending.is_empty() {
+                let n = this.pending.len().min(buf.remaining());
+                buf.put_slice(&this.pending[..n]);
+                this.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.recv_done {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(this.recv.poll_data(cx)) {
+                None => this.recv_done = true,
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    this.pending = data;
+                }
+                Some(Err(e)) if is_clean_end(&e) => this.recv_done = true,
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let this = &mut *self;
+        this.send.reserve_capacity(buf.len());
+        let n = match ready!(this.send.poll_capacity(cx)) {
+            Some(Ok(cap)) => {
+                let n = cap.min(buf.len());
+                this.send
+                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .ok()
+                    .map(|()| n)
+            }
+            _ => None,
+        };
+        match n {
+            Some(n) => Poll::Ready(Ok(n)),
+            None => this.poll_write_error(cx).map(Err),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.send.send_data(Bytes::new(), true).is_ok() {
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_write_error(cx).map(Err)
+    }
+}
+
+/// Relays between a TCP socket and a tunnel until both directions end: what the socket
+/// sends goes into the stream as the buffers it was read into, and what the stream
+/// receives is written to the socket from h2's own buffers. `up` counts bytes from the
+/// socket into the tunnel, `down` the other way.
+pub async fn relay_tcp(
+    tcp: &TcpStream,
+    tunnel: &mut TunnelStream,
+    up: &AtomicU64,
+    down: &AtomicU64,
+) -> io::Result<()> {
+    let TunnelStream {
+        send,
+        recv,
+        pending,
+        recv_done,
+    } = tunnel;
+    let to_tcp = async {
+        if !pending.is_empty() {
+            write_all(tcp, pending, down).await?;
+            *pending = Bytes::new();
+        }
+        if !*recv_done {
+            tunnel_to_tcp(recv, tcp, down).await?;
+        }
+        socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write)
+    };
+    tokio::try_join!(tcp_to_tunnel(tcp, send, up), to_tcp).map(|_| ())
+}
+
+async fn tcp_to_tunnel(
+    src: &TcpStream,
+    send: &mut SendStream<Bytes>,
+    moved: &AtomicU64,
+) -> io::Result<()> {
+    loop {
+        tokio::task::coop::consume_budget().await;
+        src.readable().await?;
+        send.reserve_capacity(CHUNK);
+        let cap = loop {
+            match send.capacity() {
+                0 => match poll_fn(|cx| send.poll_capacity(cx)).await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(to_io(e)),
+                    None => return Err(io::ErrorKind::BrokenPipe.into()),
+                },
+                cap => break cap.min(CHUNK),
+            }
+        };
+        let mut buf = take_chunk();
+        match src.try_read_buf(&mut (&mut buf).limit(cap)) {
+            Ok(0) => {
+                give_back(buf);
+                send.send_data(Bytes::new(), true).map_err(to_io)?;
+                return Ok(());
+            }
+            Ok(n) => {
+                moved.fetch_add(n as u64, Relaxed);
+                let data = Bytes::from_owner(ReadChunk(Some(buf)));
+                send.send_data(data, false).map_err(to_io)?;
+            }
+            Err(e) => {
+                give_back(buf);
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+async fn tunnel_to_tcp(
+    recv: &mut RecvStream,
+    dst: &TcpStream,
+    moved: &AtomicU64,
+) -> io::Result<()> {
+    loop {
+        let data = match poll_fn(|cx| recv.poll_data(cx)).await {
+            None => return Ok(()),
+            Some(Ok(data)) => data,
+            Some(Err(e)) if is_clean_end(&e) => return Ok(()),
+            Some(Err(e)) => return Err(to_io(e)),
+        };
+        let n = data.len();
+        write_all(dst, &data, moved).await?;
+        // Only what the app's socket took is given back to the sender's window.
+        let _ = recv.flow_control().release_capacity(n);
+    }
+}
+
+async fn write_all(dst: &TcpStream, data: &[u8], moved: &AtomicU64) -> io::Result<()> {
+    let mut pos = 0;
+    while pos < data.len() {
+        match dst.try_write(&data[pos..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(w) => {
+                pos += w;
+                moved.fetch_add(w as u64, Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// An h2 CONNECT stream over an in-memory pipe: (client end, server end).
+    async fn tunnel_pair() -> (TunnelStream, TunnelStream) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(b).await.unwrap();
+            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+            let send = respond
+                .send_response(hyper::Response::new(()), false)
+                .unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            TunnelStream::new(send, req.into_body())
+        });
+        let (client, conn) = h2::client::handshake(a).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req =
+            crate::proxy::hbone::connect_request("10.0.0.1:80".parse().unwrap(), None).unwrap();
+        let (resp, send) = client.send_request(req, false).unwrap();
+        let server = server.await.unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        (TunnelStream::new(send, resp.into_body()), server)
+    }
+
+    #[tokio::test]
+    async fn relays_between_a_socket_and_a_tunnel_both_ways_with_half_close() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut app = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (proxy_side, _) = listener.accept().await.unwrap();
+        let (mut client, mut server) = tunnel_pair().await;
+
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let relay = async {
+            relay_tcp(&proxy_side, &mut server, &up, &down)
+                .await
+                .unwrap();
+        };
+        let request = pattern(3 << 20, 1);
+        let reply = pattern(700 << 10, 7);
+        let peer = async {
+            // The client sends 3 MiB and finishes; the app reads it all, then answers.
+            client.write_all(&request).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            app.read_to_end(&mut got).await.unwrap();
+            assert!(
+                got == request,
+                "the app got {} bytes, not the request",
+                got.len()
+            );
+            app.write_all(&reply).await.unwrap();
+            app.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            assert!(
+                back == reply,
+                "the client got {} bytes, not the reply",
+                back.len()
+            );
+        };
+        tokio::join!(relay, peer);
+        assert_eq!(down.load(Relaxed), request.len() as u64, "tunnel -> socket");
+        assert_eq!(up.load(Relaxed), reply.len() as u64, "socket -> tunnel");
+    }
+}

@@ -50,6 +50,17 @@ fn quick_bench_measures_every_mode() {
             }
         }
     }
+    // Every held connection opened (quick mode holds few enough for any fd limit): a
+    // proxy that stalls after some tunnels shows here, not only in the figures.
+    for m in report.modes.iter().filter(|m| m.available()) {
+        if let Some(opened) = m.get("conns_max_opened") {
+            assert_eq!(
+                opened, report.settings.conns_max as f64,
+                "{}: held connections opened; notes: {:?}\n{table}",
+                m.mode, m.notes
+            );
+        }
+    }
     // Targets are reported for every mode, measured or not.
     assert!(!report.targets.is_empty());
     assert!(report

@@ -268,9 +268,16 @@ async fn copy_chunk(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::
             Err(e) => return Err(e),
         }
     };
+    write_all(dst, &buf.0[..n], moved).await?;
+    buf.give_back();
+    Ok(n > 0)
+}
+
+/// Writes all of `data` to `dst`, counting into `moved` as it goes.
+pub(super) async fn write_all(dst: &TcpStream, data: &[u8], moved: &AtomicU64) -> io::Result<()> {
     let mut pos = 0;
-    while pos < n {
-        match dst.try_write(&buf.0[pos..n]) {
+    while pos < data.len() {
+        match dst.try_write(&data[pos..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(w) => {
                 pos += w;
@@ -281,8 +288,7 @@ async fn copy_chunk(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::
             Err(e) => return Err(e),
         }
     }
-    buf.give_back();
-    Ok(n > 0)
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

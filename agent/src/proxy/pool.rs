@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -68,7 +68,7 @@ struct Conn {
     sender: SendRequest<Bytes>,
     streams: Arc<AtomicUsize>,
     /// Set when the connection's task ended (closed, failed, or its keep-alive gave up).
-    closed: Arc<std::sync::atomic::AtomicBool>,
+    closed: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -207,7 +207,7 @@ impl Pool {
             .handshake(tls)
             .await
             .map_err(|source| TunnelError::H2 { addr, source })?;
-        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closed = Arc::new(AtomicBool::new(false));
         let ping = conn.ping_pong();
         let done = closed.clone();
         tokio::spawn(async move {

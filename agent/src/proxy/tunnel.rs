@@ -19,6 +19,8 @@ use tokio::{
     net::TcpStream,
 };
 
+use super::copy::write_all;
+
 /// Bytes asked of one read from a TCP socket into a tunnel (at most the stream's send
 /// capacity at that moment).
 const CHUNK: usize = 256 * 1024;
@@ -245,7 +247,10 @@ async fn tcp_to_tunnel(
             Err(e) => {
                 give_back(buf);
                 match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
+                    // Drained: the capacity goes back to the connection, which its other
+                    // tunnels share (held by idle tunnels, it would starve them).
+                    io::ErrorKind::WouldBlock => send.reserve_capacity(0),
+                    io::ErrorKind::Interrupted => {}
                     _ => return Err(e),
                 }
             }
@@ -272,23 +277,6 @@ async fn tunnel_to_tcp(
     }
 }
 
-async fn write_all(dst: &TcpStream, data: &[u8], moved: &AtomicU64) -> io::Result<()> {
-    let mut pos = 0;
-    while pos < data.len() {
-        match dst.try_write(&data[pos..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(w) => {
-                pos += w;
-                moved.fetch_add(w as u64, Relaxed);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +286,70 @@ mod tests {
         (0..n)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
             .collect()
+    }
+
+    /// `n` CONNECT streams over one in-memory HTTP/2 connection with HBONE's settings:
+    /// (client ends, server ends).
+    async fn tunnels(n: usize) -> (Vec<TunnelStream>, Vec<TunnelStream>) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut conn = crate::proxy::hbone::h2_server().handshake(b).await.unwrap();
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                let send = respond
+                    .send_response(hyper::Response::new(()), false)
+                    .unwrap();
+                let _ = tx.send(TunnelStream::new(send, req.into_body()));
+            }
+        });
+        let (client, conn) = crate::proxy::hbone::h2_client().handshake(a).await.unwrap();
+        tokio::spawn(conn);
+        let (mut clients, mut servers) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let mut client = client.clone().ready().await.unwrap();
+            let req =
+                crate::proxy::hbone::connect_request("10.0.0.1:80".parse().unwrap(), None).unwrap();
+            let (resp, send) = client.send_request(req, false).unwrap();
+            servers.push(rx.recv().await.unwrap());
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.status(), 200);
+            clients.push(TunnelStream::new(send, resp.into_body()));
+        }
+        (clients, servers)
+    }
+
+    /// As many held tunnels as the server allows on one connection, each with a server that
+    /// greets (a byte) and then waits: every greeting arrives. Idle tunnels must not keep
+    /// the connection's send window.
+    #[tokio::test]
+    async fn idle_tunnels_do_not_starve_the_others() {
+        let n = crate::proxy::hbone::MAX_STREAMS as usize;
+        let (mut clients, servers) = tunnels(n).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut apps = Vec::new();
+        for mut server in servers {
+            let app = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (proxy_side, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+                let _ = relay_tcp(&proxy_side, &mut server, &up, &down).await;
+            });
+            apps.push(app);
+        }
+        for app in &mut apps {
+            app.write_all(b"!").await.unwrap();
+        }
+        for (i, client) in clients.iter_mut().enumerate() {
+            let mut b = [0u8; 1];
+            let got =
+                tokio::time::timeout(std::time::Duration::from_secs(5), client.read(&mut b)).await;
+            assert!(
+                matches!(got, Ok(Ok(1))),
+                "tunnel {i} of {n}: no greeting ({got:?})"
+            );
+        }
     }
 
     /// An h2 CONNECT stream over an in-memory pipe: (client end, server end).

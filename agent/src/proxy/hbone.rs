@@ -22,6 +22,8 @@ const MAX_SEND_BUF: usize = 1024 * 1024;
 /// four `read(2)`s per 16 KiB record; one read now takes several records at once.
 const TLS_READ_BUF: usize = 64 * 1024;
 const KEEPALIVE: Duration = Duration::from_secs(30);
+/// How long a keep-alive PING may go unanswered before the connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HBONE's client side (the pool): HTTP/2 driven directly with `h2`.
 pub fn h2_client() -> h2::client::Builder {
@@ -54,20 +56,20 @@ pub enum KeepaliveError {
     H2(#[from] h2::Error),
 }
 
-/// Sends a PING every [`KEEPALIVE`] and returns when one goes unanswered for 10 s, so that a
+/// Sends a PING every [`KEEPALIVE`] and returns when one goes unanswered for
+/// [`KEEPALIVE_TIMEOUT`], so that a
 /// connection to a peer that went away is dropped (and the pool opens a new one). Never
 /// returns without `ping` (the connection's PING handle was already taken).
 pub async fn keepalive(ping: Option<h2::PingPong>) -> KeepaliveError {
-    const TIMEOUT: Duration = Duration::from_secs(10);
     let Some(mut ping) = ping else {
         return std::future::pending().await;
     };
     loop {
         tokio::time::sleep(KEEPALIVE).await;
-        match tokio::time::timeout(TIMEOUT, ping.ping(h2::Ping::opaque())).await {
+        match tokio::time::timeout(KEEPALIVE_TIMEOUT, ping.ping(h2::Ping::opaque())).await {
             Ok(Ok(_pong)) => {}
             Ok(Err(e)) => return e.into(),
-            Err(_) => return KeepaliveError::Timeout(TIMEOUT),
+            Err(_) => return KeepaliveError::Timeout(KEEPALIVE_TIMEOUT),
         }
     }
 }
@@ -82,7 +84,7 @@ pub fn client_builder() -> hyper::client::conn::http2::Builder<TokioExecutor> {
         .max_frame_size(MAX_FRAME)
         .max_send_buf_size(MAX_SEND_BUF)
         .keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(Duration::from_secs(10));
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     b
 }
 

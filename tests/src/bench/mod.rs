@@ -1011,6 +1011,16 @@ enum Cpus {
     KeptBusy,
 }
 
+impl Cpus {
+    /// The prefix of this measurement's figures and its key in the details.
+    fn keys(self) -> (&'static str, &'static str) {
+        match self {
+            Cpus::AsTheyAre => ("latency", "rr"),
+            Cpus::KeptBusy => ("latency_busy", "rr_busy"),
+        }
+    }
+}
+
 fn latency(ctx: &Ctx<'_>, r: &mut ModeReport, cpus: Cpus) -> anyhow::Result<()> {
     let load = match cpus {
         Cpus::AsTheyAre => None,
@@ -1032,26 +1042,12 @@ fn latency(ctx: &Ctx<'_>, r: &mut ModeReport, cpus: Cpus) -> anyhow::Result<()> 
         bail!("meshd-testapp idle-load exited during the measurement{tail}");
     }
     let v = result?;
-    let prefix = match cpus {
-        Cpus::AsTheyAre => "latency",
-        Cpus::KeptBusy => "latency_busy",
-    };
-    for (k, f) in [
-        ("p50_us", "p50_us"),
-        ("p99_us", "p99_us"),
-        ("p999_us", "p999_us"),
-    ] {
+    let (prefix, detail) = cpus.keys();
+    for k in ["p50_us", "p99_us", "p999_us"] {
         r.figures
-            .insert(format!("{prefix}_{f}"), positive(v[k].as_f64(), k)?);
+            .insert(format!("{prefix}_{k}"), positive(v[k].as_f64(), k)?);
     }
-    r.details.insert(
-        match cpus {
-            Cpus::AsTheyAre => "rr",
-            Cpus::KeptBusy => "rr_busy",
-        }
-        .into(),
-        v,
-    );
+    r.details.insert(detail.into(), v);
     Ok(())
 }
 

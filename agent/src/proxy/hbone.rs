@@ -57,9 +57,9 @@ pub enum KeepaliveError {
 }
 
 /// Sends a PING every [`KEEPALIVE`] and returns when one goes unanswered for
-/// [`KEEPALIVE_TIMEOUT`], so that a
-/// connection to a peer that went away is dropped (and the pool opens a new one). Never
-/// returns without `ping` (the connection's PING handle was already taken).
+/// [`KEEPALIVE_TIMEOUT`], so that a connection to a peer that went away is dropped (and the
+/// pool opens a new one). Never returns without `ping` (the connection's PING handle was
+/// already taken).
 pub async fn keepalive(ping: Option<h2::PingPong>) -> KeepaliveError {
     let Some(mut ping) = ping else {
         return std::future::pending().await;

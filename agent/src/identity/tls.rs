@@ -99,6 +99,8 @@ pub fn server_config(
     config.ignore_client_order = true;
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
+    // The agent protects the records itself after the handshake (`proxy::tls`).
+    config.enable_secret_extraction = true;
     Ok(mgr.cache_server_config(local, Arc::new(config)))
 }
 
@@ -138,6 +140,7 @@ pub fn client_config(
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.resumption = Resumption::disabled();
     config.enable_sni = false;
+    config.enable_secret_extraction = true;
     Ok(mgr.cache_client_config((local, expected_server), Arc::new(config)))
 }
 

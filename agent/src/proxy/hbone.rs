@@ -18,9 +18,6 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 const MAX_FRAME: u32 = 256 * 1024;
 /// Bytes h2 may queue per stream before a tunnel's writer waits (hyper's default: 400 KiB).
 const MAX_SEND_BUF: usize = 1024 * 1024;
-/// Read buffer under TLS: rustls reads at most 4 KiB per call, which would cost about
-/// four `read(2)`s per 16 KiB record; one read now takes several records at once.
-const TLS_READ_BUF: usize = 64 * 1024;
 const KEEPALIVE: Duration = Duration::from_secs(30);
 /// How long a keep-alive PING may go unanswered before the connection is dropped.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,11 +83,6 @@ pub fn client_builder() -> hyper::client::conn::http2::Builder<TokioExecutor> {
         .keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     b
-}
-
-/// The TCP connection under an HBONE TLS session, with a read buffer (see [`TLS_READ_BUF`]).
-pub fn buffered<T: tokio::io::AsyncRead>(tcp: T) -> tokio::io::BufReader<T> {
-    tokio::io::BufReader::with_capacity(TLS_READ_BUF, tcp)
 }
 
 /// The CONNECT request that opens a tunnel to `target` on behalf of `source` (the client

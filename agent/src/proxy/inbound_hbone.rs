@@ -15,7 +15,7 @@ use super::{
     hbone,
     inbound::{app_addr, inbound_meta},
     session::{self, Session},
-    tls_errors,
+    tls, tls_errors,
     tunnel::TunnelStream,
     Direction, PodContext, ProxyContext,
 };
@@ -55,10 +55,7 @@ pub async fn handle(
             return;
         }
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(hbone::buffered(tcp)))
-        .await
-    {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::accept(config, tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let reason = tls_errors::reason(&e);
@@ -72,8 +69,7 @@ pub async fn handle(
             return;
         }
     };
-    let client_id = crate::identity::peer_identity(tls.get_ref().1);
-    let Some(client_id) = client_id else {
+    let Some(client_id) = tls.peer_identity().cloned() else {
         ctx.telemetry.metrics.reject("inbound", "no_client_cert");
         tracing::warn!(workload = %workload, %peer, "HBONE: client certificate has no SPIFFE identity");
         return;

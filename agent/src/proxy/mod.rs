@@ -14,6 +14,7 @@ mod inbound_hbone;
 mod outbound;
 pub mod pool;
 mod session;
+mod tls;
 mod tls_errors;
 mod tunnel;
 

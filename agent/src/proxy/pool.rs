@@ -17,7 +17,7 @@ use h2::client::SendRequest;
 use hyper::StatusCode;
 use rustls::pki_types::ServerName;
 
-use super::{connect::connect_in, hbone, tunnel::TunnelStream, PodContext};
+use super::{connect::connect_in, hbone, tls, tunnel::TunnelStream, PodContext};
 use crate::identity::{CertManager, Identity};
 
 #[derive(Debug, thiserror::Error)]
@@ -188,10 +188,9 @@ impl Pool {
             crate::identity::client_config(self.certs.clone(), local.clone(), expected.clone())
                 .map_err(|e| TunnelError::Config(expected.to_string(), e.to_string()))?;
         let tcp = connect_in(&pod.netns, addr, self.timeout).await?;
-        let connector = tokio_rustls::TlsConnector::from(config);
         let name = ServerName::try_from("hbone.meshd.local")
             .map_err(|e| TunnelError::Config(expected.to_string(), e.to_string()))?;
-        let tls = tokio::time::timeout(self.timeout, connector.connect(name, hbone::buffered(tcp)))
+        let tls = tokio::time::timeout(self.timeout, tls::connect(config, name, tcp))
             .await
             .map_err(|_| TunnelError::Tls {
                 addr,

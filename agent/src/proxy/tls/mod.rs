@@ -1,0 +1,13 @@
+//! Mutual TLS for HBONE connections. rustls runs the handshake (its unbuffered connections:
+//! [`connect`], [`accept`]); after it, [`TlsStream`] protects the records itself with the
+//! traffic keys rustls derived, as kernel TLS would, so that a record is sealed from the
+//! sender's buffer and opened where it was read, without rustls' intermediate buffers.
+//! rustls still computes every later key (KeyUpdate) and takes session tickets.
+
+mod handshake;
+mod record;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+pub use handshake::{accept, connect};

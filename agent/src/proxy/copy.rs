@@ -273,6 +273,39 @@ async fn copy_chunk(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::
     Ok(n > 0)
 }
 
+/// One read from `src` into the spare capacity of `buf` (at most `max` bytes), after the
+/// socket was reported readable: the bytes read, and whether the socket is now drained. A
+/// short read means that the socket's receive queue is empty: its readiness is cleared
+/// along with it, as tokio's own `poll_read` does, so the next wait parks at once instead
+/// of costing a `read(2)` that finds nothing. Readiness that arrived after the read is kept
+/// (tokio compares the event's tick).
+pub(super) fn read_until_drained(
+    src: &TcpStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<(usize, bool)> {
+    let spare = buf.spare_capacity_mut();
+    let max = max.min(spare.len());
+    let mut got = None;
+    let result = src.try_io(Interest::READABLE, || {
+        let n = socket2::SockRef::from(src).recv(&mut spare[..max])?;
+        got = Some(n);
+        if n > 0 && n < max {
+            // Short: drained. Reported as WouldBlock to tokio only, to clear readiness.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(())
+    });
+    match got {
+        Some(n) => {
+            // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n) };
+            Ok((n, result.is_err()))
+        }
+        None => result.map(|()| (0, false)),
+    }
+}
+
 /// Writes all of `data` to `dst`, counting into `moved` as it goes.
 pub(super) async fn write_all(dst: &TcpStream, data: &[u8], moved: &AtomicU64) -> io::Result<()> {
     let mut pos = 0;

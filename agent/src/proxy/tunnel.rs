@@ -12,14 +12,14 @@ use std::{
     task::{ready, Context, Poll},
 };
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 
-use super::copy::write_all;
+use super::copy::{read_until_drained, write_all};
 
 /// Bytes asked of one read from a TCP socket into a tunnel (at most the stream's send
 /// capacity at that moment).
@@ -233,29 +233,37 @@ async fn tcp_to_tunnel(
             }
         };
         let mut buf = take_chunk();
-        match src.try_read_buf(&mut (&mut buf).limit(cap)) {
-            Ok(0) => {
+        match read_until_drained(src, &mut buf, cap) {
+            Ok((0, _)) => {
                 give_back(buf);
                 send.send_data(Bytes::new(), true).map_err(to_io)?;
                 return Ok(());
             }
-            Ok(n) => {
+            Ok((n, drained)) => {
                 moved.fetch_add(n as u64, Relaxed);
                 let data = Bytes::from_owner(ReadChunk(Some(buf)));
                 send.send_data(data, false).map_err(to_io)?;
+                if drained {
+                    give_back_capacity(send);
+                }
             }
             Err(e) => {
                 give_back(buf);
                 match e.kind() {
-                    // Drained: the capacity goes back to the connection, which its other
-                    // tunnels share (held by idle tunnels, it would starve them).
-                    io::ErrorKind::WouldBlock => send.reserve_capacity(0),
+                    io::ErrorKind::WouldBlock => give_back_capacity(send),
                     io::ErrorKind::Interrupted => {}
                     _ => return Err(e),
                 }
             }
         }
     }
+}
+
+/// Once the socket is drained, the stream keeps send capacity only for what it has queued:
+/// the rest goes back to the connection, which its other tunnels share (held by idle
+/// tunnels, it would starve them).
+fn give_back_capacity(send: &mut SendStream<Bytes>) {
+    send.reserve_capacity(0);
 }
 
 async fn tunnel_to_tcp(

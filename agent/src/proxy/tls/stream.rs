@@ -135,6 +135,10 @@ impl TlsStream {
             updates_in_a_row: 0,
         };
         if !leftover.is_empty() {
+            // rustls stops at the first incomplete record: less than one record is left.
+            if leftover.len() > BUF {
+                return Err(Error::PeerSentOversizedRecord);
+            }
             let mut buf = take_buf();
             buf[..leftover.len()].copy_from_slice(leftover);
             rx.end = leftover.len();
@@ -513,7 +517,7 @@ impl AsyncRead for TlsStream {
             Err(ReadFail::Tls(e)) => return Poll::Ready(Err(this.fail(cx, e))),
             Err(ReadFail::Io(e)) => return Poll::Ready(Err(e)),
         }
-        if this.tx.update_due {
+        if this.tx.update_due && !this.tx.closing {
             // Answer the peer's KeyUpdate now if the sending side has room (else before the
             // next write).
             if let Poll::Ready(Err(e)) = this.poll_keys(cx) {

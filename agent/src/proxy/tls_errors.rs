@@ -1,6 +1,7 @@
 //! Classifying TLS failures into the bounded `reason` label of `hbone_rejected_total`.
 
-/// The reason for a failed handshake, from the error rustls (via tokio-rustls) returned.
+/// The reason for a failed handshake, from the I/O error the handshake returned (wrapping
+/// the `rustls::Error`, as `proxy::tls` and tokio-rustls both report it).
 pub fn reason(e: &std::io::Error) -> &'static str {
     let Some(inner) = e.get_ref() else {
         return "handshake";

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use rustls::pki_types::ServerName;
+use rustls::{pki_types::ServerName, ClientConfig, ServerConfig};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -75,6 +75,13 @@ fn name() -> ServerName<'static> {
     ServerName::try_from("hbone.meshd.local").expect("name")
 }
 
+/// The server's and the client's configurations (the client expects the server).
+fn configs(pki: &Pki) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+    let sc = server_config(pki.mgr.clone(), server_id()).expect("server config");
+    let cc = client_config(pki.mgr.clone(), client_id(), server_id()).expect("client config");
+    (sc, cc)
+}
+
 async fn tcp_pair() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -91,8 +98,7 @@ async fn within<F: std::future::Future>(f: F) -> F::Output {
 /// Our client against a tokio-rustls server.
 async fn ours_to_rustls(pki: &Pki) -> (TlsStream, tokio_rustls::server::TlsStream<TcpStream>) {
     let (c, s) = tcp_pair().await;
-    let sc = server_config(pki.mgr.clone(), server_id()).expect("server config");
-    let cc = client_config(pki.mgr.clone(), client_id(), server_id()).expect("client config");
+    let (sc, cc) = configs(pki);
     let (ours, theirs) = within(async {
         tokio::join!(
             connect(cc, name(), c),
@@ -109,8 +115,7 @@ async fn ours_to_rustls(pki: &Pki) -> (TlsStream, tokio_rustls::server::TlsStrea
 /// A tokio-rustls client against our server.
 async fn rustls_to_ours(pki: &Pki) -> (tokio_rustls::client::TlsStream<TcpStream>, TlsStream) {
     let (c, s) = tcp_pair().await;
-    let sc = server_config(pki.mgr.clone(), server_id()).expect("server config");
-    let cc = client_config(pki.mgr.clone(), client_id(), server_id()).expect("client config");
+    let (sc, cc) = configs(pki);
     let (theirs, ours) = within(async {
         tokio::join!(
             tokio_rustls::TlsConnector::from(cc).connect(name(), c),
@@ -207,8 +212,7 @@ async fn a_rustls_client_and_our_server_exchange_bytes_and_close_cleanly() {
 async fn our_two_sides_exchange_vectored_writes_and_hold_no_buffer_when_idle() {
     let pki = pki();
     let (c, s) = tcp_pair().await;
-    let sc = server_config(pki.mgr.clone(), server_id()).expect("server config");
-    let cc = client_config(pki.mgr.clone(), client_id(), server_id()).expect("client config");
+    let (sc, cc) = configs(&pki);
     let (client, server) =
         within(async { tokio::join!(connect(cc, name(), c), accept(sc, s)) }).await;
     let (mut client, mut server) = (client.expect("client"), server.expect("server"));
@@ -319,8 +323,7 @@ async fn a_changed_byte_on_the_wire_ends_the_session_with_bad_record_mac() {
     let (r2, s) = tcp_pair().await;
     let tamper = Arc::new(AtomicBool::new(false));
     tokio::spawn(tampering_relay(r1, r2, tamper.clone()));
-    let sc = server_config(pki.mgr.clone(), server_id()).expect("server config");
-    let cc = client_config(pki.mgr.clone(), client_id(), server_id()).expect("client config");
+    let (sc, cc) = configs(&pki);
     let (ours, theirs) = within(async {
         tokio::join!(
             connect(cc, name(), c),

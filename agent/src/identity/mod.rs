@@ -21,7 +21,7 @@ mod manager;
 mod tls;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 // Not all of these are used by the binary yet (the CLI and the proxy wire them next).
 #[allow(unused_imports)]

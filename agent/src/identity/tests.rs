@@ -19,11 +19,11 @@ use super::*;
 
 const TD: &str = "cluster.local";
 
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+/// A directory under the system temp dir, removed on drop (also for other modules' tests).
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> TempDir {
+    pub(crate) fn new() -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -38,7 +38,7 @@ impl TempDir {
         TempDir(dir)
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }

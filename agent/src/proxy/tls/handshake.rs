@@ -90,7 +90,31 @@ impl Handshaking for UnbufferedServerConnection {
     }
 }
 
-impl Session for KernelConnection<ClientConnectionData> {
+/// What a side does with a NewSessionTicket: a client keeps it (in rustls' store), a
+/// server never gets one.
+trait Tickets: Sized {
+    fn new_session_ticket(conn: &mut KernelConnection<Self>, payload: &[u8]) -> Result<(), Error>;
+}
+
+impl Tickets for ClientConnectionData {
+    fn new_session_ticket(conn: &mut KernelConnection<Self>, payload: &[u8]) -> Result<(), Error> {
+        conn.handle_new_session_ticket(payload)
+    }
+}
+
+impl Tickets for ServerConnectionData {
+    fn new_session_ticket(_: &mut KernelConnection<Self>, _: &[u8]) -> Result<(), Error> {
+        Err(Error::InappropriateHandshakeMessage {
+            expect_types: vec![rustls::HandshakeType::KeyUpdate],
+            got_type: rustls::HandshakeType::NewSessionTicket,
+        })
+    }
+}
+
+impl<D: Tickets> Session for KernelConnection<D>
+where
+    KernelConnection<D>: Send + Sync,
+{
     fn update_tx(&mut self) -> Result<(u64, rustls::ConnectionTrafficSecrets), Error> {
         self.update_tx_secret()
     }
@@ -98,25 +122,7 @@ impl Session for KernelConnection<ClientConnectionData> {
         self.update_rx_secret()
     }
     fn new_session_ticket(&mut self, payload: &[u8]) -> Result<(), Error> {
-        self.handle_new_session_ticket(payload)
-    }
-    fn suite(&self) -> rustls::SupportedCipherSuite {
-        self.negotiated_cipher_suite()
-    }
-}
-
-impl Session for KernelConnection<ServerConnectionData> {
-    fn update_tx(&mut self) -> Result<(u64, rustls::ConnectionTrafficSecrets), Error> {
-        self.update_tx_secret()
-    }
-    fn update_rx(&mut self) -> Result<(u64, rustls::ConnectionTrafficSecrets), Error> {
-        self.update_rx_secret()
-    }
-    fn new_session_ticket(&mut self, _: &[u8]) -> Result<(), Error> {
-        Err(Error::InappropriateHandshakeMessage {
-            expect_types: vec![rustls::HandshakeType::KeyUpdate],
-            got_type: rustls::HandshakeType::NewSessionTicket,
-        })
+        D::new_session_ticket(self, payload)
     }
     fn suite(&self) -> rustls::SupportedCipherSuite {
         self.negotiated_cipher_suite()

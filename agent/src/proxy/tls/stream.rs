@@ -332,9 +332,7 @@ impl TlsStream {
 impl Drop for TlsStream {
     fn drop(&mut self) {
         self.rx.release();
-        if let Some(buf) = self.tx.buf.take() {
-            give_buf(buf);
-        }
+        self.tx.release();
     }
 }
 
@@ -379,11 +377,16 @@ impl Sender {
                 self.written += n;
             }
         }
+        self.release();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Nothing in flight: the buffer goes back to the pool.
+    fn release(&mut self) {
         if let Some(buf) = self.buf.take() {
             give_buf(buf);
         }
         (self.written, self.filled) = (0, 0);
-        Poll::Ready(Ok(()))
     }
 
     /// Ready when `need` bytes can be sealed (after writing out what is there, if not).

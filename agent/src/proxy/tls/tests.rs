@@ -4,9 +4,8 @@
 
 use std::{
     io::IoSlice,
-    path::PathBuf,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
     time::Duration,
@@ -20,32 +19,12 @@ use tokio::{
 
 use super::{accept, connect, stream::TlsStream};
 use crate::identity::{
-    client_config, init, server_config, CertManager, Identity, IssuerFiles, DEFAULT_LEAF_TTL,
+    client_config, init, server_config, tests::TempDir, CertManager, Identity, IssuerFiles,
+    DEFAULT_LEAF_TTL,
 };
 use crate::proxy::tls_errors;
 
 const TD: &str = "cluster.local";
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "meshd-tls-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A trust anchor, an issuer and a certificate manager.
 struct Pki {
@@ -55,8 +34,8 @@ struct Pki {
 
 fn pki() -> Pki {
     let dir = TempDir::new();
-    init(&dir.0, TD, false).expect("identity init");
-    let mgr = CertManager::load(&IssuerFiles::in_dir(&dir.0), DEFAULT_LEAF_TTL).expect("load");
+    init(dir.path(), TD, false).expect("identity init");
+    let mgr = CertManager::load(&IssuerFiles::in_dir(dir.path()), DEFAULT_LEAF_TTL).expect("load");
     Pki {
         _dir: dir,
         mgr: Arc::new(mgr),

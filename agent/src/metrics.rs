@@ -1,13 +1,13 @@
 //! Prometheus metrics (OpenMetrics text at the admin `/metrics`), named like Linkerd's proxy
 //! where Linkerd has a metric for the same thing.
 
+use std::sync::{Arc, Mutex};
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-
-use crate::telemetry::RequestEvent;
 
 /// Linkerd's `response_latency_ms` buckets.
 const LATENCY_BUCKETS_MS: [f64; 25] = [
@@ -57,33 +57,6 @@ pub struct ErrorLabels {
     /// `invalid_request` (unparseable or ambiguous framing, e.g. request smuggling),
     /// `upstream_unavailable`.
     pub error: &'static str,
-}
-
-impl TrafficLabels {
-    pub fn of_request(ev: &RequestEvent) -> TrafficLabels {
-        let outbound = ev.direction == crate::proxy::Direction::Outbound;
-        TrafficLabels {
-            direction: ev.direction.as_str(),
-            namespace: ev.namespace.clone(),
-            pod: ev.pod.clone(),
-            deployment: ev.deployment.clone(),
-            tls: if ev.tls { "true" } else { "no_identity" },
-            client_id: ev.client_id.clone().filter(|_| !outbound),
-            server_id: ev.server_id.clone().filter(|_| outbound),
-            dst_namespace: ev
-                .peer
-                .as_ref()
-                .filter(|_| outbound)
-                .map(|p| p.namespace.clone()),
-            dst_deployment: ev
-                .peer
-                .as_ref()
-                .filter(|_| outbound)
-                .map(|p| p.deployment.clone()),
-            dst_pod: ev.peer.as_ref().filter(|_| outbound).map(|p| p.pod.clone()),
-            dst_service: ev.service.clone().filter(|_| outbound),
-        }
-    }
 }
 
 /// Why a mutual-TLS (HBONE) connection or tunnel was refused.
@@ -211,25 +184,13 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one finished request.
-    pub fn request(&self, ev: &RequestEvent) {
-        let traffic = TrafficLabels::of_request(ev);
-        self.request_total.get_or_create(&traffic).inc();
-        if ev.status != 0 {
-            self.response_total
-                .get_or_create(&ResponseLabels {
-                    traffic: traffic.clone(),
-                    status_code: ev.status,
-                    classification: if ev.success { "success" } else { "failure" },
-                    grpc_status: ev.grpc_status,
-                })
-                .inc();
-            self.response_latency_ms
-                .get_or_create(&LatencyLabels {
-                    traffic,
-                    status_code: ev.status,
-                })
-                .observe(ev.latency_ms);
+    /// The request series of one connection's traffic labels, looked up once.
+    pub fn requests(self: &Arc<Self>, traffic: TrafficLabels) -> RequestSeries {
+        RequestSeries {
+            request_total: self.request_total.get_or_create(&traffic).clone(),
+            responses: Mutex::new(Vec::new()),
+            metrics: self.clone(),
+            traffic,
         }
     }
 
@@ -274,6 +235,69 @@ impl Metrics {
     }
 }
 
+/// The request metrics of one connection. Its traffic labels do not change while it is
+/// open, so the series are looked up in the families once (and once per new response
+/// class) instead of hashing every label on every request. The handles share their values
+/// with the families, which never drop a series.
+pub struct RequestSeries {
+    traffic: TrafficLabels,
+    request_total: Counter,
+    /// By (status, success, gRPC status): `response_total` and `response_latency_ms`.
+    responses: Mutex<Vec<(ResponseClass, Counter, Histogram)>>,
+    metrics: Arc<Metrics>,
+}
+
+/// What a response is counted by, besides its connection's traffic labels.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ResponseClass {
+    pub status_code: u16,
+    pub success: bool,
+    pub grpc_status: Option<u32>,
+}
+
+/// Response classes remembered per connection; a connection that sees more still counts
+/// every response, looking the rest up in the families.
+const CLASSES_PER_CONNECTION: usize = 8;
+
+impl RequestSeries {
+    /// Counts one finished request: with `None`, one that failed without a response.
+    pub fn record(&self, response: Option<(ResponseClass, f64)>) {
+        self.request_total.inc();
+        let Some((class, latency_ms)) = response else {
+            return;
+        };
+        let mut cached = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, total, latency)) = cached.iter().find(|(c, _, _)| *c == class) {
+            total.inc();
+            latency.observe(latency_ms);
+            return;
+        }
+        let total = self
+            .metrics
+            .response_total
+            .get_or_create(&ResponseLabels {
+                traffic: self.traffic.clone(),
+                status_code: class.status_code,
+                classification: if class.success { "success" } else { "failure" },
+                grpc_status: class.grpc_status,
+            })
+            .clone();
+        let latency = self
+            .metrics
+            .response_latency_ms
+            .get_or_create(&LatencyLabels {
+                traffic: self.traffic.clone(),
+                status_code: class.status_code,
+            })
+            .clone();
+        total.inc();
+        latency.observe(latency_ms);
+        if cached.len() < CLASSES_PER_CONNECTION {
+            cached.push((class, total, latency));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,5 +319,93 @@ mod tests {
         );
         assert!(text.contains("identity_cert_expiration_timestamp_seconds{identity=\"spiffe://cluster.local/ns/default/sa/web\"} 1800000000"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    fn traffic(pod: &str) -> TrafficLabels {
+        TrafficLabels {
+            direction: "inbound",
+            namespace: "default".into(),
+            pod: pod.into(),
+            deployment: "web".into(),
+            tls: "true",
+            client_id: Some("spiffe://cluster.local/ns/default/sa/curl".into()),
+            server_id: None,
+            dst_namespace: None,
+            dst_deployment: None,
+            dst_pod: None,
+            dst_service: None,
+        }
+    }
+
+    fn line_value(text: &str, starts: &str, contains: &[&str]) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(starts) && contains.iter().all(|c| l.contains(c)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn connection_series_count_into_the_families() {
+        let m = Arc::new(Metrics::default());
+        // Two connections of one workload, and one of another.
+        let (a, b, c) = (
+            m.requests(traffic("web-1")),
+            m.requests(traffic("web-1")),
+            m.requests(traffic("web-2")),
+        );
+        let class = |status_code, grpc_status: Option<u32>| ResponseClass {
+            status_code,
+            success: status_code < 500 && grpc_status.is_none_or(|g| g == 0),
+            grpc_status,
+        };
+        for _ in 0..3 {
+            a.record(Some((class(200, None), 4.0)));
+        }
+        b.record(Some((class(200, None), 40.0)));
+        b.record(Some((class(503, None), 1.0)));
+        b.record(None);
+        // More response classes than a connection remembers: each is still counted.
+        for g in 0..12 {
+            c.record(Some((class(200, Some(g)), 1.0)));
+            c.record(Some((class(200, Some(g)), 1.0)));
+        }
+        let text = m.encode();
+        let web1 = "pod=\"web-1\"";
+        assert_eq!(
+            line_value(&text, "request_total{", &[web1]),
+            Some(6.0),
+            "{text}"
+        );
+        assert_eq!(
+            line_value(&text, "request_total{", &["pod=\"web-2\""]),
+            Some(24.0)
+        );
+        let ok = ["status_code=\"200\"", "classification=\"success\"", web1];
+        assert_eq!(line_value(&text, "response_total{", &ok), Some(4.0));
+        let failed = ["status_code=\"503\"", "classification=\"failure\"", web1];
+        assert_eq!(line_value(&text, "response_total{", &failed), Some(1.0));
+        for g in 0..12 {
+            let grpc = format!("grpc_status=\"{g}\"");
+            let want = [grpc.as_str(), "pod=\"web-2\""];
+            assert_eq!(
+                line_value(&text, "response_total{", &want),
+                Some(2.0),
+                "grpc {g}"
+            );
+        }
+        let latency = ["status_code=\"200\"", web1];
+        assert_eq!(
+            line_value(&text, "response_latency_ms_count{", &latency),
+            Some(4.0)
+        );
+        assert_eq!(
+            line_value(&text, "response_latency_ms_sum{", &latency),
+            Some(52.0)
+        );
+        let le5 = ["status_code=\"200\"", web1, "le=\"5.0\""];
+        assert_eq!(
+            line_value(&text, "response_latency_ms_bucket{", &le5),
+            Some(3.0)
+        );
     }
 }

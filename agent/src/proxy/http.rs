@@ -23,8 +23,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{detect::Protocol, ProxyContext};
+use crate::metrics::TrafficLabels;
 use crate::proxy::Direction;
-use crate::telemetry::{PeerWorkload, RequestEvent};
+use crate::telemetry::{Finished, PeerWorkload, RequestEvent, RequestReporter};
 
 /// What is known about the connection the requests travel on.
 #[derive(Clone)]
@@ -38,6 +39,28 @@ pub struct HttpMeta {
     pub tls: bool,
     pub client_id: Option<String>,
     pub server_id: Option<String>,
+}
+
+impl HttpMeta {
+    /// The labels of the connection's metrics (Linkerd's: `dst_*` and `server_id` outbound,
+    /// `client_id` inbound).
+    pub fn traffic_labels(&self) -> TrafficLabels {
+        let outbound = self.direction == Direction::Outbound;
+        let peer = self.peer.as_ref().filter(|_| outbound);
+        TrafficLabels {
+            direction: self.direction.as_str(),
+            namespace: self.namespace.clone(),
+            pod: self.pod.clone(),
+            deployment: self.deployment.clone(),
+            tls: if self.tls { "true" } else { "no_identity" },
+            client_id: self.client_id.clone().filter(|_| !outbound),
+            server_id: self.server_id.clone().filter(|_| outbound),
+            dst_namespace: peer.map(|p| p.namespace.clone()),
+            dst_deployment: peer.map(|p| p.deployment.clone()),
+            dst_pod: peer.map(|p| p.pod.clone()),
+            dst_service: self.service.clone().filter(|_| outbound),
+        }
+    }
 }
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -68,6 +91,7 @@ impl Sender {
 pub async fn proxy<C, U>(
     ctx: Arc<ProxyContext>,
     meta: Arc<HttpMeta>,
+    reporter: Arc<RequestReporter>,
     protocol: Protocol,
     client: C,
     upstream: U,
@@ -102,8 +126,9 @@ where
     let service = {
         let (ctx, meta) = (ctx.clone(), meta.clone());
         hyper::service::service_fn(move |req| {
-            let (ctx, meta, sender) = (ctx.clone(), meta.clone(), sender.clone());
-            async move { Ok::<_, Infallible>(forward(ctx, meta, sender, req).await) }
+            let (ctx, meta) = (ctx.clone(), meta.clone());
+            let (reporter, sender) = (reporter.clone(), sender.clone());
+            async move { Ok::<_, Infallible>(forward(ctx, meta, reporter, sender, req).await) }
         })
     };
     let served = match protocol {
@@ -146,8 +171,13 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 /// Removes hop-by-hop headers, and those named by `Connection`; an upgrade keeps
-/// `Connection: upgrade` and `Upgrade`. `TE: trailers` (gRPC) passes.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+/// `Connection: upgrade` and `Upgrade`. `TE: trailers` (gRPC) passes. An HTTP/2 message
+/// has none to remove: `h2` refuses a received message with any of them (RFC 9113
+/// §8.2.2), so it is not searched.
+fn strip_hop_by_hop(version: Version, headers: &mut HeaderMap, upgrade: bool) {
+    if version == Version::HTTP_2 {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -208,54 +238,83 @@ fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 
 /// The parts of a request's report known before the response.
 struct Pending {
+    reporter: Arc<RequestReporter>,
     meta: Arc<HttpMeta>,
-    method: String,
-    authority: String,
-    path: String,
-    version: String,
+    /// Kept only while someone taps.
+    tapped: Option<TapFields>,
     started: Instant,
     is_grpc: bool,
 }
 
+/// What a request's tap event shows of the request itself.
+struct TapFields {
+    method: String,
+    authority: String,
+    path: String,
+    version: String,
+}
+
+impl TapFields {
+    fn of<B>(req: &Request<B>) -> TapFields {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(String::from)
+            })
+            .unwrap_or_default();
+        TapFields {
+            method: req.method().to_string(),
+            authority,
+            path: req.uri().path().to_string(),
+            version: format!("{:?}", req.version()),
+        }
+    }
+}
+
 impl Pending {
-    fn finish(
-        &self,
-        ctx: &ProxyContext,
-        status: u16,
-        grpc: Option<u32>,
-        latency_ms: f64,
-        error: Option<String>,
-    ) {
+    fn finish(&self, status: u16, grpc: Option<u32>, latency_ms: f64, error: Option<String>) {
         let grpc = if self.is_grpc && status == 200 {
             grpc.or(Some(2))
         } else {
             grpc
         };
-        let success = status != 0 && status < 500 && grpc.is_none_or(|g| g == 0) && error.is_none();
-        let m = &self.meta;
-        ctx.telemetry.request(RequestEvent {
-            at_unix_ms: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or_default(),
-            direction: m.direction,
-            namespace: m.namespace.clone(),
-            pod: m.pod.clone(),
-            deployment: m.deployment.clone(),
-            peer: m.peer.clone(),
-            service: m.service.clone(),
-            tls: m.tls,
-            client_id: m.client_id.clone(),
-            server_id: m.server_id.clone(),
-            method: self.method.clone(),
-            authority: self.authority.clone(),
-            path: self.path.clone(),
-            version: self.version.clone(),
+        let done = Finished {
             status,
             grpc_status: grpc,
-            success,
+            success: status != 0 && status < 500 && grpc.is_none_or(|g| g == 0) && error.is_none(),
             latency_ms,
-            error,
+        };
+        self.reporter.finish(&done, || {
+            let (m, t) = (&self.meta, self.tapped.as_ref()?);
+            Some(RequestEvent {
+                at_unix_ms: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or_default(),
+                direction: m.direction,
+                namespace: m.namespace.clone(),
+                pod: m.pod.clone(),
+                deployment: m.deployment.clone(),
+                peer: m.peer.clone(),
+                service: m.service.clone(),
+                tls: m.tls,
+                client_id: m.client_id.clone(),
+                server_id: m.server_id.clone(),
+                method: t.method.clone(),
+                authority: t.authority.clone(),
+                path: t.path.clone(),
+                version: t.version.clone(),
+                status,
+                grpc_status: grpc,
+                success: done.success,
+                latency_ms,
+                error,
+            })
         });
     }
 }
@@ -269,26 +328,14 @@ fn empty(status: StatusCode) -> Response<ProxyBody> {
 async fn forward(
     ctx: Arc<ProxyContext>,
     meta: Arc<HttpMeta>,
+    reporter: Arc<RequestReporter>,
     sender: Arc<Sender>,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(String::from)
-        })
-        .unwrap_or_default();
     let pending = Pending {
+        tapped: reporter.tapped().then(|| TapFields::of(&req)),
+        reporter,
         meta: meta.clone(),
-        method: req.method().to_string(),
-        authority,
-        path: req.uri().path().to_string(),
-        version: format!("{:?}", req.version()),
         started: Instant::now(),
         is_grpc: req
             .headers()
@@ -298,7 +345,7 @@ async fn forward(
     };
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    strip_hop_by_hop(req.headers_mut(), upgrade);
+    strip_hop_by_hop(req.version(), req.headers_mut(), upgrade);
     let mut resp = match sender.send(req).await {
         Ok(r) => r,
         Err(e) => {
@@ -310,7 +357,7 @@ async fn forward(
                 "upstream_unavailable",
             );
             tracing::info!(direction = meta.direction.as_str(), pod = %meta.pod, error = %e, "upstream failed the request");
-            pending.finish(&ctx, 502, None, latency, Some(e.to_string()));
+            pending.finish(502, None, latency, Some(e.to_string()));
             return empty(StatusCode::BAD_GATEWAY);
         }
     };
@@ -325,32 +372,47 @@ async fn forward(
                     tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
             }
         });
-        pending.finish(&ctx, status, None, latency, None);
+        pending.finish(status, None, latency, None);
         let (parts, _) = resp.into_parts();
         return Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed());
     }
-    strip_hop_by_hop(resp.headers_mut(), false);
+    strip_hop_by_hop(resp.version(), resp.headers_mut(), false);
     let header_grpc = grpc_status(resp.headers());
     let (parts, body) = resp.into_parts();
     let observed = Observed {
         inner: body,
-        report: Some(Box::new(
-            move |trailers_grpc: Option<u32>, error: Option<String>| {
-                pending.finish(&ctx, status, trailers_grpc.or(header_grpc), latency, error)
-            },
-        )),
+        report: Some(Answered {
+            pending,
+            status,
+            header_grpc,
+            latency_ms: latency,
+        }),
         grpc: None,
     };
     Response::from_parts(parts, observed.boxed())
 }
 
-type Report = Box<dyn FnOnce(Option<u32>, Option<String>) + Send + Sync>;
+/// A request whose response headers came: reported when the body ends.
+struct Answered {
+    pending: Pending,
+    status: u16,
+    header_grpc: Option<u32>,
+    latency_ms: f64,
+}
+
+impl Answered {
+    fn finish(self, trailers_grpc: Option<u32>, error: Option<String>) {
+        let grpc = trailers_grpc.or(self.header_grpc);
+        self.pending
+            .finish(self.status, grpc, self.latency_ms, error);
+    }
+}
 
 /// A response body that reports the request when it ends (with the gRPC status from the
 /// trailers), or when it is dropped before the end.
 struct Observed {
     inner: Incoming,
-    report: Option<Report>,
+    report: Option<Answered>,
     grpc: Option<u32>,
 }
 
@@ -359,7 +421,7 @@ impl Drop for Observed {
         if let Some(report) = self.report.take() {
             let error =
                 (!self.inner.is_end_stream()).then(|| "response body cancelled".to_string());
-            report(self.grpc, error);
+            report.finish(self.grpc, error);
         }
     }
 }
@@ -381,12 +443,12 @@ impl Body for Observed {
             }
             Poll::Ready(Some(Err(e))) => {
                 if let Some(report) = self.report.take() {
-                    report(self.grpc, Some(e.to_string()));
+                    report.finish(self.grpc, Some(e.to_string()));
                 }
             }
             Poll::Ready(None) => {
                 if let Some(report) = self.report.take() {
-                    report(self.grpc, None);
+                    report.finish(self.grpc, None);
                 }
             }
             Poll::Pending => {}
@@ -418,7 +480,7 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(Version::HTTP_11, &mut h, false);
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
@@ -427,7 +489,7 @@ mod tests {
         let mut up = HeaderMap::new();
         up.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         up.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        strip_hop_by_hop(&mut up, true);
+        strip_hop_by_hop(Version::HTTP_11, &mut up, true);
         assert_eq!(up.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(up.get(header::CONNECTION).unwrap(), "upgrade");
     }

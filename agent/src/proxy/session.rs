@@ -19,7 +19,6 @@ use super::{
     http::{self, HttpMeta},
     ProxyContext,
 };
-use crate::metrics::TrafficLabels;
 
 /// How a connection is to be handled.
 pub struct Session {
@@ -30,49 +29,20 @@ pub struct Session {
     pub opaque: bool,
 }
 
-fn labels(m: &HttpMeta) -> TrafficLabels {
-    let outbound = m.direction == super::Direction::Outbound;
-    TrafficLabels {
-        direction: m.direction.as_str(),
-        namespace: m.namespace.clone(),
-        pod: m.pod.clone(),
-        deployment: m.deployment.clone(),
-        tls: if m.tls { "true" } else { "no_identity" },
-        client_id: m.client_id.clone().filter(|_| !outbound),
-        server_id: m.server_id.clone().filter(|_| outbound),
-        dst_namespace: m
-            .peer
-            .as_ref()
-            .filter(|_| outbound)
-            .map(|p| p.namespace.clone()),
-        dst_deployment: m
-            .peer
-            .as_ref()
-            .filter(|_| outbound)
-            .map(|p| p.deployment.clone()),
-        dst_pod: m.peer.as_ref().filter(|_| outbound).map(|p| p.pod.clone()),
-        dst_service: m.service.clone().filter(|_| outbound),
-    }
-}
-
 /// Runs the connection to its end.
 pub async fn run<C, U>(ctx: &Arc<ProxyContext>, s: Session, client: C, upstream: U)
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + Reset + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + Reset + 'static,
 {
-    let tcp = labels(&s.meta);
+    let tcp = s.meta.traffic_labels();
     ctx.telemetry.metrics.tcp_open(&tcp);
     let m = &s.meta;
-    let stat_key = (
-        m.direction.as_str(),
-        m.namespace.clone(),
-        m.deployment.clone(),
-        m.pod.clone(),
-    );
-    ctx.telemetry
-        .stats
-        .tcp(stat_key.0, &stat_key.1, &stat_key.2, &stat_key.3, 1);
+    let stats =
+        ctx.telemetry
+            .stats
+            .workload(m.direction.as_str(), &m.namespace, &m.deployment, &m.pod);
+    stats.tcp(1);
     let client = Counted::new(client);
     let counts = client.counts.clone();
     if s.opaque {
@@ -88,8 +58,9 @@ where
                     .close(s.id, 0, 0, Some(format!("refused: {why}")));
             }
             http => {
-                let result =
-                    http::proxy(ctx.clone(), Arc::new(s.meta), http, client, upstream).await;
+                let reporter = Arc::new(ctx.telemetry.requests(tcp.clone(), stats.clone()));
+                let meta = Arc::new(s.meta);
+                let result = http::proxy(ctx.clone(), meta, reporter, http, client, upstream).await;
                 let (read, written) = counts.get();
                 ctx.connections.close(s.id, read, written, result.err());
             }
@@ -97,9 +68,7 @@ where
     }
     let (read, written) = counts.get();
     ctx.telemetry.metrics.tcp_close(&tcp, read, written);
-    ctx.telemetry
-        .stats
-        .tcp(stat_key.0, &stat_key.1, &stat_key.2, &stat_key.3, -1);
+    stats.tcp(-1);
 }
 
 /// Answers 400 and closes: nothing of the request reaches the upstream.

@@ -4,13 +4,11 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    sync::Mutex,
+    sync::{Arc, Mutex, MutexGuard},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
-
-use super::RequestEvent;
 
 /// The longest window `meshd stat` can ask for.
 pub const MAX_WINDOW_SECS: u64 = 60;
@@ -42,7 +40,16 @@ struct Workload {
 
 #[derive(Default)]
 pub struct Stats {
-    inner: Mutex<BTreeMap<Key, Workload>>,
+    inner: Mutex<BTreeMap<Key, WorkloadStats>>,
+}
+
+/// One workload's row, held by each of its connections so that recording a request
+/// locks only this row, without looking it up.
+#[derive(Clone, Default)]
+pub struct WorkloadStats(Arc<Mutex<Workload>>);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One row of `meshd stat`.
@@ -81,21 +88,11 @@ fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     sorted.get(rank.min(sorted.len()) - 1).copied()
 }
 
-impl Stats {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Workload>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn record(&self, ev: &RequestEvent) {
-        let key = Key {
-            direction: ev.direction.as_str(),
-            namespace: ev.namespace.clone(),
-            deployment: ev.deployment.clone(),
-            pod: ev.pod.clone(),
-        };
+impl WorkloadStats {
+    /// Counts one finished request; `latency_ms` is `None` when it got no response.
+    pub fn request(&self, success: bool, latency_ms: Option<f64>) {
         let now = now_secs();
-        let mut inner = self.lock();
-        let w = inner.entry(key).or_default();
+        let mut w = lock(&self.0);
         if w.buckets.back().is_none_or(|b| b.second != now) {
             w.buckets.push_back(Bucket {
                 second: now,
@@ -112,39 +109,48 @@ impl Stats {
         w.requests_total += 1;
         if let Some(b) = w.buckets.back_mut() {
             b.requests += 1;
-            b.successes += u64::from(ev.success);
-            if ev.status != 0 && b.latencies_ms.len() < SAMPLES_PER_BUCKET {
-                b.latencies_ms.push(ev.latency_ms);
+            b.successes += u64::from(success);
+            if let Some(latency_ms) =
+                latency_ms.filter(|_| b.latencies_ms.len() < SAMPLES_PER_BUCKET)
+            {
+                b.latencies_ms.push(latency_ms);
             }
         }
     }
 
     /// A TCP connection of this workload opened (`+1`) or closed (`-1`).
-    pub fn tcp(
+    pub fn tcp(&self, delta: i64) {
+        lock(&self.0).tcp_open += delta;
+    }
+}
+
+impl Stats {
+    /// The row of one workload (made when first asked for).
+    pub fn workload(
         &self,
         direction: &'static str,
         namespace: &str,
         deployment: &str,
         pod: &str,
-        delta: i64,
-    ) {
+    ) -> WorkloadStats {
         let key = Key {
             direction,
             namespace: namespace.to_string(),
             deployment: deployment.to_string(),
             pod: pod.to_string(),
         };
-        self.lock().entry(key).or_default().tcp_open += delta;
+        lock(&self.inner).entry(key).or_default().clone()
     }
 
     /// Every workload seen, over the last `window_secs` (1 to 60).
     pub fn rows(&self, window_secs: u64) -> Vec<StatRow> {
         let window = window_secs.clamp(1, MAX_WINDOW_SECS);
         let now = now_secs();
-        let inner = self.lock();
+        let inner = lock(&self.inner);
         inner
             .iter()
             .map(|(k, w)| {
+                let w = lock(&w.0);
                 // The current second is included; the window reaches back `window` seconds.
                 let recent = w.buckets.iter().filter(|b| b.second + window > now);
                 let (mut requests, mut successes, mut lat) = (0, 0, Vec::new());
@@ -179,47 +185,32 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::Direction;
-
-    fn ev(status: u16, latency_ms: f64) -> RequestEvent {
-        RequestEvent {
-            at_unix_ms: 0,
-            direction: Direction::Inbound,
-            namespace: "default".into(),
-            pod: "web-1".into(),
-            deployment: "web".into(),
-            peer: None,
-            service: None,
-            tls: true,
-            client_id: None,
-            server_id: None,
-            method: "GET".into(),
-            authority: "web".into(),
-            path: "/".into(),
-            version: "HTTP/1.1".into(),
-            status,
-            grpc_status: None,
-            success: status < 500,
-            latency_ms,
-            error: None,
-        }
-    }
 
     #[test]
     fn exact_rates_and_percentiles() {
         let s = Stats::default();
+        // Two connections of one workload share its row.
+        let (a, b) = (
+            s.workload("inbound", "default", "web", "web-1"),
+            s.workload("inbound", "default", "web", "web-1"),
+        );
         for i in 0..8 {
-            s.record(&ev(200, f64::from(i + 1)));
+            a.request(true, Some(f64::from(i + 1)));
         }
-        s.record(&ev(500, 50.0));
-        s.record(&ev(503, 100.0));
-        s.tcp("inbound", "default", "web", "web-1", 1);
+        b.request(false, Some(50.0));
+        b.request(false, Some(100.0));
+        // Failed without a response: counted, no latency.
+        b.request(false, None);
+        a.tcp(1);
+        b.tcp(1);
+        a.tcp(-1);
+        s.workload("outbound", "default", "web", "web-1").tcp(1);
         let rows = s.rows(10);
-        assert_eq!(rows.len(), 1);
-        let r = &rows[0];
-        assert_eq!((r.requests, r.successes), (10, 8));
-        assert_eq!(r.success_rate, Some(0.8));
-        assert!((r.rps - 1.0).abs() < 1e-9);
+        assert_eq!(rows.len(), 2);
+        let r = rows.iter().find(|r| r.direction == "inbound").unwrap();
+        assert_eq!((r.requests, r.successes, r.requests_total), (11, 8, 11));
+        assert_eq!(r.success_rate, Some(8.0 / 11.0));
+        assert!((r.rps - 1.1).abs() < 1e-9);
         assert_eq!(r.latency_ms_p50, Some(5.0));
         assert_eq!(r.latency_ms_p99, Some(100.0));
         assert_eq!(r.tcp_connections, 1);

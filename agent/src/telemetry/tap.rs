@@ -28,6 +28,11 @@ impl Tap {
         let _ = self.tx.send(ev);
     }
 
+    /// Whether anyone is tapping: a request's event is only made for a tap.
+    pub fn is_watched(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RequestEvent>> {
         self.tx.subscribe()
     }

@@ -90,3 +90,85 @@ impl RequestReporter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> TrafficLabels {
+        TrafficLabels {
+            direction: "inbound",
+            namespace: "default".into(),
+            pod: "web-1".into(),
+            deployment: "web".into(),
+            tls: "no_identity",
+            client_id: None,
+            server_id: None,
+            dst_namespace: None,
+            dst_deployment: None,
+            dst_pod: None,
+            dst_service: None,
+        }
+    }
+
+    fn event(path: &str) -> RequestEvent {
+        RequestEvent {
+            at_unix_ms: 0,
+            direction: crate::proxy::Direction::Inbound,
+            namespace: "default".into(),
+            pod: "web-1".into(),
+            deployment: "web".into(),
+            peer: None,
+            service: None,
+            tls: false,
+            client_id: None,
+            server_id: None,
+            method: "GET".into(),
+            authority: "web".into(),
+            path: path.into(),
+            version: "HTTP/1.1".into(),
+            status: 200,
+            grpc_status: None,
+            success: true,
+            latency_ms: 1.0,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn requests_are_counted_and_tapped_only_while_watched() {
+        let t = Arc::new(Telemetry::default());
+        let stats = t.stats.workload("inbound", "default", "web", "web-1");
+        let r = t.requests(labels(), stats);
+        let ok = Finished {
+            status: 200,
+            grpc_status: None,
+            success: true,
+            latency_ms: 1.0,
+        };
+        assert!(!r.tapped());
+        r.finish(&ok, || panic!("an event made with no tap open"));
+        let mut tap = t.tap.subscribe();
+        assert!(r.tapped());
+        r.finish(&ok, || Some(event("/one")));
+        // Started before the tap: counted, not shown.
+        r.finish(&ok, || None);
+        assert_eq!(
+            tap.try_recv().map(|e| e.path.clone()).ok().as_deref(),
+            Some("/one")
+        );
+        assert!(tap.try_recv().is_err());
+        let row = &t.stats.rows(60)[0];
+        assert_eq!((row.requests, row.successes), (3, 3));
+        let text = t.metrics.encode();
+        assert!(
+            text.contains("request_total{direction=\"inbound\""),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("request_total{") && l.ends_with(" 3")),
+            "{text}"
+        );
+    }
+}

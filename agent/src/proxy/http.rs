@@ -160,14 +160,14 @@ where
     }
 }
 
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, and those named by `Connection`; an upgrade keeps
@@ -175,7 +175,8 @@ const HOP_BY_HOP: [&str; 7] = [
 /// has none to remove: `h2` refuses a received message with any of them (RFC 9113
 /// §8.2.2), so it is not searched.
 fn strip_hop_by_hop(version: Version, headers: &mut HeaderMap, upgrade: bool) {
-    if version == Version::HTTP_2 {
+    // Most messages have none: one pass over the names instead of a lookup per name.
+    if version == Version::HTTP_2 || !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -198,7 +199,7 @@ fn strip_hop_by_hop(version: Version, headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if te_trailers {
@@ -492,5 +493,20 @@ mod tests {
         strip_hop_by_hop(Version::HTTP_11, &mut up, true);
         assert_eq!(up.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(up.get(header::CONNECTION).unwrap(), "upgrade");
+
+        // Each one alone is found (custom names too), and nothing else is touched.
+        for name in &HOP_BY_HOP {
+            let mut one = HeaderMap::new();
+            one.insert(name.clone(), HeaderValue::from_static("x"));
+            one.insert(header::HOST, HeaderValue::from_static("web"));
+            strip_hop_by_hop(Version::HTTP_11, &mut one, false);
+            assert!(one.get(name).is_none(), "{name} kept");
+            assert_eq!(one.len(), 1, "{name}");
+        }
+        let mut none = HeaderMap::new();
+        none.insert(header::HOST, HeaderValue::from_static("web"));
+        none.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(Version::HTTP_11, &mut none, false);
+        assert_eq!(none.len(), 2);
     }
 }

@@ -158,8 +158,11 @@ mod tests {
             Some("/one")
         );
         assert!(tap.try_recv().is_err());
+        drop(tap);
+        assert!(!r.tapped());
+        r.finish(&ok, || panic!("an event made after the tap closed"));
         let row = &t.stats.rows(60)[0];
-        assert_eq!((row.requests, row.successes), (3, 3));
+        assert_eq!((row.requests, row.successes), (4, 4));
         let text = t.metrics.encode();
         assert!(
             text.contains("request_total{direction=\"inbound\""),
@@ -167,7 +170,7 @@ mod tests {
         );
         assert!(
             text.lines()
-                .any(|l| l.starts_with("request_total{") && l.ends_with(" 3")),
+                .any(|l| l.starts_with("request_total{") && l.ends_with(" 4")),
             "{text}"
         );
     }

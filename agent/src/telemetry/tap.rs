@@ -2,9 +2,12 @@
 //! current subscribers. A slow subscriber loses events (and is told how many); it never
 //! slows the proxy down.
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicUsize, Ordering::Relaxed},
+    Arc,
+};
 
-use tokio::sync::broadcast;
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::RequestEvent;
 
@@ -12,12 +15,16 @@ const CAPACITY: usize = 4096;
 
 pub struct Tap {
     tx: broadcast::Sender<Arc<RequestEvent>>,
+    /// Open taps, counted here so that the proxy's check per request is one atomic load
+    /// (the channel's own count takes its lock).
+    watchers: Arc<AtomicUsize>,
 }
 
 impl Default for Tap {
     fn default() -> Self {
         Tap {
             tx: broadcast::channel(CAPACITY).0,
+            watchers: Arc::default(),
         }
     }
 }
@@ -30,11 +37,38 @@ impl Tap {
 
     /// Whether anyone is tapping: a request's event is only made for a tap.
     pub fn is_watched(&self) -> bool {
-        self.tx.receiver_count() > 0
+        self.watchers.load(Relaxed) > 0
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RequestEvent>> {
-        self.tx.subscribe()
+    pub fn subscribe(&self) -> Watch {
+        self.watchers.fetch_add(1, Relaxed);
+        Watch {
+            rx: self.tx.subscribe(),
+            watchers: self.watchers.clone(),
+        }
+    }
+}
+
+/// One open tap: the events published from its start on, until it is dropped.
+pub struct Watch {
+    rx: broadcast::Receiver<Arc<RequestEvent>>,
+    watchers: Arc<AtomicUsize>,
+}
+
+impl Watch {
+    pub async fn recv(&mut self) -> Result<Arc<RequestEvent>, RecvError> {
+        self.rx.recv().await
+    }
+
+    #[cfg(test)]
+    pub fn try_recv(&mut self) -> Result<Arc<RequestEvent>, broadcast::error::TryRecvError> {
+        self.rx.try_recv()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.watchers.fetch_sub(1, Relaxed);
     }
 }
 

@@ -7,6 +7,7 @@
 //! - TCP to TCP (plain pass-through, inbound delivery of plaintext): `splice(2)` through a
 //!   pipe, so the payload never enters user space. The pipe is taken from a small pool only
 //!   while bytes are in flight, so an idle connection holds neither a pipe nor a buffer.
+//!   Small messages are copied instead, which takes fewer system calls.
 //! - Anything else (an HBONE tunnel, a stream with detection bytes in front): a buffered
 //!   copy whose buffers are likewise taken from a pool only while data flows, so idle
 //!   connections cost no buffer memory.
@@ -14,7 +15,7 @@
 use std::{
     cell::RefCell,
     future::poll_fn,
-    io,
+    io::{self, Read},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     pin::Pin,
     sync::{
@@ -38,6 +39,8 @@ use super::{
 const BUF: usize = 64 * 1024;
 /// Idle buffers kept per worker thread for reuse.
 const BUF_POOL: usize = 16;
+/// Reads of at most this many bytes are copied, not spliced (see `splice_one`).
+const SMALL: usize = 16 * 1024;
 /// Bytes asked of one `splice` from a socket into an empty pipe.
 const SPLICE_CHUNK: usize = 1 << 20;
 /// Pipe capacity (`F_SETPIPE_SZ`, at most `fs.pipe-max-size`, 1 MiB by default); the kernel
@@ -197,10 +200,24 @@ async fn splice_bidirectional(
 }
 
 /// Moves `src`'s bytes to `dst` until `src` ends, then shuts down `dst`'s write half.
+///
+/// Small messages are copied: one `recv` and one `send`, where splicing costs three
+/// `splice` calls (in, out, and the one that finds the socket drained) and a pipe. A read
+/// that fills [`SMALL`] switches the direction to splicing, and a splice that moves less
+/// than that switches it back.
 async fn splice_one(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::Result<()> {
     let mut pipe: Option<Pipe> = None;
+    let mut bulk = false;
     loop {
         tokio::task::coop::consume_budget().await;
+        if !bulk {
+            match copy_small(src, dst, moved).await? {
+                Copied::Some { filled } => bulk = filled,
+                Copied::Nothing => {}
+                Copied::End => break,
+            }
+            continue;
+        }
         let p = match pipe.take() {
             Some(p) => p,
             None => {
@@ -208,11 +225,11 @@ async fn splice_one(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::
                 src.readable().await?;
                 match Pipe::take() {
                     Ok(p) => p,
-                    // Out of fds: this chunk goes through a buffer instead.
-                    Err(_) => match copy_chunk(src, dst, moved).await? {
-                        true => continue,
-                        false => break,
-                    },
+                    // Out of fds: copy until a pipe can be had again.
+                    Err(_) => {
+                        bulk = false;
+                        continue;
+                    }
                 }
             }
         };
@@ -251,26 +268,62 @@ async fn splice_one(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::
                 Err(e) => return Err(e),
             }
         }
-        pipe = Some(p);
+        if n < SMALL {
+            // The readiness stays as it is: a short splice may also mean a full pipe.
+            p.give_back();
+            bulk = false;
+        } else {
+            pipe = Some(p);
+        }
     }
     socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)
 }
 
-/// Without a pipe: one read and its writes through a temporary buffer. `false` at the end
-/// of `src`.
-async fn copy_chunk(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::Result<bool> {
+/// What one [`copy_small`] did.
+enum Copied {
+    /// Bytes went through; `filled` when the read filled [`SMALL`].
+    Some { filled: bool },
+    /// The readiness was stale: nothing to read.
+    Nothing,
+    /// `src` ended.
+    End,
+}
+
+/// Waits for `src`, then one read of at most [`SMALL`] bytes and its writes, through a
+/// pooled buffer held only meanwhile. A short read clears the socket's readiness, as in
+/// [`read_until_drained`].
+async fn copy_small(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::Result<Copied> {
+    src.readable().await?;
     let mut buf = Buffer::take();
-    let n = loop {
-        match src.try_read(&mut buf.0) {
-            Ok(n) => break n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => src.readable().await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    let mut got = None;
+    let result = src.try_io(Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(src)).read(&mut buf.0[..SMALL])?;
+        got = Some(n);
+        if n > 0 && n < SMALL {
+            // Short: drained. Reported as WouldBlock to tokio only, to clear readiness.
+            return Err(io::ErrorKind::WouldBlock.into());
         }
+        Ok(())
+    });
+    let copied = match (got, result) {
+        (Some(0), _) => Copied::End,
+        (Some(n), _) => {
+            write_all(dst, &buf.0[..n], moved).await?;
+            Copied::Some { filled: n == SMALL }
+        }
+        (None, Ok(())) => Copied::Nothing,
+        (None, Err(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Copied::Nothing
+        }
+        (None, Err(e)) => return Err(e),
     };
-    write_all(dst, &buf.0[..n], moved).await?;
     buf.give_back();
-    Ok(n > 0)
+    Ok(copied)
 }
 
 /// One read from `src` into the spare capacity of `buf` (at most `max` bytes), after the
@@ -611,6 +664,51 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn splice_relays_both_ways_with_half_close() {
         both_ways(true).await;
+    }
+
+    /// Request/response through the TCP relay, then a bulk transfer, then request/response
+    /// again: the relay copies the small messages and splices the bulk, and switching
+    /// between the two neither loses, reorders nor stalls anything (a read that cleared
+    /// the socket's readiness wrongly would leave an exchange waiting forever).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn splice_relay_switches_between_copying_and_splicing() {
+        let (client, a) = pair().await;
+        let (b, server) = pair().await;
+        let relay = spawn_relay(a, b, true);
+        let (mut client, mut server) = (client, server);
+        async fn exchanges(c: &mut TcpStream, s: &mut TcpStream, sizes: &[usize]) {
+            for (i, &n) in sizes.iter().enumerate() {
+                let ask = pattern(n + i);
+                c.write_all(&ask).await.unwrap();
+                let mut got = vec![0; ask.len()];
+                s.read_exact(&mut got).await.unwrap();
+                assert!(got == ask, "request {i} of {} bytes intact", ask.len());
+                let answer = pattern(2 * n + i);
+                s.write_all(&answer).await.unwrap();
+                let mut got = vec![0; answer.len()];
+                c.read_exact(&mut got).await.unwrap();
+                assert!(got == answer, "response {i} intact");
+            }
+        }
+        let run = async {
+            // Under, at and over the copy size, one at a time.
+            let small = [1, 100, 1024, SMALL - 1, SMALL, SMALL + 1, 3 * SMALL, 1, 10];
+            exchanges(&mut client, &mut server, &small).await;
+            let bulk = pattern(8 * 1024 * 1024 + 3);
+            let (mut got, sent) = (vec![0; bulk.len()], bulk.clone());
+            let (cw, sr) = (&mut client, &mut server);
+            let (w, r) = tokio::join!(cw.write_all(&sent), sr.read_exact(&mut got));
+            w.unwrap();
+            r.unwrap();
+            assert!(got == bulk, "bulk intact");
+            exchanges(&mut client, &mut server, &[1, 200, 5, SMALL, 7]).await;
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), run)
+            .await
+            .expect("an exchange stalled");
+        drop((client, server));
+        let (up, _) = relay.await.unwrap().unwrap();
+        assert!(up > 8 * 1024 * 1024);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,15 +98,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(w) = args.agent_workers {
         opts.agent_workers = (w > 0).then_some(w);
     }
-    // Leftovers of killed earlier runs (clusters whose process is gone) would share the
-    // machine with this one: remove them first, as `cargo xtask test` does.
-    match meshd_tests::cleanup_stale("") {
-        Ok(cleaned) if !cleaned.is_empty() => {
-            eprintln!("bench: removed stale test clusters: {}", cleaned.join(" "))
-        }
-        Ok(_) => {}
-        Err(e) => eprintln!("bench: warning: removing stale test clusters: {e}"),
-    }
+    // As `cargo xtask test` does: a killed earlier run's clusters would share the machine.
+    crate::util::remove_stale_clusters("bench");
     // Ctrl-C, SIGTERM and SIGHUP (the `termination` feature) all clean up.
     ctrlc::set_handler(|| {
         eprintln!(

@@ -39,13 +39,7 @@ pub fn run(skip_clippy: bool, cargo_args: &[String]) -> anyhow::Result<()> {
         })?;
 
     // Leftovers of killed earlier runs would fail the final check: remove them first.
-    match meshd_tests::cleanup_stale("") {
-        Ok(cleaned) if !cleaned.is_empty() => {
-            println!("removed stale test clusters: {}", cleaned.join(" "))
-        }
-        Ok(_) => {}
-        Err(e) => println!("warning: removing stale test clusters: {e}"),
-    }
+    crate::util::remove_stale_clusters("test");
     let before: BTreeSet<String> = meshd_tests::leftovers("").into_iter().collect();
     if !before.is_empty() {
         println!("warning: present before the tests (not counted against them):");

@@ -113,3 +113,15 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
         .context("cargo metadata has no target_directory")?;
     Ok(PathBuf::from(dir))
 }
+
+/// Removes the test clusters of killed earlier runs (whose process is gone), which would
+/// otherwise share the machine with this run or fail its leak check; says what it removed.
+pub fn remove_stale_clusters(who: &str) {
+    match meshd_tests::cleanup_stale("") {
+        Ok(cleaned) if !cleaned.is_empty() => {
+            eprintln!("{who}: removed stale test clusters: {}", cleaned.join(" "))
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("{who}: warning: removing stale test clusters: {e}"),
+    }
+}

@@ -295,24 +295,16 @@ enum Copied {
 async fn copy_small(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::Result<Copied> {
     src.readable().await?;
     let mut buf = Buffer::take();
-    let mut got = None;
-    let result = src.try_io(Interest::READABLE, || {
-        let n = (&*socket2::SockRef::from(src)).read(&mut buf.0[..SMALL])?;
-        got = Some(n);
-        if n > 0 && n < SMALL {
-            // Short: drained. Reported as WouldBlock to tokio only, to clear readiness.
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(())
+    let read = read_drained(src, SMALL, || {
+        (&*socket2::SockRef::from(src)).read(&mut buf.0[..SMALL])
     });
-    let copied = match (got, result) {
-        (Some(0), _) => Copied::End,
-        (Some(n), _) => {
+    let copied = match read {
+        Ok((0, _)) => Copied::End,
+        Ok((n, _)) => {
             write_all(dst, &buf.0[..n], moved).await?;
             Copied::Some { filled: n == SMALL }
         }
-        (None, Ok(())) => Copied::Nothing,
-        (None, Err(e))
+        Err(e)
             if matches!(
                 e.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
@@ -320,7 +312,7 @@ async fn copy_small(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::
         {
             Copied::Nothing
         }
-        (None, Err(e)) => return Err(e),
+        Err(e) => return Err(e),
     };
     buf.give_back();
     Ok(copied)
@@ -339,9 +331,24 @@ pub(super) fn read_until_drained(
 ) -> io::Result<(usize, bool)> {
     let spare = buf.spare_capacity_mut();
     let max = max.min(spare.len());
+    let (n, drained) = read_drained(src, max, || {
+        socket2::SockRef::from(src).recv(&mut spare[..max])
+    })?;
+    // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok((n, drained))
+}
+
+/// `read` (of at most `max` bytes from `src`) through tokio's readiness: the bytes read,
+/// and whether that was short, which clears the readiness (see [`read_until_drained`]).
+fn read_drained(
+    src: &TcpStream,
+    max: usize,
+    mut read: impl FnMut() -> io::Result<usize>,
+) -> io::Result<(usize, bool)> {
     let mut got = None;
     let result = src.try_io(Interest::READABLE, || {
-        let n = socket2::SockRef::from(src).recv(&mut spare[..max])?;
+        let n = read()?;
         got = Some(n);
         if n > 0 && n < max {
             // Short: drained. Reported as WouldBlock to tokio only, to clear readiness.
@@ -350,11 +357,7 @@ pub(super) fn read_until_drained(
         Ok(())
     });
     match got {
-        Some(n) => {
-            // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
-            unsafe { buf.set_len(buf.len() + n) };
-            Ok((n, result.is_err()))
-        }
+        Some(n) => Ok((n, result.is_err())),
         None => result.map(|()| (0, false)),
     }
 }

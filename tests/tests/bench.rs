@@ -1,6 +1,8 @@
 //! `cargo xtask bench --quick`, as a test: every mode that is available measured every
 //! figure, direct and passthrough are available, mtls is either measured or unavailable with
 //! a reason, and the JSON round-trips. No timing assertions.
+//! Also: the congestion control asked for is the one the run used, and an unknown one is
+//! refused before anything is built.
 
 use meshd_tests::{
     bench::{self, Options, Report, MODES},
@@ -12,9 +14,16 @@ fn quick_bench_measures_every_mode() {
     require_root().unwrap();
     let mut opts = Options::quick();
     opts.verbose = true;
+    // A congestion control other than the machine's default, so that the one recorded can
+    // only be the one set in the run's namespaces.
+    let default = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap();
+    let chosen = if default.trim() == "reno" { "cubic" } else { "reno" };
+    opts.congestion_control = Some(chosen.to_string());
     let report = bench::run(&opts).unwrap();
     let table = report.table();
     eprintln!("{table}");
+    assert_eq!(report.settings.congestion_control, chosen, "{table}");
+    assert!(table.contains(&format!(", TCP {chosen}")), "{table}");
 
     assert_eq!(
         report
@@ -98,4 +107,19 @@ fn quick_bench_measures_every_mode() {
     let cmp = bench::compare(&report, &back);
     assert!(cmp.contains("bulk TCP, 1 stream"), "{cmp}");
     assert!(!cmp.contains("better") && !cmp.contains("worse"), "{cmp}");
+}
+
+#[test]
+fn unknown_congestion_control_is_refused_before_anything_is_built() {
+    require_root().unwrap();
+    let mut opts = Options::quick();
+    opts.congestion_control = Some("no-such-algorithm".to_string());
+    let err = format!("{:#}", bench::run(&opts).unwrap_err());
+    assert!(
+        err.contains("\"no-such-algorithm\" is not available on this machine (available: "),
+        "{err}"
+    );
+    let available =
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control").unwrap();
+    assert!(err.contains(available.trim()), "{err}");
 }

@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// simulated nodes share the machine; 0 leaves the agent's own default, one per core).
     #[arg(long)]
     pub agent_workers: Option<u16>,
+    /// TCP congestion control in the run's namespaces, for the apps' and the agents'
+    /// sockets (default: the machine's, `net.ipv4.tcp_congestion_control`).
+    #[arg(long, value_name = "NAME")]
+    pub congestion_control: Option<String>,
     /// Print the table of an earlier run (a JSON file written by this command), and exit.
     #[arg(long, value_name = "FILE.json")]
     pub show: Option<PathBuf>,
@@ -98,6 +102,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(w) = args.agent_workers {
         opts.agent_workers = (w > 0).then_some(w);
     }
+    opts.congestion_control = args.congestion_control.clone();
     // As `cargo xtask test` does: a killed earlier run's clusters would share the machine.
     crate::util::remove_stale_clusters("bench");
     // Ctrl-C, SIGTERM and SIGHUP (the `termination` feature) all clean up.

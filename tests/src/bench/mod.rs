@@ -64,6 +64,9 @@ pub struct Options {
     pub cpu_requests: u64,
     /// Worker threads per agent (`meshd run --workers`); `None` leaves the agent's default.
     pub agent_workers: Option<u16>,
+    /// TCP congestion control for the run's namespaces (`net.ipv4.tcp_congestion_control`,
+    /// which the apps' and the agents' sockets take); `None` keeps the machine's default.
+    pub congestion_control: Option<String>,
     /// Print progress to stderr.
     pub verbose: bool,
 }
@@ -91,6 +94,7 @@ impl Options {
             conns_max: 10_000,
             cpu_requests: 50_000,
             agent_workers: Some(default_agent_workers()),
+            congestion_control: None,
             verbose: true,
         }
     }
@@ -108,7 +112,9 @@ impl Options {
         }
     }
 
-    fn settings(&self) -> RunSettings {
+    /// `congestion_control`: the algorithm the run's sockets used (read back from the client
+    /// pod).
+    fn settings(&self, congestion_control: String) -> RunSettings {
         RunSettings {
             quick: self.quick,
             duration_secs: self.duration_secs,
@@ -120,6 +126,7 @@ impl Options {
             conns_max: self.conns_max,
             cpu_requests: self.cpu_requests,
             agent_workers: self.agent_workers.map_or(0, u64::from),
+            congestion_control,
         }
     }
 }
@@ -191,6 +198,9 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         if !MODES.contains(&m.as_str()) {
             bail!("unknown mode {m:?} (modes: {})", MODES.join(", "));
         }
+    }
+    if let Some(cc) = &opts.congestion_control {
+        check_congestion_control(cc)?;
     }
     raise_fd_limit(FD_LIMIT);
     let cluster = Arc::new(Cluster::new("bench")?);
@@ -264,8 +274,13 @@ fn run_in(c: &Cluster, o: &Options) -> anyhow::Result<Report> {
         &ctx.client.netns_path,
         &ctx.server.netns_path,
     ] {
-        tune_netns(c, ns)?;
+        tune_netns(c, ns, o.congestion_control.as_deref())?;
     }
+    let congestion_control = c
+        .in_netns(&ctx.client.netns_path, || {
+            std::fs::read_to_string(CONGESTION_CONTROL).map(|s| s.trim().to_string())
+        })?
+        .context("reading the client pod's TCP congestion control")?;
     start_servers(&ctx)?;
     let mut modes = vec!["direct".to_string()];
     modes.extend(o.modes.iter().filter(|m| *m != "direct").cloned());
@@ -279,7 +294,7 @@ fn run_in(c: &Cluster, o: &Options) -> anyhow::Result<Report> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         machine: machine(),
-        settings: o.settings(),
+        settings: o.settings(congestion_control),
         modes: reports,
         targets: Vec::new(),
     };
@@ -288,13 +303,35 @@ fn run_in(c: &Cluster, o: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+const CONGESTION_CONTROL: &str = "/proc/sys/net/ipv4/tcp_congestion_control";
+const AVAILABLE_CONGESTION_CONTROL: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
+
+/// Fails unless `name` is one of the machine's TCP congestion control algorithms, before
+/// anything is built.
+pub fn check_congestion_control(name: &str) -> anyhow::Result<()> {
+    let available = std::fs::read_to_string(AVAILABLE_CONGESTION_CONTROL)
+        .with_context(|| format!("reading {AVAILABLE_CONGESTION_CONTROL}"))?;
+    if !available.split_whitespace().any(|a| a == name) {
+        bail!(
+            "TCP congestion control {name:?} is not available on this machine (available: {})",
+            available.trim()
+        );
+    }
+    Ok(())
+}
+
 /// TIME_WAIT reuse and a wide port range, so that the connection-rate measurement does not
 /// run out of ports (sysctls of the namespace). The range starts above the agent's ports
-/// (15000-15008) and the servers', so that no left-over connection holds one of them.
-fn tune_netns(c: &Cluster, ns: &Path) -> anyhow::Result<()> {
+/// (15000-15008) and the servers', so that no left-over connection holds one of them. And
+/// the congestion control chosen for the run, if any.
+fn tune_netns(c: &Cluster, ns: &Path, congestion_control: Option<&str>) -> anyhow::Result<()> {
     c.in_netns(ns, || -> std::io::Result<()> {
         std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")?;
-        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "20000 65000")
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "20000 65000")?;
+        if let Some(cc) = congestion_control {
+            std::fs::write(CONGESTION_CONTROL, cc)?;
+        }
+        Ok(())
     })?
     .with_context(|| format!("setting sysctls in {}", ns.display()))
 }

@@ -210,6 +210,9 @@ pub struct RunSettings {
     pub cpu_requests: u64,
     /// Worker threads of each agent (`meshd run --workers`); 0: the agent's default.
     pub agent_workers: u64,
+    /// The TCP congestion control of the pods' sockets (`bbr`, `cubic`, ...); empty in
+    /// reports written before it was recorded.
+    pub congestion_control: String,
 }
 
 /// One mode's results.
@@ -447,6 +450,7 @@ impl Report {
                 "conns_max": s.conns_max,
                 "cpu_requests": s.cpu_requests,
                 "agent_workers": s.agent_workers,
+                "congestion_control": s.congestion_control,
             },
             "modes": self.modes.iter().map(|m| json!({
                 "mode": m.mode,
@@ -533,6 +537,10 @@ impl Report {
                 cpu_requests: u64_(s, "cpu_requests")?,
                 // Absent in reports written before the setting existed.
                 agent_workers: s["agent_workers"].as_u64().unwrap_or(0),
+                congestion_control: s["congestion_control"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             },
             modes,
             targets,
@@ -555,7 +563,7 @@ impl Report {
         let m = &self.machine;
         let _ = writeln!(
             out,
-            "meshd bench{}: {} cores, kernel {}, {} agent ({}), {} s per measurement, {}",
+            "meshd bench{}: {} cores, kernel {}, {} agent ({}), {} s per measurement, {}{}",
             if self.settings.quick { " --quick" } else { "" },
             m.cores,
             m.kernel,
@@ -566,7 +574,8 @@ impl Report {
                 0 => "agents with their default worker threads".to_string(),
                 1 => "1 worker thread per agent".to_string(),
                 n => format!("{n} worker threads per agent"),
-            }
+            },
+            congestion_note(&self.settings),
         );
         const W0: usize = 44;
         const W: usize = 21;
@@ -647,21 +656,32 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
+/// `, TCP <algorithm>` when the report says which congestion control the run used.
+fn congestion_note(s: &RunSettings) -> String {
+    if s.congestion_control.is_empty() {
+        String::new()
+    } else {
+        format!(", TCP {}", s.congestion_control)
+    }
+}
+
 /// Two runs side by side: every figure of both, with the change from `a` to `b` in
 /// percent (and whether that is better or worse).
 pub fn compare(a: &Report, b: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "A: unix time {} ({} agent, {}{})\nB: unix time {} ({} agent, {}{})\n",
+        "A: unix time {} ({} agent, {}{}{})\nB: unix time {} ({} agent, {}{}{})\n",
         a.unix_time,
         a.machine.agent_build,
         a.machine.kernel,
         if a.settings.quick { ", quick" } else { "" },
+        congestion_note(&a.settings),
         b.unix_time,
         b.machine.agent_build,
         b.machine.kernel,
         if b.settings.quick { ", quick" } else { "" },
+        congestion_note(&b.settings),
     );
     let _ = writeln!(
         out,
@@ -757,6 +777,7 @@ mod tests {
                 conns_max: 1000,
                 cpu_requests: 5000,
                 agent_workers: 1,
+                congestion_control: "cubic".to_string(),
             },
             modes,
             targets: Vec::new(),

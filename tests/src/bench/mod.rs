@@ -308,7 +308,7 @@ const AVAILABLE_CONGESTION_CONTROL: &str = "/proc/sys/net/ipv4/tcp_available_con
 
 /// Fails unless `name` is one of the machine's TCP congestion control algorithms, before
 /// anything is built.
-pub fn check_congestion_control(name: &str) -> anyhow::Result<()> {
+fn check_congestion_control(name: &str) -> anyhow::Result<()> {
     let available = std::fs::read_to_string(AVAILABLE_CONGESTION_CONTROL)
         .with_context(|| format!("reading {AVAILABLE_CONGESTION_CONTROL}"))?;
     if !available.split_whitespace().any(|a| a == name) {

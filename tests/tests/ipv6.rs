@@ -2,12 +2,12 @@
 //! ([`Cluster::new_dual_stack`]): connect6 (outbound), IPv6 sk_lookup (inbound),
 //! IPv4-mapped addresses of dual-stack sockets, in-pod `::1`, and HBONE over IPv6.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use meshd_tests::{
     mesh::{
-        config_yaml, identity_init, serve_at, testapp_json, with_identity, Agent, WireCapture,
-        WorkloadSpec,
+        config_yaml, identity_init, serve_at, testapp_json, with_identity, Agent, ServiceSpec,
+        WireCapture, WorkloadSpec,
     },
     require_root, wait_until, Cluster, Pod,
 };
@@ -57,8 +57,9 @@ fn greeting(r: &Value) -> &str {
     r["greeting"].as_str().unwrap_or_default()
 }
 
-/// One node, dual-stack: `client` and `server` enrolled, `plain` not; each pod serves
-/// `[::]:8080` (IPv6 and IPv4), the client also `[::]:7070`.
+/// One node, dual-stack: `client` (outbound port 9090 skipped) and `server` (inbound port
+/// 9091 skipped) enrolled, `plain` not; each pod serves `[::]:8080` (IPv6 and IPv4), the
+/// client also `[::]:7070`, `plain` `[::]:9090` and `server` `[::]:9091`.
 fn one_node(name: &str) -> (Cluster, Agent, Pod, Pod, Pod) {
     let c = Cluster::new_dual_stack(name).unwrap();
     let n1 = c.add_node("n1").unwrap();
@@ -68,7 +69,10 @@ fn one_node(name: &str) -> (Cluster, Agent, Pod, Pod, Pod) {
     let yaml = config_yaml(
         &c,
         &n1,
-        &[WorkloadSpec::new(&client), WorkloadSpec::new(&server)],
+        &[
+            WorkloadSpec::new(&client).skip_outbound(&[9090]),
+            WorkloadSpec::new(&server).skip_inbound(&[9091]),
+        ],
         &[],
     );
     let agent = Agent::start(&c, &n1, &yaml).unwrap();
@@ -76,6 +80,8 @@ fn one_node(name: &str) -> (Cluster, Agent, Pod, Pod, Pod) {
         serve_at(&c, p, "[::]:8080").unwrap();
     }
     serve_at(&c, &client, "[::]:7070").unwrap();
+    serve_at(&c, &plain, "[::]:9090").unwrap();
+    serve_at(&c, &server, "[::]:9091").unwrap();
     (c, agent, client, server, plain)
 }
 
@@ -144,12 +150,13 @@ fn ipv6_outbound_and_inbound_capture_carry_bytes_intact() {
 /// A dual-stack socket connecting to an IPv4-mapped address (`::ffff:a.b.c.d`) is captured
 /// by connect6 as the IPv4 destination (README: connect6 handles "IPv4-mapped addresses of
 /// dual-stack sockets"): the record's original destination is `a.b.c.d:port` and the
-/// server sees the client pod's IPv4 address. In-pod IPv6 loopback (`[::1]`) is never
-/// captured: no record, while the contrast connections each give exactly one.
+/// server sees the client pod's IPv4 address. Never captured over IPv6: in-pod loopback
+/// (`[::1]`), a skipped outbound port and a skipped inbound port (no record, and the
+/// sockets connect directly), while the contrast connections each give exactly one record.
 #[test]
-fn ipv4_mapped_is_captured_as_ipv4_and_ipv6_loopback_never() {
+fn ipv4_mapped_captured_as_ipv4_loopback_and_skipped_ports_never() {
     require_root().unwrap();
-    let (c, agent, client, _server, plain) = one_node("ipv6-mapped");
+    let (c, agent, client, server, plain) = one_node("ipv6-mapped");
 
     let mapped = format!("[::ffff:{}]:8080", plain.ip);
     let plain4 = format!("{}:8080", plain.ip);
@@ -172,8 +179,25 @@ fn ipv4_mapped_is_captured_as_ipv4_and_ipv6_loopback_never() {
     assert_eq!(out[0]["error"], Value::Null);
 
     // In-pod loopback over IPv6, to the pod's own server: direct.
-    let r = echo(&c, &client, "[::1]:7070", 1 * MIB);
+    let r = echo(&c, &client, "[::1]:7070", MIB);
     assert!(greeting(&r).contains("local=[::1]:7070"), "{r}");
+    // Skipped outbound port: the client's socket really is connected to the server.
+    let r = echo(&c, &client, &v6(&plain, 9090), 4096);
+    assert!(
+        r["local"].as_str().unwrap().starts_with(&v6_host(&client)),
+        "{r}"
+    );
+    assert!(
+        greeting(&r).contains(&format!("peer={}", v6_host(&client))),
+        "{r}"
+    );
+    // Skipped inbound port, from a non-enrolled pod: the app sees the client itself (an
+    // inbound capture would deliver it from [::1]).
+    let r = echo(&c, &plain, &v6(&server, 9091), 4096);
+    assert!(
+        greeting(&r).contains(&format!("peer={}", v6_host(&plain))),
+        "{r}"
+    );
     // A captured IPv6 connection afterwards, as a marker: once it is recorded, an earlier
     // loopback capture would have been recorded too.
     let plain_dst = v6(&plain, 8080);
@@ -183,7 +207,7 @@ fn ipv4_mapped_is_captured_as_ipv4_and_ipv6_loopback_never() {
     assert_eq!(
         all.len(),
         2,
-        "the mapped and the marker connection only, no loopback: {all:#?}"
+        "the mapped and the marker connection only: {all:#?}"
     );
     assert!(agent.stop().unwrap().success());
 }
@@ -191,7 +215,8 @@ fn ipv4_mapped_is_captured_as_ipv4_and_ipv6_loopback_never() {
 /// HBONE over IPv6 across two nodes: a pod connects to a pod on the other node by its IPv6
 /// address; the agents carry it over mutual TLS (TLS 1.3 to `[b]:15008`, one SYN, no
 /// plaintext and no payload outside 15008 on the bridge between the nodes); both agents
-/// record both identities and the client's IPv6 address; 6 MiB come back intact.
+/// record both identities and the client's IPv6 address; 6 MiB come back intact. The same
+/// dual-stack workload is also reached over mutual TLS on its IPv4 address.
 #[test]
 fn pods_talk_over_hbone_on_ipv6_across_nodes() {
     require_root().unwrap();
@@ -286,6 +311,87 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
         vec![format!("{}\t{b_ip6}\t15008", a.ip6.unwrap())],
         "one pooled connection, from a's IPv6 address to b's"
     );
+
+    // The other address of the same dual-stack workload: same identities, over IPv4.
+    let b4_dst = format!("{}:8080", b.ip);
+    let r = echo(&c, &a, &b4_dst, MIB);
+    assert!(greeting(&r).contains("peer=[::ffff:127.0.0.1]:"), "{r}");
+    let out = wait_closed(&agent1, "outbound", &b4_dst, 1);
+    assert_eq!(out[0]["tls"], true, "{out:?}");
+    assert_eq!(out[0]["server_id"], spiffe("b").as_str(), "{out:?}");
+    let inb = wait_closed(&agent2, "inbound", &b4_dst, 1);
+    assert_eq!(inb[0]["tls"], true, "{inb:?}");
+    assert_eq!(inb[0]["client_id"], spiffe("a").as_str(), "{inb:?}");
+    assert!(
+        inb[0]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", a.ip)),
+        "{inb:?}"
+    );
     assert!(agent1.stop().unwrap().success());
     assert!(agent2.stop().unwrap().success());
+}
+
+/// A service with an IPv6 VIP: connect6 captures the VIP, the agent balances over the
+/// IPv6 addresses of the selected workloads (round robin, one endpoint per node: 3 and 3
+/// of 6), never their IPv4 ones, and the remote endpoint sees the client pod's IPv6 address.
+#[test]
+fn ipv6_service_vip_spreads_over_ipv6_endpoints() {
+    require_root().unwrap();
+    let c = Cluster::new_dual_stack("ipv6-svc").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let n2 = c.add_node("n2").unwrap();
+    let client = c.add_pod(&n1, "client").unwrap();
+    let web1 = c.add_pod(&n1, "web1").unwrap();
+    let web2 = c.add_pod(&n2, "web2").unwrap();
+    let vip = "fd00:10:96::10";
+    let svc = ServiceSpec {
+        name: "web".into(),
+        vip: format!("\"{vip}\""),
+        port: 80,
+        target_port: 8080,
+        selector: BTreeMap::from([("app".to_string(), "web".to_string())]),
+        endpoints: vec![],
+    };
+    let mut remote = WorkloadSpec::new(&web2).label("app", "web");
+    remote.remote = true;
+    let yaml = config_yaml(
+        &c,
+        &n1,
+        &[
+            WorkloadSpec::new(&client),
+            WorkloadSpec::new(&web1).label("app", "web"),
+            remote,
+        ],
+        &[svc],
+    );
+    let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    serve_at(&c, &web1, "[::]:8080").unwrap();
+    let web2_app = serve_at(&c, &web2, "[::]:8080").unwrap();
+
+    let vip_dst = format!("[{vip}]:80");
+    for _ in 0..6 {
+        echo(&c, &client, &vip_dst, 64 * 1024);
+    }
+    let recs = wait_closed(&agent, "outbound", &vip_dst, 6);
+    assert!(
+        recs.iter().all(|r| r["service"] == "default/web"),
+        "{recs:#?}"
+    );
+    let to = |pod: &Pod| {
+        let t = v6(pod, 8080);
+        recs.iter().filter(|r| r["target"] == t.as_str()).count()
+    };
+    assert_eq!((to(&web1), to(&web2)), (3, 3), "{recs:#?}");
+    assert_eq!(
+        web2_app
+            .stdout()
+            .matches(&format!("accepted peer={}", v6_host(&client)))
+            .count(),
+        3,
+        "{}",
+        web2_app.stdout()
+    );
+    assert!(agent.stop().unwrap().success());
 }

@@ -395,3 +395,42 @@ fn ipv6_service_vip_spreads_over_ipv6_endpoints() {
     );
     assert!(agent.stop().unwrap().success());
 }
+
+/// The harness itself, no agent: a dual-stack cluster routes IPv6 between pods on two
+/// nodes with the source address preserved (and IPv4 as before), while a cluster made with
+/// `Cluster::new` stays IPv4-only (no IPv6 address beyond link-local in its pods).
+#[test]
+fn dual_stack_cluster_routes_ipv6_between_nodes() {
+    require_root().unwrap();
+    let c = Cluster::new_dual_stack("ipv6-harness").unwrap();
+    assert!(c.is_dual_stack());
+    let n1 = c.add_node("n1").unwrap();
+    let n2 = c.add_node("n2").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let b = c.add_pod(&n2, "b").unwrap();
+    assert_eq!(a.ip6.unwrap().to_string(), "fd00:10:244:1::2");
+    assert_eq!(b.ip6.unwrap().to_string(), "fd00:10:244:2::2");
+    assert_eq!(n2.ip6.unwrap().to_string(), "fd00:10:240::2");
+    serve_at(&c, &b, "[::]:8080").unwrap();
+    let r = echo(&c, &a, &v6(&b, 8080), MIB);
+    assert!(
+        greeting(&r).contains(&format!("peer={}", v6_host(&a))),
+        "{r}"
+    );
+    let r = echo(&c, &a, &format!("{}:8080", b.ip), MIB);
+    assert!(
+        greeting(&r).contains(&format!("peer=[::ffff:{}]:", a.ip)),
+        "{r}"
+    );
+
+    let v4 = Cluster::new("ipv4-only").unwrap();
+    assert!(!v4.is_dual_stack());
+    let n = v4.add_node("n1").unwrap();
+    let p = v4.add_pod(&n, "p").unwrap();
+    assert_eq!((n.ip6, p.ip6), (None, None));
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["-6", "addr", "show", "scope", "global"]);
+    let out = v4.run_in_pod(&p, cmd).unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+}

@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use meshd_tests::{
     mesh::{
-        config_yaml, identity_init, serve_at, testapp_json, with_identity, Agent, ServiceSpec,
-        WireCapture, WorkloadSpec,
+        config_yaml, identity_init, meshd_bin, serve_at, testapp_json, with_identity, Agent,
+        ServiceSpec, WireCapture, WorkloadSpec,
     },
     require_root, wait_until, Cluster, Pod,
 };
@@ -216,7 +216,10 @@ fn ipv4_mapped_captured_as_ipv4_loopback_and_skipped_ports_never() {
 /// address; the agents carry it over mutual TLS (TLS 1.3 to `[b]:15008`, one SYN, no
 /// plaintext and no payload outside 15008 on the bridge between the nodes); both agents
 /// record both identities and the client's IPv6 address; 6 MiB come back intact. The same
-/// dual-stack workload is also reached over mutual TLS on its IPv4 address.
+/// dual-stack workload is also reached over mutual TLS on its IPv4 address. A tunnel opened
+/// by hand (`meshd diagnostics hbone`, rustls, from node 2 outside any pod) to `[b]:15008`
+/// reaches b's app with an IPv6 `:authority`, and a CONNECT to a's IPv6 address is refused
+/// with 403 (no open relay over IPv6 either).
 #[test]
 fn pods_talk_over_hbone_on_ipv6_across_nodes() {
     require_root().unwrap();
@@ -328,6 +331,53 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
             .unwrap()
             .starts_with(&format!("{}:", a.ip)),
         "{inb:?}"
+    );
+
+    let probe = |authority: &str| -> Value {
+        let mut cmd = std::process::Command::new(meshd_bin());
+        cmd.args(["diagnostics", "hbone", "--trust-anchors"])
+            .arg(&anchors)
+            .arg("--issuer-cert")
+            .arg(ca.join("issuer.crt"))
+            .arg("--issuer-key")
+            .arg(ca.join("issuer.key"))
+            .args([
+                "--identity",
+                &spiffe("probe"),
+                "--expect-server",
+                &spiffe("b"),
+            ])
+            .args(["--connect", &v6(&b, 15008), "--authority", authority])
+            .args(["--send", "ping"]);
+        let out = c.run_in_node(&n2, cmd).unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| {
+            panic!(
+                "diagnostics: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    let r = probe(&b_dst);
+    assert_eq!(
+        (&r["ok"], &r["status"]),
+        (&Value::from(true), &Value::from(200)),
+        "{r}"
+    );
+    assert!(
+        r["reply"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("hello peer=[::1]:"),
+        "{r}"
+    );
+    let r = probe(&v6(&a, 8080));
+    assert_eq!(r["status"], 403, "{r}");
+    let (_, metrics) = agent2.get("/metrics").unwrap();
+    assert!(
+        metrics.lines().any(|l| l
+            == "hbone_rejected_total{direction=\"inbound\",reason=\"connect_other_address\"} 1"),
+        "{metrics}"
     );
     assert!(agent1.stop().unwrap().success());
     assert!(agent2.stop().unwrap().success());

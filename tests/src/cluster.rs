@@ -1,7 +1,7 @@
 //! The cluster: nodes and pods out of network namespaces, bridges, veths and cgroups.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,6 +43,12 @@ pub struct Node {
     pub gateway: Ipv4Addr,
     /// `10.244.<index>.0/24`.
     pub pod_cidr: String,
+    /// Dual-stack clusters only: `fd00:10:240::<index>` on `eth0` (see [`node_ip6`]).
+    pub ip6: Option<Ipv6Addr>,
+    /// Dual-stack clusters only: `fd00:10:244:<index>::1` on `cbr0`.
+    pub gateway6: Option<Ipv6Addr>,
+    /// Dual-stack clusters only: `fd00:10:244:<index>::/64` (see [`pod_cidr6`]).
+    pub pod_cidr6: Option<String>,
 }
 
 /// A pod: a network namespace plus a cgroup, attached to its node's `cbr0`.
@@ -61,6 +67,8 @@ pub struct Pod {
     pub cgroup: PathBuf,
     /// `10.244.<node index>.<index>`.
     pub ip: Ipv4Addr,
+    /// Dual-stack clusters only: `fd00:10:244:<node index>::<index>` (see [`pod_ip6`]).
+    pub ip6: Option<Ipv6Addr>,
 }
 
 struct NodeState {
@@ -76,6 +84,8 @@ struct State {
     procs: Vec<ProcHandle>,
     seq: u32,
     cleaned: bool,
+    /// Set by [`Cluster::new_dual_stack`]: nodes and pods get IPv6 addresses too.
+    dual_stack: bool,
 }
 
 /// A test cluster. Everything it creates is removed by [`Cluster::cleanup`] or on drop
@@ -180,6 +190,23 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// [`Cluster::new`] for a dual-stack cluster: every node and pod added afterwards gets
+    /// an IPv6 (ULA) address next to its IPv4 one, mirroring the IPv4 plan: node N
+    /// `fd00:10:240::N/64` on `eth0`, pod CIDR `fd00:10:244:N::/64` with the gateway
+    /// `fd00:10:244:N::1` on `cbr0`, pod M `fd00:10:244:N::M`; IPv6 forwarding on in the
+    /// nodes and routes between their pod CIDRs. Addresses skip duplicate address
+    /// detection (`nodad`), so they are usable at once.
+    pub fn new_dual_stack(test_name: &str) -> anyhow::Result<Cluster> {
+        let cluster = Cluster::new(test_name)?;
+        cluster.lock().dual_stack = true;
+        Ok(cluster)
+    }
+
+    /// Whether nodes and pods get IPv6 addresses too ([`Cluster::new_dual_stack`]).
+    pub fn is_dual_stack(&self) -> bool {
+        self.lock().dual_stack
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -260,8 +287,14 @@ impl Cluster {
             ip: Ipv4Addr::new(10, 240, 0, index),
             gateway: Ipv4Addr::new(10, 244, index, 1),
             pod_cidr: format!("10.244.{index}.0/24"),
+            ip6: st.dual_stack.then(|| node_ip6(index)),
+            gateway6: st.dual_stack.then(|| pod_ip6(index, 1)),
+            pod_cidr6: st.dual_stack.then(|| pod_cidr6(index)),
         };
         self.add_netns(&mut st, &ns)?;
+        if st.dual_stack {
+            no_dad(&node.netns_path, &ns)?;
+        }
         let net = self.net_netns();
         let peer = format!("vn{index}");
         let ip_cidr = format!("{}/24", node.ip);
@@ -285,6 +318,9 @@ impl Cluster {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         })?
         .with_context(|| format!("enabling net.ipv4.ip_forward in {ns}"))?;
+        if st.dual_stack {
+            add_node_ip6(&node, &st.nodes)?;
+        }
         for other in &st.nodes {
             let o = &other.node;
             ip_in(
@@ -348,9 +384,13 @@ impl Cluster {
             netns: ns.clone(),
             cgroup: self.cg_root.join(name),
             ip: Ipv4Addr::new(10, 244, node.index, index),
+            ip6: st.dual_stack.then(|| pod_ip6(node.index, index)),
         };
         cgroup::create(&pod.cgroup)?;
         self.add_netns(&mut st, &ns)?;
+        if st.dual_stack {
+            no_dad(&pod.netns_path, &ns)?;
+        }
         let peer = format!("vp{index}");
         let ip_cidr = format!("{}/24", pod.ip);
         let gw = node.gateway.to_string();
@@ -377,6 +417,14 @@ impl Cluster {
                 ip_in(&node.netns, &["link", "set", &peer, "master", "cbr0", "up"])?;
             }
             ip_in(&ns, s)?;
+        }
+        if let (Some(ip6), Some(gw6)) = (pod.ip6, node.gateway6) {
+            let cidr = format!("{ip6}/64");
+            ip_in(&ns, &["-6", "addr", "add", &cidr, "dev", "eth0", "nodad"])?;
+            ip_in(
+                &ns,
+                &["-6", "route", "add", "default", "via", &gw6.to_string()],
+            )?;
         }
         Ok(pod)
     }
@@ -564,6 +612,80 @@ impl Cluster {
     }
 }
 
+/// IPv6 address of node `index` on the cluster network (`eth0`): `fd00:10:240::<index>`,
+/// the twin of `10.240.0.<index>`.
+pub fn node_ip6(index: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x240, 0, 0, 0, 0, u16::from(index))
+}
+
+/// IPv6 pod CIDR of node `node`: `fd00:10:244:<node>::/64`, the twin of `10.244.<node>.0/24`.
+pub fn pod_cidr6(node: u8) -> String {
+    format!(
+        "{}/64",
+        Ipv6Addr::new(0xfd00, 0x10, 0x244, u16::from(node), 0, 0, 0, 0)
+    )
+}
+
+/// IPv6 address `index` in node `node`'s pod CIDR: `fd00:10:244:<node>::<index>`, the twin
+/// of `10.244.<node>.<index>` (index 1 is the node's gateway on `cbr0`).
+pub fn pod_ip6(node: u8, index: u8) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0xfd00,
+        0x10,
+        0x244,
+        u16::from(node),
+        0,
+        0,
+        0,
+        u16::from(index),
+    )
+}
+
+/// Turns duplicate address detection off for the interfaces created afterwards in the
+/// namespace, link-local addresses included: otherwise they stay tentative for a second
+/// or two, and neighbour discovery (so the first connection) waits for them.
+fn no_dad(netns_path: &Path, name: &str) -> anyhow::Result<()> {
+    netns::in_netns(netns_path, || {
+        for conf in ["all", "default"] {
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad"), "0")?;
+        }
+        Ok::<_, std::io::Error>(())
+    })?
+    .with_context(|| format!("turning IPv6 duplicate address detection off in {name}"))
+}
+
+/// The IPv6 half of [`Cluster::add_node`]: addresses on `eth0` and `cbr0` (no DAD),
+/// forwarding on, and routes both ways between `node` and every node in `others`.
+fn add_node_ip6(node: &Node, others: &[NodeState]) -> anyhow::Result<()> {
+    let (Some(ip6), Some(gw6), Some(cidr6)) = (node.ip6, node.gateway6, &node.pod_cidr6) else {
+        return Ok(());
+    };
+    let ns = &node.netns;
+    netns::in_netns(&node.netns_path, || {
+        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+    })?
+    .with_context(|| format!("enabling net.ipv6.conf.all.forwarding in {ns}"))?;
+    let eth = format!("{ip6}/64");
+    let gw = format!("{gw6}/64");
+    ip_in(ns, &["-6", "addr", "add", &eth, "dev", "eth0", "nodad"])?;
+    ip_in(ns, &["-6", "addr", "add", &gw, "dev", "cbr0", "nodad"])?;
+    for other in others {
+        let o = &other.node;
+        let (Some(o_ip6), Some(o_cidr6)) = (o.ip6, &o.pod_cidr6) else {
+            continue;
+        };
+        ip_in(
+            ns,
+            &["-6", "route", "replace", o_cidr6, "via", &o_ip6.to_string()],
+        )?;
+        ip_in(
+            &o.netns,
+            &["-6", "route", "replace", cidr6, "via", &ip6.to_string()],
+        )?;
+    }
+    Ok(())
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -594,6 +716,34 @@ mod tests {
         send_sync::<ProcHandle>();
         send_sync::<Node>();
         send_sync::<Pod>();
+    }
+
+    /// The IPv6 plan mirrors the IPv4 one: the same node and pod numbers in the last
+    /// group, every pod inside its node's /64, the gateway `::1`, nodes on one /64 that
+    /// overlaps no pod CIDR, and no two addresses equal.
+    #[test]
+    fn ipv6_address_plan() {
+        assert_eq!(node_ip6(1).to_string(), "fd00:10:240::1");
+        assert_eq!(node_ip6(2).to_string(), "fd00:10:240::2");
+        assert_eq!(pod_cidr6(1), "fd00:10:244:1::/64");
+        assert_eq!(pod_cidr6(12), "fd00:10:244:c::/64");
+        assert_eq!(pod_ip6(1, 1).to_string(), "fd00:10:244:1::1");
+        assert_eq!(pod_ip6(2, 3).to_string(), "fd00:10:244:2::3");
+        let prefix64 = |a: Ipv6Addr| a.segments()[..4].to_vec();
+        let mut seen = HashSet::new();
+        for n in 1..=250u8 {
+            let cidr: Ipv6Addr = pod_cidr6(n).trim_end_matches("/64").parse().unwrap();
+            assert!(seen.insert(node_ip6(n)), "node {n}");
+            assert_ne!(prefix64(node_ip6(n)), prefix64(cidr), "node {n}");
+            assert_eq!(prefix64(node_ip6(n)), prefix64(node_ip6(1)));
+            for m in 1..=u8::MAX {
+                let ip = pod_ip6(n, m);
+                assert!(seen.insert(ip), "pod {n}/{m}");
+                assert_eq!(prefix64(ip), prefix64(cidr), "pod {n}/{m} in {cidr}");
+                assert_eq!(ip.segments()[7], u16::from(m));
+                assert!((ip.segments()[0] & 0xfe00) == 0xfc00, "ULA: {ip}");
+            }
+        }
     }
 
     #[test]

@@ -122,7 +122,14 @@ pub fn config_yaml(
         let _ = writeln!(y, "  - name: {}", w.pod.name);
         let _ = writeln!(y, "    namespace: {}", w.namespace);
         let _ = writeln!(y, "    serviceAccount: {}", w.service_account);
-        let _ = writeln!(y, "    ips: [{}]", w.pod.ip);
+        match w.pod.ip6 {
+            None => {
+                let _ = writeln!(y, "    ips: [{}]", w.pod.ip);
+            }
+            Some(ip6) => {
+                let _ = writeln!(y, "    ips: [{}, \"{ip6}\"]", w.pod.ip);
+            }
+        }
         if w.remote {
             let _ = writeln!(y, "    node: {}", w.pod.node);
         } else {
@@ -495,4 +502,15 @@ impl ClientServer {
             agent2,
         })
     }
+}
+
+/// Starts `meshd-testapp serve --greet` listening on `listen` (e.g. `[::]:8080`, which
+/// serves IPv6 and IPv4 alike) in a pod and waits until it listens.
+pub fn serve_at(cluster: &Cluster, pod: &Pod, listen: &str) -> anyhow::Result<ProcHandle> {
+    let mut cmd = Command::new(testapp_bin());
+    cmd.args(["serve", "--greet", "--listen", listen]);
+    let h = cluster.spawn_in_pod(pod, cmd)?;
+    h.wait_for_output("listening", Duration::from_secs(10))
+        .with_context(|| format!("testapp serve on {listen} in {}", pod.name))?;
+    Ok(h)
 }

@@ -30,6 +30,13 @@ pub fn meshd_sockops(ctx: SockOpsContext) -> u32 {
         10 => AF_INET6,
         _ => return 1,
     };
+    // connect6 sends a dual-stack socket's IPv4-mapped destination to the IPv4 listener,
+    // where the agent looks it up as IPv4: the key has the destination's family.
+    let family = if dst.ip.family == AF_INET {
+        AF_INET
+    } else {
+        family
+    };
     let key = ClientKey {
         netns_cookie: unsafe { bpf_get_netns_cookie(ctx.ops.cast()) },
         port: ctx.local_port() as u16,

@@ -61,6 +61,40 @@ fn metrics(agent: &Agent) -> String {
     agent.get("/metrics").unwrap().1
 }
 
+/// The label sets (`name{labels}`, values left out) of every sample in a metrics text.
+fn series(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_string()))
+        .collect()
+}
+
+/// curl in the client pod with `-w` giving, per request, `code size_request size_header
+/// size_download`; returns those lines parsed.
+fn curl_sizes(c: &Cluster, pod: &Pod, urls: &[String]) -> Vec<[u64; 4]> {
+    let mut args: Vec<&str> = vec![
+        "-w",
+        "%{http_code} %{size_request} %{size_header} %{size_download}\n",
+    ];
+    // `-o` applies to one URL.
+    for u in urls {
+        args.extend(["-o", "/dev/null", u.as_str()]);
+    }
+    curl(c, pod, &args)
+        .lines()
+        .map(|l| {
+            let v: Vec<u64> = l.split(' ').map(|f| f.parse().unwrap()).collect();
+            [v[0], v[1], v[2], v[3]]
+        })
+        .collect()
+}
+
+/// Proves the README's "exactly those request_total / response_total / response_latency_ms
+/// values on both agents": 4 warm-up + 17 HTTP/1.1 requests of known status through two
+/// agents give exact counts by status and class, latency buckets and TCP bytes (equal to
+/// what curl sent and received) on the outbound agent as on the inbound one, with the
+/// `dst_*` labels outbound; Prometheus scraping agent 2 answers Linkerd's success-rate and
+/// p99 queries; requests with odd paths, `Host` values and headers add no label value.
 #[test]
 fn exact_counts_and_prometheus_queries() {
     require_root().unwrap();
@@ -95,6 +129,13 @@ fn exact_counts_and_prometheus_queries() {
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     };
+    // The value Prometheus has for a query giving one sample (None before it has one).
+    let scalar = |q: &str| -> Option<f64> {
+        query(q)["data"]["result"].as_array()?.first()?["value"][1]
+            .as_str()?
+            .parse()
+            .ok()
+    };
     assert!(
         wait_until(Duration::from_secs(30), || {
             meshd_tests::http_get(
@@ -105,106 +146,170 @@ fn exact_counts_and_prometheus_queries() {
         }),
         "prometheus scrapes the agent"
     );
+    let scraped = "sum(response_total{direction=\"inbound\",deployment=\"web\"})";
 
     // Phase 1 creates every series at once (so that rate() sees all of them from the same
-    // first sample), phase 2 is the traffic the queries are checked against.
+    // first sample), phase 2 is the traffic the queries are checked against. Phase 2
+    // starts once Prometheus holds a sample of phase 1.
     let warm = [
         status(200),
         status(404),
         status(503),
         format!("{base}/sleep/150"),
     ];
-    let mut args: Vec<&str> = vec!["-o", "/dev/null", "-w", "%{http_code}\n"];
-    args.extend(warm.iter().map(String::as_str));
-    curl(c, &m.client, &args);
-    std::thread::sleep(Duration::from_secs(3));
+    let mut sizes = curl_sizes(c, &m.client, &warm);
+    assert!(
+        wait_until(Duration::from_secs(30), || scalar(scraped) == Some(4.0)),
+        "prometheus scraped phase 1: {}",
+        query(scraped)
+    );
     let mut phase2: Vec<String> = Vec::new();
     phase2.extend(std::iter::repeat_n(status(200), 7));
     phase2.extend(std::iter::repeat_n(status(404), 3));
     phase2.extend(std::iter::repeat_n(status(503), 5));
     phase2.extend(std::iter::repeat_n(format!("{base}/sleep/150"), 2));
-    let mut args: Vec<&str> = vec!["-o", "/dev/null", "-w", "%{http_code}\n"];
-    args.extend(phase2.iter().map(String::as_str));
-    let codes = curl(c, &m.client, &args);
-    assert_eq!(codes.lines().filter(|l| *l == "503").count(), 5, "{codes}");
+    let got = curl_sizes(c, &m.client, &phase2);
+    assert_eq!(got.iter().filter(|s| s[0] == 503).count(), 5, "{got:?}");
+    sizes.extend(got);
+    assert_eq!(sizes.len(), 21);
 
-    // Exact counts, inbound on node 2 and outbound on node 1 (4 + 17 requests).
-    let t2 = metrics(&m.agent2);
+    // Both client connections closed on both agents: then every counter is final.
     let inbound = [("direction", "inbound"), ("deployment", "web")];
-    assert_eq!(sum_metric(&t2, "request_total", &inbound), 21.0, "{t2}");
-    let with = |extra: &[(&'static str, &'static str)]| {
-        let mut f = inbound.to_vec();
-        f.extend_from_slice(extra);
-        f
-    };
-    assert_eq!(
-        sum_metric(
-            &t2,
-            "response_total",
-            &with(&[("status_code", "200"), ("classification", "success")])
-        ),
-        11.0
-    );
-    assert_eq!(
-        sum_metric(
-            &t2,
-            "response_total",
-            &with(&[("status_code", "404"), ("classification", "success")])
-        ),
-        4.0
-    );
-    assert_eq!(
-        sum_metric(
-            &t2,
-            "response_total",
-            &with(&[("status_code", "503"), ("classification", "failure")])
-        ),
-        6.0
-    );
-    assert_eq!(
-        sum_metric(
-            &t2,
-            "response_total",
-            &with(&[
-                ("tls", "true"),
-                ("client_id", "spiffe://cluster.local/ns/default/sa/client")
-            ])
-        ),
-        21.0
-    );
-    // The latency histogram agrees with what the server did: three requests slept 150 ms.
-    assert_eq!(sum_metric(&t2, "response_latency_ms_count", &inbound), 21.0);
-    assert_eq!(
-        sum_metric(&t2, "response_latency_ms_bucket", &with(&[("le", "100.0")])),
-        18.0,
-        "{t2}"
-    );
-    assert_eq!(
-        sum_metric(&t2, "response_latency_ms_bucket", &with(&[("le", "200.0")])),
-        21.0
-    );
-    let t1 = metrics(&m.agent1);
     let outbound = [
         ("direction", "outbound"),
         ("deployment", "client"),
+        ("dst_namespace", "default"),
         ("dst_deployment", "web"),
+        ("dst_pod", "web"),
         ("server_id", "spiffe://cluster.local/ns/default/sa/web"),
+        ("tls", "true"),
     ];
-    assert_eq!(sum_metric(&t1, "request_total", &outbound), 21.0, "{t1}");
-    let mut failures = outbound.to_vec();
-    failures.push(("classification", "failure"));
-    assert_eq!(sum_metric(&t1, "response_total", &failures), 6.0);
-    // TCP: two client connections, both closed, bytes counted.
-    assert_eq!(sum_metric(&t2, "tcp_open_total", &inbound), 2.0);
-    assert!(wait_until(Duration::from_secs(3), || sum_metric(
-        &metrics(&m.agent2),
-        "tcp_close_total",
-        &inbound
-    ) == 2.0));
-    assert!(sum_metric(&t2, "tcp_read_bytes_total", &inbound) > 1000.0);
+    for (agent, labels) in [(&m.agent1, &outbound[..]), (&m.agent2, &inbound[..])] {
+        assert!(
+            wait_until(Duration::from_secs(10), || sum_metric(
+                &metrics(agent),
+                "tcp_close_total",
+                labels
+            ) == 2.0),
+            "{}",
+            metrics(agent)
+        );
+    }
+    let t1 = metrics(&m.agent1);
+    let t2 = metrics(&m.agent2);
 
-    // Linkerd's PromQL, unchanged.
-    std::thread::sleep(Duration::from_secs(4));
+    // Exact counts on each agent: by status and class, latency buckets (the three 150 ms
+    // requests above 100 ms, everything else below).
+    for (t, labels) in [(&t1, &outbound[..]), (&t2, &inbound[..])] {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut f = labels.to_vec();
+            f.extend_from_slice(extra);
+            f
+        };
+        assert_eq!(sum_metric(t, "request_total", labels), 21.0, "{t}");
+        let responses = |code, class| {
+            sum_metric(
+                t,
+                "response_total",
+                &with(&[("status_code", code), ("classification", class)]),
+            )
+        };
+        assert_eq!(responses("200", "success"), 11.0, "{t}");
+        assert_eq!(responses("404", "success"), 4.0, "{t}");
+        assert_eq!(responses("503", "failure"), 6.0, "{t}");
+        assert_eq!(sum_metric(t, "response_total", labels), 21.0, "{t}");
+        assert_eq!(sum_metric(t, "response_latency_ms_count", labels), 21.0);
+        let bucket = |le| sum_metric(t, "response_latency_ms_bucket", &with(&[("le", le)]));
+        assert_eq!(bucket("100.0"), 18.0, "{t}");
+        assert_eq!(
+            sum_metric(
+                t,
+                "response_latency_ms_bucket",
+                &with(&[("le", "100.0"), ("status_code", "200")])
+            ),
+            11.0 - 3.0,
+            "the 150 ms requests are 200s: {t}"
+        );
+        assert_eq!(bucket("+Inf"), 21.0, "{t}");
+        assert_eq!(sum_metric(t, "tcp_open_total", labels), 2.0, "{t}");
+        assert_eq!(sum_metric(t, "tcp_open_connections", labels), 0.0, "{t}");
+        assert_eq!(sum_metric(t, "http_errors_total", &[]), 0.0, "{t}");
+    }
+    // The inbound side as Linkerd labels it: mutual TLS with the client's identity.
+    assert_eq!(
+        sum_metric(
+            &t2,
+            "response_total",
+            &[
+                ("direction", "inbound"),
+                ("deployment", "web"),
+                ("tls", "true"),
+                ("client_id", "spiffe://cluster.local/ns/default/sa/client")
+            ]
+        ),
+        21.0
+    );
+    // The three 150 ms requests, inbound, are within the 200 ms bucket (the app's own
+    // time plus loopback).
+    assert_eq!(
+        sum_metric(
+            &t2,
+            "response_latency_ms_bucket",
+            &[("direction", "inbound"), ("le", "200.0")]
+        ),
+        21.0,
+        "{t2}"
+    );
+    // No service address was used: dst_service is empty outbound, and inbound every
+    // dst_* label is empty.
+    assert_eq!(
+        sum_metric(&t1, "request_total", &[("dst_service", "")]),
+        21.0,
+        "{t1}"
+    );
+    let empty_dst = |l: &str| {
+        ["dst_namespace", "dst_deployment", "dst_pod", "dst_service"]
+            .iter()
+            .all(|k| !l.contains(&format!("{k}=")) || l.contains(&format!("{k}=\"\"")))
+    };
+    assert!(
+        t2.lines()
+            .filter(|l| l.contains("direction=\"inbound\""))
+            .all(empty_dst),
+        "{t2}"
+    );
+    // TCP bytes: outbound, exactly what curl sent (request heads) and received (response
+    // heads and bodies); inbound the same byte counts, as each agent writes the heads hyper
+    // parsed.
+    let sent: u64 = sizes.iter().map(|s| s[1]).sum();
+    let received: u64 = sizes.iter().map(|s| s[2] + s[3]).sum();
+    assert_eq!(
+        sum_metric(&t1, "tcp_read_bytes_total", &outbound),
+        sent as f64,
+        "{sizes:?}\n{t1}"
+    );
+    assert_eq!(
+        sum_metric(&t1, "tcp_write_bytes_total", &outbound),
+        received as f64,
+        "{sizes:?}\n{t1}"
+    );
+    assert_eq!(
+        sum_metric(&t2, "tcp_read_bytes_total", &inbound),
+        sent as f64,
+        "{t2}"
+    );
+    assert_eq!(
+        sum_metric(&t2, "tcp_write_bytes_total", &inbound),
+        received as f64,
+        "{t2}"
+    );
+
+    // Linkerd's PromQL, unchanged, once Prometheus has a sample of phase 2.
+    assert!(
+        wait_until(Duration::from_secs(30), || scalar(scraped) == Some(21.0)),
+        "prometheus scraped phase 2: {}",
+        query(scraped)
+    );
     let sr = query("sum(rate(response_total{classification=\"success\"}[1m])) by (deployment) / sum(rate(response_total[1m])) by (deployment)");
     let web = sr["data"]["result"]
         .as_array()
@@ -234,6 +339,45 @@ fn exact_counts_and_prometheus_queries() {
         v > 100.0 && v <= 200.0,
         "p99 {v} ms is in the bucket of the 150 ms requests"
     );
+
+    // Cardinality: what a client sends never becomes a label value. Requests with odd
+    // paths, Host values and headers (all answered 200, a status already counted) leave
+    // the set of series unchanged on both agents, and none of the values shows up.
+    let before = (series(&t1), series(&t2));
+    let odd = [
+        "-H",
+        "Host: evil-host.example",
+        "-H",
+        "X-Deployment: evil-deployment",
+        "-H",
+        "l5d-dst-override: evil-override.svc:1234",
+        "-H",
+        "User-Agent: evil-agent",
+    ];
+    let mut args: Vec<String> = odd.iter().map(|s| s.to_string()).collect();
+    args.extend(["-w", "%{http_code}\n"].map(String::from));
+    for u in [
+        format!("{base}/status/200/evil-path?evil-query=1"),
+        format!("{base}/evil-path-2"),
+    ] {
+        args.extend(["-o".to_string(), "/dev/null".to_string(), u]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(curl(c, &m.client, &args), "200\n200\n");
+    for (agent, labels) in [(&m.agent1, &outbound[..]), (&m.agent2, &inbound[..])] {
+        assert!(wait_until(Duration::from_secs(10), || sum_metric(
+            &metrics(agent),
+            "tcp_close_total",
+            labels
+        ) == 3.0));
+    }
+    let (t1, t2) = (metrics(&m.agent1), metrics(&m.agent2));
+    assert_eq!(sum_metric(&t1, "request_total", &outbound), 23.0);
+    assert_eq!(sum_metric(&t2, "request_total", &inbound), 23.0);
+    assert_eq!((series(&t1), series(&t2)), before);
+    for t in [&t1, &t2] {
+        assert!(!t.contains("evil"), "{t}");
+    }
     m.agent1.stop().unwrap();
     m.agent2.stop().unwrap();
 }

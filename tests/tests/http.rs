@@ -1,0 +1,211 @@
+//! HTTP failure and limit paths through the agents: a failing upstream (502), an absent
+//! app (reset), header counts and the 16 KiB head read, hop-by-hop headers end to end,
+//! Linkerd's default opaque-port list, and plaintext HTTP detected inbound.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use meshd_tests::{
+    mesh::{config_yaml, identity_init, with_identity, Agent, ClientServer, WorkloadSpec},
+    require_root, wait_until, Cluster, Pod, ProcHandle,
+};
+use serde_json::Value;
+
+fn apps_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("apps")
+}
+
+/// Sums the samples of `name` whose labels include every `(label, value)`.
+fn sum_metric(text: &str, name: &str, filters: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            filters
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn metrics(agent: &Agent) -> String {
+    agent.get("/metrics").unwrap().1
+}
+
+fn http_app(c: &Cluster, pod: &Pod, port: u16) -> ProcHandle {
+    let mut cmd = Command::new("python3");
+    cmd.arg(apps_dir().join("http_app.py")).arg(port.to_string());
+    let h = c.spawn_in_pod(pod, cmd).unwrap();
+    h.wait_for_output("listening", Duration::from_secs(10))
+        .unwrap();
+    h
+}
+
+/// `meshd-testapp serve` (echo, the client speaks first) on `port`.
+fn echo_app(c: &Cluster, pod: &Pod, port: u16) -> ProcHandle {
+    let mut cmd = Command::new(meshd_tests::mesh::testapp_bin());
+    cmd.args(["serve", "--listen", &format!("0.0.0.0:{port}")]);
+    let h = c.spawn_in_pod(pod, cmd).unwrap();
+    h.wait_for_output("listening", Duration::from_secs(10))
+        .unwrap();
+    h
+}
+
+/// `curl -sS ARGS` in a pod: (exit status success, stdout).
+fn curl(c: &Cluster, pod: &Pod, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20"]).args(args);
+    let out = c.run_in_pod(pod, cmd).unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Sends `payload` (Python escapes) to `ip:port` from a pod and reads the reply to its end:
+/// `{"reply", "end": "eof"|"reset"|"timeout", "secs"}`.
+fn raw(c: &Cluster, pod: &Pod, ip: &str, port: u16, payload: &str, shut_write: bool) -> Value {
+    let mut cmd = Command::new("python3");
+    cmd.arg(apps_dir().join("raw_client.py"))
+        .args([ip, &port.to_string(), payload]);
+    if shut_write {
+        cmd.arg("--shut-write");
+    }
+    let out = c.run_in_pod(pod, cmd).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "raw_client: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The first line of a raw reply.
+fn status_line(r: &Value) -> &str {
+    r["reply"].as_str().unwrap().split("\r\n").next().unwrap()
+}
+
+/// Closed records of `agent` to `orig_dst`, waited for (a record closes just after the
+/// client sees the end).
+fn closed(agent: &Agent, direction: &str, orig_dst: &str) -> Vec<Value> {
+    let mut recs = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        recs = agent.closed_to(direction, orig_dst).unwrap();
+        !recs.is_empty()
+    });
+    recs
+}
+
+/// Proves "an upstream that fails a request gives the client 502", counted as
+/// `http_errors_total{error="upstream_unavailable"}` on the agent whose upstream failed
+/// (inbound when the app closes without answering behind two agents, outbound for a
+/// destination outside the mesh), with a failure response counted on both agents; and that
+/// a port where no app listens resets the client promptly (the server's agent refuses the
+/// CONNECT with 503, the client's records it; a plaintext client outside the mesh is reset
+/// by the server's agent), with no HTTP error counted.
+#[test]
+fn failing_upstreams_give_502_and_absent_apps_a_reset() {
+    require_root().unwrap();
+    let m = ClientServer::start("http-502").unwrap();
+    let c = &m.cluster;
+    // Pods outside the mesh: a server on node 2, a client on node 1.
+    let ext = c.add_pod(&m.n2, "ext").unwrap();
+    let outsider = c.add_pod(&m.n1, "outsider").unwrap();
+    http_app(c, &m.web, 8000);
+    http_app(c, &ext, 8000);
+
+    // Behind two agents: agent 2's upstream (the app) fails the request.
+    let (ok, out) = curl(
+        c,
+        &m.client,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{}:8000/close", m.web.ip),
+        ],
+    );
+    assert!(ok && out == "502", "{out}");
+    // Outbound to a destination outside the mesh: agent 1's upstream fails it.
+    let (ok, out) = curl(
+        c,
+        &m.client,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{}:8000/close", ext.ip),
+        ],
+    );
+    assert!(ok && out == "502", "{out}");
+    let errors = |t: &str, direction| {
+        sum_metric(
+            t,
+            "http_errors_total",
+            &[("direction", direction), ("error", "upstream_unavailable")],
+        )
+    };
+    let failed_502 = |t: &str, direction| {
+        sum_metric(
+            t,
+            "response_total",
+            &[
+                ("direction", direction),
+                ("status_code", "502"),
+                ("classification", "failure"),
+            ],
+        )
+    };
+    let (t1, t2) = (metrics(&m.agent1), metrics(&m.agent2));
+    assert_eq!(errors(&t2, "inbound"), 1.0, "{t2}");
+    assert_eq!(sum_metric(&t2, "http_errors_total", &[]), 1.0, "{t2}");
+    assert_eq!(failed_502(&t2, "inbound"), 1.0, "{t2}");
+    assert_eq!(errors(&t1, "outbound"), 1.0, "{t1}");
+    assert_eq!(sum_metric(&t1, "http_errors_total", &[]), 1.0, "{t1}");
+    assert_eq!(failed_502(&t1, "outbound"), 2.0, "{t1}");
+
+    // No app on the port: over HBONE, agent 2 refuses the CONNECT with 503 and agent 1
+    // resets the client; from outside the mesh, agent 2 resets the client.
+    let get = "GET / HTTP/1.1\\r\\nHost: web\\r\\n\\r\\n";
+    let web_ip = m.web.ip.to_string();
+    for (pod, agent_dir) in [(&m.client, "outbound"), (&outsider, "inbound")] {
+        let r = raw(c, pod, &web_ip, 8009, get, false);
+        assert_eq!(r["end"], "reset", "{agent_dir}: {r}");
+        assert_eq!(r["reply"], "", "{r}");
+        assert!(r["secs"].as_f64().unwrap() < 5.0, "{r}");
+    }
+    let dst = format!("{}:8009", m.web.ip);
+    let rec = closed(&m.agent1, "outbound", &dst);
+    assert_eq!(rec.len(), 1, "{rec:?}");
+    assert!(
+        rec[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("503 Service Unavailable")),
+        "{rec:?}"
+    );
+    let recs = closed(&m.agent2, "inbound", &dst);
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert!(
+        recs.iter().all(|r| r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused"))),
+        "{recs:?}"
+    );
+    assert_eq!(
+        m.agent2
+            .proc
+            .stderr()
+            .matches("HBONE: delivery to the app failed")
+            .count(),
+        1
+    );
+    let (t1, t2) = (metrics(&m.agent1), metrics(&m.agent2));
+    assert_eq!(sum_metric(&t1, "http_errors_total", &[]), 1.0, "{t1}");
+    assert_eq!(sum_metric(&t2, "http_errors_total", &[]), 1.0, "{t2}");
+    assert_eq!(sum_metric(&t2, "hbone_rejected_total", &[]), 0.0, "{t2}");
+    m.agent1.stop().unwrap();
+    m.agent2.stop().unwrap();
+}

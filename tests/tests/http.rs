@@ -209,3 +209,79 @@ fn failing_upstreams_give_502_and_absent_apps_a_reset() {
     m.agent1.stop().unwrap();
     m.agent2.stop().unwrap();
 }
+
+/// The headers of a raw HTTP/1.1 response (names lowercased) and its body.
+fn split_response(reply: &str) -> (Vec<(String, String)>, String) {
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((reply, ""));
+    let headers = head
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (headers, body.to_string())
+}
+
+/// Proves "hop-by-hop headers are not forwarded", end to end and both ways: a request with
+/// `Connection` (naming `X-Hop`), `X-Hop`, `Keep-Alive`, `TE: trailers, deflate`,
+/// `Trailer`, `Upgrade` (not an upgrade) and `Proxy-Connection` reaches the app with none
+/// of them but `TE: trailers`; the app's response with the same kinds of headers reaches
+/// the client with none of them. Through two agents, through the outbound agent alone (to a
+/// server outside the mesh), and through the inbound agent alone (from a client outside).
+#[test]
+fn hop_by_hop_headers_are_not_forwarded_end_to_end() {
+    require_root().unwrap();
+    let m = ClientServer::start("http-hop").unwrap();
+    let c = &m.cluster;
+    let ext = c.add_pod(&m.n2, "ext").unwrap();
+    let outsider = c.add_pod(&m.n1, "outsider").unwrap();
+    http_app(c, &m.web, 8000);
+    http_app(c, &ext, 8000);
+    let request = "GET /headers HTTP/1.1\\r\\nHost: app\\r\\nConnection: close, X-Hop\\r\\nX-Hop: secret\\r\\nKeep-Alive: timeout=5\\r\\nTE: trailers, deflate\\r\\nTrailer: X-Checksum\\r\\nUpgrade: h2c\\r\\nProxy-Connection: keep-alive\\r\\nX-Kept: yes\\r\\n\\r\\n";
+    let cases = [
+        ("two agents", &m.client, m.web.ip.to_string()),
+        ("outbound agent", &m.client, ext.ip.to_string()),
+        ("inbound agent", &outsider, m.web.ip.to_string()),
+    ];
+    for (what, from, to) in cases {
+        let r = raw(c, from, &to, 8000, request, false);
+        assert_eq!(status_line(&r), "HTTP/1.1 200 OK", "{what}: {r}");
+        let (headers, body) = split_response(r["reply"].as_str().unwrap());
+        // What the app saw: exactly Host, TE: trailers and X-Kept.
+        let seen: Vec<(String, String)> = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{what}: {e}: {body}"));
+        let mut seen_sorted = seen.clone();
+        seen_sorted.sort();
+        assert_eq!(
+            seen_sorted,
+            [("host", "app"), ("te", "trailers"), ("x-kept", "yes")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .to_vec(),
+            "{what}: the app saw {seen:?}"
+        );
+        // What the client saw: none of the response's hop-by-hop headers, X-Resp-Kept.
+        let names: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+        for hop in [
+            "x-resp-hop",
+            "keep-alive",
+            "proxy-connection",
+            "upgrade",
+            "trailer",
+        ] {
+            assert!(!names.contains(&hop), "{what}: {hop} in {headers:?}");
+        }
+        assert!(
+            headers
+                .iter()
+                .filter(|(k, _)| k == "connection")
+                .all(|(_, v)| !v.to_ascii_lowercase().contains("x-resp-hop")),
+            "{what}: {headers:?}"
+        );
+        assert!(
+            headers.contains(&("x-resp-kept".into(), "yes".into())),
+            "{what}: {headers:?}"
+        );
+    }
+    m.agent1.stop().unwrap();
+    m.agent2.stop().unwrap();
+}

@@ -285,3 +285,94 @@ fn hop_by_hop_headers_are_not_forwarded_end_to_end() {
     m.agent1.stop().unwrap();
     m.agent2.stop().unwrap();
 }
+
+/// A request head with `extra` header lines `X-Pad-N: <pad bytes>` between `first` and
+/// `last` header lines (Python escapes).
+fn head(first: &str, pads: usize, pad: usize, last: &str) -> String {
+    let mut h = format!("POST /sha256 HTTP/1.1\\r\\nHost: web\\r\\n{first}");
+    for i in 0..pads {
+        h.push_str(&format!("X-Pad-{i}: {}\\r\\n", "a".repeat(pad)));
+    }
+    h.push_str(last);
+    h.push_str("\\r\\n");
+    h
+}
+
+/// Proves the header limits: 100 header lines pass through two agents and 101 are refused
+/// by the client's agent with `431` (hyper's limit), counted as an invalid request, nothing
+/// reaching the server's agent; the first request's head is read whole up to 16 KiB for
+/// the framing check (a `Transfer-Encoding` after 15 KiB of headers, with a
+/// `Content-Length` before them, is refused with 400 and the connection closed), and a
+/// valid head larger than 16 KiB passes (the agent documents no smaller limit).
+#[test]
+fn header_counts_and_the_16_kib_head() {
+    require_root().unwrap();
+    let m = ClientServer::start("http-limits").unwrap();
+    let c = &m.cluster;
+    http_app(c, &m.web, 8000);
+    let ip = m.web.ip.to_string();
+    let empty_chunked = "0\\r\\n\\r\\n";
+    let sha_empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    // 100 header lines (Host, Content-Length, Connection and 97 more): answered.
+    let ok100 = head("Content-Length: 0\\r\\nConnection: close\\r\\n", 97, 8, "");
+    let r = raw(c, &m.client, &ip, 8000, &ok100, false);
+    assert_eq!(status_line(&r), "HTTP/1.1 200 OK", "{r}");
+    assert!(r["reply"].as_str().unwrap().ends_with(&format!("{sha_empty}\n")));
+    // 101: refused by agent 1 with 431, and the connection closed.
+    let bad101 = head("Content-Length: 0\\r\\nConnection: close\\r\\n", 98, 8, "");
+    let r = raw(c, &m.client, &ip, 8000, &bad101, false);
+    assert_eq!(
+        status_line(&r),
+        "HTTP/1.1 431 Request Header Fields Too Large",
+        "{r}"
+    );
+    assert_eq!(r["end"], "eof", "{r}");
+    let (t1, t2) = (metrics(&m.agent1), metrics(&m.agent2));
+    assert_eq!(
+        sum_metric(
+            &t1,
+            "http_errors_total",
+            &[("direction", "outbound"), ("error", "invalid_request")]
+        ),
+        1.0,
+        "{t1}"
+    );
+    assert_eq!(sum_metric(&t1, "request_total", &[]), 1.0, "{t1}");
+    assert_eq!(sum_metric(&t2, "request_total", &[]), 1.0, "{t2}");
+
+    // About 15 KiB of headers between Content-Length and Transfer-Encoding: the framing
+    // check reads past the 1 KiB detection peek and sees both: 400, connection closed.
+    let smuggle = format!(
+        "{}{empty_chunked}GET /status/500 HTTP/1.1\\r\\nHost: web\\r\\n\\r\\n",
+        head(
+            "Content-Length: 5\\r\\n",
+            15,
+            1000,
+            "Transfer-Encoding: chunked\\r\\n"
+        )
+    );
+    let r = raw(c, &m.client, &ip, 8000, &smuggle, false);
+    assert_eq!(status_line(&r), "HTTP/1.1 400 Bad Request", "{r}");
+    assert_eq!(r["end"], "eof", "{r}");
+    assert!(r["secs"].as_f64().unwrap() < 5.0, "{r}");
+    // A valid 20 KiB head passes.
+    let big = head("Content-Length: 0\\r\\nConnection: close\\r\\n", 20, 1000, "");
+    let r = raw(c, &m.client, &ip, 8000, &big, false);
+    assert_eq!(status_line(&r), "HTTP/1.1 200 OK", "{r}");
+    assert!(r["reply"].as_str().unwrap().ends_with(&format!("{sha_empty}\n")));
+    let (t1, t2) = (metrics(&m.agent1), metrics(&m.agent2));
+    assert_eq!(
+        sum_metric(
+            &t1,
+            "http_errors_total",
+            &[("direction", "outbound"), ("error", "invalid_request")]
+        ),
+        2.0,
+        "{t1}"
+    );
+    assert_eq!(sum_metric(&t2, "request_total", &[]), 2.0, "{t2}");
+    assert_eq!(sum_metric(&t2, "http_errors_total", &[]), 0.0, "{t2}");
+    m.agent1.stop().unwrap();
+    m.agent2.stop().unwrap();
+}

@@ -34,7 +34,8 @@ fn metrics(agent: &Agent) -> String {
 
 fn http_app(c: &Cluster, pod: &Pod, port: u16) -> ProcHandle {
     let mut cmd = Command::new("python3");
-    cmd.arg(apps_dir().join("http_app.py")).arg(port.to_string());
+    cmd.arg(apps_dir().join("http_app.py"))
+        .arg(port.to_string());
     let h = c.spawn_in_pod(pod, cmd).unwrap();
     h.wait_for_output("listening", Duration::from_secs(10))
         .unwrap();
@@ -189,9 +190,8 @@ fn failing_upstreams_give_502_and_absent_apps_a_reset() {
     let recs = closed(&m.agent2, "inbound", &dst);
     assert_eq!(recs.len(), 2, "{recs:?}");
     assert!(
-        recs.iter().all(|r| r["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("refused"))),
+        recs.iter()
+            .all(|r| r["error"].as_str().is_some_and(|e| e.contains("refused"))),
         "{recs:?}"
     );
     assert_eq!(
@@ -248,8 +248,8 @@ fn hop_by_hop_headers_are_not_forwarded_end_to_end() {
         assert_eq!(status_line(&r), "HTTP/1.1 200 OK", "{what}: {r}");
         let (headers, body) = split_response(r["reply"].as_str().unwrap());
         // What the app saw: exactly Host, TE: trailers and X-Kept.
-        let seen: Vec<(String, String)> = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("{what}: {e}: {body}"));
+        let seen: Vec<(String, String)> =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: {e}: {body}"));
         let mut seen_sorted = seen.clone();
         seen_sorted.sort();
         assert_eq!(
@@ -318,7 +318,10 @@ fn header_counts_and_the_16_kib_head() {
     let ok100 = head("Content-Length: 0\\r\\nConnection: close\\r\\n", 97, 8, "");
     let r = raw(c, &m.client, &ip, 8000, &ok100, false);
     assert_eq!(status_line(&r), "HTTP/1.1 200 OK", "{r}");
-    assert!(r["reply"].as_str().unwrap().ends_with(&format!("{sha_empty}\n")));
+    assert!(r["reply"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("{sha_empty}\n")));
     // 101: refused by agent 1 with 431, and the connection closed.
     let bad101 = head("Content-Length: 0\\r\\nConnection: close\\r\\n", 98, 8, "");
     let r = raw(c, &m.client, &ip, 8000, &bad101, false);
@@ -357,10 +360,18 @@ fn header_counts_and_the_16_kib_head() {
     assert_eq!(r["end"], "eof", "{r}");
     assert!(r["secs"].as_f64().unwrap() < 5.0, "{r}");
     // A valid 20 KiB head passes.
-    let big = head("Content-Length: 0\\r\\nConnection: close\\r\\n", 20, 1000, "");
+    let big = head(
+        "Content-Length: 0\\r\\nConnection: close\\r\\n",
+        20,
+        1000,
+        "",
+    );
     let r = raw(c, &m.client, &ip, 8000, &big, false);
     assert_eq!(status_line(&r), "HTTP/1.1 200 OK", "{r}");
-    assert!(r["reply"].as_str().unwrap().ends_with(&format!("{sha_empty}\n")));
+    assert!(r["reply"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("{sha_empty}\n")));
     let (t1, t2) = (metrics(&m.agent1), metrics(&m.agent2));
     assert_eq!(
         sum_metric(
@@ -373,6 +384,143 @@ fn header_counts_and_the_16_kib_head() {
     );
     assert_eq!(sum_metric(&t2, "request_total", &[]), 2.0, "{t2}");
     assert_eq!(sum_metric(&t2, "http_errors_total", &[]), 0.0, "{t2}");
+    m.agent1.stop().unwrap();
+    m.agent2.stop().unwrap();
+}
+
+/// Node 1: pod `client`; node 2: pod `web`; mutual TLS; both workloads without
+/// `opaquePorts` (the agent's default list), except that `client` declares 5000 opaque for
+/// itself (which must not matter for its outbound connections: the destination's list
+/// applies).
+fn default_opaque_mesh(name: &str) -> ClientServer {
+    let c = Cluster::new(name).unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let n2 = c.add_node("n2").unwrap();
+    let client = c.add_pod(&n1, "client").unwrap();
+    let web = c.add_pod(&n2, "web").unwrap();
+    let ca = identity_init(&c, "ca").unwrap();
+    let anchors = ca.join("ca.crt");
+    let client_w = WorkloadSpec::new(&client).opaque(Some(&[5000]));
+    let web_w = WorkloadSpec::new(&web).label("app", "web").opaque(None);
+    let remote = |w: &WorkloadSpec| {
+        let mut w = w.clone();
+        w.remote = true;
+        w
+    };
+    let y1 = config_yaml(&c, &n1, &[client_w.clone(), remote(&web_w)], &[]);
+    let y2 = config_yaml(&c, &n2, &[remote(&client_w), web_w], &[]);
+    let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &anchors, &ca, 3600)).unwrap();
+    let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &anchors, &ca, 3600)).unwrap();
+    ClientServer {
+        cluster: c,
+        n1,
+        n2,
+        client,
+        web,
+        agent1,
+        agent2,
+    }
+}
+
+/// Proves the default opaque-port list and inbound plaintext detection. With no
+/// `opaquePorts`, port 3306 (on Linkerd's default list) is never parsed: an HTTP request
+/// with ambiguous framing passes as bytes and is echoed intact, through two agents and from
+/// a client outside the mesh, with no request counted; port 5000 (not on the list, though
+/// the client lists it for itself) is detected and the same bytes are refused with 400 by
+/// the first agent that parses them. A client outside the mesh sending plain HTTP to the
+/// enrolled server is detected and counted as inbound HTTP without identity.
+#[test]
+fn default_opaque_ports_and_inbound_plaintext_detection() {
+    require_root().unwrap();
+    let m = default_opaque_mesh("http-opaque");
+    let c = &m.cluster;
+    let outsider = c.add_pod(&m.n1, "outsider").unwrap();
+    echo_app(c, &m.web, 3306);
+    echo_app(c, &m.web, 5000);
+    http_app(c, &m.web, 8000);
+    let ip = m.web.ip.to_string();
+    let ambiguous = "POST / HTTP/1.1\\r\\nHost: web\\r\\nContent-Length: 5\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\n";
+    let want = ambiguous.replace("\\r", "\r").replace("\\n", "\n");
+
+    // 3306: opaque by default, both ways of reaching it.
+    for from in [&m.client, &outsider] {
+        let r = raw(c, from, &ip, 3306, ambiguous, true);
+        assert_eq!(r["reply"], want.as_str(), "{r}");
+        assert_eq!(r["end"], "eof", "{r}");
+    }
+    let (t1, t2) = (metrics(&m.agent1), metrics(&m.agent2));
+    for t in [&t1, &t2] {
+        assert_eq!(sum_metric(t, "request_total", &[]), 0.0, "{t}");
+        assert_eq!(sum_metric(t, "http_errors_total", &[]), 0.0, "{t}");
+    }
+    assert_eq!(
+        sum_metric(&t1, "tcp_open_total", &[("direction", "outbound")]),
+        1.0
+    );
+    assert_eq!(
+        sum_metric(&t2, "tcp_open_total", &[("direction", "inbound")]),
+        2.0
+    );
+
+    // 5000: detected. Through two agents the client's agent refuses it (outbound); from
+    // outside the mesh the server's agent does (inbound).
+    for (from, agent, direction) in [
+        (&m.client, &m.agent1, "outbound"),
+        (&outsider, &m.agent2, "inbound"),
+    ] {
+        let r = raw(c, from, &ip, 5000, ambiguous, false);
+        assert_eq!(
+            status_line(&r),
+            "HTTP/1.1 400 Bad Request",
+            "{direction}: {r}"
+        );
+        assert_eq!(r["end"], "eof", "{r}");
+        let t = metrics(agent);
+        assert_eq!(
+            sum_metric(
+                &t,
+                "http_errors_total",
+                &[("direction", direction), ("error", "invalid_request")]
+            ),
+            1.0,
+            "{t}"
+        );
+    }
+
+    // Plain HTTP from outside the mesh to the enrolled server: detected inbound, counted
+    // without identity.
+    let (ok, codes) = curl(
+        c,
+        &outsider,
+        &[
+            "-w",
+            "%{http_code}\n",
+            "-o",
+            "/dev/null",
+            &format!("http://{ip}:8000/status/200"),
+            "-o",
+            "/dev/null",
+            &format!("http://{ip}:8000/status/503"),
+        ],
+    );
+    assert!(ok && codes == "200\n503\n", "{codes}");
+    let plain = [
+        ("direction", "inbound"),
+        ("deployment", "web"),
+        ("tls", "no_identity"),
+        ("client_id", ""),
+    ];
+    assert!(wait_until(Duration::from_secs(10), || sum_metric(
+        &metrics(&m.agent2),
+        "request_total",
+        &plain
+    ) == 2.0));
+    let t2 = metrics(&m.agent2);
+    let mut failed = plain.to_vec();
+    failed.extend([("status_code", "503"), ("classification", "failure")]);
+    assert_eq!(sum_metric(&t2, "response_total", &failed), 1.0, "{t2}");
+    assert_eq!(sum_metric(&t2, "request_total", &[]), 2.0, "{t2}");
+    assert_eq!(sum_metric(&metrics(&m.agent1), "request_total", &[]), 0.0);
     m.agent1.stop().unwrap();
     m.agent2.stop().unwrap();
 }

@@ -583,56 +583,71 @@ fn http2_grpc_upgrades_and_large_bodies_pass_through() {
     m.agent2.stop().unwrap();
 }
 
-const SMUGGLE: &str = r#"
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-s.sendall(sys.argv[3].encode().decode("unicode_escape").encode("latin-1"))
-data = b""
-try:
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-except socket.timeout:
-    pass
-print(data.split(b"\r\n")[0].decode())
-"#;
+/// Sends `payload` (Python escapes) from a pod with `apps/raw_client.py`; the reply is read
+/// to its end: `{"reply", "end": "eof"|"reset"|"timeout", "secs"}`.
+fn raw(c: &Cluster, pod: &Pod, ip: &str, port: u16, payload: &str) -> Value {
+    let mut cmd = Command::new("python3");
+    cmd.arg(apps_dir().join("raw_client.py"))
+        .args([ip, &port.to_string(), payload]);
+    let out = c.run_in_pod(pod, cmd).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "raw_client: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
 
+/// Proves "ambiguous framing is refused with 400 and the connection closed, nothing of it
+/// reaches the app", counted in `http_errors_total{error="invalid_request"}`: CL+TE and
+/// conflicting Content-Lengths, from a mesh client (refused by its own agent, outbound)
+/// and from a client outside the mesh (refused by the server's agent, inbound); each
+/// client reads the 400 and then the end of the connection at once (not its 10 s
+/// timeout). Over HTTP/2, a Content-Length that disagrees with the DATA and the
+/// connection-specific headers HTTP/2 forbids end the stream with RST_STREAM
+/// PROTOCOL_ERROR; none of them reaches the app or is counted as a request, while a valid
+/// request on the same path does.
 #[test]
 fn request_smuggling_is_refused_and_counted() {
     require_root().unwrap();
     let m = mesh("l7-smuggle");
     let c = &m.cluster;
-    let app = start_app(c, &m.web, "python3", "http_app.py", 8000);
+    let outsider = c.add_pod(&m.n1, "outsider").unwrap();
+    let _app = start_app(c, &m.web, "python3", "http_app.py", 8000);
     let attempts = [
         // Content-Length and Transfer-Encoding together.
         "POST /sha256 HTTP/1.1\\r\\nHost: web\\r\\nContent-Length: 6\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\nGET /status/500 HTTP/1.1\\r\\nHost: web\\r\\n\\r\\n",
         // Two different Content-Lengths.
         "POST /sha256 HTTP/1.1\\r\\nHost: web\\r\\nContent-Length: 3\\r\\nContent-Length: 30\\r\\n\\r\\nabcGET /status/500 HTTP/1.1\\r\\n\\r\\n",
     ];
-    for a in attempts {
-        let mut py = Command::new("python3");
-        py.args(["-c", SMUGGLE, &m.web.ip.to_string(), "8000", a]);
-        let out = c.run_in_pod(&m.client, py).unwrap();
-        let first = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let ip = m.web.ip.to_string();
+    for (from, agent, direction) in [
+        (&m.client, &m.agent1, "outbound"),
+        (&outsider, &m.agent2, "inbound"),
+    ] {
+        for a in attempts {
+            let r = raw(c, from, &ip, 8000, a);
+            let reply = r["reply"].as_str().unwrap();
+            assert_eq!(
+                reply, "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                "{direction}: {r}"
+            );
+            assert_eq!(r["end"], "eof", "{direction}: {r}");
+            assert!(r["secs"].as_f64().unwrap() < 5.0, "{direction}: {r}");
+        }
+        let t = metrics(agent);
         assert_eq!(
-            first,
-            "HTTP/1.1 400 Bad Request",
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            sum_metric(
+                &t,
+                "http_errors_total",
+                &[("direction", direction), ("error", "invalid_request")]
+            ),
+            2.0,
+            "{t}"
         );
+        assert_eq!(sum_metric(&t, "http_errors_total", &[]), 2.0, "{t}");
     }
-    let t1 = metrics(&m.agent1);
-    assert_eq!(
-        sum_metric(
-            &t1,
-            "http_errors_total",
-            &[("direction", "outbound"), ("error", "invalid_request")]
-        ),
-        2.0,
-        "{t1}"
-    );
     // Nothing reached the app, and the next request (another connection) is fine.
     assert_eq!(
         curl(
@@ -648,7 +663,50 @@ fn request_smuggling_is_refused_and_counted() {
         1.0,
         "{t2}"
     );
-    let _ = app;
+
+    // HTTP/2 to an h2c app that prints each request it receives.
+    let h2_app = start_app(c, &m.web, "/usr/bin/python3", "grpc_app.py", 9000);
+    let h2 = |path: &str, extra: &[&str]| -> Value {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(apps_dir().join("h2_client.py"))
+            .args([ip.as_str(), "9000", path, "abc"])
+            .args(extra);
+        let out = c.run_in_pod(&m.client, cmd).unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "h2_client: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    let r = h2("/smuggle", &["content-length:3"]);
+    assert!(r["status"] == 200 && r["ended"] == true, "{r}");
+    for bad in [
+        "content-length:10",
+        "content-length:1",
+        "transfer-encoding:chunked",
+        "connection:keep-alive",
+        "te:gzip",
+    ] {
+        let r = h2("/smuggle", &[bad]);
+        assert!(
+            r["reset"] == 1 && r["status"].is_null(),
+            "{bad}: RST_STREAM PROTOCOL_ERROR expected: {r}"
+        );
+    }
+    // A last valid request: once the app has it, it would have had any of the others.
+    let r = h2("/after", &[]);
+    assert!(r["status"] == 200 && r["ended"] == true, "{r}");
+    h2_app
+        .wait_for_output("request /after", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(h2_app.stdout().matches("request /smuggle").count(), 1);
+    let (t1, t2) = (metrics(&m.agent1), metrics(&m.agent2));
+    assert_eq!(sum_metric(&t1, "request_total", &[]), 3.0, "{t1}");
+    assert_eq!(sum_metric(&t2, "request_total", &[]), 3.0, "{t2}");
+    assert_eq!(sum_metric(&t1, "http_errors_total", &[]), 2.0, "{t1}");
+    assert_eq!(sum_metric(&t2, "http_errors_total", &[]), 2.0, "{t2}");
     m.agent1.stop().unwrap();
     m.agent2.stop().unwrap();
 }

@@ -5,7 +5,9 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use meshd_tests::{
-    mesh::{config_yaml, identity_init, with_identity, Agent, ClientServer, WorkloadSpec},
+    mesh::{
+        config_yaml, identity_init, with_identity, Agent, ClientServer, ServiceSpec, WorkloadSpec,
+    },
     require_root, wait_until, Cluster, Pod, ProcHandle,
 };
 use serde_json::Value;
@@ -388,11 +390,15 @@ fn header_counts_and_the_16_kib_head() {
     m.agent2.stop().unwrap();
 }
 
-/// Node 1: pod `client`; node 2: pod `web`; mutual TLS; both workloads without
-/// `opaquePorts` (the agent's default list), except that `client` declares 5000 opaque for
-/// itself (which must not matter for its outbound connections: the destination's list
-/// applies).
-fn default_opaque_mesh(name: &str) -> ClientServer {
+/// Node 1: pod `client`; node 2: pod `web` (label `app: web`); mutual TLS; `opaque`
+/// (`None`: the agent's default list) for `client` and `web`; `services` in agent 1's
+/// config.
+fn mesh_with(
+    name: &str,
+    client_opaque: Option<&[u16]>,
+    web_opaque: Option<&[u16]>,
+    services: &[ServiceSpec],
+) -> ClientServer {
     let c = Cluster::new(name).unwrap();
     let n1 = c.add_node("n1").unwrap();
     let n2 = c.add_node("n2").unwrap();
@@ -400,14 +406,16 @@ fn default_opaque_mesh(name: &str) -> ClientServer {
     let web = c.add_pod(&n2, "web").unwrap();
     let ca = identity_init(&c, "ca").unwrap();
     let anchors = ca.join("ca.crt");
-    let client_w = WorkloadSpec::new(&client).opaque(Some(&[5000]));
-    let web_w = WorkloadSpec::new(&web).label("app", "web").opaque(None);
+    let client_w = WorkloadSpec::new(&client).opaque(client_opaque);
+    let web_w = WorkloadSpec::new(&web)
+        .label("app", "web")
+        .opaque(web_opaque);
     let remote = |w: &WorkloadSpec| {
         let mut w = w.clone();
         w.remote = true;
         w
     };
-    let y1 = config_yaml(&c, &n1, &[client_w.clone(), remote(&web_w)], &[]);
+    let y1 = config_yaml(&c, &n1, &[client_w.clone(), remote(&web_w)], services);
     let y2 = config_yaml(&c, &n2, &[remote(&client_w), web_w], &[]);
     let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &anchors, &ca, 3600)).unwrap();
     let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &anchors, &ca, 3600)).unwrap();
@@ -432,7 +440,9 @@ fn default_opaque_mesh(name: &str) -> ClientServer {
 #[test]
 fn default_opaque_ports_and_inbound_plaintext_detection() {
     require_root().unwrap();
-    let m = default_opaque_mesh("http-opaque");
+    // The client lists 5000 as opaque for itself: for its outbound connections the
+    // destination's list (here the default) applies, so 5000 is still detected.
+    let m = mesh_with("http-opaque", Some(&[5000]), None, &[]);
     let c = &m.cluster;
     let outsider = c.add_pod(&m.n1, "outsider").unwrap();
     echo_app(c, &m.web, 3306);
@@ -521,6 +531,63 @@ fn default_opaque_ports_and_inbound_plaintext_detection() {
     assert_eq!(sum_metric(&t2, "response_total", &failed), 1.0, "{t2}");
     assert_eq!(sum_metric(&t2, "request_total", &[]), 2.0, "{t2}");
     assert_eq!(sum_metric(&metrics(&m.agent1), "request_total", &[]), 0.0);
+    m.agent1.stop().unwrap();
+    m.agent2.stop().unwrap();
+}
+
+/// Proves the `dst_service` label: requests to a service address are counted outbound with
+/// `dst_service="default/web"` besides the endpoint's `dst_*` labels, and requests to the
+/// pod address in the same run with an empty `dst_service`.
+#[test]
+fn service_requests_carry_dst_service() {
+    require_root().unwrap();
+    let svc = ServiceSpec {
+        name: "web".into(),
+        vip: "10.96.0.10".into(),
+        port: 80,
+        target_port: 8000,
+        selector: std::collections::BTreeMap::from([("app".to_string(), "web".to_string())]),
+        endpoints: vec![],
+    };
+    let m = mesh_with(
+        "http-svc",
+        Some(&meshd_tests::mesh::GREETING_PORTS),
+        Some(&meshd_tests::mesh::GREETING_PORTS),
+        &[svc],
+    );
+    let c = &m.cluster;
+    http_app(c, &m.web, 8000);
+    let mut args = vec!["-w", "%{http_code}\n"];
+    let (to_svc, to_pod) = (
+        "http://10.96.0.10:80/status/200".to_string(),
+        format!("http://{}:8000/status/200", m.web.ip),
+    );
+    for u in [&to_svc, &to_svc, &to_svc, &to_pod] {
+        args.extend(["-o", "/dev/null", u.as_str()]);
+    }
+    let (ok, codes) = curl(c, &m.client, &args);
+    assert!(ok && codes == "200\n200\n200\n200\n", "{codes}");
+    let t1 = metrics(&m.agent1);
+    let labels = |service| {
+        [
+            ("direction", "outbound"),
+            ("dst_namespace", "default"),
+            ("dst_deployment", "web"),
+            ("dst_pod", "web"),
+            ("dst_service", service),
+        ]
+    };
+    assert_eq!(
+        sum_metric(&t1, "request_total", &labels("default/web")),
+        3.0,
+        "{t1}"
+    );
+    assert_eq!(sum_metric(&t1, "request_total", &labels("")), 1.0, "{t1}");
+    assert_eq!(
+        sum_metric(&t1, "response_total", &labels("default/web")),
+        3.0,
+        "{t1}"
+    );
     m.agent1.stop().unwrap();
     m.agent2.stop().unwrap();
 }

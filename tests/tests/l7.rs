@@ -369,9 +369,48 @@ fn exact_counts_and_prometheus_queries() {
     for t in [&t1, &t2] {
         assert!(!t.contains("evil"), "{t}");
     }
+
+    // tcp_open_connections: one while a client holds a connection, none after it closes.
+    let mut hold = Command::new("python3");
+    hold.args(["-c", HOLD_CLIENT, &m.web.ip.to_string(), "8000"]);
+    let holder = c.spawn_in_pod(&m.client, hold).unwrap();
+    holder
+        .wait_for_output("answered", Duration::from_secs(20))
+        .unwrap();
+    let open_now = |agent: &Agent, labels: &[(&str, &str)]| {
+        sum_metric(&metrics(agent), "tcp_open_connections", labels)
+    };
+    for (agent, labels) in [(&m.agent1, &outbound[..]), (&m.agent2, &inbound[..])] {
+        assert!(
+            wait_until(Duration::from_secs(10), || open_now(agent, labels) == 1.0),
+            "{}",
+            metrics(agent)
+        );
+    }
+    holder.kill().unwrap();
+    for (agent, labels) in [(&m.agent1, &outbound[..]), (&m.agent2, &inbound[..])] {
+        assert!(
+            wait_until(Duration::from_secs(10), || open_now(agent, labels) == 0.0),
+            "{}",
+            metrics(agent)
+        );
+        assert_eq!(sum_metric(&metrics(agent), "tcp_open_total", labels), 4.0);
+    }
     m.agent1.stop().unwrap();
     m.agent2.stop().unwrap();
 }
+
+/// One keep-alive request, then the connection is held open (until the process is killed).
+const HOLD_CLIENT: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(b"GET /status/200 HTTP/1.1\r\nHost: web\r\n\r\n")
+got = b""
+while not got.endswith(b"status 200\n"):
+    got += s.recv(65536)
+print("answered", flush=True)
+time.sleep(300)
+"#;
 
 fn urlencode(s: &str) -> String {
     s.bytes()

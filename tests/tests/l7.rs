@@ -637,7 +637,9 @@ fn raw(c: &Cluster, pod: &Pod, ip: &str, port: u16, payload: &str) -> Value {
 /// timeout). Over HTTP/2, a Content-Length that disagrees with the DATA and the
 /// connection-specific headers HTTP/2 forbids end the stream with RST_STREAM
 /// PROTOCOL_ERROR; none of them reaches the app or is counted as a request, while a valid
-/// request on the same path does.
+/// request on the same path does. CL+TE in a later request of a connection, or after 16 KiB
+/// of the first head, smuggles nothing: the request hidden behind it never reaches the app
+/// and the connection ends.
 #[test]
 fn request_smuggling_is_refused_and_counted() {
     require_root().unwrap();

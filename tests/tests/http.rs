@@ -34,6 +34,19 @@ fn metrics(agent: &Agent) -> String {
     agent.get("/metrics").unwrap().1
 }
 
+/// Waits (10 s at most) until the sum of `name{filters}` on `agent` is `want` (counters
+/// are updated as a request or connection ends, which can be just after the client has
+/// seen that end); fails otherwise. Returns the metrics text it saw.
+fn settle(agent: &Agent, name: &str, filters: &[(&str, &str)], want: f64) -> String {
+    let mut text = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        text = metrics(agent);
+        sum_metric(&text, name, filters) == want
+    });
+    assert!(ok, "{name} {filters:?} is not {want}:\n{text}");
+    text
+}
+
 fn http_app(c: &Cluster, pod: &Pod, port: u16) -> ProcHandle {
     let mut cmd = Command::new("python3");
     cmd.arg(apps_dir().join("http_app.py"))
@@ -162,7 +175,18 @@ fn failing_upstreams_give_502_and_absent_apps_a_reset() {
             ],
         )
     };
-    let (t1, t2) = (metrics(&m.agent1), metrics(&m.agent2));
+    let t2 = settle(
+        &m.agent2,
+        "response_total",
+        &[("direction", "inbound"), ("status_code", "502")],
+        1.0,
+    );
+    let t1 = settle(
+        &m.agent1,
+        "response_total",
+        &[("direction", "outbound"), ("status_code", "502")],
+        2.0,
+    );
     assert_eq!(errors(&t2, "inbound"), 1.0, "{t2}");
     assert_eq!(sum_metric(&t2, "http_errors_total", &[]), 1.0, "{t2}");
     assert_eq!(failed_502(&t2, "inbound"), 1.0, "{t2}");
@@ -333,18 +357,10 @@ fn header_counts_and_the_16_kib_head() {
         "{r}"
     );
     assert_eq!(r["end"], "eof", "{r}");
-    let (t1, t2) = (metrics(&m.agent1), metrics(&m.agent2));
-    assert_eq!(
-        sum_metric(
-            &t1,
-            "http_errors_total",
-            &[("direction", "outbound"), ("error", "invalid_request")]
-        ),
-        1.0,
-        "{t1}"
-    );
+    let invalid = [("direction", "outbound"), ("error", "invalid_request")];
+    let t1 = settle(&m.agent1, "http_errors_total", &invalid, 1.0);
     assert_eq!(sum_metric(&t1, "request_total", &[]), 1.0, "{t1}");
-    assert_eq!(sum_metric(&t2, "request_total", &[]), 1.0, "{t2}");
+    settle(&m.agent2, "request_total", &[], 1.0);
 
     // About 15 KiB of headers between Content-Length and Transfer-Encoding: the framing
     // check reads past the 1 KiB detection peek and sees both: 400, connection closed.
@@ -374,17 +390,8 @@ fn header_counts_and_the_16_kib_head() {
         .as_str()
         .unwrap()
         .ends_with(&format!("{sha_empty}\n")));
-    let (t1, t2) = (metrics(&m.agent1), metrics(&m.agent2));
-    assert_eq!(
-        sum_metric(
-            &t1,
-            "http_errors_total",
-            &[("direction", "outbound"), ("error", "invalid_request")]
-        ),
-        2.0,
-        "{t1}"
-    );
-    assert_eq!(sum_metric(&t2, "request_total", &[]), 2.0, "{t2}");
+    settle(&m.agent1, "http_errors_total", &invalid, 2.0);
+    let t2 = settle(&m.agent2, "request_total", &[], 2.0);
     assert_eq!(sum_metric(&t2, "http_errors_total", &[]), 0.0, "{t2}");
     m.agent1.stop().unwrap();
     m.agent2.stop().unwrap();
@@ -458,7 +465,19 @@ fn default_opaque_ports_and_inbound_plaintext_detection() {
         assert_eq!(r["reply"], want.as_str(), "{r}");
         assert_eq!(r["end"], "eof", "{r}");
     }
-    let (t1, t2) = (metrics(&m.agent1), metrics(&m.agent2));
+    // Once both connections are closed on both agents, nothing was counted as HTTP.
+    let t1 = settle(
+        &m.agent1,
+        "tcp_close_total",
+        &[("direction", "outbound")],
+        1.0,
+    );
+    let t2 = settle(
+        &m.agent2,
+        "tcp_close_total",
+        &[("direction", "inbound")],
+        2.0,
+    );
     for t in [&t1, &t2] {
         assert_eq!(sum_metric(t, "request_total", &[]), 0.0, "{t}");
         assert_eq!(sum_metric(t, "http_errors_total", &[]), 0.0, "{t}");
@@ -485,15 +504,11 @@ fn default_opaque_ports_and_inbound_plaintext_detection() {
             "{direction}: {r}"
         );
         assert_eq!(r["end"], "eof", "{r}");
-        let t = metrics(agent);
-        assert_eq!(
-            sum_metric(
-                &t,
-                "http_errors_total",
-                &[("direction", direction), ("error", "invalid_request")]
-            ),
+        settle(
+            agent,
+            "http_errors_total",
+            &[("direction", direction), ("error", "invalid_request")],
             1.0,
-            "{t}"
         );
     }
 
@@ -567,7 +582,12 @@ fn service_requests_carry_dst_service() {
     }
     let (ok, codes) = curl(c, &m.client, &args);
     assert!(ok && codes == "200\n200\n200\n200\n", "{codes}");
-    let t1 = metrics(&m.agent1);
+    let t1 = settle(
+        &m.agent1,
+        "response_total",
+        &[("direction", "outbound")],
+        4.0,
+    );
     let labels = |service| {
         [
             ("direction", "outbound"),

@@ -61,6 +61,19 @@ fn metrics(agent: &Agent) -> String {
     agent.get("/metrics").unwrap().1
 }
 
+/// Waits (10 s at most) until the sum of `name{filters}` on `agent` is `want` (counters
+/// are updated as a request or connection ends, which can be just after the client has
+/// seen that end); fails otherwise. Returns the metrics text it saw.
+fn settle(agent: &Agent, name: &str, filters: &[(&str, &str)], want: f64) -> String {
+    let mut text = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        text = metrics(agent);
+        sum_metric(&text, name, filters) == want
+    });
+    assert!(ok, "{name} {filters:?} is not {want}:\n{text}");
+    text
+}
+
 /// The label sets (`name{labels}`, values left out) of every sample in a metrics text.
 fn series(text: &str) -> std::collections::BTreeSet<String> {
     text.lines()
@@ -689,12 +702,7 @@ fn request_smuggling_is_refused_and_counted() {
         ),
         "status 200\n"
     );
-    let t2 = metrics(&m.agent2);
-    assert_eq!(
-        sum_metric(&t2, "request_total", &[("direction", "inbound")]),
-        1.0,
-        "{t2}"
-    );
+    settle(&m.agent2, "request_total", &[("direction", "inbound")], 1.0);
 
     // HTTP/2 to an h2c app that prints each request it receives.
     let h2_app = start_app(c, &m.web, "/usr/bin/python3", "grpc_app.py", 9000);
@@ -734,7 +742,8 @@ fn request_smuggling_is_refused_and_counted() {
         .wait_for_output("request /after", Duration::from_secs(10))
         .unwrap();
     assert_eq!(h2_app.stdout().matches("request /smuggle").count(), 1);
-    let (t1, t2) = (metrics(&m.agent1), metrics(&m.agent2));
+    let t1 = settle(&m.agent1, "response_total", &[], 3.0);
+    let t2 = settle(&m.agent2, "response_total", &[], 3.0);
     assert_eq!(sum_metric(&t1, "request_total", &[]), 3.0, "{t1}");
     assert_eq!(sum_metric(&t2, "request_total", &[]), 3.0, "{t2}");
     assert_eq!(sum_metric(&t1, "http_errors_total", &[]), 2.0, "{t1}");

@@ -157,13 +157,18 @@ fn stat_edges_tap_and_log_level_show_known_traffic() {
     // stat, as JSON and as a table, on both agents: 2 + 5 + 1 successes, 2 failures; the
     // p99 of 10 requests is the slowest, the 1.2 s one; the median is a fast one.
     for (node, deployment, direction) in [(n2, "web", "inbound"), (n1, "client", "outbound")] {
-        let (ok, out, err) = meshd(c, node, &["stat", "--window", "60s", "-o", "json"]);
-        assert!(ok, "{err}");
-        let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
-        let row = rows
-            .iter()
-            .find(|r| r["deployment"] == deployment && r["direction"] == direction)
-            .unwrap_or_else(|| panic!("{out}"));
+        // A request is counted as it ends, which can be just after the client saw it end.
+        let mut row = Value::Null;
+        wait_until(Duration::from_secs(10), || {
+            let (ok, out, err) = meshd(c, node, &["stat", "--window", "60s", "-o", "json"]);
+            assert!(ok, "{err}");
+            let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+            row = rows
+                .into_iter()
+                .find(|r| r["deployment"] == deployment && r["direction"] == direction)
+                .unwrap_or_else(|| panic!("{out}"));
+            row["requests"] == 10
+        });
         assert_eq!(row["requests"], 10, "{row}");
         assert_eq!(row["successes"], 8, "{row}");
         assert_eq!(row["success_rate"], 0.8, "{row}");

@@ -3,6 +3,7 @@
 Answers every request with `:status 200`, `content-type: application/grpc`, one
 length-prefixed message echoing the request body, and the trailer `grpc-status`: the
 number after `/grpc.test.Echo/Status` in the path (e.g. /grpc.test.Echo/Status13), else 0.
+Prints `request PATH` for each request it receives.
 """
 import socket
 import sys
@@ -26,6 +27,7 @@ def serve(sock):
             if isinstance(event, h2.events.RequestReceived):
                 headers = dict((k.decode() if isinstance(k, bytes) else k, v.decode() if isinstance(v, bytes) else v) for k, v in event.headers)
                 paths[event.stream_id] = headers.get(":path", "")
+                print("request", headers.get(":path", ""), flush=True)
                 bodies[event.stream_id] = b""
             elif isinstance(event, h2.events.DataReceived):
                 bodies[event.stream_id] += event.data

@@ -2,8 +2,13 @@
 
 GET /status/NNN -> status NNN; GET /sleep/MS -> 200 after MS milliseconds;
 POST /sha256 -> the SHA-256 of the request body; GET /upgrade with `Upgrade: echo` ->
-101, then the connection echoes bytes (what a WebSocket server does after its handshake).
+101, then the connection echoes bytes (what a WebSocket server does after its handshake);
+GET /headers -> the request's headers as a JSON list of [name, value], with hop-by-hop
+headers in the response (`Connection: X-Resp-Hop`, `X-Resp-Hop`, `Keep-Alive`,
+`Proxy-Connection`, `Upgrade`, `Trailer`) and `X-Resp-Kept`; GET /close -> the connection
+is closed without a response.
 """
+import json
 import hashlib
 import http.server
 import socketserver
@@ -31,6 +36,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif self.path.startswith("/sleep/"):
             time.sleep(int(parts[2]) / 1000.0)
             self.reply(200, b"slept\n")
+        elif self.path == "/headers":
+            body = json.dumps([[k.lower(), v] for k, v in self.headers.items()]).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "X-Resp-Hop")
+            self.send_header("X-Resp-Hop", "secret")
+            self.send_header("Keep-Alive", "timeout=5")
+            self.send_header("Proxy-Connection", "keep-alive")
+            self.send_header("Upgrade", "h2c")
+            self.send_header("Trailer", "X-Checksum")
+            self.send_header("X-Resp-Kept", "yes")
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path == "/close":
+            self.close_connection = True
         elif self.path == "/upgrade" and self.headers.get("Upgrade", "").lower() == "echo":
             self.send_response(101)
             self.send_header("Upgrade", "echo")

@@ -102,6 +102,17 @@ where
     A: AsyncRead + AsyncWrite + Unpin + Reset,
     B: AsyncRead + AsyncWrite + Unpin + Reset,
 {
+    let (sent, received, error) = relay_streams(&mut client, &mut server).await;
+    ctx.connections.close(id, sent, received, error);
+}
+
+/// The copying part of [`relay`]: bytes each way, or the error after resetting both sides.
+/// The sides are closed by the caller (dropped after the record is closed).
+async fn relay_streams<A, B>(client: &mut A, server: &mut B) -> (u64, u64, Option<String>)
+where
+    A: AsyncRead + AsyncWrite + Unpin + Reset,
+    B: AsyncRead + AsyncWrite + Unpin + Reset,
+{
     let sent = AtomicU64::new(0);
     let received = AtomicU64::new(0);
     let moved = if let (Some(c), Some(s)) = (client.tcp(), server.tcp()) {
@@ -120,17 +131,16 @@ where
             server.spliced(received, sent);
             r.map(|()| (sent, received))
         }
-        None => copy_bidirectional(&mut client, &mut server).await,
+        None => copy_bidirectional(client, server).await,
     };
-    let (sent, received, error) = match result {
+    match result {
         Ok((a, b)) => (a, b, None),
         Err(e) => {
             client.reset();
             server.reset();
             (0, 0, Some(e.to_string()))
         }
-    };
-    ctx.connections.close(id, sent, received, error);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -740,15 +750,86 @@ mod tests {
         }
     }
 
+    /// A TCP side the relay cannot splice: the buffered copy moves its bytes (as for a stream
+    /// with detection bytes in front).
+    fn buffered(s: TcpStream) -> crate::proxy::detect::Prefixed<TcpStream> {
+        crate::proxy::detect::Prefixed::new(bytes::Bytes::new(), s)
+    }
+
+    /// Runs [`relay_streams`] as `relay` does (sides dropped when it returns), spliced or
+    /// buffered.
+    fn spawn_full_relay(
+        a: TcpStream,
+        b: TcpStream,
+        spliced: bool,
+    ) -> tokio::task::JoinHandle<(u64, u64, Option<String>)> {
+        tokio::spawn(async move {
+            if spliced {
+                let (mut a, mut b) = (a, b);
+                relay_streams(&mut a, &mut b).await
+            } else {
+                relay_streams(&mut buffered(a), &mut buffered(b)).await
+            }
+        })
+    }
+
+    /// What the peer that did not reset sees next: it must be a reset, not a clean EOF.
+    async fn next_read(s: &mut TcpStream) -> io::Result<usize> {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(20), s.read(&mut buf));
+        read.await
+            .expect("the other side was neither reset nor closed")
+    }
+
+    /// When either side resets, the relay fails and resets the other side too, as if there
+    /// were no proxy: the other peer's next read is ECONNRESET, not an EOF. For the spliced
+    /// and the buffered relay, with bytes already through before the reset.
     #[tokio::test]
     async fn a_reset_is_an_error() {
         for spliced in [true, false] {
-            let (client, a) = pair().await;
-            let (b, _server) = pair().await;
-            let relay = spawn_relay(a, b, spliced);
-            client.reset();
+            for client_resets in [true, false] {
+                let case = format!("spliced={spliced} client_resets={client_resets}");
+                let (mut client, a) = pair().await;
+                let (b, mut server) = pair().await;
+                let relay = spawn_full_relay(a, b, spliced);
+                client.write_all(b"ping").await.unwrap();
+                let mut got = [0u8; 4];
+                server.read_exact(&mut got).await.unwrap();
+                assert_eq!(&got, b"ping", "{case}");
+                let (resetter, mut other) = if client_resets {
+                    (client, server)
+                } else {
+                    (server, client)
+                };
+                resetter.reset();
+                drop(resetter);
+                let (_, _, error) = relay.await.unwrap();
+                assert!(error.is_some(), "{case}: the relay reports the error");
+                let seen = next_read(&mut other).await;
+                assert_eq!(
+                    seen.as_ref().map_err(|e| e.kind()),
+                    Err(io::ErrorKind::ConnectionReset),
+                    "{case}: the other side is reset (got {seen:?})"
+                );
+            }
+        }
+    }
+
+    /// The counterpart: an orderly close on one side is an orderly close (EOF) on the other,
+    /// not a reset, and the relay reports no error.
+    #[tokio::test]
+    async fn a_close_is_not_a_reset() {
+        for spliced in [true, false] {
+            let (mut client, a) = pair().await;
+            let (b, mut server) = pair().await;
+            let relay = spawn_full_relay(a, b, spliced);
+            client.write_all(b"ping").await.unwrap();
             drop(client);
-            assert!(relay.await.unwrap().is_err(), "spliced={spliced}");
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"ping", "spliced={spliced}");
+            drop(server);
+            assert_eq!(relay.await.unwrap(), (4, 0, None), "spliced={spliced}");
         }
     }
 

@@ -83,6 +83,18 @@ fn sign_issuer(
     not_before: SystemTime,
     not_after: SystemTime,
 ) -> IssuerFiles {
+    sign_issuer_with(ca, out, not_before, not_after, None)
+}
+
+/// [`sign_issuer`] with the issuer's key given: the key pair and the PEM text written to
+/// `issuer.key` (any encoding of that key).
+fn sign_issuer_with(
+    ca: &InitOutput,
+    out: &Path,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    key: Option<(&rcgen::KeyPair, String)>,
+) -> IssuerFiles {
     let anchor_key = rcgen::KeyPair::from_pem(
         &std::fs::read_to_string(&ca.trust_anchor_key).expect("read ca.key"),
     )
@@ -104,11 +116,18 @@ fn sign_issuer(
     ];
     params.not_before = time::OffsetDateTime::from(not_before);
     params.not_after = time::OffsetDateTime::from(not_after);
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let cert = params.signed_by(&key, &anchor).expect("sign issuer");
+    let generated;
+    let (key, key_pem) = match key {
+        Some(given) => given,
+        None => {
+            generated = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+            (&generated, generated.serialize_pem())
+        }
+    };
+    let cert = params.signed_by(key, &anchor).expect("sign issuer");
     std::fs::create_dir_all(out).expect("mkdir");
     std::fs::write(out.join("issuer.crt"), cert.pem()).expect("write issuer.crt");
-    std::fs::write(out.join("issuer.key"), key.serialize_pem()).expect("write issuer.key");
+    std::fs::write(out.join("issuer.key"), key_pem).expect("write issuer.key");
     IssuerFiles {
         trust_anchors: ca.trust_anchor.clone(),
         issuer_cert: out.join("issuer.crt"),
@@ -853,47 +872,132 @@ async fn renewal_swaps_certificates_without_breaking_connections() {
     renewal.abort();
 }
 
+/// The `notAfter` of a DER certificate.
+fn not_after_of(der: &[u8]) -> SystemTime {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).expect("parse");
+    super::issuer::asn1_to_system_time(cert.validity().not_after.timestamp())
+}
+
+/// A leaf certificate never outlives its issuer: with an issuer that expires in an hour and
+/// the default 24 h lifetime, the leaf's `notAfter` is the issuer's, exactly (the chain is
+/// valid for its whole life), and handshakes with it work; a lifetime that ends before the
+/// issuer does is kept as it is.
 #[tokio::test]
-async fn reload_swaps_anchors_and_issuer() {
-    let (dir_a, a) = pki();
-    let (_dir_b, b) = pki();
-    let mgr = manager(&a.issuer_files());
-    let other = manager(&b.issuer_files());
-    let (web, curl) = (id("default", "web"), id("tools", "curl"));
-    let server = server_config(mgr.clone(), web.clone()).expect("server config");
-    let (s, _c) = mesh_handshake(&mgr, &web, &other, &curl, &web).await;
-    assert!(s.is_err(), "B is not trusted yet");
+async fn leaf_certificates_never_outlive_the_issuer() {
+    let (_dir, ca) = pki();
+    let tmp = TempDir::new();
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let files = sign_issuer(&ca, tmp.path(), now - hour, now + hour);
+    let mgr = manager(&files);
+    let (_, issuer_expiry) = mgr.issuer();
+    assert!(issuer_expiry > now + hour - Duration::from_secs(2));
+    assert!(issuer_expiry <= now + hour);
+    assert_eq!(mgr.leaf_ttl(), DEFAULT_LEAF_TTL);
 
-    // Rotate to B's anchor (keeping A's) and B's issuer: the cached config follows.
-    let both = bundle(
-        dir_a.path(),
-        "both.crt",
-        &[&a.trust_anchor, &b.trust_anchor],
+    let web = id("default", "web");
+    let key = mgr.certificate(&web).expect("issue");
+    assert_eq!(
+        not_after_of(&key.cert[0]),
+        issuer_expiry,
+        "capped at the issuer's expiry"
     );
-    let serial = mgr.serial(&web).expect("serial");
-    mgr.reload(&IssuerFiles {
-        trust_anchors: both,
-        ..b.issuer_files()
-    })
-    .expect("reload");
-    assert_ne!(
-        mgr.serial(&web).expect("serial"),
-        serial,
-        "re-issued under the new issuer"
+    assert_eq!(
+        not_after_of(&key.cert[1]),
+        issuer_expiry,
+        "the issuer in the chain"
     );
-    assert!(Arc::ptr_eq(
-        &server,
-        &server_config(mgr.clone(), web.clone()).expect("cached")
-    ));
-    let (s, c) = mesh_handshake(&mgr, &web, &other, &curl, &web).await;
-    s.expect("server accepts B");
-    c.expect("client under B accepts the server under B");
+    assert_eq!(mgr.expiries(), vec![(web.clone(), issuer_expiry)]);
+    let curl = id("tools", "curl");
+    let (s, c) = mesh_handshake(&mgr, &web, &mgr, &curl, &web).await;
+    let (mut s, mut c) = (s.expect("server"), c.expect("client"));
+    exchange(&mut s, &mut c, b"capped").await;
 
-    // A bad reload changes nothing.
-    assert!(mgr
-        .reload(&IssuerFiles {
-            issuer_key: a.issuer_key.clone(),
-            ..b.issuer_files()
-        })
-        .is_err());
+    // A 10-minute lifetime ends before the issuer: not capped.
+    let short =
+        Arc::new(CertManager::load(&files, 10 * 60 * Duration::from_secs(1)).expect("load"));
+    let before = SystemTime::now();
+    let key = short.certificate(&web).expect("issue");
+    let leaf_expiry = not_after_of(&key.cert[0]);
+    assert!(leaf_expiry < issuer_expiry);
+    let ttl = leaf_expiry.duration_since(before).expect("in the future");
+    assert!(
+        (Duration::from_secs(598)..=Duration::from_secs(600)).contains(&ttl),
+        "{ttl:?}"
+    );
+}
+
+/// Runs openssl (the tool `step` and most CAs' keys come from) with `args`.
+fn openssl(args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl (the test needs it installed)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issuer keys in the encodings other tools write load, and sign leaves that handshakes
+/// accept: SEC1 (`BEGIN EC PRIVATE KEY`, what `step` writes for its default P-256 keys) and
+/// PKCS#1 (`BEGIN RSA PRIVATE KEY`, an RSA issuer).
+#[tokio::test]
+async fn sec1_and_pkcs1_issuer_keys_load() {
+    let (_dir, ca) = pki();
+    let tmp = TempDir::new();
+    let path = |name: &str| {
+        tmp.path()
+            .join(name)
+            .to_str()
+            .expect("utf-8 path")
+            .to_string()
+    };
+    let now = SystemTime::now();
+    let day = Duration::from_secs(24 * 3600);
+
+    // SEC1: a P-256 key, converted by openssl from PKCS#8 to the traditional EC format.
+    let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    std::fs::write(path("ec.p8"), ec.serialize_pem()).expect("write");
+    openssl(&["ec", "-in", &path("ec.p8"), "-out", &path("ec.sec1")]);
+    // PKCS#1: an RSA key as openssl writes it traditionally; rcgen signs with its PKCS#8.
+    openssl(&["genrsa", "-traditional", "-out", &path("rsa.p1"), "2048"]);
+    openssl(&[
+        "pkcs8",
+        "-topk8",
+        "-nocrypt",
+        "-in",
+        &path("rsa.p1"),
+        "-out",
+        &path("rsa.p8"),
+    ]);
+    let rsa_p8 = std::fs::read_to_string(path("rsa.p8")).expect("read");
+    let rsa =
+        rcgen::KeyPair::from_pem_and_sign_algo(&rsa_p8, &rcgen::PKCS_RSA_SHA256).expect("rsa key");
+
+    let web = id("default", "web");
+    let curl = id("tools", "curl");
+    for (name, key, file, label) in [
+        ("sec1", &ec, "ec.sec1", "-----BEGIN EC PRIVATE KEY-----"),
+        ("pkcs1", &rsa, "rsa.p1", "-----BEGIN RSA PRIVATE KEY-----"),
+    ] {
+        let pem = std::fs::read_to_string(path(file)).expect("read");
+        assert!(pem.starts_with(label), "{name}: {pem:.40}");
+        let files = sign_issuer_with(
+            &ca,
+            &tmp.path().join(name),
+            now - day,
+            now + day,
+            Some((key, pem)),
+        );
+        let mgr = Arc::new(
+            CertManager::load(&files, DEFAULT_LEAF_TTL)
+                .unwrap_or_else(|e| panic!("{name} issuer key: {e}")),
+        );
+        let (s, c) = mesh_handshake(&mgr, &web, &mgr, &curl, &web).await;
+        let (mut s, mut c) = (s.expect(name), c.expect(name));
+        assert_eq!(peer_identity(s.get_ref().1), Some(curl.clone()), "{name}");
+        exchange(&mut s, &mut c, name.as_bytes()).await;
+    }
 }

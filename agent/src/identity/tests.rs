@@ -854,7 +854,19 @@ async fn renewal_swaps_certificates_without_breaking_connections() {
         .iter()
         .zip(&first_expiry)
         .all(|(new, old)| new.0 == old.0 && new.1 > old.1));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Wait (no fixed sleep) until the first certificates have expired.
+    let old_expiry = first_expiry
+        .iter()
+        .map(|e| e.1)
+        .max()
+        .expect("two certificates");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while SystemTime::now() <= old_expiry + Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the first certificates expire within their 2 s lifetime");
 
     // The connection made before renewal (with now-expired certificates) still works.
     exchange(&mut s1, &mut c1, b"after renewal").await;

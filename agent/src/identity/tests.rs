@@ -939,70 +939,98 @@ async fn leaf_certificates_never_outlive_the_issuer() {
     );
 }
 
-/// Runs openssl (the tool `step` and most CAs' keys come from) with `args`.
-fn openssl(args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl (the test needs it installed)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// A PEM block of `der` under `label`.
+fn pem_block(label: &str, der: &[u8]) -> String {
+    pem_of(der).replace("CERTIFICATE", label)
+}
+
+/// The contents of the DER element at the start of `b`, and what follows it.
+fn der_element(b: &[u8]) -> (&[u8], &[u8]) {
+    let (len, header) = match b[1] {
+        n if n < 0x80 => (usize::from(n), 2),
+        n => {
+            let k = usize::from(n & 0x7f);
+            let len = b[2..2 + k].iter().fold(0, |l, &x| l << 8 | usize::from(x));
+            (len, 2 + k)
+        }
+    };
+    (&b[header..header + len], &b[header + len..])
+}
+
+/// The PKCS#1 `RSAPrivateKey` inside a PKCS#8 `PrivateKeyInfo` (its `privateKey` octets).
+fn pkcs1_of(pkcs8: &[u8]) -> Vec<u8> {
+    let (info, _) = der_element(pkcs8);
+    let (_version, rest) = der_element(info);
+    let (_algorithm, rest) = der_element(rest);
+    assert_eq!(rest[0], 0x04, "privateKey is an OCTET STRING");
+    der_element(rest).0.to_vec()
 }
 
 /// Issuer keys in the encodings other tools write load, and sign leaves that handshakes
-/// accept: SEC1 (`BEGIN EC PRIVATE KEY`, what `step` writes for its default P-256 keys) and
-/// PKCS#1 (`BEGIN RSA PRIVATE KEY`, an RSA issuer).
+/// accept: SEC1 (`BEGIN EC PRIVATE KEY`, what `step` writes for its default P-256 keys:
+/// RFC 5915 with the curve and the public key) and PKCS#1 (`BEGIN RSA PRIVATE KEY`, an RSA
+/// issuer as `openssl genrsa -traditional` writes it).
 #[tokio::test]
 async fn sec1_and_pkcs1_issuer_keys_load() {
+    use aws_lc_rs::encoding::AsDer as _;
     let (_dir, ca) = pki();
     let tmp = TempDir::new();
-    let path = |name: &str| {
-        tmp.path()
-            .join(name)
-            .to_str()
-            .expect("utf-8 path")
-            .to_string()
-    };
     let now = SystemTime::now();
     let day = Duration::from_secs(24 * 3600);
 
-    // SEC1: a P-256 key, converted by openssl from PKCS#8 to the traditional EC format.
-    let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    std::fs::write(path("ec.p8"), ec.serialize_pem()).expect("write");
-    openssl(&["ec", "-in", &path("ec.p8"), "-out", &path("ec.sec1")]);
-    // PKCS#1: an RSA key as openssl writes it traditionally; rcgen signs with its PKCS#8.
-    openssl(&["genrsa", "-traditional", "-out", &path("rsa.p1"), "2048"]);
-    openssl(&[
-        "pkcs8",
-        "-topk8",
-        "-nocrypt",
-        "-in",
-        &path("rsa.p1"),
-        "-out",
-        &path("rsa.p8"),
-    ]);
-    let rsa_p8 = std::fs::read_to_string(path("rsa.p8")).expect("read");
-    let rsa =
-        rcgen::KeyPair::from_pem_and_sign_algo(&rsa_p8, &rcgen::PKCS_RSA_SHA256).expect("rsa key");
+    let ec = aws_lc_rs::signature::EcdsaKeyPair::generate(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+    )
+    .expect("P-256 key");
+    let sec1 = ec.private_key().as_der().expect("SEC1");
+    // With the curve named in it ([0] prime256v1), as step and openssl write it.
+    const P256: [u8; 12] = [
+        0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+    ];
+    assert!(sec1.as_ref().windows(P256.len()).any(|w| w == P256));
+    let ec_pkcs8 = ec.to_pkcs8v1().expect("PKCS#8");
+    let ec_signer = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+        &ec_pkcs8.as_ref().to_vec().into(),
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    )
+    .expect("rcgen EC key");
+
+    let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key");
+    let rsa_pkcs8 = rsa.as_der().expect("PKCS#8");
+    let rsa_signer = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+        &rsa_pkcs8.as_ref().to_vec().into(),
+        &rcgen::PKCS_RSA_SHA256,
+    )
+    .expect("rcgen RSA key");
+    let pkcs1 = pkcs1_of(rsa_pkcs8.as_ref());
 
     let web = id("default", "web");
     let curl = id("tools", "curl");
-    for (name, key, file, label) in [
-        ("sec1", &ec, "ec.sec1", "-----BEGIN EC PRIVATE KEY-----"),
-        ("pkcs1", &rsa, "rsa.p1", "-----BEGIN RSA PRIVATE KEY-----"),
+    for (name, signer, pem) in [
+        (
+            "sec1",
+            &ec_signer,
+            pem_block("EC PRIVATE KEY", sec1.as_ref()),
+        ),
+        ("pkcs1", &rsa_signer, pem_block("RSA PRIVATE KEY", &pkcs1)),
     ] {
-        let pem = std::fs::read_to_string(path(file)).expect("read");
-        assert!(pem.starts_with(label), "{name}: {pem:.40}");
         let files = sign_issuer_with(
             &ca,
             &tmp.path().join(name),
             now - day,
             now + day,
-            Some((key, pem)),
+            Some((signer, pem.clone())),
         );
+        // What is on disk is the traditional encoding, not PKCS#8.
+        let written = std::fs::read_to_string(&files.issuer_key).expect("read");
+        assert_eq!(written, pem);
+        use rustls::pki_types::{pem::PemObject as _, PrivateKeyDer};
+        let kind = match PrivateKeyDer::from_pem_slice(written.as_bytes()).expect("a PEM key") {
+            PrivateKeyDer::Sec1(_) => "sec1",
+            PrivateKeyDer::Pkcs1(_) => "pkcs1",
+            _ => "other",
+        };
+        assert_eq!(kind, name, "{written:.40}");
         let mgr = Arc::new(
             CertManager::load(&files, DEFAULT_LEAF_TTL)
                 .unwrap_or_else(|e| panic!("{name} issuer key: {e}")),

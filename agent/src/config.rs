@@ -413,4 +413,75 @@ workloads:
             .to_string();
         assert!(e.contains("services[0].ports[0].port"), "{e}");
     }
+
+    /// The error text of a config that parses but that meshd's own checks refuse.
+    fn refused(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    /// A remote workload with the given extra lines, followed by the given services.
+    fn with(extra: &str, services: &str) -> String {
+        format!("{REMOTE_ONLY}{extra}{services}")
+    }
+
+    /// meshd's own checks, each with the exact error a user sees: port 0 as a skipped port
+    /// (inbound and outbound) and as a service port (port and targetPort), a VIP that is a
+    /// workload's address, a service port defined twice, a duplicate workload name.
+    #[test]
+    fn meshds_own_checks_have_exact_errors() {
+        let at_w = "config file test.yaml: workloads[0] (default/web-1)";
+        for field in ["skipInboundPorts", "skipOutboundPorts"] {
+            assert_eq!(
+                refused(&with(&format!("    {field}: [80, 0]\n"), "")),
+                format!("{at_w}: port 0 cannot be skipped"),
+            );
+        }
+        let at_s = "config file test.yaml: services[0] (default/web)";
+        let svc = |vip: &str, ports: &str| {
+            format!("services:\n  - name: web\n    namespace: default\n    vip: {vip}\n    ports: {ports}\n")
+        };
+        for ports in ["[{port: 0}]", "[{port: 80, targetPort: 0}]"] {
+            assert_eq!(
+                refused(&with("", &svc("10.96.0.1", ports))),
+                format!("{at_s}: port 0 is not a valid service port"),
+            );
+        }
+        assert_eq!(
+            refused(&with("", &svc("10.0.0.1", "[{port: 80}]"))),
+            format!("{at_s}: vip 10.0.0.1 is also the address of workload default/web-1"),
+        );
+        assert_eq!(
+            refused(&with(
+                "",
+                &svc(
+                    "10.96.0.1",
+                    "[{port: 80}, {port: 443}, {port: 80, targetPort: 8080}]"
+                )
+            )),
+            format!("{at_s}: 10.96.0.1:80 is defined twice"),
+        );
+        // The same VIP and port in a second service is also a port defined twice.
+        let two = format!(
+            "{}  - name: web2\n    namespace: default\n    vip: 10.96.0.1\n    ports: [{{port: 80}}]\n",
+            svc("10.96.0.1", "[{port: 80}]")
+        );
+        assert_eq!(
+            refused(&with("", &two)),
+            "config file test.yaml: services[1] (default/web2): 10.96.0.1:80 is defined twice",
+        );
+        let dup = "  - name: web-1\n    namespace: default\n    serviceAccount: other\n    node: n3\n    ips: [10.0.0.2]\n";
+        assert_eq!(
+            refused(&with(dup, "")),
+            "config file test.yaml: workloads[1] (default/web-1): duplicate workload default/web-1",
+        );
+        // The same name in another namespace is a different workload: accepted.
+        let other_ns = dup.replace("namespace: default", "namespace: other");
+        assert!(parse(&with(&other_ns, "")).is_ok());
+        // And the good versions of each are accepted, so the refusals above are the checks'.
+        assert!(parse(&with(
+            "    skipInboundPorts: [80]\n    skipOutboundPorts: [443]\n",
+            &svc("10.96.0.1", "[{port: 80, targetPort: 8080}, {port: 443}]")
+        ))
+        .is_ok());
+    }
 }

@@ -232,6 +232,33 @@ impl Maps {
         Ok(())
     }
 
+    /// Maps of the right shapes that no program uses and nothing pins (they go away with
+    /// the process), for unit tests that need a [`crate::proxy::ProxyContext`]. Needs
+    /// CAP_BPF (the suite runs as root).
+    #[cfg(test)]
+    pub fn standalone() -> Result<Maps, MapError> {
+        fn hash<K: aya::Pod, V: aya::Pod>() -> Result<Hash<K, V>, MapError> {
+            HashMap::create(64, 0).map(Mutex::new)
+        }
+        const BPF_MAP_TYPE_SOCKHASH: u32 = 18;
+        let obj = aya_obj::Map::new_from_params(
+            BPF_MAP_TYPE_SOCKHASH,
+            std::mem::size_of::<IpAddr>() as u32,
+            std::mem::size_of::<u32>() as u32,
+            64,
+            0,
+        );
+        let listeners = MapData::create(obj, "test_listeners", None)?;
+        Ok(Maps {
+            pods: hash()?,
+            sock_dst: hash()?,
+            orig_dst: hash()?,
+            skip_out: hash()?,
+            skip_in: hash()?,
+            listeners: Mutex::new(SockHash::try_from(Map::SockHash(listeners))?),
+        })
+    }
+
     /// Entry counts per map, for `/config_dump` and tests.
     pub fn counts(&self) -> serde_json::Value {
         serde_json::json!({

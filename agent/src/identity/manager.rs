@@ -112,25 +112,6 @@ impl CertManager {
         })
     }
 
-    /// Loads new trust anchors and a new issuer (e.g. during an anchor or issuer rotation)
-    /// and re-issues every workload certificate under the new issuer. On error nothing
-    /// changes. Existing TLS configurations pick up the change at their next handshake.
-    pub fn reload(&self, files: &IssuerFiles) -> Result<(), IdentityError> {
-        let anchors = TrustAnchors::load(&files.trust_anchors)?;
-        let issuer = Issuer::load(files, &anchors)?;
-        let trust = Trust::new(anchors)?;
-        {
-            let _write = lock(&self.write);
-            self.trust.store(Arc::new(trust));
-            self.issuer.store(Arc::new(issuer));
-        }
-        let ids: Vec<Identity> = self.certs.load().keys().cloned().collect();
-        for id in ids {
-            self.renew(&id);
-        }
-        Ok(())
-    }
-
     /// The current certificate (chain and key) for `id`, issuing one if there is none yet.
     /// Renewal is the job of [`CertManager::spawn_renewal`].
     pub fn certificate(&self, id: &Identity) -> Result<Arc<CertifiedKey>, IdentityError> {

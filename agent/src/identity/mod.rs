@@ -9,8 +9,8 @@
 //! [`peer_identity`]).
 
 // Wired into HBONE, `meshd identity init`, `check` and `diagnostics`. A few items
-// (`CertManager::reload`/`forget`, `Identity::try_new`, `IssuerFiles::in_dir`, ...) are used
-// only by the tests so far; issuer reload on a config change and policy will use them.
+// (`CertManager::forget`, `Identity::try_new`, `IssuerFiles::in_dir`, ...) are used only by
+// the tests so far; policy will use them. The identity section is read at start-up only.
 #![allow(dead_code)]
 
 mod error;

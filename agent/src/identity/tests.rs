@@ -83,6 +83,18 @@ fn sign_issuer(
     not_before: SystemTime,
     not_after: SystemTime,
 ) -> IssuerFiles {
+    sign_issuer_with(ca, out, not_before, not_after, None)
+}
+
+/// [`sign_issuer`] with the issuer's key given: the key pair and the PEM text written to
+/// `issuer.key` (any encoding of that key).
+fn sign_issuer_with(
+    ca: &InitOutput,
+    out: &Path,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    key: Option<(&rcgen::KeyPair, String)>,
+) -> IssuerFiles {
     let anchor_key = rcgen::KeyPair::from_pem(
         &std::fs::read_to_string(&ca.trust_anchor_key).expect("read ca.key"),
     )
@@ -104,11 +116,18 @@ fn sign_issuer(
     ];
     params.not_before = time::OffsetDateTime::from(not_before);
     params.not_after = time::OffsetDateTime::from(not_after);
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let cert = params.signed_by(&key, &anchor).expect("sign issuer");
+    let generated;
+    let (key, key_pem) = match key {
+        Some(given) => given,
+        None => {
+            generated = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+            (&generated, generated.serialize_pem())
+        }
+    };
+    let cert = params.signed_by(key, &anchor).expect("sign issuer");
     std::fs::create_dir_all(out).expect("mkdir");
     std::fs::write(out.join("issuer.crt"), cert.pem()).expect("write issuer.crt");
-    std::fs::write(out.join("issuer.key"), key.serialize_pem()).expect("write issuer.key");
+    std::fs::write(out.join("issuer.key"), key_pem).expect("write issuer.key");
     IssuerFiles {
         trust_anchors: ca.trust_anchor.clone(),
         issuer_cert: out.join("issuer.crt"),
@@ -835,7 +854,19 @@ async fn renewal_swaps_certificates_without_breaking_connections() {
         .iter()
         .zip(&first_expiry)
         .all(|(new, old)| new.0 == old.0 && new.1 > old.1));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Wait (no fixed sleep) until the first certificates have expired.
+    let old_expiry = first_expiry
+        .iter()
+        .map(|e| e.1)
+        .max()
+        .expect("two certificates");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while SystemTime::now() <= old_expiry + Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the first certificates expire within their 2 s lifetime");
 
     // The connection made before renewal (with now-expired certificates) still works.
     exchange(&mut s1, &mut c1, b"after renewal").await;
@@ -853,47 +884,160 @@ async fn renewal_swaps_certificates_without_breaking_connections() {
     renewal.abort();
 }
 
+/// The `notAfter` of a DER certificate.
+fn not_after_of(der: &[u8]) -> SystemTime {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).expect("parse");
+    super::issuer::asn1_to_system_time(cert.validity().not_after.timestamp())
+}
+
+/// A leaf certificate never outlives its issuer: with an issuer that expires in an hour and
+/// the default 24 h lifetime, the leaf's `notAfter` is the issuer's, exactly (the chain is
+/// valid for its whole life), and handshakes with it work; a lifetime that ends before the
+/// issuer does is kept as it is.
 #[tokio::test]
-async fn reload_swaps_anchors_and_issuer() {
-    let (dir_a, a) = pki();
-    let (_dir_b, b) = pki();
-    let mgr = manager(&a.issuer_files());
-    let other = manager(&b.issuer_files());
-    let (web, curl) = (id("default", "web"), id("tools", "curl"));
-    let server = server_config(mgr.clone(), web.clone()).expect("server config");
-    let (s, _c) = mesh_handshake(&mgr, &web, &other, &curl, &web).await;
-    assert!(s.is_err(), "B is not trusted yet");
+async fn leaf_certificates_never_outlive_the_issuer() {
+    let (_dir, ca) = pki();
+    let tmp = TempDir::new();
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let files = sign_issuer(&ca, tmp.path(), now - hour, now + hour);
+    let mgr = manager(&files);
+    let (_, issuer_expiry) = mgr.issuer();
+    assert!(issuer_expiry > now + hour - Duration::from_secs(2));
+    assert!(issuer_expiry <= now + hour);
+    assert_eq!(mgr.leaf_ttl(), DEFAULT_LEAF_TTL);
 
-    // Rotate to B's anchor (keeping A's) and B's issuer: the cached config follows.
-    let both = bundle(
-        dir_a.path(),
-        "both.crt",
-        &[&a.trust_anchor, &b.trust_anchor],
+    let web = id("default", "web");
+    let key = mgr.certificate(&web).expect("issue");
+    assert_eq!(
+        not_after_of(&key.cert[0]),
+        issuer_expiry,
+        "capped at the issuer's expiry"
     );
-    let serial = mgr.serial(&web).expect("serial");
-    mgr.reload(&IssuerFiles {
-        trust_anchors: both,
-        ..b.issuer_files()
-    })
-    .expect("reload");
-    assert_ne!(
-        mgr.serial(&web).expect("serial"),
-        serial,
-        "re-issued under the new issuer"
+    assert_eq!(
+        not_after_of(&key.cert[1]),
+        issuer_expiry,
+        "the issuer in the chain"
     );
-    assert!(Arc::ptr_eq(
-        &server,
-        &server_config(mgr.clone(), web.clone()).expect("cached")
-    ));
-    let (s, c) = mesh_handshake(&mgr, &web, &other, &curl, &web).await;
-    s.expect("server accepts B");
-    c.expect("client under B accepts the server under B");
+    assert_eq!(mgr.expiries(), vec![(web.clone(), issuer_expiry)]);
+    let curl = id("tools", "curl");
+    let (s, c) = mesh_handshake(&mgr, &web, &mgr, &curl, &web).await;
+    let (mut s, mut c) = (s.expect("server"), c.expect("client"));
+    exchange(&mut s, &mut c, b"capped").await;
 
-    // A bad reload changes nothing.
-    assert!(mgr
-        .reload(&IssuerFiles {
-            issuer_key: a.issuer_key.clone(),
-            ..b.issuer_files()
-        })
-        .is_err());
+    // A 10-minute lifetime ends before the issuer: not capped.
+    let short =
+        Arc::new(CertManager::load(&files, 10 * 60 * Duration::from_secs(1)).expect("load"));
+    let before = SystemTime::now();
+    let key = short.certificate(&web).expect("issue");
+    let leaf_expiry = not_after_of(&key.cert[0]);
+    assert!(leaf_expiry < issuer_expiry);
+    let ttl = leaf_expiry.duration_since(before).expect("in the future");
+    assert!(
+        (Duration::from_secs(598)..=Duration::from_secs(600)).contains(&ttl),
+        "{ttl:?}"
+    );
+}
+
+/// A PEM block of `der` under `label`.
+fn pem_block(label: &str, der: &[u8]) -> String {
+    pem_of(der).replace("CERTIFICATE", label)
+}
+
+/// The contents of the DER element at the start of `b`, and what follows it.
+fn der_element(b: &[u8]) -> (&[u8], &[u8]) {
+    let (len, header) = match b[1] {
+        n if n < 0x80 => (usize::from(n), 2),
+        n => {
+            let k = usize::from(n & 0x7f);
+            let len = b[2..2 + k].iter().fold(0, |l, &x| l << 8 | usize::from(x));
+            (len, 2 + k)
+        }
+    };
+    (&b[header..header + len], &b[header + len..])
+}
+
+/// The PKCS#1 `RSAPrivateKey` inside a PKCS#8 `PrivateKeyInfo` (its `privateKey` octets).
+fn pkcs1_of(pkcs8: &[u8]) -> Vec<u8> {
+    let (info, _) = der_element(pkcs8);
+    let (_version, rest) = der_element(info);
+    let (_algorithm, rest) = der_element(rest);
+    assert_eq!(rest[0], 0x04, "privateKey is an OCTET STRING");
+    der_element(rest).0.to_vec()
+}
+
+/// Issuer keys in the encodings other tools write load, and sign leaves that handshakes
+/// accept: SEC1 (`BEGIN EC PRIVATE KEY`, what `step` writes for its default P-256 keys:
+/// RFC 5915 with the curve and the public key) and PKCS#1 (`BEGIN RSA PRIVATE KEY`, an RSA
+/// issuer as `openssl genrsa -traditional` writes it).
+#[tokio::test]
+async fn sec1_and_pkcs1_issuer_keys_load() {
+    use aws_lc_rs::encoding::AsDer as _;
+    let (_dir, ca) = pki();
+    let tmp = TempDir::new();
+    let now = SystemTime::now();
+    let day = Duration::from_secs(24 * 3600);
+
+    let ec = aws_lc_rs::signature::EcdsaKeyPair::generate(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+    )
+    .expect("P-256 key");
+    let sec1 = ec.private_key().as_der().expect("SEC1");
+    // With the curve named in it ([0] prime256v1), as step and openssl write it.
+    const P256: [u8; 12] = [
+        0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+    ];
+    assert!(sec1.as_ref().windows(P256.len()).any(|w| w == P256));
+    let ec_pkcs8 = ec.to_pkcs8v1().expect("PKCS#8");
+    let ec_signer = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+        &ec_pkcs8.as_ref().to_vec().into(),
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    )
+    .expect("rcgen EC key");
+
+    let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key");
+    let rsa_pkcs8 = rsa.as_der().expect("PKCS#8");
+    let rsa_signer = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+        &rsa_pkcs8.as_ref().to_vec().into(),
+        &rcgen::PKCS_RSA_SHA256,
+    )
+    .expect("rcgen RSA key");
+    let pkcs1 = pkcs1_of(rsa_pkcs8.as_ref());
+
+    let web = id("default", "web");
+    let curl = id("tools", "curl");
+    for (name, signer, pem) in [
+        (
+            "sec1",
+            &ec_signer,
+            pem_block("EC PRIVATE KEY", sec1.as_ref()),
+        ),
+        ("pkcs1", &rsa_signer, pem_block("RSA PRIVATE KEY", &pkcs1)),
+    ] {
+        let files = sign_issuer_with(
+            &ca,
+            &tmp.path().join(name),
+            now - day,
+            now + day,
+            Some((signer, pem.clone())),
+        );
+        // What is on disk is the traditional encoding, not PKCS#8.
+        let written = std::fs::read_to_string(&files.issuer_key).expect("read");
+        assert_eq!(written, pem);
+        use rustls::pki_types::{pem::PemObject as _, PrivateKeyDer};
+        let kind = match PrivateKeyDer::from_pem_slice(written.as_bytes()).expect("a PEM key") {
+            PrivateKeyDer::Sec1(_) => "sec1",
+            PrivateKeyDer::Pkcs1(_) => "pkcs1",
+            _ => "other",
+        };
+        assert_eq!(kind, name, "{written:.40}");
+        let mgr = Arc::new(
+            CertManager::load(&files, DEFAULT_LEAF_TTL)
+                .unwrap_or_else(|e| panic!("{name} issuer key: {e}")),
+        );
+        let (s, c) = mesh_handshake(&mgr, &web, &mgr, &curl, &web).await;
+        let (mut s, mut c) = (s.expect(name), c.expect(name));
+        assert_eq!(peer_identity(s.get_ref().1), Some(curl.clone()), "{name}");
+        exchange(&mut s, &mut c, name.as_bytes()).await;
+    }
 }

@@ -188,4 +188,60 @@ mod tests {
         assert_eq!((s[0].bytes_sent, s[0].bytes_received), (10, 20));
         assert_eq!(s[0].target.unwrap().port(), 8080);
     }
+
+    /// `/connections` lists the open connections first (oldest opened first), then the
+    /// closed ones in the order they closed, so the last record is the most recently closed
+    /// one (what the integration tests read with `recs.last()`); only the newest 1,024
+    /// closed records are kept, and a second close of the same connection changes nothing.
+    #[test]
+    fn open_first_then_closed_in_close_order_and_at_most_1024_closed() {
+        let c = Connections::default();
+        let peer = |i: u64| SocketAddr::from(([10, 0, 0, 1], 1000 + i as u16));
+        let dst: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let ids: Vec<u64> = (0..1100)
+            .map(|i| c.open(Direction::Outbound, "default/a".into(), peer(i), dst))
+            .collect();
+        assert_eq!(ids, (1..=1100).collect::<Vec<_>>(), "ids count up from 1");
+
+        // Close all but the first three, newest opened first: close order != open order.
+        for (n, &id) in ids[3..].iter().rev().enumerate() {
+            c.close(id, n as u64, 0, None);
+        }
+        c.close(ids[5], 999_999, 1, Some("again".into()));
+
+        let s = c.snapshot();
+        assert_eq!(s.len(), 3 + 1024);
+        let open: Vec<u64> = s[..3].iter().map(|r| r.id).collect();
+        assert_eq!(open, vec![1, 2, 3]);
+        assert!(s[..3].iter().all(|r| !r.closed));
+
+        // 1,097 closed; the first 73 to close (ids 1100 down to 1028) were dropped.
+        let closed: Vec<u64> = s[3..].iter().map(|r| r.id).collect();
+        assert_eq!(closed, (4..=1027).rev().collect::<Vec<_>>());
+        assert!(s[3..].iter().all(|r| r.closed));
+        let last = s.last().unwrap();
+        assert_eq!((last.id, last.peer, last.bytes_sent), (4, peer(3), 1096));
+        let fifth = s.iter().find(|r| r.id == ids[5]).unwrap();
+        assert_eq!((fifth.bytes_sent, fifth.error.as_deref()), (1094, None));
+
+        // A connection that closes now is the new last record; the oldest kept one goes.
+        c.close(ids[0], 7, 8, Some("reset".into()));
+        let s = c.snapshot();
+        assert_eq!(s.len(), 2 + 1024);
+        assert_eq!(s[..2].iter().map(|r| r.id).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            s[2].id, 1026,
+            "id 1027, the oldest closed record, was dropped"
+        );
+        let last = s.last().unwrap();
+        assert_eq!(
+            (
+                last.id,
+                last.bytes_sent,
+                last.bytes_received,
+                last.error.as_deref()
+            ),
+            (1, 7, 8, Some("reset"))
+        );
+    }
 }

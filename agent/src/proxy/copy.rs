@@ -102,6 +102,17 @@ where
     A: AsyncRead + AsyncWrite + Unpin + Reset,
     B: AsyncRead + AsyncWrite + Unpin + Reset,
 {
+    let (sent, received, error) = relay_streams(&mut client, &mut server).await;
+    ctx.connections.close(id, sent, received, error);
+}
+
+/// The copying part of [`relay`]: bytes each way, or the error after resetting both sides.
+/// The sides are closed by the caller (dropped after the record is closed).
+async fn relay_streams<A, B>(client: &mut A, server: &mut B) -> (u64, u64, Option<String>)
+where
+    A: AsyncRead + AsyncWrite + Unpin + Reset,
+    B: AsyncRead + AsyncWrite + Unpin + Reset,
+{
     let sent = AtomicU64::new(0);
     let received = AtomicU64::new(0);
     let moved = if let (Some(c), Some(s)) = (client.tcp(), server.tcp()) {
@@ -120,17 +131,16 @@ where
             server.spliced(received, sent);
             r.map(|()| (sent, received))
         }
-        None => copy_bidirectional(&mut client, &mut server).await,
+        None => copy_bidirectional(client, server).await,
     };
-    let (sent, received, error) = match result {
+    match result {
         Ok((a, b)) => (a, b, None),
         Err(e) => {
             client.reset();
             server.reset();
             (0, 0, Some(e.to_string()))
         }
-    };
-    ctx.connections.close(id, sent, received, error);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -146,6 +156,8 @@ static PIPES: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 
 impl Pipe {
     fn take() -> io::Result<Pipe> {
+        #[cfg(test)]
+        tests::PIPES_OUT.with(|h| h.set(h.get() + 1));
         if let Some(p) = PIPES.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(p);
         }
@@ -164,6 +176,8 @@ impl Pipe {
 
     /// Returns an empty pipe to the pool (or closes it when the pool is full).
     fn give_back(self) {
+        #[cfg(test)]
+        tests::PIPES_OUT.with(|h| h.set(h.get() - 1));
         let mut pool = PIPES.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < PIPE_POOL {
             pool.push(self);
@@ -261,6 +275,8 @@ async fn splice_one(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::
                 Ok(w) => {
                     left -= w;
                     moved.fetch_add(w as u64, Relaxed);
+                    #[cfg(test)]
+                    tests::SPLICED.with(|s| s.set(s.get() + w as u64));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -600,6 +616,10 @@ mod tests {
     thread_local! {
         /// Relay buffers taken and not given back (or dropped) on this thread.
         pub(super) static HELD: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+        /// Splice pipes taken and not given back on this thread.
+        pub(super) static PIPES_OUT: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+        /// Bytes moved by `splice(2)` (pipe to socket) on this thread.
+        pub(super) static SPLICED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     }
     use tokio::net::TcpListener;
 
@@ -740,16 +760,153 @@ mod tests {
         }
     }
 
+    /// A TCP side the relay cannot splice: the buffered copy moves its bytes (as for a stream
+    /// with detection bytes in front).
+    fn buffered(s: TcpStream) -> crate::proxy::detect::Prefixed<TcpStream> {
+        crate::proxy::detect::Prefixed::new(bytes::Bytes::new(), s)
+    }
+
+    /// Runs [`relay_streams`] as `relay` does (sides dropped when it returns), spliced or
+    /// buffered.
+    fn spawn_full_relay(
+        a: TcpStream,
+        b: TcpStream,
+        spliced: bool,
+    ) -> tokio::task::JoinHandle<(u64, u64, Option<String>)> {
+        tokio::spawn(async move {
+            if spliced {
+                let (mut a, mut b) = (a, b);
+                relay_streams(&mut a, &mut b).await
+            } else {
+                relay_streams(&mut buffered(a), &mut buffered(b)).await
+            }
+        })
+    }
+
+    /// What the peer that did not reset sees next: it must be a reset, not a clean EOF.
+    async fn next_read(s: &mut TcpStream) -> io::Result<usize> {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(20), s.read(&mut buf));
+        read.await
+            .expect("the other side was neither reset nor closed")
+    }
+
+    /// When either side resets, the relay fails and resets the other side too, as if there
+    /// were no proxy: the other peer's next read is ECONNRESET, not an EOF. For the spliced
+    /// and the buffered relay, with bytes already through before the reset.
     #[tokio::test]
     async fn a_reset_is_an_error() {
         for spliced in [true, false] {
-            let (client, a) = pair().await;
-            let (b, _server) = pair().await;
-            let relay = spawn_relay(a, b, spliced);
-            client.reset();
-            drop(client);
-            assert!(relay.await.unwrap().is_err(), "spliced={spliced}");
+            for client_resets in [true, false] {
+                let case = format!("spliced={spliced} client_resets={client_resets}");
+                let (mut client, a) = pair().await;
+                let (b, mut server) = pair().await;
+                let relay = spawn_full_relay(a, b, spliced);
+                client.write_all(b"ping").await.unwrap();
+                let mut got = [0u8; 4];
+                server.read_exact(&mut got).await.unwrap();
+                assert_eq!(&got, b"ping", "{case}");
+                let (resetter, mut other) = if client_resets {
+                    (client, server)
+                } else {
+                    (server, client)
+                };
+                resetter.reset();
+                drop(resetter);
+                let (_, _, error) = relay.await.unwrap();
+                assert!(error.is_some(), "{case}: the relay reports the error");
+                let seen = next_read(&mut other).await;
+                assert_eq!(
+                    seen.as_ref().map_err(|e| e.kind()),
+                    Err(io::ErrorKind::ConnectionReset),
+                    "{case}: the other side is reset (got {seen:?})"
+                );
+            }
         }
+    }
+
+    /// The counterpart: an orderly close on one side is an orderly close (EOF) on the other,
+    /// not a reset, and the relay reports no error.
+    #[tokio::test]
+    async fn a_close_is_not_a_reset() {
+        for spliced in [true, false] {
+            let (mut client, a) = pair().await;
+            let (b, mut server) = pair().await;
+            let relay = spawn_full_relay(a, b, spliced);
+            client.write_all(b"ping").await.unwrap();
+            drop(client);
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"ping", "spliced={spliced}");
+            drop(server);
+            assert_eq!(relay.await.unwrap(), (4, 0, None), "spliced={spliced}");
+        }
+    }
+
+    /// The TCP relay copies small messages and splices bulk (counted by `splice(2)` calls on
+    /// this thread), and an idle spliced relay holds no pipe and no buffer: after request /
+    /// response and after 4 MiB of bulk, while the connection stays open. While bytes wait
+    /// for a reader that does not read, a pipe is held.
+    #[tokio::test(flavor = "current_thread")]
+    async fn bulk_is_spliced_and_an_idle_spliced_relay_holds_no_pipe() {
+        let pipes = || PIPES_OUT.with(|h| h.get());
+        let spliced = || SPLICED.with(|s| s.get());
+        let held = || HELD.with(|h| h.get());
+        let (mut client, a) = pair().await;
+        let (b, mut server) = pair().await;
+        let relay = spawn_relay(a, b, true);
+        async fn ping_pong(c: &mut TcpStream, s: &mut TcpStream) {
+            c.write_all(&pattern(1000)).await.unwrap();
+            let mut got = vec![0u8; 1000];
+            s.read_exact(&mut got).await.unwrap();
+            s.write_all(b"pong").await.unwrap();
+            let mut pong = [0u8; 4];
+            c.read_exact(&mut pong).await.unwrap();
+        }
+        async fn settle() {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        }
+        ping_pong(&mut client, &mut server).await;
+        settle().await;
+        assert_eq!(spliced(), 0, "small messages are copied");
+        assert_eq!((pipes(), held()), (0, 0), "idle after request/response");
+
+        let bulk = pattern(4 * 1024 * 1024);
+        let mut got = vec![0u8; bulk.len()];
+        let (w, r) = tokio::join!(client.write_all(&bulk), server.read_exact(&mut got));
+        w.unwrap();
+        r.unwrap();
+        assert!(got == bulk, "bulk intact");
+        assert!(spliced() > 3 * 1024 * 1024, "bulk spliced: {}", spliced());
+        ping_pong(&mut client, &mut server).await;
+        settle().await;
+        assert!(!relay.is_finished(), "the connection is still open");
+        assert_eq!((pipes(), held()), (0, 0), "idle after bulk");
+
+        // A server that does not read: the relay holds a pipe with the bytes in it.
+        let (mut cr, mut cw) = client.into_split();
+        let writer = tokio::spawn(async move {
+            let _ = cw.write_all(&pattern(32 * 1024 * 1024)).await;
+            cw
+        });
+        let mut waited = 0;
+        while pipes() == 0 && waited < 2000 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            waited += 1;
+        }
+        assert_eq!(pipes(), 1, "a pipe is held while data is in flight");
+        let reader = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = server.read_to_end(&mut sink).await;
+            sink.len()
+        });
+        drop(writer.await.unwrap());
+        drop(cr.read(&mut [0u8; 1]).await);
+        assert_eq!(reader.await.unwrap(), 32 * 1024 * 1024);
+        relay.await.unwrap().unwrap();
+        assert_eq!(pipes(), 0);
     }
 
     /// An idle connection holds no buffer: once the bytes are through, both directions have

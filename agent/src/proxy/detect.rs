@@ -253,4 +253,97 @@ mod tests {
         assert_eq!(p, Protocol::Opaque);
         assert!(start.elapsed() >= DETECT_TIMEOUT);
     }
+
+    /// A client that sends `bytes` and then stays connected and silent; detection on a
+    /// paused clock (time moves only when every task waits), so elapsed times are exact.
+    async fn detect_after(
+        bytes: Vec<u8>,
+    ) -> (Protocol, Prefixed<tokio::io::DuplexStream>, Duration) {
+        let (mut a, b) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            a.write_all(&bytes).await.unwrap();
+            // Keep the client end open (no EOF) until long after any timeout.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(a);
+        });
+        let start = tokio::time::Instant::now();
+        let (p, io) = detect(b).await;
+        (p, io, start.elapsed())
+    }
+
+    /// Detection never waits longer than [`DETECT_TIMEOUT`] (500 ms): a silent client, and an
+    /// HTTP/1 client whose head stops half-way (the head read shares the same deadline; it
+    /// does not start a second one).
+    #[tokio::test(start_paused = true)]
+    async fn the_timeout_has_an_upper_bound() {
+        let (p, io, took) = detect_after(Vec::new()).await;
+        assert_eq!((p, io.prefix()), (Protocol::Opaque, &b""[..]));
+        assert_eq!(took, DETECT_TIMEOUT);
+
+        let half = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+        let (p, io, took) = detect_after(half.clone()).await;
+        assert_eq!((p, io.prefix()), (Protocol::Http1, &half[..]));
+        assert_eq!(took, DETECT_TIMEOUT);
+        assert_eq!(DETECT_TIMEOUT, Duration::from_millis(500));
+    }
+
+    /// At most 1 KiB is read to find the request line: a line that fits in 1,024 bytes is
+    /// HTTP/1, one byte more is opaque, decided at once (no wait for the timeout) with exactly
+    /// 1,024 bytes read, and every byte is still delivered in order afterwards.
+    #[tokio::test(start_paused = true)]
+    async fn the_request_line_is_looked_for_in_the_first_kib() {
+        let line = |len: usize| {
+            let fixed = b"GET / HTTP/1.1\r\n".len();
+            let mut l = b"GET /".to_vec();
+            l.resize(len - (fixed - b"GET /".len()), b'a');
+            l.extend_from_slice(b" HTTP/1.1\r\n");
+            assert_eq!(l.len(), len);
+            l
+        };
+        let mut fits = line(1024);
+        fits.extend_from_slice(b"Host: x\r\n\r\n");
+        let (p, io, took) = detect_after(fits.clone()).await;
+        assert_eq!((p, took), (Protocol::Http1, Duration::ZERO));
+        assert_eq!(io.prefix(), &fits[..]);
+
+        let mut too_long = line(1025);
+        too_long.extend_from_slice(b"Host: x\r\n\r\n");
+        let (p, mut io, took) = detect_after(too_long.clone()).await;
+        assert_eq!((p, took), (Protocol::Opaque, Duration::ZERO));
+        assert_eq!(io.prefix(), &too_long[..1024], "exactly 1 KiB read");
+        let mut all = vec![0; too_long.len()];
+        io.read_exact(&mut all).await.unwrap();
+        assert_eq!(all, too_long);
+    }
+
+    /// An HTTP/1 head is read whole up to 16 KiB, then no further: a 15 KiB head is complete
+    /// in what was read; a head that never ends stops being read past 16 KiB (within one
+    /// 4 KiB read), at once, and what was not read is still delivered afterwards.
+    #[tokio::test(start_paused = true)]
+    async fn the_head_is_read_up_to_16_kib() {
+        let head = |headers: usize| {
+            let mut h = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+            for i in 0..headers {
+                h.extend_from_slice(format!("x-h{i:04}: {}\r\n", "v".repeat(90)).as_bytes());
+            }
+            h
+        };
+        let mut whole = head(150);
+        whole.extend_from_slice(b"\r\n");
+        assert!((14 * 1024..15 * 1024).contains(&whole.len()));
+        let (p, io, took) = detect_after(whole.clone()).await;
+        assert_eq!((p, took), (Protocol::Http1, Duration::ZERO));
+        assert_eq!(io.prefix(), &whole[..], "the whole head, nothing more");
+
+        let endless = head(400);
+        assert!(endless.len() > 32 * 1024);
+        let (p, mut io, took) = detect_after(endless.clone()).await;
+        assert_eq!((p, took), (Protocol::Http1, Duration::ZERO));
+        let read = io.prefix().len();
+        assert!((16 * 1024..20 * 1024).contains(&read), "read {read} bytes");
+        let mut all = vec![0; endless.len()];
+        io.read_exact(&mut all).await.unwrap();
+        assert_eq!(all, endless);
+    }
 }

@@ -14,6 +14,8 @@ mod inbound_hbone;
 mod outbound;
 pub mod pool;
 mod session;
+#[cfg(test)]
+mod tap_tests;
 mod tls;
 mod tls_errors;
 mod tunnel;

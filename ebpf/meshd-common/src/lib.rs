@@ -70,7 +70,10 @@ pub struct OrigDst {
     pub ip: IpAddr,
     /// Host byte order.
     pub port: u16,
-    pub _pad: [u16; 3],
+    /// Five words, not three: `netns_cookie` is 8-aligned, so the struct had 4 bytes of
+    /// implicit padding at 28..32. Spelling them out keeps the layout (40 bytes, cookie at
+    /// 32: the pinned maps of a running agent stay compatible) and makes every byte defined.
+    pub _pad: [u16; 5],
     /// Network namespace cookie of the pod that made the connection.
     pub netns_cookie: u64,
 }
@@ -117,4 +120,203 @@ mod pod {
     unsafe impl aya::Pod for ClientKey {}
     unsafe impl aya::Pod for OutPortKey {}
     unsafe impl aya::Pod for InPortKey {}
+}
+
+/// The layouts both sides compile: the eBPF programs (`meshd-ebpf`) write and read these
+/// structs byte for byte, the agent (`agent/src/capture/maps.rs`) reads and writes the same
+/// bytes through the pinned maps. A change here that these tests catch is a map ABI change.
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use core::mem::{align_of, offset_of, size_of};
+
+    /// Size of one field, from the field's real type.
+    fn field<T, F>(_: fn(&T) -> &F) -> usize {
+        size_of::<F>()
+    }
+
+    /// Every key and value is exactly the sum of its fields: no implicit padding, whose bytes
+    /// the kernel would hash (keys) or copy uninitialised (values), and which the `aya::Pod`
+    /// impls below promise does not exist.
+    #[test]
+    fn no_implicit_padding() {
+        let ip = field(|v: &IpAddr| &v.addr) + field(|v: &IpAddr| &v.family);
+        assert_eq!(size_of::<IpAddr>(), ip + field(|v: &IpAddr| &v._pad));
+        assert_eq!(
+            size_of::<PodConfig>(),
+            field(|v: &PodConfig| &v.outbound_port)
+                + field(|v: &PodConfig| &v.flags)
+                + field(|v: &PodConfig| &v._pad)
+        );
+        assert_eq!(
+            size_of::<OrigDst>(),
+            field(|v: &OrigDst| &v.ip)
+                + field(|v: &OrigDst| &v.port)
+                + field(|v: &OrigDst| &v._pad)
+                + field(|v: &OrigDst| &v.netns_cookie)
+        );
+        assert_eq!(
+            size_of::<ClientKey>(),
+            field(|v: &ClientKey| &v.netns_cookie)
+                + field(|v: &ClientKey| &v.port)
+                + field(|v: &ClientKey| &v.family)
+                + field(|v: &ClientKey| &v._pad)
+        );
+        assert_eq!(
+            size_of::<OutPortKey>(),
+            field(|v: &OutPortKey| &v.netns_cookie)
+                + field(|v: &OutPortKey| &v.port)
+                + field(|v: &OutPortKey| &v._pad)
+        );
+        assert_eq!(
+            size_of::<InPortKey>(),
+            field(|v: &InPortKey| &v.ip)
+                + field(|v: &InPortKey| &v.port)
+                + field(|v: &InPortKey| &v._pad)
+        );
+    }
+
+    /// Sizes and alignments as the BPF maps are declared with them (`key_size`/`value_size`
+    /// in the pinned maps; a restarted agent adopts maps of exactly these sizes).
+    #[test]
+    fn sizes_and_alignment() {
+        assert_eq!((size_of::<IpAddr>(), align_of::<IpAddr>()), (20, 4));
+        assert_eq!((size_of::<PodConfig>(), align_of::<PodConfig>()), (8, 4));
+        assert_eq!((size_of::<OrigDst>(), align_of::<OrigDst>()), (40, 8));
+        assert_eq!((size_of::<ClientKey>(), align_of::<ClientKey>()), (16, 8));
+        assert_eq!((size_of::<OutPortKey>(), align_of::<OutPortKey>()), (16, 8));
+        assert_eq!((size_of::<InPortKey>(), align_of::<InPortKey>()), (28, 4));
+    }
+
+    /// Field offsets: the kernel and the agent must find each field at the same byte.
+    #[test]
+    fn field_offsets() {
+        assert_eq!(offset_of!(IpAddr, addr), 0);
+        assert_eq!(offset_of!(IpAddr, family), 16);
+        assert_eq!(offset_of!(IpAddr, _pad), 18);
+
+        assert_eq!(offset_of!(PodConfig, outbound_port), 0);
+        assert_eq!(offset_of!(PodConfig, flags), 2);
+        assert_eq!(offset_of!(PodConfig, _pad), 4);
+
+        assert_eq!(offset_of!(OrigDst, ip), 0);
+        assert_eq!(offset_of!(OrigDst, port), 20);
+        assert_eq!(offset_of!(OrigDst, _pad), 22);
+        assert_eq!(offset_of!(OrigDst, netns_cookie), 32);
+
+        assert_eq!(offset_of!(ClientKey, netns_cookie), 0);
+        assert_eq!(offset_of!(ClientKey, port), 8);
+        assert_eq!(offset_of!(ClientKey, family), 10);
+        assert_eq!(offset_of!(ClientKey, _pad), 12);
+
+        assert_eq!(offset_of!(OutPortKey, netns_cookie), 0);
+        assert_eq!(offset_of!(OutPortKey, port), 8);
+        assert_eq!(offset_of!(OutPortKey, _pad), 10);
+
+        assert_eq!(offset_of!(InPortKey, ip), 0);
+        assert_eq!(offset_of!(InPortKey, port), 20);
+        assert_eq!(offset_of!(InPortKey, _pad), 22);
+    }
+
+    fn bytes<T: Copy>(v: &T) -> std::vec::Vec<u8> {
+        // SAFETY: the tests above prove these types have no padding, so every byte is
+        // initialised.
+        unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    /// Addresses are stored as the kernel hands them over (`user_ip4`, `local_ip4`,
+    /// `user_ip6[]`: network byte order in memory), so `10.1.2.3` is the bytes 10, 1, 2, 3
+    /// whatever the host's endianness; the family is a host-order integer.
+    #[test]
+    fn addresses_are_network_order_bytes() {
+        let v4 = IpAddr {
+            addr: [u32::from_ne_bytes([10, 1, 2, 3]), 0, 0, 0],
+            family: AF_INET,
+            _pad: 0,
+        };
+        let b = bytes(&v4);
+        assert_eq!(&b[..4], &[10, 1, 2, 3]);
+        assert_eq!(&b[4..16], &[0; 12]);
+        assert_eq!(&b[16..18], &AF_INET.to_ne_bytes());
+        assert_eq!(&b[18..20], &[0, 0]);
+
+        // fd00::1:2, word by word as the kernel's user_ip6[0..4] / local_ip6[0..4] hold it.
+        let o: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2];
+        let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+        let v6 = IpAddr {
+            addr: [w(0), w(4), w(8), w(12)],
+            family: AF_INET6,
+            _pad: 0,
+        };
+        assert_eq!(&bytes(&v6)[..16], &o);
+        assert_eq!(
+            (AF_INET, AF_INET6),
+            (2, 10),
+            "the kernel's AF_INET and AF_INET6"
+        );
+    }
+
+    /// Ports are host byte order everywhere in these structs: connect4/6 store
+    /// `u16::from_be(user_port)`, sock_ops stores `local_port` (host order) and the agent
+    /// compares with `SocketAddr::port()`. Port 15001 is 0x3a99.
+    #[test]
+    fn ports_are_host_order() {
+        let key = ClientKey {
+            netns_cookie: 0x0102_0304_0506_0708,
+            port: OUTBOUND_PORT,
+            family: AF_INET,
+            _pad: 0,
+        };
+        let b = bytes(&key);
+        assert_eq!(&b[..8], &0x0102_0304_0506_0708u64.to_ne_bytes());
+        assert_eq!(&b[8..10], &0x3a99u16.to_ne_bytes());
+        assert_eq!(&b[10..12], &2u16.to_ne_bytes());
+
+        let pod = PodConfig {
+            outbound_port: OUTBOUND_PORT,
+            flags: POD_FLAG_IPV6,
+            _pad: 0,
+        };
+        assert_eq!(
+            &bytes(&pod)[..4],
+            &[0x3a99u16.to_ne_bytes(), 1u16.to_ne_bytes()].concat()[..]
+        );
+        // connect4 writes `user_port = outbound_port.to_be()`: network order on the wire.
+        assert_eq!(pod.outbound_port.to_be().to_ne_bytes(), [0x3a, 0x99]);
+    }
+
+    /// Keys built by the kernel and by the agent for the same pod are equal byte for byte
+    /// only if the padding is zero on both sides; `Default` gives zero padding.
+    #[test]
+    fn default_padding_is_zero() {
+        assert!(bytes(&OrigDst::default()).iter().all(|&b| b == 0));
+        assert!(bytes(&InPortKey::default()).iter().all(|&b| b == 0));
+        assert!(bytes(&OutPortKey::default()).iter().all(|&b| b == 0));
+        assert!(bytes(&ClientKey::default()).iter().all(|&b| b == 0));
+    }
+
+    /// The constants the programs and the agent agree on.
+    #[test]
+    fn agent_ports_and_names() {
+        assert_eq!(AGENT_PORTS, [15001, 15006, 15008]);
+        for name in [
+            maps::PODS,
+            maps::SOCK_DST,
+            maps::ORIG_DST,
+            maps::SKIP_OUT,
+            maps::SKIP_IN,
+            maps::LISTENERS,
+            programs::CONNECT4,
+            programs::CONNECT6,
+            programs::SOCKOPS,
+            programs::SK_LOOKUP,
+        ] {
+            // BPF_OBJ_NAME_LEN is 16 including the NUL: longer names are cut by the kernel
+            // and `bpftool map show` / the agent's lookups by name would not match.
+            assert!(name.len() <= 15, "{name} is longer than 15 bytes");
+        }
+    }
 }

@@ -43,7 +43,7 @@ pub fn remember(ctx: &SockAddrContext, netns_cookie: u64, ip: IpAddr, port: u16)
     let dst = OrigDst {
         ip,
         port,
-        _pad: [0; 3],
+        _pad: [0; 5],
         netns_cookie,
     };
     MESHD_SOCK_DST.insert(cookie, dst, 0).is_ok()

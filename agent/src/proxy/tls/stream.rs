@@ -90,6 +90,8 @@ struct Receiver {
     closed: bool,
     /// KeyUpdates since the last application data (a peer may not send them endlessly).
     updates_in_a_row: u8,
+    /// KeyUpdates received and followed (our receiving key replaced), in all.
+    updates: u64,
 }
 
 /// KeyUpdates a peer may send without data between them (as rustls and BoringSSL allow).
@@ -110,6 +112,9 @@ struct Sender {
     update_due: bool,
     /// close_notify is sealed: nothing more may be.
     closing: bool,
+    /// KeyUpdates sealed (our sending key replaced), in all: at the confidentiality limit
+    /// or to answer the peer's request.
+    updates: u64,
 }
 
 impl TlsStream {
@@ -133,6 +138,7 @@ impl TlsStream {
             early,
             closed: false,
             updates_in_a_row: 0,
+            updates: 0,
         };
         if !leftover.is_empty() {
             // rustls stops at the first incomplete record: less than one record is left.
@@ -155,6 +161,7 @@ impl TlsStream {
             filled: 0,
             update_due: false,
             closing: false,
+            updates: 0,
         };
         Ok(TlsStream {
             tcp,
@@ -176,6 +183,12 @@ impl TlsStream {
     pub(super) fn rekey_every(&mut self, records: u64) {
         self.tx.key_records = records;
         self.tx.rekey_at = self.tx.key.seq() + records;
+    }
+
+    /// KeyUpdates (sent, received) on this session so far.
+    #[cfg(test)]
+    pub(super) fn key_updates(&self) -> (u64, u64) {
+        (self.tx.updates, self.rx.updates)
     }
 
     #[cfg(test)]
@@ -253,6 +266,7 @@ impl TlsStream {
                                     self.session.update_rx().map_err(ReadFail::Tls)?,
                                 )
                                 .map_err(ReadFail::Tls)?;
+                                rx.updates += 1;
                                 self.tx.update_due |= requested;
                             }
                         }
@@ -322,6 +336,7 @@ impl TlsStream {
                 tx.rekey_at = key.seq().saturating_add(tx.key_records);
                 tx.key = key;
                 tx.update_due = false;
+                tx.updates += 1;
                 Poll::Ready(Ok(()))
             }
             Err(e) => Poll::Ready(Err(self.fail(cx, e))),

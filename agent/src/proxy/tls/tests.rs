@@ -235,14 +235,40 @@ async fn our_two_sides_exchange_vectored_writes_and_hold_no_buffer_when_idle() {
     exchange(&mut client, &mut server, 1024 * 1024).await;
 }
 
+/// Our sending key is replaced every 3 records: over 200 KeyUpdates for 10 MiB (at least
+/// 640 records of at most 16 KiB, so at least 213; typically about 400), counted on our side, and rustls follows every one (each record after a KeyUpdate is sealed with the
+/// new key, so a peer that did not follow would fail with bad_record_mac). rustls asked for
+/// none of them back, so ours received none.
 #[tokio::test]
 async fn our_sending_key_is_replaced_every_few_records_and_rustls_follows() {
     let pki = pki();
     let (mut ours, mut theirs) = ours_to_rustls(&pki).await;
-    // Every 3 records a KeyUpdate: over 200 of them for 2 MiB (rustls allows 32 in a row
-    // without data between, and each comes after data here).
+    // Every 3 records a KeyUpdate (rustls allows 32 in a row without data between, and each
+    // comes after data here).
     ours.rekey_every(3);
-    exchange(&mut ours, &mut theirs, 2 * 1024 * 1024).await;
+    assert_eq!(ours.key_updates(), (0, 0));
+    exchange(&mut ours, &mut theirs, 10 * 1024 * 1024).await;
+    let (sent, received) = ours.key_updates();
+    assert!(sent > 200, "{sent} KeyUpdates sent");
+    assert_eq!(received, 0);
+}
+
+/// Between our two sides: every KeyUpdate the client sends (update_not_requested) is followed
+/// by the server, exactly as many as were sent, and none is answered (not requested).
+#[tokio::test]
+async fn our_server_follows_each_key_update_of_our_client_without_answering() {
+    let pki = pki();
+    let (c, s) = tcp_pair().await;
+    let (sc, cc) = configs(&pki);
+    let (client, server) =
+        within(async { tokio::join!(connect(cc, name(), c), accept(sc, s)) }).await;
+    let (mut client, mut server) = (client.expect("client"), server.expect("server"));
+    client.rekey_every(3);
+    exchange(&mut client, &mut server, 2 * 1024 * 1024).await;
+    // At least 128 records of at most 16 KiB: at least 42 KeyUpdates.
+    let (sent, _) = client.key_updates();
+    assert!(sent >= 42, "{sent} KeyUpdates sent");
+    assert_eq!(server.key_updates(), (0, sent), "followed, not answered");
 }
 
 #[tokio::test]
@@ -258,6 +284,11 @@ async fn a_key_update_from_the_peer_is_followed_and_answered() {
             theirs.write_all(&msg).await.expect("rustls write");
             theirs.flush().await.expect("rustls flush");
             assert!(read_n(&mut ours, msg.len()).await == msg);
+            // Followed (our receiving key replaced) and answered at once, on the read, before
+            // we write anything: exactly one KeyUpdate of ours per request.
+            let n = u64::from(round) + 1;
+            assert_eq!(ours.key_updates(), (n, n), "round {round}");
+            // rustls reads what follows under our new key.
             ours.write_all(&msg).await.expect("our write");
             ours.flush().await.expect("our flush");
             assert!(read_n(&mut theirs, msg.len()).await == msg);
@@ -265,6 +296,7 @@ async fn a_key_update_from_the_peer_is_followed_and_answered() {
     })
     .await;
     exchange(&mut ours, &mut theirs, 100_000).await;
+    assert_eq!(ours.key_updates(), (5, 5), "no more than asked for");
 }
 
 /// Forwards bytes between two sockets; flips one bit of the server's bytes once `tamper` is

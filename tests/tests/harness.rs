@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use meshd_tests::{
-    cgroup2_mount, cleanup_stale, http_get, leftovers, netns_inode, require_root, wait_until,
-    Cluster,
+    cgroup2_mount, cleanup_stale, http_get, http_get_timeout, leftovers, netns_inode, require_root,
+    wait_until, Cluster,
 };
 
 fn testapp() -> Command {
@@ -210,6 +210,9 @@ fn pod_process_is_in_pod_cgroup_and_netns() {
     assert!(nh.is_running());
 }
 
+/// `http_get` runs inside the namespace it is given: a listener on a node's address is
+/// reached from the node's netns, and not from the cluster network's netns (the connect
+/// fails) nor from the test's own netns: those attempts never reach the listener.
 #[test]
 fn http_get_inside_a_node_netns() {
     require_root().unwrap();
@@ -219,29 +222,68 @@ fn http_get_inside_a_node_netns() {
         .in_netns(&n.netns_path, || TcpListener::bind("10.240.0.1:15000"))
         .unwrap()
         .unwrap();
+    // Serves exactly two requests, then returns them.
     let server = std::thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        let mut req = [0u8; 1024];
-        let n = s.read(&mut req).unwrap();
-        let req = String::from_utf8_lossy(&req[..n]).into_owned();
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
-            .unwrap();
-        req
+        let mut reqs = Vec::new();
+        for _ in 0..2 {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let n = s.read(&mut req).unwrap();
+            reqs.push(String::from_utf8_lossy(&req[..n]).into_owned());
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                .unwrap();
+        }
+        reqs
     });
     let (status, body) = http_get(&n.netns_path, "http://10.240.0.1:15000/metrics").unwrap();
     assert_eq!((status, body.as_str()), (200, "hello"));
-    let req = server.join().unwrap();
-    assert!(req.starts_with("GET /metrics HTTP/1.1\r\n"), "{req}");
-    assert!(req.contains("Connection: close"), "{req}");
-    // Not reachable from the test's own netns.
-    assert!(http_get(&c.net_netns_path(), "http://10.240.0.1:15000/").is_err());
+    // Not reachable from the cluster network's netns (no address, no route there): the
+    // connect fails.
+    let err = http_get_timeout(
+        &c.net_netns_path(),
+        "http://10.240.0.1:15000/",
+        Duration::from_secs(2),
+    )
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("connecting to 10.240.0.1:15000"), "{msg}");
+    // Nor from the test's own netns. What answers there depends on the machine (a default
+    // route may lead to a proxy that answers anything), but never the node's listener:
+    // the server below sees only the two GETs made in the node's netns.
+    let own = http_get_timeout(
+        Path::new("/proc/self/ns/net"),
+        "http://10.240.0.1:15000/own",
+        Duration::from_secs(2),
+    );
+    assert!(!matches!(&own, Ok((200, b)) if b == "hello"), "{own:?}");
+    let (status, body) = http_get(&n.netns_path, "http://10.240.0.1:15000/again").unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    let reqs = server.join().unwrap();
+    assert!(reqs[0].starts_with("GET /metrics HTTP/1.1\r\n"), "{reqs:?}");
+    assert!(reqs[0].contains("Connection: close"), "{reqs:?}");
+    assert!(reqs[1].starts_with("GET /again HTTP/1.1\r\n"), "{reqs:?}");
 }
 
+/// Start time of a live (not zombie) process, to tell it from a reused pid.
+fn live_starttime(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    if matches!(after.first(), Some(&"Z") | Some(&"X")) {
+        return None;
+    }
+    after.get(19)?.parse().ok()
+}
+
+/// Dropping a cluster during a panic removes everything: the pod's process, a node
+/// process's background grandchild (which runs outside any pod cgroup: the leak check
+/// sees it while it runs, and it is gone after the drop), the pins and namespaces. A
+/// plain drop too.
 #[test]
 fn drop_cleans_up_also_after_panic() {
     require_root().unwrap();
     let app = env!("CARGO_BIN_EXE_meshd-testapp");
     let prefix = std::sync::Mutex::new(String::new());
+    let grandchild = std::sync::Mutex::new(None);
     let r = std::panic::catch_unwind(|| {
         let c = Cluster::new("panic").unwrap();
         *prefix.lock().unwrap() = c.prefix().to_string();
@@ -252,20 +294,53 @@ fn drop_cleans_up_also_after_panic() {
         let h = c.spawn_in_pod(&p, cmd).unwrap();
         h.wait_for_output("listening", Duration::from_secs(10))
             .unwrap();
-        // A grandchild in the same process group, and a pinned dir.
-        c.spawn_in_node(&n, {
-            let mut cmd = Command::new("sh");
-            cmd.args(["-c", "sleep 100 & sleep 100"]);
-            cmd
-        })
-        .unwrap();
+        // A grandchild: `sh` in the node starts a background `sleep` and says its pid.
+        let sh = c
+            .spawn_in_node(&n, {
+                let mut cmd = Command::new("sh");
+                cmd.args(["-c", "sleep 100 & echo grandchild=$!; wait"]);
+                cmd
+            })
+            .unwrap();
+        let line = sh
+            .wait_for_output("grandchild=", Duration::from_secs(10))
+            .unwrap();
+        let pid: i32 = line.trim()["grandchild=".len()..].parse().unwrap();
+        assert_ne!(pid, sh.pid() as i32);
+        let start = live_starttime(pid).expect("the grandchild runs");
+        *grandchild.lock().unwrap() = Some((pid, start));
+        // The leak check sees the pod's app, the node's sh and its grandchild.
+        let seen = leftovers(c.prefix());
+        for (pid, comm) in [
+            (h.pid() as i32, "meshd-testapp"),
+            (sh.pid() as i32, "sh"),
+            (pid, "sleep"),
+        ] {
+            assert!(
+                seen.iter()
+                    .any(|l| l.starts_with(&format!("process {pid} {comm} "))),
+                "process {pid} ({comm}) not in {seen:#?}"
+            );
+        }
         std::fs::create_dir_all(c.pin_root(&n).join("maps")).unwrap();
-        assert!(!leftovers(c.prefix()).is_empty());
+        assert!(leftovers(c.prefix())
+            .iter()
+            .any(|l| l.starts_with("bpffs ") && l.ends_with("-node1/maps")));
         panic!("test panic inside the cluster");
     });
     assert!(r.is_err());
     let prefix = prefix.into_inner().unwrap();
     assert!(prefix.starts_with("mt"));
+    let (pid, start) = grandchild
+        .into_inner()
+        .unwrap()
+        .expect("grandchild started");
+    // Killed with its process group; reaped by whoever inherited it.
+    assert!(
+        wait_until(Duration::from_secs(5), || live_starttime(pid)
+            != Some(start)),
+        "grandchild {pid} survived the cluster"
+    );
     assert_eq!(leftovers(&prefix), Vec::<String>::new());
 
     // Plain drop.

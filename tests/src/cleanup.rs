@@ -428,6 +428,27 @@ fn known_prefixes() -> Vec<String> {
     v
 }
 
+/// The prefixes of the clusters on the machine that process `pid` created (from their
+/// owner files), e.g. to check that a test built none.
+pub fn clusters_of_process(pid: u32) -> Vec<String> {
+    known_prefixes()
+        .into_iter()
+        .filter(|p| owner_pid(p) == Some(pid))
+        .collect()
+}
+
+fn owner_pid(prefix: &str) -> Option<u32> {
+    let f = Path::new(TMP)
+        .join(format!("{TMP_DIR_PREFIX}{prefix}"))
+        .join("owner");
+    std::fs::read_to_string(f)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Removes the leftovers of killed test runs. With a cluster prefix (`mtXXXX`), removes
 /// everything of that cluster, whoever owns it. With `""`, removes every cluster whose
 /// creating process is no longer running (clusters of a live test run are left alone).

@@ -300,12 +300,7 @@ pub fn cgroup_programs(cgroup: &Path) -> anyhow::Result<Vec<String>> {
         .to_str()
         .with_context(|| format!("cgroup path {} is not UTF-8", cgroup.display()))?;
     let args = ["cgroup", "show", path];
-    let out = bpftool_output(&args)?;
-    // bpftool prints nothing at all (not `[]`) for a cgroup without programs.
-    if out.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let v = parse_bpftool(&args, &out)?;
+    let v = bpftool_json(&args)?;
     program_names(&args, &v)
 }
 
@@ -361,9 +356,13 @@ pub fn netns_programs(netns_path: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 /// `bpftool -j ARGS`, parsed. Fails, naming the command and its output, when bpftool fails
-/// or prints something that is not JSON.
+/// or prints something that is not JSON. `cgroup show` of a cgroup without programs,
+/// for which bpftool prints nothing at all, gives an empty array.
 pub fn bpftool_json(args: &[&str]) -> anyhow::Result<Value> {
     let out = bpftool_output(args)?;
+    if out.trim().is_empty() && args.starts_with(&["cgroup", "show"]) {
+        return Ok(Value::Array(Vec::new()));
+    }
     parse_bpftool(args, &out)
 }
 
@@ -454,9 +453,23 @@ impl WireCapture {
     pub fn start(cluster: &Cluster) -> anyhow::Result<WireCapture> {
         let file = cluster.dir().join("wire.pcap");
         let mut cmd = Command::new("tcpdump");
-        cmd.args(["-i", "br0", "-U", "--immediate-mode", "-n", "-s", "0", "-w"])
-            .arg(&file)
-            .arg("tcp");
+        // A 64 MiB kernel buffer (-B, KiB): with the default 2 MiB, the veths' large
+        // (GSO) packets overflow it during a bulk echo on a busy machine, and the kernel
+        // drops packets from the capture (which `stop` refuses).
+        cmd.args([
+            "-i",
+            "br0",
+            "-U",
+            "--immediate-mode",
+            "-n",
+            "-s",
+            "0",
+            "-B",
+            "65536",
+            "-w",
+        ])
+        .arg(&file)
+        .arg("tcp");
         let proc = cluster.spawn_in_net(cmd)?;
         proc.wait_for_output("listening on", Duration::from_secs(10))
             .context("tcpdump did not start")?;

@@ -185,10 +185,8 @@ fn belongs(p: &ProcInfo, prefix: Option<&str>, netns_inodes: &[u64]) -> bool {
     }
     // `0::/meshd-test-mt1234/pod` (cgroup v2), possibly below a parent cgroup.
     let in_cgroup = p.cgroup.lines().any(|l| {
-        l.split('/').any(|part| {
-            part.strip_prefix(CGROUP_DIR_PREFIX)
-                .is_some_and(|rest| named(rest))
-        })
+        l.split('/')
+            .any(|part| part.strip_prefix(CGROUP_DIR_PREFIX).is_some_and(&named))
     });
     if in_cgroup {
         return true;

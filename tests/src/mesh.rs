@@ -292,6 +292,21 @@ impl Agent {
     }
 }
 
+/// An agent still running when it is dropped (the test did not stop it) is stopped here,
+/// and must exit cleanly on SIGTERM like one stopped with [`Agent::stop`]; otherwise the
+/// drop panics with the agent's log tail. Skipped when the test is already panicking (the
+/// cluster kills the agent) and for an agent that has exited (crashed, stopped, killed).
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() || !self.proc.is_running() {
+            return;
+        }
+        if let Err(e) = self.stop() {
+            panic!("dropping the agent on {}: {e:#}", self.node.name);
+        }
+    }
+}
+
 /// `bpftool cgroup show` of a cgroup: the names of attached programs. Fails, naming the
 /// command and its output, when bpftool's output is not the list it should be (so that a
 /// "nothing attached" check cannot pass on output it did not understand).

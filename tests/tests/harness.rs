@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use meshd_tests::mesh::Agent;
 use meshd_tests::{
     cgroup2_mount, cleanup_stale, http_get, http_get_timeout, leftovers, netns_inode, require_root,
     wait_until, Cluster,
@@ -390,4 +391,57 @@ fn invalid_names_are_rejected() {
     let n = c.add_node("n1").unwrap();
     assert!(c.add_node("n1").is_err());
     assert!(c.add_pod(&n, "n1").is_err());
+}
+
+/// A stand-in for an agent in node `n`: `sh` that exits with `code` on SIGTERM.
+fn fake_agent(c: &Cluster, n: &meshd_tests::Node, code: u8) -> Agent {
+    let proc = c
+        .spawn_in_node(n, {
+            let mut cmd = Command::new("sh");
+            cmd.args([
+                "-c",
+                &format!("trap 'kill $!; exit {code}' TERM; sleep 100 & echo ready; wait"),
+            ]);
+            cmd
+        })
+        .unwrap();
+    proc.wait_for_output("ready", Duration::from_secs(10))
+        .unwrap();
+    Agent {
+        node: n.clone(),
+        proc,
+        config_path: c.dir().join("none.yaml"),
+        pin_root: c.pin_root(n),
+    }
+}
+
+/// `Agent::stop` succeeds only for a clean exit on SIGTERM and otherwise fails naming the
+/// status; an agent dropped while running is stopped the same way, and the drop panics
+/// if it does not exit cleanly.
+#[test]
+fn agent_stop_and_drop_check_the_exit() {
+    require_root().unwrap();
+    let c = Cluster::new("agent-stop").unwrap();
+    let n = c.add_node("n1").unwrap();
+    assert!(fake_agent(&c, &n, 0).stop().unwrap().success());
+    let err = format!("{:#}", fake_agent(&c, &n, 3).stop().unwrap_err());
+    assert!(
+        err.contains("the agent on n1 did not exit cleanly on SIGTERM (exit status: 3)"),
+        "{err}"
+    );
+    // Dropped while running: a clean exit passes, an unclean one panics.
+    let clean = fake_agent(&c, &n, 0);
+    let pid = clean.proc.pid();
+    drop(clean);
+    assert!(live_starttime(pid as i32).is_none(), "not stopped on drop");
+    let bad = fake_agent(&c, &n, 3);
+    let proc = bad.proc.clone();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(bad)));
+    let msg = r.expect_err("dropping an agent that exits with 3 must panic");
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains("did not exit cleanly on SIGTERM (exit status: 3)"),
+        "{msg}"
+    );
+    assert!(!proc.is_running());
 }

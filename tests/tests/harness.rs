@@ -445,3 +445,66 @@ fn agent_stop_and_drop_check_the_exit() {
     );
     assert!(!proc.is_running());
 }
+
+/// Kills a pid when dropped (for a process a test let escape on purpose).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The leak check sees a process that escaped the cluster's cleanup (its own session, in
+/// a node's netns, in no pod cgroup, with a command line naming nothing of the cluster),
+/// also after the cluster and its namespaces are gone: per cluster and in the global
+/// check of `cargo xtask test`.
+#[test]
+fn leak_check_sees_a_process_that_escaped_the_cleanup() {
+    require_root().unwrap();
+    let c = Cluster::new("escape").unwrap();
+    let prefix = c.prefix().to_string();
+    let n = c.add_node("n1").unwrap();
+    let sh = c
+        .spawn_in_node(&n, {
+            let mut cmd = Command::new("sh");
+            cmd.args([
+                "-c",
+                "setsid sh -c 'echo escaped=$$; exec sleep 300' & wait",
+            ]);
+            cmd
+        })
+        .unwrap();
+    let line = sh
+        .wait_for_output("escaped=", Duration::from_secs(10))
+        .unwrap();
+    let pid: i32 = line.trim()["escaped=".len()..].parse().unwrap();
+    let _guard = KillOnDrop(pid);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|s| s.trim() == "sleep")
+        }),
+        "the escaped process did not start sleeping"
+    );
+    c.cleanup().unwrap();
+    assert!(
+        live_starttime(pid).is_some(),
+        "the escaped process was killed"
+    );
+    let entry = format!("process {pid} sleep (sleep 300)");
+    assert_eq!(leftovers(&prefix), [entry.clone()]);
+    assert!(leftovers("").contains(&entry));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || leftovers(&prefix).is_empty()),
+        "{:?}",
+        leftovers(&prefix)
+    );
+}

@@ -495,7 +495,7 @@ fn leak_check_sees_a_process_that_escaped_the_cleanup() {
         "the escaped process was killed"
     );
     let entry = format!("process {pid} sleep (sleep 300)");
-    assert_eq!(leftovers(&prefix), [entry.clone()]);
+    assert_eq!(leftovers(&prefix), vec![entry.clone()]);
     assert!(leftovers("").contains(&entry));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),

@@ -60,7 +60,15 @@ pub fn run(skip_clippy: bool, cargo_args: &[String]) -> anyhow::Result<()> {
     );
 
     println!("==> checking that the tests left nothing behind");
-    let leaked = new_leftovers(&before, meshd_tests::leftovers(""));
+    let mut leaked = new_leftovers(&before, meshd_tests::leftovers(""));
+    if !leaked.is_empty() {
+        // The kernel frees some objects asynchronously (a BPF link whose pin was removed,
+        // the programs of a removed cgroup): give what is on its way out a few seconds.
+        meshd_tests::wait_until(std::time::Duration::from_secs(10), || {
+            leaked = new_leftovers(&before, meshd_tests::leftovers(""));
+            leaked.is_empty()
+        });
+    }
     // Printed whatever the outcome, so that a failing run shows its leaks too.
     if leaked.is_empty() {
         println!("ok: nothing left behind");

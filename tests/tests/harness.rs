@@ -508,3 +508,38 @@ fn leak_check_sees_a_process_that_escaped_the_cleanup() {
         leftovers(&prefix)
     );
 }
+
+/// Removes a directory (tree) when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The global leak check lists `meshd check`'s scratch pin dir (with what is pinned in it)
+/// and cgroup, as `meshd check` names them (`meshd-check-<pid>`).
+#[test]
+fn leak_check_sees_meshd_check_scratch() {
+    require_root().unwrap();
+    meshd_tests::ensure_bpffs().unwrap();
+    // The pid of this process: no `meshd check` can have it.
+    let name = format!("meshd-check-{}", std::process::id());
+    let pins = Path::new("/sys/fs/bpf").join(&name);
+    let cg = cgroup2_mount().unwrap().join(&name);
+    let _p = RemoveOnDrop(pins.clone());
+    let _c = RemoveOnDrop(cg.clone());
+    std::fs::create_dir(&pins).unwrap();
+    std::fs::create_dir(pins.join("maps")).unwrap();
+    std::fs::create_dir(&cg).unwrap();
+    let all = leftovers("");
+    for want in [
+        format!("bpffs {}", pins.display()),
+        format!("bpffs {}", pins.join("maps").display()),
+        format!("cgroup {}", cg.display()),
+    ] {
+        assert!(all.contains(&want), "{want} not in {all:#?}");
+    }
+}

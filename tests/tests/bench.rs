@@ -77,8 +77,8 @@ fn quick_bench_measures_every_mode() {
         );
     }
 
-    // The table shows, per measurement, each mode's figure from the JSON report, in the
-    // order of the modes.
+    // The table shows, per measurement, each mode's figure from the JSON report in that
+    // mode's column (cells are right-aligned under the mode names of the header).
     let json = report.to_json();
     let header = table
         .lines()
@@ -89,18 +89,25 @@ fn quick_bench_measures_every_mode() {
         MODES,
         "{table}"
     );
+    let mut column_ends = Vec::new();
+    let mut from = 0;
+    for mode in MODES {
+        let at = from + header[from..].find(mode).unwrap();
+        column_ends.push(at + mode.len());
+        from = at + mode.len();
+    }
     for met in METRICS {
         let label = format!("{} ({})", report.label(met), met.unit);
         let row = table
             .lines()
             .find(|l| l.starts_with(&label))
             .unwrap_or_else(|| panic!("no row {label:?}\n{table}"));
-        let mut rest = &row[label.len()..];
+        let mut start = label.len();
         for (i, m) in report.modes.iter().enumerate() {
             let jm = &json["modes"][i];
             assert_eq!(jm["mode"], m.mode.as_str());
             assert_eq!(jm["available"], true, "{jm}");
-            let cell = if m.expected_metrics().iter().any(|e| e.key == met.key) {
+            let want = if m.expected_metrics().iter().any(|e| e.key == met.key) {
                 let v = jm["figures"][met.key]
                     .as_f64()
                     .unwrap_or_else(|| panic!("{}: no {} in the JSON: {jm}", m.mode, met.key));
@@ -110,14 +117,19 @@ fn quick_bench_measures_every_mode() {
                 assert!(jm["figures"].get(met.key).is_none(), "{jm}");
                 "n/a".to_string()
             };
-            let at = rest.find(&cell).unwrap_or_else(|| {
-                panic!(
-                    "row {label:?}: {} shows no {cell:?} (JSON figure) in {rest:?}\n{table}",
-                    m.mode
-                )
+            let cell = row.get(start..column_ends[i]).unwrap_or_else(|| {
+                panic!("row {label:?} does not reach {}'s column\n{table}", m.mode)
             });
-            rest = &rest[at + cell.len()..];
+            // The figure, then for modes other than direct its ratio in parentheses.
+            let shown = cell.trim().split(" (").next().unwrap_or_default();
+            assert_eq!(
+                shown, want,
+                "row {label:?}, {}: the table shows {cell:?}, the JSON {want}\n{table}",
+                m.mode
+            );
+            start = column_ends[i];
         }
+        assert_eq!(row.len(), start, "row {label:?} has more columns\n{table}");
     }
 
     // Every mode measured, so every target is evaluated (none "n/a"), its result follows

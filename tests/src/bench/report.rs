@@ -577,18 +577,29 @@ impl Report {
             },
             congestion_note(&self.settings),
         );
-        const W0: usize = 44;
+        // Wide enough for the longest label, so that every row's cells line up under the
+        // header's mode names.
+        let w0 = METRICS
+            .iter()
+            .map(|met| {
+                format!("{} ({})", self.label(met), met.unit)
+                    .chars()
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+            .max(44);
         const W: usize = 21;
-        let _ = write!(out, "{:<W0$}", "measurement");
+        let _ = write!(out, "{:<w0$}", "measurement");
         for mode in &self.modes {
             let _ = write!(out, " {:>W$}", mode.mode);
         }
         out.push('\n');
-        let _ = writeln!(out, "{}", "-".repeat(W0 + (W + 1) * self.modes.len()));
+        let _ = writeln!(out, "{}", "-".repeat(w0 + (W + 1) * self.modes.len()));
         for met in METRICS {
             let _ = write!(
                 out,
-                "{:<W0$}",
+                "{:<w0$}",
                 format!("{} ({})", self.label(met), met.unit)
             );
             for mode in &self.modes {
@@ -790,6 +801,32 @@ mod tests {
             .iter()
             .find(|t| t.name.starts_with(starts) && t.name.ends_with(ends))
             .unwrap_or_else(|| panic!("no target {starts}...{ends}: {:?}", r.targets))
+    }
+
+    /// Every row's cells end where the header's mode names end, also for the longest
+    /// label.
+    #[test]
+    fn table_columns_line_up() {
+        let mut direct = mode("direct", &[]);
+        let mut mtls = mode("mtls", &[]);
+        for (i, met) in METRICS.iter().enumerate() {
+            direct.figures.insert(met.key.to_string(), 1.0 + i as f64);
+            mtls.figures.insert(met.key.to_string(), 1000.0 + i as f64);
+        }
+        let r = report(vec![direct, mtls]);
+        let table = r.table();
+        let header = table
+            .lines()
+            .find(|l| l.starts_with("measurement"))
+            .unwrap();
+        for met in METRICS {
+            let label = format!("{} ({})", r.label(met), met.unit);
+            let row = table
+                .lines()
+                .find(|l| l.starts_with(&label))
+                .unwrap_or_else(|| panic!("no row {label:?}\n{table}"));
+            assert_eq!(row.len(), header.len(), "{row:?}\n{table}");
+        }
     }
 
     /// Everything a report holds survives its JSON form (what `--compare` reads back).

@@ -212,6 +212,8 @@ impl Agent {
             !agent.proc.is_running() || matches!(agent.get("/ready"), Ok((200, _)))
         });
         if !ready || !agent.proc.is_running() {
+            // Not a clean-stop check (see the Drop below): this agent failed already.
+            let _ = agent.proc.kill();
             bail!(
                 "agent on {} did not become ready:\n{}",
                 node.name,

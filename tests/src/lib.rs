@@ -28,6 +28,7 @@ pub mod bench;
 pub mod mesh;
 
 pub use cgroup::{cgroup2_mount, cgroup_pids};
+pub use cleanup::clusters_of_process;
 pub use cleanup::{cleanup_stale, leftovers};
 pub use cluster::{Cluster, Node, Pod, CGROUP_DIR_PREFIX, TMP_DIR_PREFIX};
 pub use error::{CleanupErrors, HarnessError};

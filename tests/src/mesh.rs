@@ -219,6 +219,8 @@ impl Agent {
             !agent.proc.is_running() || matches!(agent.get("/ready"), Ok((200, _)))
         });
         if !ready || !agent.proc.is_running() {
+            // Not a clean-stop check (see the Drop below): this agent failed already.
+            let _ = agent.proc.kill();
             bail!(
                 "agent on {} did not become ready:\n{}",
                 node.name,
@@ -275,10 +277,22 @@ impl Agent {
         Ok(())
     }
 
-    /// Graceful stop (SIGTERM); returns the exit status.
+    /// Graceful stop (SIGTERM); returns the exit status. Fails, with the agent's log tail,
+    /// unless the agent exits cleanly (status 0, not killed by a signal) within 15 s, or if
+    /// it had already exited.
     pub fn stop(&self) -> anyhow::Result<std::process::ExitStatus> {
-        self.proc.signal(Signal::SIGTERM)?;
-        self.proc.wait(Duration::from_secs(15))
+        self.proc
+            .signal(Signal::SIGTERM)
+            .with_context(|| format!("stopping the agent on {}", self.node.name))?;
+        let status = self.proc.wait(Duration::from_secs(15))?;
+        if !status.success() {
+            bail!(
+                "the agent on {} did not exit cleanly on SIGTERM ({status}){}",
+                self.node.name,
+                self.proc.output_tail()
+            );
+        }
+        Ok(status)
     }
 
     /// Crash (SIGKILL): pins stay behind.
@@ -287,57 +301,97 @@ impl Agent {
     }
 }
 
-/// `bpftool cgroup show` of a cgroup: the names of attached programs.
-pub fn cgroup_programs(cgroup: &Path) -> anyhow::Result<Vec<String>> {
-    let out = Command::new("bpftool")
-        .args(["-j", "cgroup", "show"])
-        .arg(cgroup)
-        .output()
-        .context("running bpftool")?;
-    if !out.status.success() {
-        bail!(
-            "bpftool cgroup show {}: {}",
-            cgroup.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+/// An agent still running when it is dropped (the test did not stop it) is stopped here,
+/// and must exit cleanly on SIGTERM like one stopped with [`Agent::stop`]; otherwise the
+/// drop panics with the agent's log tail. Skipped when the test is already panicking (the
+/// cluster kills the agent) and for an agent that has exited (crashed, stopped, killed).
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() || !self.proc.is_running() {
+            return;
+        }
+        if let Err(e) = self.stop() {
+            panic!("dropping the agent on {}: {e:#}", self.node.name);
+        }
     }
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]));
-    Ok(v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p["name"].as_str().map(String::from))
-                .collect()
+}
+
+/// `bpftool cgroup show` of a cgroup: the names of attached programs. Fails, naming the
+/// command and its output, when bpftool's output is not the list it should be (so that a
+/// "nothing attached" check cannot pass on output it did not understand).
+pub fn cgroup_programs(cgroup: &Path) -> anyhow::Result<Vec<String>> {
+    let path = cgroup
+        .to_str()
+        .with_context(|| format!("cgroup path {} is not UTF-8", cgroup.display()))?;
+    let args = ["cgroup", "show", path];
+    let v = bpftool_json(&args)?;
+    program_names(&args, &v)
+}
+
+/// The `name` of each element of a bpftool JSON array of programs.
+fn program_names(args: &[&str], v: &Value) -> anyhow::Result<Vec<String>> {
+    let Some(a) = v.as_array() else {
+        bail!("bpftool -j {}: not a JSON array: {v}", args.join(" "));
+    };
+    a.iter()
+        .map(|p| {
+            p["name"].as_str().map(String::from).with_context(|| {
+                format!(
+                    "bpftool -j {}: an entry without a name: {p}",
+                    args.join(" ")
+                )
+            })
         })
-        .unwrap_or_default())
+        .collect()
 }
 
 /// Program names attached by BPF links to the network namespace at `netns_path`
-/// (sk_lookup), from `bpftool link show`.
+/// (sk_lookup), from `bpftool link show`. Fails on output that is not the expected JSON.
 pub fn netns_programs(netns_path: &Path) -> anyhow::Result<Vec<String>> {
     use std::os::unix::fs::MetadataExt;
-    let ino = std::fs::metadata(netns_path)?.ino();
+    let ino = std::fs::metadata(netns_path)
+        .with_context(|| format!("stat {}", netns_path.display()))?
+        .ino();
     let links: Value = bpftool_json(&["link", "show"])?;
     let progs: Value = bpftool_json(&["prog", "show"])?;
-    let name_of = |id: &Value| {
-        progs
-            .as_array()
-            .and_then(|a| a.iter().find(|p| &p["id"] == id))
-            .and_then(|p| p["name"].as_str())
-            .unwrap_or("?")
-            .to_string()
+    let (Some(links), Some(progs)) = (links.as_array(), progs.as_array()) else {
+        bail!("bpftool -j link show / prog show: not JSON arrays: {links} / {progs}");
     };
-    Ok(links
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|l| l["type"] == "netns" && l["netns_ino"].as_u64() == Some(ino))
-                .map(|l| name_of(&l["prog_id"]))
-                .collect()
-        })
-        .unwrap_or_default())
+    let mut names = Vec::new();
+    for l in links {
+        if l["type"] != "netns" || l["netns_ino"].as_u64() != Some(ino) {
+            continue;
+        }
+        // A link whose program is not listed (unloaded between the two calls) keeps "?".
+        let name = progs
+            .iter()
+            .find(|p| p["id"] == l["prog_id"])
+            .map(|p| {
+                p["name"]
+                    .as_str()
+                    .map(String::from)
+                    .with_context(|| format!("bpftool -j prog show: a program without a name: {p}"))
+            })
+            .transpose()?
+            .unwrap_or_else(|| "?".to_string());
+        names.push(name);
+    }
+    Ok(names)
 }
 
+/// `bpftool -j ARGS`, parsed. Fails, naming the command and its output, when bpftool fails
+/// or prints something that is not JSON. `cgroup show` of a cgroup without programs,
+/// for which bpftool prints nothing at all, gives an empty array.
 pub fn bpftool_json(args: &[&str]) -> anyhow::Result<Value> {
+    let out = bpftool_output(args)?;
+    if out.trim().is_empty() && args.starts_with(&["cgroup", "show"]) {
+        return Ok(Value::Array(Vec::new()));
+    }
+    parse_bpftool(args, &out)
+}
+
+/// stdout of a successful `bpftool -j ARGS`.
+fn bpftool_output(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("bpftool")
         .arg("-j")
         .args(args)
@@ -345,12 +399,18 @@ pub fn bpftool_json(args: &[&str]) -> anyhow::Result<Value> {
         .context("running bpftool")?;
     if !out.status.success() {
         bail!(
-            "bpftool {}: {}",
+            "bpftool {}: {}{}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
         );
     }
-    Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn parse_bpftool(args: &[&str], out: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(out)
+        .with_context(|| format!("bpftool -j {}: output is not JSON: {out:?}", args.join(" ")))
 }
 
 /// Runs `meshd-testapp ARGS` in a pod and parses its one-line JSON result.
@@ -417,21 +477,76 @@ impl WireCapture {
     pub fn start(cluster: &Cluster) -> anyhow::Result<WireCapture> {
         let file = cluster.dir().join("wire.pcap");
         let mut cmd = Command::new("tcpdump");
-        cmd.args(["-i", "br0", "-U", "--immediate-mode", "-n", "-s", "0", "-w"])
-            .arg(&file)
-            .arg("tcp");
+        // A 64 MiB kernel buffer (-B, KiB): with the default 2 MiB, the veths' large
+        // (GSO) packets overflow it during a bulk echo on a busy machine, and the kernel
+        // drops packets from the capture (which `stop` refuses).
+        cmd.args([
+            "-i",
+            "br0",
+            "-U",
+            "--immediate-mode",
+            "-n",
+            "-s",
+            "0",
+            "-B",
+            "65536",
+            "-w",
+        ])
+        .arg(&file)
+        .arg("tcp");
         let proc = cluster.spawn_in_net(cmd)?;
         proc.wait_for_output("listening on", Duration::from_secs(10))
             .context("tcpdump did not start")?;
         Ok(WireCapture { proc, file })
     }
 
-    /// Stops the capture and returns the pcap's bytes.
+    /// Stops the capture and returns the pcap's bytes. First waits (up to 15 s) until
+    /// tcpdump has written every packet the kernel passed it: it is asked for its counts
+    /// (SIGUSR1) until the packets captured (written, `-U`) equal the packets received by
+    /// the filter. Fails if the kernel dropped packets or tcpdump does not catch up: a
+    /// capture missing packets would make "nothing else on the wire" checks pass too easily.
     pub fn stop(self) -> anyhow::Result<Vec<u8>> {
-        std::thread::sleep(Duration::from_millis(300));
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let asked = tcpdump_stats_lines(&self.proc.stderr()).len();
+            self.proc.signal(Signal::SIGUSR1)?;
+            let mut stats = None;
+            wait_until(Duration::from_secs(5), || {
+                let lines = tcpdump_stats_lines(&self.proc.stderr());
+                stats = lines.get(asked).copied();
+                stats.is_some()
+            });
+            let Some(st) = stats else {
+                bail!(
+                    "tcpdump did not report its counts after SIGUSR1{}",
+                    self.proc.output_tail()
+                );
+            };
+            if st.dropped > 0 {
+                bail!(
+                    "tcpdump: the kernel dropped {} packets: the capture is incomplete{}",
+                    st.dropped,
+                    self.proc.output_tail()
+                );
+            }
+            if st.captured == st.received {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "tcpdump wrote {} of the {} packets it received in 15 s{}",
+                    st.captured,
+                    st.received,
+                    self.proc.output_tail()
+                );
+            }
+        }
         self.proc.signal(Signal::SIGINT)?;
-        self.proc.wait(Duration::from_secs(10))?;
-        Ok(std::fs::read(&self.file)?)
+        let status = self.proc.wait(Duration::from_secs(10))?;
+        if !status.success() {
+            bail!("tcpdump exited with {status}{}", self.proc.output_tail());
+        }
+        std::fs::read(&self.file).with_context(|| format!("reading {}", self.file.display()))
     }
 
     /// `tshark -r FILE -Y FILTER -T fields -e FIELD...`: one line per matching packet.
@@ -513,4 +628,87 @@ pub fn serve_at(cluster: &Cluster, pod: &Pod, listen: &str) -> anyhow::Result<Pr
     h.wait_for_output("listening", Duration::from_secs(10))
         .with_context(|| format!("testapp serve on {listen} in {}", pod.name))?;
     Ok(h)
+}
+
+/// tcpdump's counts, as printed on SIGUSR1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TcpdumpStats {
+    captured: u64,
+    received: u64,
+    dropped: u64,
+}
+
+/// Parses `tcpdump: 8 packets captured, 9 packets received by filter, 0 packets dropped by
+/// kernel` (one line per SIGUSR1).
+fn parse_tcpdump_stats(line: &str) -> Option<TcpdumpStats> {
+    let rest = line.trim().strip_prefix("tcpdump: ")?;
+    let mut st = TcpdumpStats {
+        captured: 0,
+        received: 0,
+        dropped: 0,
+    };
+    let mut seen = 0;
+    for part in rest.split(", ") {
+        let (n, what) = part.split_once(' ')?;
+        let n: u64 = n.parse().ok()?;
+        match what {
+            "packets captured" | "packet captured" => st.captured = n,
+            "packets received by filter" | "packet received by filter" => st.received = n,
+            "packets dropped by kernel" | "packet dropped by kernel" => st.dropped = n,
+            _ => continue,
+        }
+        seen += 1;
+    }
+    (seen == 3).then_some(st)
+}
+
+/// Every SIGUSR1 answer in tcpdump's stderr, in order.
+fn tcpdump_stats_lines(stderr: &str) -> Vec<TcpdumpStats> {
+    stderr.lines().filter_map(parse_tcpdump_stats).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcpdump_counts() {
+        let err = "tcpdump: listening on br0, link-type EN10MB (Ethernet), snapshot length 262144 bytes\n\
+                   tcpdump: 8 packets captured, 9 packets received by filter, 0 packets dropped by kernel\n\
+                   tcpdump: 1 packet captured, 1 packet received by filter, 2 packets dropped by kernel\n\
+                   8 packets captured\n";
+        assert_eq!(
+            tcpdump_stats_lines(err),
+            [
+                TcpdumpStats {
+                    captured: 8,
+                    received: 9,
+                    dropped: 0
+                },
+                TcpdumpStats {
+                    captured: 1,
+                    received: 1,
+                    dropped: 2
+                }
+            ]
+        );
+        assert_eq!(parse_tcpdump_stats("tcpdump: 8 packets captured"), None);
+    }
+
+    /// bpftool output that is not the expected list is an error, never an empty list.
+    #[test]
+    fn bpftool_output_of_another_shape_is_an_error() {
+        let args = ["cgroup", "show", "/x"];
+        let v = parse_bpftool(&args, r#"[{"id":3,"name":"meshd_connect4"}]"#).unwrap();
+        assert_eq!(program_names(&args, &v).unwrap(), ["meshd_connect4"]);
+        assert!(parse_bpftool(&args, "Error: something").is_err());
+        let v = parse_bpftool(&args, r#"{"error":"can't query"}"#).unwrap();
+        let e = program_names(&args, &v).unwrap_err().to_string();
+        assert!(
+            e.contains("bpftool -j cgroup show /x") && e.contains("can't query"),
+            "{e}"
+        );
+        let v = parse_bpftool(&args, r#"[{"id":3}]"#).unwrap();
+        assert!(program_names(&args, &v).is_err());
+    }
 }

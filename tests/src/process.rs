@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::cleanup::{netns_prefix, CLUSTER_ENV};
 use crate::error::HarnessError;
 use crate::util::{describe, poll_child};
 
@@ -42,6 +43,16 @@ fn place(cmd: &mut Command, at: &Placement<'_>) -> anyhow::Result<(Option<File>,
                 .with_context(|| format!("opening {}", procs.display()))
         })
         .transpose()?;
+    // Tag the process (and, through inheritance, its children) with its cluster, so that
+    // the leak check finds it wherever it runs.
+    let prefix = at
+        .netns
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .and_then(netns_prefix);
+    if let Some(prefix) = prefix {
+        cmd.env(CLUSTER_ENV, prefix);
+    }
     let ns_fd: RawFd = ns.as_ref().map_or(-1, |f| f.as_raw_fd());
     let cg_fd: RawFd = cg.as_ref().map_or(-1, |f| f.as_raw_fd());
     cmd.process_group(0);

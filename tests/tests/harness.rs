@@ -6,9 +6,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use meshd_tests::mesh::Agent;
 use meshd_tests::{
-    cgroup2_mount, cleanup_stale, http_get, leftovers, netns_inode, require_root, wait_until,
-    Cluster,
+    cgroup2_mount, cleanup_stale, http_get, http_get_timeout, leftovers, netns_inode, require_root,
+    wait_until, Cluster,
 };
 
 fn testapp() -> Command {
@@ -210,6 +211,9 @@ fn pod_process_is_in_pod_cgroup_and_netns() {
     assert!(nh.is_running());
 }
 
+/// `http_get` runs inside the namespace it is given: a listener on a node's address is
+/// reached from the node's netns, and not from the cluster network's netns (the connect
+/// fails) nor from the test's own netns: those attempts never reach the listener.
 #[test]
 fn http_get_inside_a_node_netns() {
     require_root().unwrap();
@@ -219,29 +223,68 @@ fn http_get_inside_a_node_netns() {
         .in_netns(&n.netns_path, || TcpListener::bind("10.240.0.1:15000"))
         .unwrap()
         .unwrap();
+    // Serves exactly two requests, then returns them.
     let server = std::thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        let mut req = [0u8; 1024];
-        let n = s.read(&mut req).unwrap();
-        let req = String::from_utf8_lossy(&req[..n]).into_owned();
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
-            .unwrap();
-        req
+        let mut reqs = Vec::new();
+        for _ in 0..2 {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let n = s.read(&mut req).unwrap();
+            reqs.push(String::from_utf8_lossy(&req[..n]).into_owned());
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                .unwrap();
+        }
+        reqs
     });
     let (status, body) = http_get(&n.netns_path, "http://10.240.0.1:15000/metrics").unwrap();
     assert_eq!((status, body.as_str()), (200, "hello"));
-    let req = server.join().unwrap();
-    assert!(req.starts_with("GET /metrics HTTP/1.1\r\n"), "{req}");
-    assert!(req.contains("Connection: close"), "{req}");
-    // Not reachable from the test's own netns.
-    assert!(http_get(&c.net_netns_path(), "http://10.240.0.1:15000/").is_err());
+    // Not reachable from the cluster network's netns (no address, no route there): the
+    // connect fails.
+    let err = http_get_timeout(
+        &c.net_netns_path(),
+        "http://10.240.0.1:15000/",
+        Duration::from_secs(2),
+    )
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("connecting to 10.240.0.1:15000"), "{msg}");
+    // Nor from the test's own netns. What answers there depends on the machine (a default
+    // route may lead to a proxy that answers anything), but never the node's listener:
+    // the server below sees only the two GETs made in the node's netns.
+    let own = http_get_timeout(
+        Path::new("/proc/self/ns/net"),
+        "http://10.240.0.1:15000/own",
+        Duration::from_secs(2),
+    );
+    assert!(!matches!(&own, Ok((200, b)) if b == "hello"), "{own:?}");
+    let (status, body) = http_get(&n.netns_path, "http://10.240.0.1:15000/again").unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    let reqs = server.join().unwrap();
+    assert!(reqs[0].starts_with("GET /metrics HTTP/1.1\r\n"), "{reqs:?}");
+    assert!(reqs[0].contains("Connection: close"), "{reqs:?}");
+    assert!(reqs[1].starts_with("GET /again HTTP/1.1\r\n"), "{reqs:?}");
 }
 
+/// Start time of a live (not zombie) process, to tell it from a reused pid.
+fn live_starttime(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    if matches!(after.first(), Some(&"Z") | Some(&"X")) {
+        return None;
+    }
+    after.get(19)?.parse().ok()
+}
+
+/// Dropping a cluster during a panic removes everything: the pod's process, a node
+/// process's background grandchild (which runs outside any pod cgroup: the leak check
+/// sees it while it runs, and it is gone after the drop), the pins and namespaces. A
+/// plain drop too.
 #[test]
 fn drop_cleans_up_also_after_panic() {
     require_root().unwrap();
     let app = env!("CARGO_BIN_EXE_meshd-testapp");
     let prefix = std::sync::Mutex::new(String::new());
+    let grandchild = std::sync::Mutex::new(None);
     let r = std::panic::catch_unwind(|| {
         let c = Cluster::new("panic").unwrap();
         *prefix.lock().unwrap() = c.prefix().to_string();
@@ -252,20 +295,53 @@ fn drop_cleans_up_also_after_panic() {
         let h = c.spawn_in_pod(&p, cmd).unwrap();
         h.wait_for_output("listening", Duration::from_secs(10))
             .unwrap();
-        // A grandchild in the same process group, and a pinned dir.
-        c.spawn_in_node(&n, {
-            let mut cmd = Command::new("sh");
-            cmd.args(["-c", "sleep 100 & sleep 100"]);
-            cmd
-        })
-        .unwrap();
+        // A grandchild: `sh` in the node starts a background `sleep` and says its pid.
+        let sh = c
+            .spawn_in_node(&n, {
+                let mut cmd = Command::new("sh");
+                cmd.args(["-c", "sleep 100 & echo grandchild=$!; wait"]);
+                cmd
+            })
+            .unwrap();
+        let line = sh
+            .wait_for_output("grandchild=", Duration::from_secs(10))
+            .unwrap();
+        let pid: i32 = line.trim()["grandchild=".len()..].parse().unwrap();
+        assert_ne!(pid, sh.pid() as i32);
+        let start = live_starttime(pid).expect("the grandchild runs");
+        *grandchild.lock().unwrap() = Some((pid, start));
+        // The leak check sees the pod's app, the node's sh and its grandchild.
+        let seen = leftovers(c.prefix());
+        for (pid, comm) in [
+            (h.pid() as i32, "meshd-testapp"),
+            (sh.pid() as i32, "sh"),
+            (pid, "sleep"),
+        ] {
+            assert!(
+                seen.iter()
+                    .any(|l| l.starts_with(&format!("process {pid} {comm} "))),
+                "process {pid} ({comm}) not in {seen:#?}"
+            );
+        }
         std::fs::create_dir_all(c.pin_root(&n).join("maps")).unwrap();
-        assert!(!leftovers(c.prefix()).is_empty());
+        assert!(leftovers(c.prefix())
+            .iter()
+            .any(|l| l.starts_with("bpffs ") && l.ends_with("-node1/maps")));
         panic!("test panic inside the cluster");
     });
     assert!(r.is_err());
     let prefix = prefix.into_inner().unwrap();
     assert!(prefix.starts_with("mt"));
+    let (pid, start) = grandchild
+        .into_inner()
+        .unwrap()
+        .expect("grandchild started");
+    // Killed with its process group; reaped by whoever inherited it.
+    assert!(
+        wait_until(Duration::from_secs(5), || live_starttime(pid)
+            != Some(start)),
+        "grandchild {pid} survived the cluster"
+    );
     assert_eq!(leftovers(&prefix), Vec::<String>::new());
 
     // Plain drop.
@@ -315,4 +391,155 @@ fn invalid_names_are_rejected() {
     let n = c.add_node("n1").unwrap();
     assert!(c.add_node("n1").is_err());
     assert!(c.add_pod(&n, "n1").is_err());
+}
+
+/// A stand-in for an agent in node `n`: `sh` that exits with `code` on SIGTERM.
+fn fake_agent(c: &Cluster, n: &meshd_tests::Node, code: u8) -> Agent {
+    let proc = c
+        .spawn_in_node(n, {
+            let mut cmd = Command::new("sh");
+            cmd.args([
+                "-c",
+                &format!("trap 'kill $!; exit {code}' TERM; sleep 100 & echo ready; wait"),
+            ]);
+            cmd
+        })
+        .unwrap();
+    proc.wait_for_output("ready", Duration::from_secs(10))
+        .unwrap();
+    Agent {
+        node: n.clone(),
+        proc,
+        config_path: c.dir().join("none.yaml"),
+        pin_root: c.pin_root(n),
+    }
+}
+
+/// `Agent::stop` succeeds only for a clean exit on SIGTERM and otherwise fails naming the
+/// status; an agent dropped while running is stopped the same way, and the drop panics
+/// if it does not exit cleanly.
+#[test]
+fn agent_stop_and_drop_check_the_exit() {
+    require_root().unwrap();
+    let c = Cluster::new("agent-stop").unwrap();
+    let n = c.add_node("n1").unwrap();
+    assert!(fake_agent(&c, &n, 0).stop().unwrap().success());
+    let err = format!("{:#}", fake_agent(&c, &n, 3).stop().unwrap_err());
+    assert!(
+        err.contains("the agent on n1 did not exit cleanly on SIGTERM (exit status: 3)"),
+        "{err}"
+    );
+    // Dropped while running: a clean exit passes, an unclean one panics.
+    let clean = fake_agent(&c, &n, 0);
+    let pid = clean.proc.pid();
+    drop(clean);
+    assert!(live_starttime(pid as i32).is_none(), "not stopped on drop");
+    let bad = fake_agent(&c, &n, 3);
+    let proc = bad.proc.clone();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(bad)));
+    let msg = r.expect_err("dropping an agent that exits with 3 must panic");
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains("did not exit cleanly on SIGTERM (exit status: 3)"),
+        "{msg}"
+    );
+    assert!(!proc.is_running());
+}
+
+/// Kills a pid when dropped (for a process a test let escape on purpose).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The leak check sees a process that escaped the cluster's cleanup (its own session, in
+/// a node's netns, in no pod cgroup, with a command line naming nothing of the cluster),
+/// also after the cluster and its namespaces are gone: per cluster and in the global
+/// check of `cargo xtask test`.
+#[test]
+fn leak_check_sees_a_process_that_escaped_the_cleanup() {
+    require_root().unwrap();
+    let c = Cluster::new("escape").unwrap();
+    let prefix = c.prefix().to_string();
+    let n = c.add_node("n1").unwrap();
+    let sh = c
+        .spawn_in_node(&n, {
+            let mut cmd = Command::new("sh");
+            cmd.args([
+                "-c",
+                "setsid sh -c 'echo escaped=$$; exec sleep 300' & wait",
+            ]);
+            cmd
+        })
+        .unwrap();
+    let line = sh
+        .wait_for_output("escaped=", Duration::from_secs(10))
+        .unwrap();
+    let pid: i32 = line.trim()["escaped=".len()..].parse().unwrap();
+    let _guard = KillOnDrop(pid);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|s| s.trim() == "sleep")
+        }),
+        "the escaped process did not start sleeping"
+    );
+    c.cleanup().unwrap();
+    assert!(
+        live_starttime(pid).is_some(),
+        "the escaped process was killed"
+    );
+    let entry = format!("process {pid} sleep (sleep 300)");
+    assert_eq!(leftovers(&prefix), vec![entry.clone()]);
+    assert!(leftovers("").contains(&entry));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || leftovers(&prefix).is_empty()),
+        "{:?}",
+        leftovers(&prefix)
+    );
+}
+
+/// Removes a directory (tree) when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The global leak check lists `meshd check`'s scratch pin dir (with what is pinned in it)
+/// and cgroup, as `meshd check` names them (`meshd-check-<pid>`).
+#[test]
+fn leak_check_sees_meshd_check_scratch() {
+    require_root().unwrap();
+    meshd_tests::ensure_bpffs().unwrap();
+    // The pid of this process: no `meshd check` can have it.
+    let name = format!("meshd-check-{}", std::process::id());
+    let pins = Path::new("/sys/fs/bpf").join(&name);
+    let cg = cgroup2_mount().unwrap().join(&name);
+    let _p = RemoveOnDrop(pins.clone());
+    let _c = RemoveOnDrop(cg.clone());
+    std::fs::create_dir(&pins).unwrap();
+    std::fs::create_dir(pins.join("maps")).unwrap();
+    std::fs::create_dir(&cg).unwrap();
+    let all = leftovers("");
+    for want in [
+        format!("bpffs {}", pins.display()),
+        format!("bpffs {}", pins.join("maps").display()),
+        format!("cgroup {}", cg.display()),
+    ] {
+        assert!(all.contains(&want), "{want} not in {all:#?}");
+    }
 }

@@ -20,6 +20,7 @@
 
 mod report;
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -29,7 +30,8 @@ use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
 pub use report::{
-    compare, metric, Machine, Metric, ModeReport, Report, RunSettings, Target, METRICS, MODES,
+    compare, fmt_value, metric, Machine, Metric, ModeReport, Report, RunSettings, Target, METRICS,
+    MODES,
 };
 
 use crate::mesh::{config_yaml, meshd_bin, testapp_bin, Agent, WorkloadSpec};
@@ -133,6 +135,17 @@ impl Options {
 
 static RUNNING: Mutex<Option<Arc<Cluster>>> = Mutex::new(None);
 
+thread_local! {
+    /// Bench clusters [`run`] started to build on this thread.
+    static CLUSTERS_STARTED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many times [`run`] has started building a cluster on the calling thread (for the
+/// test that a refused run builds nothing).
+pub fn clusters_started_on_this_thread() -> u64 {
+    CLUSTERS_STARTED.with(Cell::get)
+}
+
 /// Open files the agents may hold: a plain relay holds two sockets per connection, so
 /// 10,000 held connections need more than 20,000 (a DaemonSet's container runtime usually
 /// gives 1,048,576).
@@ -203,6 +216,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         check_congestion_control(cc)?;
     }
     raise_fd_limit(FD_LIMIT);
+    CLUSTERS_STARTED.with(|n| n.set(n.get() + 1));
     let cluster = Arc::new(Cluster::new("bench")?);
     *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = Some(cluster.clone());
     let result = run_in(&cluster, opts);

@@ -577,24 +577,35 @@ impl Report {
             },
             congestion_note(&self.settings),
         );
-        const W0: usize = 44;
+        // Wide enough for the longest label, so that every row's cells line up under the
+        // header's mode names.
+        let w0 = METRICS
+            .iter()
+            .map(|met| {
+                format!("{} ({})", self.label(met), met.unit)
+                    .chars()
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+            .max(44);
         const W: usize = 21;
-        let _ = write!(out, "{:<W0$}", "measurement");
+        let _ = write!(out, "{:<w0$}", "measurement");
         for mode in &self.modes {
             let _ = write!(out, " {:>W$}", mode.mode);
         }
         out.push('\n');
-        let _ = writeln!(out, "{}", "-".repeat(W0 + (W + 1) * self.modes.len()));
+        let _ = writeln!(out, "{}", "-".repeat(w0 + (W + 1) * self.modes.len()));
         for met in METRICS {
             let _ = write!(
                 out,
-                "{:<W0$}",
+                "{:<w0$}",
                 format!("{} ({})", self.label(met), met.unit)
             );
             for mode in &self.modes {
                 let cell = if mode.unavailable.is_some() {
                     "unavailable".to_string()
-                } else if met.agent_only && mode.mode == "direct" {
+                } else if met.agent_only && WITHOUT_AGENT.contains(&mode.mode.as_str()) {
                     "n/a".to_string()
                 } else {
                     match mode.get(met.key) {
@@ -644,7 +655,8 @@ impl Report {
     }
 }
 
-fn fmt_value(v: f64) -> String {
+/// A figure as the table and comparisons print it.
+pub fn fmt_value(v: f64) -> String {
     if v.abs() >= 1000.0 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
@@ -706,7 +718,7 @@ pub fn compare(a: &Report, b: &Report) -> String {
     };
     for mode in &modes {
         for met in METRICS {
-            if met.agent_only && mode == "direct" {
+            if met.agent_only && WITHOUT_AGENT.contains(&mode.as_str()) {
                 continue;
             }
             let (va, ca) = cell(a, mode, met.key);
@@ -789,6 +801,102 @@ mod tests {
             .iter()
             .find(|t| t.name.starts_with(starts) && t.name.ends_with(ends))
             .unwrap_or_else(|| panic!("no target {starts}...{ends}: {:?}", r.targets))
+    }
+
+    /// Every row's cells end where the header's mode names end, also for the longest
+    /// label.
+    #[test]
+    fn table_columns_line_up() {
+        let mut direct = mode("direct", &[]);
+        let mut mtls = mode("mtls", &[]);
+        for (i, met) in METRICS.iter().enumerate() {
+            direct.figures.insert(met.key.to_string(), 1.0 + i as f64);
+            mtls.figures.insert(met.key.to_string(), 1000.0 + i as f64);
+        }
+        let r = report(vec![direct, mtls]);
+        let table = r.table();
+        let header = table
+            .lines()
+            .find(|l| l.starts_with("measurement"))
+            .unwrap();
+        for met in METRICS {
+            let label = format!("{} ({})", r.label(met), met.unit);
+            let row = table
+                .lines()
+                .find(|l| l.starts_with(&label))
+                .unwrap_or_else(|| panic!("no row {label:?}\n{table}"));
+            assert_eq!(row.len(), header.len(), "{row:?}\n{table}");
+        }
+    }
+
+    /// Everything a report holds survives its JSON form (what `--compare` reads back).
+    #[test]
+    fn json_round_trip_keeps_every_field() {
+        let mut direct = mode("direct", &[("throughput_1_gbps", 12.5), ("cps", 4321.0)]);
+        direct.details.insert("cps".into(), json!({"failed": 0}));
+        let mut mtls = mode(
+            "mtls",
+            &[("throughput_1_gbps", 3.25), ("agent_rss_idle_mb", 9.87)],
+        );
+        mtls.notes.push("latency: h2load failed".into());
+        let mut relay = mode("relay", &[]);
+        relay.unavailable = Some("relay did not start".into());
+        let mut r = report(vec![direct, relay, mtls]);
+        r.unix_time = 1_800_000_000;
+        r.machine.kernel = "6.1.0".into();
+        r.compute_targets();
+        let text = serde_json::to_string_pretty(&r.to_json()).unwrap();
+        let back = Report::from_json(&serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!(back, r);
+        assert!(Report::from_json(&json!({"schema": "other"})).is_err());
+    }
+
+    /// A comparison shows both figures and the change, better or worse by the metric's
+    /// direction; an unavailable mode is shown as such.
+    #[test]
+    fn compare_names_the_changes() {
+        let a = report(vec![
+            mode(
+                "direct",
+                &[("throughput_1_gbps", 10.0), ("latency_p50_us", 50.0)],
+            ),
+            mode("mtls", &[("throughput_1_gbps", 4.0)]),
+        ]);
+        let mut b = report(vec![
+            mode(
+                "direct",
+                &[("throughput_1_gbps", 12.0), ("latency_p50_us", 60.0)],
+            ),
+            mode("mtls", &[]),
+        ]);
+        b.modes[1].unavailable = Some("no identity".into());
+        let cmp = compare(&a, &b);
+        let line = |mode: &str, label: &str| {
+            cmp.lines()
+                .find(|l| l.starts_with(mode) && l.contains(label))
+                .unwrap_or_else(|| panic!("no {mode} {label} line in\n{cmp}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert!(
+            line("direct", "bulk TCP, 1 stream").ends_with("10.0 12.0 +20.0% better"),
+            "{cmp}"
+        );
+        assert!(
+            line("direct", "p50").ends_with("50.0 60.0 +20.0% worse"),
+            "{cmp}"
+        );
+        assert!(
+            line("mtls", "bulk TCP, 1 stream").ends_with("4.00 unavailable -"),
+            "{cmp}"
+        );
+        // No agent figures for direct.
+        assert!(
+            !cmp.lines()
+                .any(|l| l.starts_with("direct") && l.contains("agent RSS")),
+            "{cmp}"
+        );
     }
 
     #[test]

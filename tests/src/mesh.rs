@@ -570,13 +570,15 @@ impl WireCapture {
 /// The common two-node mesh of the L7 tests: node `n1` runs pod `client`, node `n2` runs
 /// pod `web` (deployment `web`); both agents share one trust anchor (mutual TLS on).
 pub struct ClientServer {
-    pub cluster: Cluster,
     pub n1: Node,
     pub n2: Node,
     pub client: Pod,
     pub web: Pod,
     pub agent1: Agent,
     pub agent2: Agent,
+    /// Last, so that it is dropped after the agents (fields drop in order): a dropped agent
+    /// is stopped and its exit checked while its namespaces still exist.
+    pub cluster: Cluster,
 }
 
 impl ClientServer {

@@ -34,7 +34,7 @@ pub enum StartError {
 struct Enrolled {
     workload: Arc<Workload>,
     netns: Arc<Netns>,
-    _proxy: PodProxy,
+    proxy: PodProxy,
 }
 
 /// Status of one local workload, for `/config_dump`.
@@ -58,6 +58,8 @@ pub struct Agent {
 
 /// How long an un-enrolled workload's listeners stay open after its links are gone.
 const UNENROLL_GRACE: Duration = Duration::from_millis(100);
+/// How long un-enrolling waits for a workload's listeners to close.
+const LISTENER_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -218,7 +220,7 @@ impl Agent {
         Ok(Enrolled {
             workload: workload.clone(),
             netns,
-            _proxy: proxy,
+            proxy,
         })
     }
 
@@ -237,7 +239,11 @@ impl Agent {
         std::thread::sleep(UNENROLL_GRACE);
         for (key, e) in leaving {
             let (cookie, ips) = (e.netns.cookie(), e.workload.ips.clone());
-            drop(e);
+            // Listeners closed before returning: a workload re-enrolled in the same
+            // namespace (changed addresses, cgroup or skip ports) binds the same ports.
+            if !e.proxy.close_blocking(LISTENER_CLOSE_TIMEOUT) {
+                tracing::warn!(workload = %key, "listeners still open after {LISTENER_CLOSE_TIMEOUT:?}");
+            }
             match lock(&self.capture).forget(cookie, &ips) {
                 Ok(()) => tracing::info!(workload = %key, "workload un-enrolled"),
                 Err(err) => {

@@ -34,6 +34,8 @@ pub enum StartError {
 struct Enrolled {
     workload: Arc<Workload>,
     netns: Arc<Netns>,
+    /// The namespace found at the workload's netns path when it was enrolled.
+    netns_id: Option<(u64, u64)>,
     proxy: PodProxy,
 }
 
@@ -60,6 +62,13 @@ pub struct Agent {
 const UNENROLL_GRACE: Duration = Duration::from_millis(100);
 /// How long un-enrolling waits for a workload's listeners to close.
 const LISTENER_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The namespace a netns path refers to now (device and inode of the nsfs file), `None`
+/// when the path is gone.
+fn namespace_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -124,7 +133,12 @@ impl Agent {
             .iter()
             .filter(|(k, e)| match desired.get(*k) {
                 None => true,
-                Some(w) => w.local != e.workload.local || w.ips != e.workload.ips,
+                Some(w) => {
+                    w.local != e.workload.local
+                        || w.ips != e.workload.ips
+                        // The same path, but another namespace (the pod recreated).
+                        || w.local.as_ref().map(|l| namespace_id(&l.netns)) != Some(e.netns_id)
+                }
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -166,6 +180,7 @@ impl Agent {
     fn enroll(&self, workload: &Arc<Workload>) -> Result<Enrolled, String> {
         let local: &LocalWorkload = workload.local.as_ref().ok_or("not a local workload")?;
         let netns = Arc::new(Netns::open(&local.netns).map_err(|e| e.to_string())?);
+        let netns_id = namespace_id(&local.netns);
         let identity = self.proxy.mesh.as_ref().map(|m| m.identity_of(workload));
         if let (Some(mesh), Some(id)) = (&self.proxy.mesh, &identity) {
             // Issue the certificate now, not on the first connection.
@@ -220,6 +235,7 @@ impl Agent {
         Ok(Enrolled {
             workload: workload.clone(),
             netns,
+            netns_id,
             proxy,
         })
     }

@@ -524,3 +524,104 @@ fn a_workload_that_cannot_be_enrolled_is_reported_and_the_others_work() {
     assert!(agent.stop().unwrap().success());
     assert!(!agent.pin_root.exists());
 }
+
+/// A pod's namespace vanishes under an enrolled workload: the next edit is refused as a
+/// whole (its netns path does not exist), reported as `configError` in `/config_dump`,
+/// and the other workloads keep working on the last good state. Once the namespace is
+/// back at the same path (the pod recreated: a new, empty namespace), the next edit
+/// re-enrolls the workload into the new namespace: its sk_lookup runs there, the old
+/// namespace's map entry is gone, and its connections reach the agent again.
+#[test]
+fn a_vanished_namespace_is_reported_and_a_recreated_one_is_re_enrolled() {
+    require_root().unwrap();
+    let c = Cluster::new("vanish").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let x = c.add_pod(&n1, "x").unwrap();
+    let client = c.add_pod(&n1, "client").unwrap();
+    let server = c.add_pod(&n1, "server").unwrap();
+    let config = |label: &str| {
+        config_yaml(
+            &c,
+            &n1,
+            &[
+                WorkloadSpec::new(&x),
+                WorkloadSpec::new(&client).label("edit", label),
+                WorkloadSpec::new(&server),
+            ],
+            &[],
+        )
+    };
+    let agent = Agent::start(&c, &n1, &config("1")).unwrap();
+    serve(&c, &server, 8080).unwrap();
+    let dst = format!("{}:8080", server.ip);
+    let old_cookie = status(&agent, "default/x")["netns_cookie"]
+        .as_u64()
+        .unwrap();
+    let ip_netns = |verb: &str| {
+        let st = Command::new("ip")
+            .args(["netns", verb, &x.netns])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns {verb} {}", x.netns);
+    };
+
+    ip_netns("del");
+    agent.write_config(&config("2")).unwrap();
+    let expected = format!("netns {}: does not exist", x.netns_path.display());
+    assert!(
+        wait_until(Duration::from_secs(10), || agent.config_dump().unwrap()
+            ["configError"]
+            .as_str()
+            .is_some_and(|e| e.contains(&expected))),
+        "{}",
+        agent.config_dump().unwrap()
+    );
+    assert!(outbound_captured(&c, &client, &dst));
+    assert!(enrolled(&agent, "default/client") && enrolled(&agent, "default/server"));
+
+    // Recreated at the same path: a new namespace.
+    ip_netns("add");
+    agent.write_config(&config("3")).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        let st = status(&agent, "default/x");
+        st["enrolled"] == true && st["netns_cookie"].as_u64() != Some(old_cookie)
+    }));
+    assert_eq!(agent.config_dump().unwrap()["configError"], Value::Null);
+    assert_eq!(netns_programs(&x.netns_path).unwrap(), ["meshd_sk_lookup"]);
+    assert_eq!(map_count(&agent, "MESHD_PODS"), 3);
+    assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 3);
+    // A connection from the new namespace is redirected to the agent's listener there
+    // (which then cannot reach the server: the new namespace has no network).
+    let mut lo = Command::new("ip");
+    lo.args(["-n", &x.netns, "link", "set", "lo", "up"]);
+    assert!(lo.status().unwrap().success());
+    let r = testapp_json(
+        &c,
+        &x,
+        &[
+            "echo",
+            "--connect",
+            &dst,
+            "--bytes",
+            "10",
+            "--timeout-secs",
+            "5",
+        ],
+    )
+    .unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .connections()
+            .unwrap()
+            .iter()
+            .any(
+                |r| r["workload"] == "default/x" && r["orig_dst"] == dst.as_str()
+            )),
+        "{r}\n{}",
+        agent.proc.output_tail()
+    );
+    assert!(outbound_captured(&c, &client, &dst));
+    assert!(agent.stop().unwrap().success());
+    assert!(!agent.pin_root.exists());
+}

@@ -240,13 +240,22 @@ impl Agent {
         })
     }
 
-    /// Stops capturing workloads without failing connections in flight: links go first,
-    /// then, after a grace period in which connections redirected just before are accepted,
-    /// the listeners close and the map entries go.
+    /// Stops capturing workloads without failing connections in flight: the redirecting
+    /// links go first, sockops after a grace period in which connections redirected just
+    /// before are established, then, after another in which they are accepted, the
+    /// listeners close and the map entries go.
     fn unenroll(&self, leaving: Vec<(String, Enrolled)>) {
         if leaving.is_empty() {
             return;
         }
+        // No new redirection first; sockops stays while the connections redirected just
+        // before are established (it records their original destinations), then goes.
+        for (key, _) in &leaving {
+            if let Err(err) = lock(&self.capture).stop_redirecting(key) {
+                tracing::error!(workload = %key, error = %err, "cannot detach capture links");
+            }
+        }
+        std::thread::sleep(UNENROLL_GRACE);
         for (key, _) in &leaving {
             if let Err(err) = lock(&self.capture).detach(key) {
                 tracing::error!(workload = %key, error = %err, "cannot detach capture links");

@@ -34,7 +34,9 @@ pub enum StartError {
 struct Enrolled {
     workload: Arc<Workload>,
     netns: Arc<Netns>,
-    _proxy: PodProxy,
+    /// The namespace found at the workload's netns path when it was enrolled.
+    netns_id: Option<(u64, u64)>,
+    proxy: PodProxy,
 }
 
 /// Status of one local workload, for `/config_dump`.
@@ -58,6 +60,15 @@ pub struct Agent {
 
 /// How long an un-enrolled workload's listeners stay open after its links are gone.
 const UNENROLL_GRACE: Duration = Duration::from_millis(100);
+/// How long un-enrolling waits for a workload's listeners to close.
+const LISTENER_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The namespace a netns path refers to now (device and inode of the nsfs file), `None`
+/// when the path is gone.
+fn namespace_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -122,7 +133,12 @@ impl Agent {
             .iter()
             .filter(|(k, e)| match desired.get(*k) {
                 None => true,
-                Some(w) => w.local != e.workload.local || w.ips != e.workload.ips,
+                Some(w) => {
+                    w.local != e.workload.local
+                        || w.ips != e.workload.ips
+                        // The same path, but another namespace (the pod recreated).
+                        || w.local.as_ref().map(|l| namespace_id(&l.netns)) != Some(e.netns_id)
+                }
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -164,6 +180,7 @@ impl Agent {
     fn enroll(&self, workload: &Arc<Workload>) -> Result<Enrolled, String> {
         let local: &LocalWorkload = workload.local.as_ref().ok_or("not a local workload")?;
         let netns = Arc::new(Netns::open(&local.netns).map_err(|e| e.to_string())?);
+        let netns_id = namespace_id(&local.netns);
         let identity = self.proxy.mesh.as_ref().map(|m| m.identity_of(workload));
         if let (Some(mesh), Some(id)) = (&self.proxy.mesh, &identity) {
             // Issue the certificate now, not on the first connection.
@@ -218,17 +235,27 @@ impl Agent {
         Ok(Enrolled {
             workload: workload.clone(),
             netns,
-            _proxy: proxy,
+            netns_id,
+            proxy,
         })
     }
 
-    /// Stops capturing workloads without failing connections in flight: links go first,
-    /// then, after a grace period in which connections redirected just before are accepted,
-    /// the listeners close and the map entries go.
+    /// Stops capturing workloads without failing connections in flight: the redirecting
+    /// links go first, sockops after a grace period in which connections redirected just
+    /// before are established, then, after another in which they are accepted, the
+    /// listeners close and the map entries go.
     fn unenroll(&self, leaving: Vec<(String, Enrolled)>) {
         if leaving.is_empty() {
             return;
         }
+        // No new redirection first; sockops stays while the connections redirected just
+        // before are established (it records their original destinations), then goes.
+        for (key, _) in &leaving {
+            if let Err(err) = lock(&self.capture).stop_redirecting(key) {
+                tracing::error!(workload = %key, error = %err, "cannot detach capture links");
+            }
+        }
+        std::thread::sleep(UNENROLL_GRACE);
         for (key, _) in &leaving {
             if let Err(err) = lock(&self.capture).detach(key) {
                 tracing::error!(workload = %key, error = %err, "cannot detach capture links");
@@ -237,7 +264,11 @@ impl Agent {
         std::thread::sleep(UNENROLL_GRACE);
         for (key, e) in leaving {
             let (cookie, ips) = (e.netns.cookie(), e.workload.ips.clone());
-            drop(e);
+            // Listeners closed before returning: a workload re-enrolled in the same
+            // namespace (changed addresses, cgroup or skip ports) binds the same ports.
+            if !e.proxy.close_blocking(LISTENER_CLOSE_TIMEOUT) {
+                tracing::warn!(workload = %key, "listeners still open after {LISTENER_CLOSE_TIMEOUT:?}");
+            }
             match lock(&self.capture).forget(cookie, &ips) {
                 Ok(()) => tracing::info!(workload = %key, "workload un-enrolled"),
                 Err(err) => {

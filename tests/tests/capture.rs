@@ -1,7 +1,11 @@
 //! Capture end to end, with real processes in a cluster of namespaces: outbound
 //! (connect4 + sockops), inbound (sk_lookup), services, and what must never be captured.
 
-use std::{collections::BTreeMap, process::Command, time::Duration};
+use std::{
+    collections::BTreeMap,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use meshd_tests::{
     mesh::{config_yaml, serve, testapp_bin, testapp_json, Agent, ServiceSpec, WorkloadSpec},
@@ -10,6 +14,16 @@ use meshd_tests::{
 use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;
+/// How long a failed endpoint is left out (agent/src/balance.rs `DOWN_FOR`).
+const DOWN_FOR: Duration = Duration::from_secs(10);
+
+/// One greeted 1 KiB echo that must succeed; returns the server's greeting.
+fn echo_greeted(cluster: &Cluster, pod: &meshd_tests::Pod, to: &str) -> String {
+    echo(cluster, pod, to, 1024)["greeting"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
 
 fn echo(cluster: &Cluster, pod: &meshd_tests::Pod, to: &str, bytes: u64) -> Value {
     let n = bytes.to_string();
@@ -70,7 +84,12 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
     assert_eq!(out[0]["workload"], "default/client");
     assert_eq!(out[0]["target"], plain_dst.as_str());
     assert_eq!(out[0]["bytes_sent"].as_u64(), Some(64 * MIB));
-    assert!(out[0]["bytes_received"].as_u64().unwrap() >= 64 * MIB);
+    // Received from the server: the echo and the greeting line before it.
+    let greeting_len = greeting.len() as u64 + 1;
+    assert_eq!(
+        out[0]["bytes_received"].as_u64(),
+        Some(64 * MIB + greeting_len)
+    );
     assert_eq!(out[0]["error"], Value::Null);
 
     // Non-enrolled client -> enrolled server: inbound capture only; the agent saw the
@@ -114,7 +133,15 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
         &["echo", "--connect", &closed, "--bytes", "1000"],
     )
     .unwrap();
+    // Reset, not an orderly close: a FIN would read as "received 0 of 1000 bytes".
     assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("Connection reset by peer"),
+        "the client sees a reset: {r}"
+    );
     let failed = wait_closed(&agent, "inbound", &closed, 1);
     assert!(
         failed[0]["error"]
@@ -185,22 +212,53 @@ fn services_spread_over_endpoints_across_nodes() {
         .contains(&format!("accepted peer={}:", client.ip)));
 
     // A dead endpoint is skipped: stop web2's server; it costs one failed attempt, then it
-    // gets no more traffic, and every request still succeeds.
+    // gets no more traffic for DOWN_FOR (10 s), and every request still succeeds. The
+    // echoes are counted only while well inside that window, however slow the machine is.
+    let to_web2 = format!("{}:8080", web2.ip);
+    let failures = || {
+        agent
+            .proc
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("outbound connect failed") && l.contains(&to_web2))
+            .count()
+    };
     web2_log.kill().unwrap();
-    for _ in 0..6 {
+    let killed = Instant::now();
+    let mut during = 0;
+    while during < 6 && killed.elapsed() < Duration::from_secs(7) {
         echo(&c, &client, "10.96.0.10:80", 1024);
+        during += 1;
     }
-    let recs = wait_closed(&agent, "outbound", "10.96.0.10:80", 12);
-    assert_eq!(recs.iter().filter(to(web1.ip)).count(), 9, "{recs:#?}");
-    let failures = agent
-        .proc
-        .stderr()
-        .lines()
-        .filter(|l| {
-            l.contains("outbound connect failed") && l.contains(&format!("{}:8080", web2.ip))
-        })
-        .count();
-    assert_eq!(failures, 1, "one attempt at the dead endpoint");
+    // Round robin reaches web2 on the first or second echo: two more show it skipped.
+    assert!(during >= 4, "only {during} echoes in 7 s");
+    let recs = wait_closed(&agent, "outbound", "10.96.0.10:80", 6 + during);
+    assert_eq!(
+        recs.iter().filter(to(web1.ip)).count(),
+        3 + during,
+        "{recs:#?}"
+    );
+    assert_eq!(recs.iter().filter(to(web2.ip)).count(), 3, "{recs:#?}");
+    assert_eq!(failures(), 1, "one attempt at the dead endpoint");
+
+    // The endpoint comes back after its timeout: web2 serves again, and the first
+    // connection to reach it is made no earlier than DOWN_FOR after the failure.
+    serve(&c, &web2, 8080).unwrap();
+    let mut back = None;
+    while back.is_none() && killed.elapsed() < DOWN_FOR + Duration::from_secs(30) {
+        let r = echo_greeted(&c, &client, "10.96.0.10:80");
+        if r.contains(&format!("local={to_web2}")) {
+            back = Some(killed.elapsed());
+        }
+        // Pacing (a connection every 200 ms), not synchronisation.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let back = back.expect("web2 never got traffic again");
+    assert!(
+        back >= DOWN_FOR,
+        "web2 back after {back:?}, before DOWN_FOR"
+    );
+    assert_eq!(failures(), 1, "no further failed attempt");
 
     agent.stop().unwrap();
 }
@@ -291,5 +349,80 @@ fn never_captured_loopback_udp_excluded_ports_and_unenrolled_pods() {
         3,
         "the contrast connection, and the last one once per side: {all:#?}"
     );
+    agent.stop().unwrap();
+}
+
+/// Resets cross the relays both ways, on both plain TCP relay paths: the outbound
+/// pass-through (enrolled client -> non-enrolled server, relayed by the agent from inside
+/// the client's netns) and the inbound delivery (non-enrolled client -> enrolled server,
+/// relayed to 127.0.0.1 inside the server's netns). A server that closes with SO_LINGER 0
+/// makes the client read ECONNRESET (not a clean end), and a client that does so makes the
+/// server read ECONNRESET.
+#[test]
+fn resets_cross_the_outbound_and_inbound_relays() {
+    require_root().unwrap();
+    let c = Cluster::new("capture-rst").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let client = c.add_pod(&n1, "client").unwrap();
+    let server = c.add_pod(&n1, "server").unwrap();
+    let plain = c.add_pod(&n1, "plain").unwrap();
+    let yaml = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&client), WorkloadSpec::new(&server)],
+        &[],
+    );
+    let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    let reset_serve = |pod: &meshd_tests::Pod| {
+        let mut cmd = Command::new(testapp_bin());
+        cmd.args(["reset-serve", "--listen", "0.0.0.0:8080"]);
+        let h = c.spawn_in_pod(pod, cmd).unwrap();
+        h.wait_for_output("listening", Duration::from_secs(10))
+            .unwrap();
+        h
+    };
+    let on_plain = reset_serve(&plain);
+    let on_server = reset_serve(&server);
+
+    for (path, from, to, app) in [
+        ("outbound pass-through", &client, &plain, &on_plain),
+        ("inbound delivery", &plain, &server, &on_server),
+    ] {
+        let dst = format!("{}:8080", to.ip);
+        // The server resets: the client sees the reset.
+        let r = testapp_json(
+            &c,
+            from,
+            &["reset-client", "--connect", &dst, "--mode", "server"],
+        )
+        .unwrap();
+        assert_eq!(r["outcome"], "reset", "{path}, server resets: {r}");
+        // The client resets: the server sees the reset.
+        let r = testapp_json(
+            &c,
+            from,
+            &["reset-client", "--connect", &dst, "--mode", "client"],
+        )
+        .unwrap();
+        assert_eq!(r["ok"], true, "{path}: {r}");
+        let ended = app
+            .wait_for_output("ended peer=", Duration::from_secs(10))
+            .unwrap();
+        assert!(
+            app.stdout()
+                .lines()
+                .filter(|l| l.starts_with("ended peer="))
+                .all(|l| l.ends_with(" reset")),
+            "{path}, client resets: {ended}\n{}",
+            app.stdout()
+        );
+        // Both went through the agent.
+        let direction = if from.name == "client" {
+            "outbound"
+        } else {
+            "inbound"
+        };
+        wait_closed(&agent, direction, &dst, 2);
+    }
     agent.stop().unwrap();
 }

@@ -181,7 +181,7 @@ impl Capture {
         }
         let dir = self.pins.workload_links(e.key);
         std::fs::create_dir_all(&dir).map_err(pin_err(&dir))?;
-        for hook in Hook::ALL {
+        for hook in ATTACH_ORDER {
             let path = dir.join(hook.link_name());
             if path.exists() {
                 // Adopted from an earlier agent and already running our program.
@@ -205,6 +205,23 @@ impl Capture {
         }
         self.adopted.remove(e.key);
         tracing::debug!(workload = e.key, "capture links pinned");
+        Ok(())
+    }
+
+    /// Stops redirecting a workload's new connections: removes its connect4, connect6 and
+    /// sk_lookup links, and keeps sockops, which records the original destination of
+    /// connections redirected a moment ago once they are established (until
+    /// [`Capture::detach`]).
+    pub fn stop_redirecting(&mut self, key: &str) -> Result<(), CaptureError> {
+        let dir = self.pins.workload_links(key);
+        for hook in DETACH_ORDER.into_iter().filter(|h| *h != Hook::SockOps) {
+            let path = dir.join(hook.link_name());
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(pin_err(&path)(e)),
+            }
+        }
         Ok(())
     }
 
@@ -289,11 +306,28 @@ impl Capture {
     }
 }
 
+/// sockops before connect4/6: a connection redirected by connect4 must find sockops
+/// attached when it is established, or its original destination is never recorded and
+/// the agent has to close it.
+const ATTACH_ORDER: [Hook; 4] = [
+    Hook::SockOps,
+    Hook::SkLookup,
+    Hook::Connect4,
+    Hook::Connect6,
+];
+/// The reverse: connect4/6 go first, sockops last.
+const DETACH_ORDER: [Hook; 4] = [
+    Hook::Connect4,
+    Hook::Connect6,
+    Hook::SkLookup,
+    Hook::SockOps,
+];
+
 fn remove_links(dir: &Path) -> Result<(), CaptureError> {
     if !dir.exists() {
         return Ok(());
     }
-    for hook in Hook::ALL {
+    for hook in DETACH_ORDER {
         let path = dir.join(hook.link_name());
         match std::fs::remove_file(&path) {
             Ok(()) => {}

@@ -261,3 +261,25 @@ async fn accept_loop(
         }
     }
 }
+
+impl PodProxy {
+    /// Stops accepting and waits, blocking the calling thread for at most `timeout`, until
+    /// every accept loop has ended and so closed its listener. Dropping only aborts the
+    /// loops, which close their listeners a moment later on the runtime; a workload
+    /// re-enrolled in the same namespace binds the same ports again at once. Call it from
+    /// a blocking thread (the runtime must be free to run the cancellations). Returns
+    /// whether all listeners were closed in time.
+    pub fn close_blocking(self, timeout: std::time::Duration) -> bool {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.tasks.iter().all(JoinHandle::is_finished) {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        true
+    }
+}

@@ -120,6 +120,9 @@ fn main() -> ExitCode {
         "http-serve" => http_serve(&args),
         "relay" => relay(&args),
         "idle-load" => idle_load(&args),
+        "connect-until" => connect_until(&args),
+        "reset-serve" => reset_serve(&args),
+        "reset-client" => reset_client(&args),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -893,4 +896,148 @@ fn http_conn(s: TcpStream) {
             return;
         }
     }
+}
+
+// ------------------------------------------------------------- lifecycle and resets
+//
+// `connect-until --connect ADDR --stop-file PATH [--interval-ms MS] [--greet] [--timeout-secs S]`:
+// the rounds of `connect-loop`, until PATH exists (the test decides when the traffic ends);
+// prints `round N ok` or `round N failed: ERROR` per round, then the same JSON summary.
+//
+// `reset-serve --listen ADDR`: per connection, reads one line. `reset-me`: closes at once
+// with SO_LINGER 0 (a reset). `wait-reset`: answers `ready`, then reads until the peer goes
+// and prints `ended peer=P reset|eof|error: E`.
+//
+// `reset-client --connect ADDR --mode server|client [--timeout-secs S]`: `server` sends
+// `reset-me` and reports how the connection ended (`"outcome": "reset"|"eof"|"error: E"`);
+// `client` sends `wait-reset`, waits for `ready` and closes with SO_LINGER 0.
+
+fn connect_until(args: &Args) -> Result<ExitCode, String> {
+    let addr = args.addr("--connect")?;
+    let stop = std::path::PathBuf::from(args.req("--stop-file")?);
+    let interval = Duration::from_millis(args.num("--interval-ms", 50)?);
+    let timeout = Duration::from_secs(args.num("--timeout-secs", 5)?);
+    let greet = args.flag("--greet");
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut errors: Vec<String> = Vec::new();
+    let mut i = 0;
+    while !stop.exists() {
+        match one_round(addr, greet, timeout, i) {
+            Ok(()) => {
+                ok += 1;
+                say(&format!("round {i} ok"));
+            }
+            Err(e) => {
+                failed += 1;
+                say(&format!("round {i} failed: {e}"));
+                if errors.len() < 10 {
+                    errors.push(format!("#{i}: {e}"));
+                }
+            }
+        }
+        i += 1;
+        std::thread::sleep(interval);
+    }
+    say(&json!({"ok": ok, "failed": failed, "errors": errors}).to_string());
+    Ok(if failed == 0 && ok > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Closes `s` with SO_LINGER 0: the kernel sends a RST instead of a FIN.
+fn close_with_reset(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(s);
+}
+
+/// How a read loop ended: the peer reset, closed (eof), or another error.
+fn read_until_end(s: &mut TcpStream) -> String {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return "eof".into(),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return "reset".into(),
+            Err(e) => return format!("error: {e}"),
+        }
+    }
+}
+
+fn reset_serve(args: &Args) -> Result<ExitCode, String> {
+    let addr = args.addr("--listen")?;
+    let l = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    let local = l.local_addr().map_err(|e| e.to_string())?;
+    say(&format!("listening on {local}"));
+    for conn in l.incoming() {
+        let Ok(mut s) = conn else { continue };
+        std::thread::spawn(move || {
+            let peer = s
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into());
+            let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+            let line = read_line(&mut s).unwrap_or_default();
+            say(&format!("accepted peer={peer} asked={line}"));
+            match line.as_str() {
+                "reset-me" => close_with_reset(s),
+                "wait-reset" if s.write_all(b"ready\n").is_ok() => {
+                    let how = read_until_end(&mut s);
+                    say(&format!("ended peer={peer} {how}"));
+                }
+                _ => {}
+            }
+        });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reset_client(args: &Args) -> Result<ExitCode, String> {
+    let addr = args.addr("--connect")?;
+    let mode = args.req("--mode")?.to_string();
+    let timeout = Duration::from_secs(args.num("--timeout-secs", 10)?);
+    let mut s = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("connect {addr}: {e}")),
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    match mode.as_str() {
+        "server" => {
+            if let Err(e) = s.write_all(b"reset-me\n") {
+                return fail(format!("write: {e}"));
+            }
+            let outcome = read_until_end(&mut s);
+            say(&json!({"ok": true, "outcome": outcome}).to_string());
+        }
+        "client" => {
+            if let Err(e) = s.write_all(b"wait-reset\n") {
+                return fail(format!("write: {e}"));
+            }
+            match read_line(&mut s) {
+                Ok(l) if l == "ready" => {}
+                Ok(l) => return fail(format!("expected ready, got {l:?}")),
+                Err(e) => return fail(format!("reading ready: {e}")),
+            }
+            close_with_reset(s);
+            say(&json!({"ok": true}).to_string());
+        }
+        other => return Err(format!("--mode is server or client, not {other:?}")),
+    }
+    Ok(ExitCode::SUCCESS)
 }

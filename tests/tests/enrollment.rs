@@ -1,0 +1,627 @@
+//! Enrollment as the config file changes: a workload whose skip ports, addresses, cgroup or
+//! network namespace change is re-enrolled (the old capture gone, the new one in place, its
+//! traffic carried); rapid enroll/un-enroll churn while clients run; a workload that cannot
+//! be enrolled is reported and the others keep working.
+
+use std::{net::Ipv4Addr, path::Path, process::Command, time::Duration};
+
+use meshd_tests::{
+    mesh::{
+        bpftool_json, cgroup_programs, config_yaml, netns_programs, serve, testapp_bin,
+        testapp_json, Agent, WorkloadSpec,
+    },
+    require_root, wait_until, Cluster, Pod, ProcHandle,
+};
+use serde_json::Value;
+
+const PROGRAMS: [&str; 3] = ["meshd_connect4", "meshd_connect6", "meshd_sockops"];
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+fn map_count(agent: &Agent, map: &str) -> u64 {
+    agent.config_dump().unwrap()["capture"]["maps"][map]
+        .as_u64()
+        .unwrap()
+}
+
+/// The `/config_dump` capture status of one workload.
+fn status(agent: &Agent, key: &str) -> Value {
+    agent.config_dump().unwrap()["capture"]["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["workload"] == key)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn enrolled(agent: &Agent, key: &str) -> bool {
+    status(agent, key)["enrolled"] == true
+}
+
+/// How many times the agent logged `msg` ("workload enrolled", "workload un-enrolled")
+/// for the workload `key`.
+fn logged(agent: &Agent, msg: &str, key: &str) -> usize {
+    agent
+        .proc
+        .stderr()
+        .lines()
+        .filter(|l| {
+            l.contains(msg)
+                && l.split_whitespace()
+                    .any(|w| w.trim_end_matches(',') == format!("workload={key}"))
+        })
+        .count()
+}
+
+/// Writes `yaml` and waits until the workload `key` was un-enrolled and enrolled again.
+fn re_enroll(agent: &Agent, yaml: &str, key: &str) {
+    let (out, inn) = (
+        logged(agent, "workload un-enrolled", key),
+        logged(agent, "workload enrolled", key),
+    );
+    agent.write_config(yaml).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            logged(agent, "workload un-enrolled", key) == out + 1
+                && logged(agent, "workload enrolled", key) == inn + 1
+        }),
+        "{key} re-enrolled:\n{}",
+        agent.proc.output_tail()
+    );
+    assert!(enrolled(agent, key));
+}
+
+/// A greeted 1 KiB echo from `pod` to `dst` that must succeed.
+fn echo(c: &Cluster, pod: &Pod, dst: &str) -> Value {
+    let r = testapp_json(
+        c,
+        pod,
+        &["echo", "--greet", "--connect", dst, "--bytes", "1024"],
+    )
+    .unwrap();
+    assert_eq!(r["ok"], true, "echo from {} to {dst}: {r}", pod.name);
+    r
+}
+
+/// Outbound capture, seen by the client: a captured socket is connected to the agent on
+/// loopback, an uncaptured one from the pod's own address.
+fn outbound_captured(c: &Cluster, pod: &Pod, dst: &str) -> bool {
+    let r = echo(c, pod, dst);
+    r["local"].as_str().unwrap().starts_with("127.0.0.1:")
+}
+
+/// Inbound capture, seen by the server: the agent delivers over loopback, a direct
+/// connection comes from the client's address.
+fn inbound_captured(c: &Cluster, from: &Pod, dst: &str) -> bool {
+    let r = echo(c, from, dst);
+    let greeting = r["greeting"].as_str().unwrap();
+    assert!(
+        greeting.contains("peer=127.0.0.1:") || greeting.contains(&format!("peer={}:", from.ip)),
+        "{greeting}"
+    );
+    greeting.contains("peer=127.0.0.1:")
+}
+
+/// The capture of one enrolled workload: its cgroup runs the three programs once, its
+/// network namespace the sk_lookup program once.
+fn assert_captured_at(cgroup: &Path, netns: &Path) {
+    assert_eq!(sorted(cgroup_programs(cgroup).unwrap()), PROGRAMS);
+    assert_eq!(netns_programs(netns).unwrap(), ["meshd_sk_lookup"]);
+}
+
+fn assert_nothing_at(cgroup: &Path, netns: Option<&Path>) {
+    assert!(
+        cgroup_programs(cgroup).unwrap().is_empty(),
+        "{}",
+        cgroup.display()
+    );
+    if let Some(netns) = netns {
+        assert!(
+            netns_programs(netns).unwrap().is_empty(),
+            "{}",
+            netns.display()
+        );
+    }
+}
+
+/// The BPF links (pinned or not) that run one of the agent's programs.
+fn links_of_agent(agent: &Agent) -> usize {
+    let dump = agent.config_dump().unwrap();
+    let ids: Vec<u64> = dump["capture"]["attached"]["programs"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(Value::as_u64)
+        .collect();
+    bpftool_json(&["link", "show"])
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["prog_id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .count()
+}
+
+/// Changing a workload's skip ports, then its addresses, re-enrolls it: the skip maps and
+/// listener entries follow the file, the programs stay attached exactly once, and the
+/// captured and skipped ports and addresses behave as the new file says.
+#[test]
+fn changed_skip_ports_or_addresses_re_enroll_the_workload() {
+    require_root().unwrap();
+    let c = Cluster::new("reenroll-ports").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let peer = c.add_pod(&n1, "peer").unwrap();
+    let agent = Agent::start(
+        &c,
+        &n1,
+        &config_yaml(&c, &n1, &[WorkloadSpec::new(&a)], &[]),
+    )
+    .unwrap();
+    for port in [8080, 9090] {
+        serve(&c, &peer, port).unwrap();
+    }
+    for port in [8080, 9091] {
+        serve(&c, &a, port).unwrap();
+    }
+    let key = "default/a";
+    let (out8080, out9090) = (format!("{}:8080", peer.ip), format!("{}:9090", peer.ip));
+    let (in8080, in9091) = (format!("{}:8080", a.ip), format!("{}:9091", a.ip));
+    assert!(outbound_captured(&c, &a, &out9090));
+    assert!(inbound_captured(&c, &peer, &in9091));
+    assert_eq!(map_count(&agent, "MESHD_SKIP_OUT"), 0);
+    assert_eq!(map_count(&agent, "MESHD_SKIP_IN"), 0);
+
+    // Skip ports added: exactly those ports are left alone, the others still captured.
+    let skipping = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&a)
+            .skip_outbound(&[9090])
+            .skip_inbound(&[9091])],
+        &[],
+    );
+    re_enroll(&agent, &skipping, key);
+    assert_eq!(map_count(&agent, "MESHD_SKIP_OUT"), 1);
+    assert_eq!(map_count(&agent, "MESHD_SKIP_IN"), 1);
+    assert_captured_at(&a.cgroup, &a.netns_path);
+    assert!(!outbound_captured(&c, &a, &out9090));
+    assert!(outbound_captured(&c, &a, &out8080));
+    assert!(!inbound_captured(&c, &peer, &in9091));
+    assert!(inbound_captured(&c, &peer, &in8080));
+
+    // Skip ports removed: captured again, no skip entry left.
+    re_enroll(
+        &agent,
+        &config_yaml(&c, &n1, &[WorkloadSpec::new(&a)], &[]),
+        key,
+    );
+    assert_eq!(map_count(&agent, "MESHD_SKIP_OUT"), 0);
+    assert_eq!(map_count(&agent, "MESHD_SKIP_IN"), 0);
+    assert!(outbound_captured(&c, &a, &out9090));
+    assert!(inbound_captured(&c, &peer, &in9091));
+
+    // The address changes (a second one on the pod's interface takes its place in the
+    // file): the new address is captured, the old one no longer.
+    let new_ip = Ipv4Addr::new(10, 244, n1.index, 200);
+    let mut ip = Command::new("ip");
+    ip.args([
+        "-n",
+        &a.netns,
+        "addr",
+        "add",
+        &format!("{new_ip}/24"),
+        "dev",
+        "eth0",
+    ]);
+    assert!(ip.status().unwrap().success());
+    let mut moved = a.clone();
+    moved.ip = new_ip;
+    re_enroll(
+        &agent,
+        &config_yaml(&c, &n1, &[WorkloadSpec::new(&moved)], &[]),
+        key,
+    );
+    assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 1);
+    assert_eq!(map_count(&agent, "MESHD_PODS"), 1);
+    assert_captured_at(&a.cgroup, &a.netns_path);
+    assert!(inbound_captured(&c, &peer, &format!("{new_ip}:8080")));
+    assert!(!inbound_captured(&c, &peer, &in8080));
+    assert!(outbound_captured(&c, &a, &out8080));
+    let inbound_to = |dst: &str| agent.closed_to("inbound", dst).unwrap().len();
+    assert!(wait_until(Duration::from_secs(10), || inbound_to(
+        &format!("{new_ip}:8080")
+    ) == 1));
+
+    assert_eq!(links_of_agent(&agent), 4, "one set of links, none leaked");
+    assert!(agent.stop().unwrap().success());
+    assert_nothing_at(&a.cgroup, Some(&a.netns_path));
+    assert!(!agent.pin_root.exists());
+}
+
+/// Changing a workload's cgroup, then its network namespace (the pod recreated: new
+/// netns, cgroup and address under the same name), re-enrolls it: nothing stays on the
+/// old cgroup or namespace, the new ones are captured, and traffic of the new pod is
+/// carried and recorded under the workload's name.
+#[test]
+fn changed_cgroup_or_netns_re_enrolls_the_workload() {
+    require_root().unwrap();
+    let c = Cluster::new("reenroll-ns").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let b = c.add_pod(&n1, "b").unwrap();
+    let peer = c.add_pod(&n1, "peer").unwrap();
+    let agent = Agent::start(
+        &c,
+        &n1,
+        &config_yaml(&c, &n1, &[WorkloadSpec::new(&a)], &[]),
+    )
+    .unwrap();
+    serve(&c, &peer, 8080).unwrap();
+    serve(&c, &a, 8080).unwrap();
+    serve(&c, &b, 8080).unwrap();
+    let key = "default/a";
+    let to_peer = format!("{}:8080", peer.ip);
+    assert_captured_at(&a.cgroup, &a.netns_path);
+    let cookie = status(&agent, key)["netns_cookie"].as_u64().unwrap();
+
+    // Another cgroup (the pod's processes moved to a new one): processes in it are
+    // captured, those left in the old cgroup no longer.
+    let mut a_cg2 = a.clone();
+    a_cg2.cgroup = c.cgroup_root().join("a-cg2");
+    std::fs::create_dir(&a_cg2.cgroup).unwrap();
+    re_enroll(
+        &agent,
+        &config_yaml(&c, &n1, &[WorkloadSpec::new(&a_cg2)], &[]),
+        key,
+    );
+    assert_captured_at(&a_cg2.cgroup, &a.netns_path);
+    assert_nothing_at(&a.cgroup, None);
+    assert_eq!(status(&agent, key)["netns_cookie"].as_u64(), Some(cookie));
+    assert!(outbound_captured(&c, &a_cg2, &to_peer));
+    assert!(!outbound_captured(&c, &a, &to_peer));
+    assert!(inbound_captured(&c, &peer, &format!("{}:8080", a.ip)));
+
+    // The pod recreated: workload `a` is now b's namespace, cgroup and address.
+    let mut recreated = b.clone();
+    recreated.name = "a".into();
+    re_enroll(
+        &agent,
+        &config_yaml(&c, &n1, &[WorkloadSpec::new(&recreated)], &[]),
+        key,
+    );
+    assert_captured_at(&b.cgroup, &b.netns_path);
+    assert_nothing_at(&a_cg2.cgroup, Some(&a.netns_path));
+    assert_nothing_at(&a.cgroup, None);
+    let new_cookie = status(&agent, key)["netns_cookie"].as_u64().unwrap();
+    assert_ne!(new_cookie, cookie);
+    assert_eq!(map_count(&agent, "MESHD_PODS"), 1);
+    assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 1);
+    assert!(outbound_captured(&c, &b, &to_peer));
+    assert!(!outbound_captured(&c, &a_cg2, &to_peer));
+    assert!(inbound_captured(&c, &peer, &format!("{}:8080", b.ip)));
+    assert!(!inbound_captured(&c, &peer, &format!("{}:8080", a.ip)));
+    // Recorded under the workload's name: a_cg2's and b's captured connections.
+    let of_a = |r: &&Value| {
+        r["direction"] == "outbound"
+            && r["workload"] == key
+            && r["orig_dst"] == to_peer.as_str()
+            && r["closed"] == true
+    };
+    assert!(wait_until(Duration::from_secs(10), || agent
+        .connections()
+        .unwrap()
+        .iter()
+        .filter(of_a)
+        .count()
+        == 2));
+
+    assert_eq!(links_of_agent(&agent), 4, "one set of links, none leaked");
+    assert!(agent.stop().unwrap().success());
+    assert_nothing_at(&b.cgroup, Some(&b.netns_path));
+    assert!(!agent.pin_root.exists());
+}
+
+/// `meshd-testapp connect-until` from `pod` to `dst`, a connection every 20 ms until the
+/// stop file exists.
+fn client_loop(c: &Cluster, pod: &Pod, dst: &str) -> (ProcHandle, std::path::PathBuf) {
+    let stop = c.dir().join(format!("stop-{}", pod.name));
+    let mut cmd = Command::new(testapp_bin());
+    cmd.args(["connect-until", "--greet", "--connect", dst])
+        .args(["--interval-ms", "20", "--stop-file"])
+        .arg(&stop);
+    (c.spawn_in_pod(pod, cmd).unwrap(), stop)
+}
+
+fn rounds_ok(p: &ProcHandle) -> usize {
+    p.stdout()
+        .lines()
+        .filter(|l| l.starts_with("round ") && l.ends_with(" ok"))
+        .count()
+}
+
+/// Rapid enroll/un-enroll churn of one workload (edits waited for, and edits faster than
+/// the file is polled) while two clients run: neither the always-enrolled workload's
+/// client nor the churned one's ever fails a connection, and at the end nothing of the
+/// churned workload is left: no program on its cgroup or namespace, no link (pinned or
+/// not), no map entry.
+#[test]
+fn enroll_unenroll_churn_under_traffic_fails_nothing_and_leaks_nothing() {
+    require_root().unwrap();
+    let c = Cluster::new("churn").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let steady = c.add_pod(&n1, "steady").unwrap();
+    let churn = c.add_pod(&n1, "churn").unwrap();
+    let server = c.add_pod(&n1, "server").unwrap();
+    let without = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&steady), WorkloadSpec::new(&server)],
+        &[],
+    );
+    let with = config_yaml(
+        &c,
+        &n1,
+        &[
+            WorkloadSpec::new(&steady),
+            WorkloadSpec::new(&server),
+            WorkloadSpec::new(&churn),
+        ],
+        &[],
+    );
+    let agent = Agent::start(&c, &n1, &without).unwrap();
+    serve(&c, &server, 8080).unwrap();
+    let dst = format!("{}:8080", server.ip);
+    let (steady_loop, steady_stop) = client_loop(&c, &steady, &dst);
+    let (churn_loop, churn_stop) = client_loop(&c, &churn, &dst);
+    let key = "default/churn";
+
+    // Three full cycles, each edit waited for.
+    for _ in 0..3 {
+        agent.write_config(&with).unwrap();
+        assert!(wait_until(Duration::from_secs(10), || enrolled(
+            &agent, key
+        )));
+        let n = rounds_ok(&churn_loop) + 5;
+        assert!(wait_until(Duration::from_secs(30), || rounds_ok(
+            &churn_loop
+        ) >= n));
+        agent.write_config(&without).unwrap();
+        assert!(wait_until(Duration::from_secs(10), || status(&agent, key)
+            == Value::Null));
+    }
+    // Ten edits in a row, some faster than the file is polled (every 250 ms): the
+    // pauses pace the edits, they synchronise nothing.
+    for i in 0..10u64 {
+        agent
+            .write_config(if i % 2 == 0 { &with } else { &without })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(60 * (i % 5)));
+    }
+    assert!(
+        logged(&agent, "workload enrolled", key) >= 4,
+        "{}",
+        agent.proc.output_tail()
+    );
+    // The last edit (`without`) is applied: churn is out, the others are in.
+    let done = logged(&agent, "workload enrolled", key);
+    assert!(wait_until(Duration::from_secs(10), || {
+        status(&agent, key) == Value::Null && logged(&agent, "workload un-enrolled", key) == done
+    }));
+    for (p, n) in [(&steady_loop, 20), (&churn_loop, 20)] {
+        let target = rounds_ok(p) + n;
+        assert!(wait_until(Duration::from_secs(30), || rounds_ok(p) >= target));
+    }
+
+    std::fs::write(&steady_stop, "").unwrap();
+    std::fs::write(&churn_stop, "").unwrap();
+    for p in [&steady_loop, &churn_loop] {
+        p.wait(Duration::from_secs(20)).unwrap();
+        let summary: Value = serde_json::from_str(p.stdout().lines().last().unwrap()).unwrap();
+        assert_eq!(summary["failed"], 0, "{}: {summary}", p.name());
+    }
+
+    // Nothing of the churned workload is left; the others are intact.
+    assert_nothing_at(&churn.cgroup, Some(&churn.netns_path));
+    assert!(!agent.pin_root.join("v1/links/default_churn").exists());
+    assert_captured_at(&steady.cgroup, &steady.netns_path);
+    assert_captured_at(&server.cgroup, &server.netns_path);
+    assert_eq!(
+        links_of_agent(&agent),
+        8,
+        "4 links each for steady and server"
+    );
+    assert_eq!(map_count(&agent, "MESHD_PODS"), 2);
+    assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 2);
+    assert!(wait_until(Duration::from_secs(10), || {
+        map_count(&agent, "MESHD_ORIG_DST") == 0 && map_count(&agent, "MESHD_SOCK_DST") == 0
+    }));
+    assert!(agent.stop().unwrap().success());
+    assert!(!agent.pin_root.exists());
+}
+
+/// A workload that cannot be enrolled (an app already listens on the agent's outbound
+/// port 15001 in its namespace) is reported with the reason in `/config_dump`, left
+/// without programs, links or map entries, and the others are enrolled and carry traffic.
+/// Once the port is free, the next edit enrolls it.
+#[test]
+fn a_workload_that_cannot_be_enrolled_is_reported_and_the_others_work() {
+    require_root().unwrap();
+    let c = Cluster::new("enrollfail").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let busy = c.add_pod(&n1, "busy").unwrap();
+    let client = c.add_pod(&n1, "client").unwrap();
+    let server = c.add_pod(&n1, "server").unwrap();
+    let mut blocker = Command::new(testapp_bin());
+    blocker.args(["serve", "--listen", "127.0.0.1:15001"]);
+    let blocker = c.spawn_in_pod(&busy, blocker).unwrap();
+    blocker
+        .wait_for_output("listening", Duration::from_secs(10))
+        .unwrap();
+    let yaml = config_yaml(
+        &c,
+        &n1,
+        &[
+            WorkloadSpec::new(&busy),
+            WorkloadSpec::new(&client),
+            WorkloadSpec::new(&server),
+        ],
+        &[],
+    );
+    let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    serve(&c, &server, 8080).unwrap();
+    let dst = format!("{}:8080", server.ip);
+
+    let st = status(&agent, "default/busy");
+    assert_eq!(st["enrolled"], false, "{st}");
+    let err = st["error"].as_str().unwrap();
+    assert!(
+        err.contains("cannot listen on 127.0.0.1:15001") && err.contains("Address already in use"),
+        "{st}"
+    );
+    assert!(agent.proc.stderr().contains("cannot enroll workload"));
+    assert_nothing_at(&busy.cgroup, Some(&busy.netns_path));
+    assert!(!agent.pin_root.join("v1/links/default_busy").exists());
+    assert_eq!(map_count(&agent, "MESHD_PODS"), 2);
+    assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 2);
+    // The others work: client -> server is captured on both sides.
+    assert!(enrolled(&agent, "default/client") && enrolled(&agent, "default/server"));
+    assert!(outbound_captured(&c, &client, &dst));
+    assert!(wait_until(Duration::from_secs(10), || agent
+        .closed_to("inbound", &dst)
+        .unwrap()
+        .len()
+        == 1));
+    // busy's own traffic is left alone (not captured, not broken).
+    assert!(!outbound_captured(&c, &busy, &dst));
+
+    // The port freed, an edit retries: busy is enrolled and its error cleared.
+    blocker.kill().unwrap();
+    let labelled = WorkloadSpec::new(&busy).label("retry", "1");
+    agent
+        .write_config(&config_yaml(
+            &c,
+            &n1,
+            &[
+                labelled,
+                WorkloadSpec::new(&client),
+                WorkloadSpec::new(&server),
+            ],
+            &[],
+        ))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || enrolled(
+        &agent,
+        "default/busy"
+    )));
+    assert_eq!(status(&agent, "default/busy")["error"], Value::Null);
+    assert_captured_at(&busy.cgroup, &busy.netns_path);
+    assert!(outbound_captured(&c, &busy, &dst));
+    assert!(agent.stop().unwrap().success());
+    assert!(!agent.pin_root.exists());
+}
+
+/// A pod's namespace vanishes under an enrolled workload: the next edit is refused as a
+/// whole (its netns path does not exist), reported as `configError` in `/config_dump`,
+/// and the other workloads keep working on the last good state. Once the namespace is
+/// back at the same path (the pod recreated: a new, empty namespace), the next edit
+/// re-enrolls the workload into the new namespace: its sk_lookup runs there, the old
+/// namespace's map entry is gone, and its connections reach the agent again.
+#[test]
+fn a_vanished_namespace_is_reported_and_a_recreated_one_is_re_enrolled() {
+    require_root().unwrap();
+    let c = Cluster::new("vanish").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let x = c.add_pod(&n1, "x").unwrap();
+    let client = c.add_pod(&n1, "client").unwrap();
+    let server = c.add_pod(&n1, "server").unwrap();
+    let config = |label: &str| {
+        config_yaml(
+            &c,
+            &n1,
+            &[
+                WorkloadSpec::new(&x),
+                WorkloadSpec::new(&client).label("edit", label),
+                WorkloadSpec::new(&server),
+            ],
+            &[],
+        )
+    };
+    let agent = Agent::start(&c, &n1, &config("1")).unwrap();
+    serve(&c, &server, 8080).unwrap();
+    let dst = format!("{}:8080", server.ip);
+    let old_cookie = status(&agent, "default/x")["netns_cookie"]
+        .as_u64()
+        .unwrap();
+    let ip_netns = |verb: &str| {
+        let st = Command::new("ip")
+            .args(["netns", verb, &x.netns])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns {verb} {}", x.netns);
+    };
+
+    ip_netns("del");
+    agent.write_config(&config("2")).unwrap();
+    let expected = format!("netns {}: does not exist", x.netns_path.display());
+    assert!(
+        wait_until(Duration::from_secs(10), || agent.config_dump().unwrap()
+            ["configError"]
+            .as_str()
+            .is_some_and(|e| e.contains(&expected))),
+        "{}",
+        agent.config_dump().unwrap()
+    );
+    assert!(outbound_captured(&c, &client, &dst));
+    assert!(enrolled(&agent, "default/client") && enrolled(&agent, "default/server"));
+
+    // Recreated at the same path: a new namespace.
+    ip_netns("add");
+    agent.write_config(&config("3")).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        let st = status(&agent, "default/x");
+        st["enrolled"] == true && st["netns_cookie"].as_u64() != Some(old_cookie)
+    }));
+    assert_eq!(agent.config_dump().unwrap()["configError"], Value::Null);
+    assert_eq!(netns_programs(&x.netns_path).unwrap(), ["meshd_sk_lookup"]);
+    assert_eq!(map_count(&agent, "MESHD_PODS"), 3);
+    assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 3);
+    // A connection from the new namespace is redirected to the agent's listener there
+    // (which then cannot reach the server: the new namespace has no network).
+    let mut lo = Command::new("ip");
+    lo.args(["-n", &x.netns, "link", "set", "lo", "up"]);
+    assert!(lo.status().unwrap().success());
+    let r = testapp_json(
+        &c,
+        &x,
+        &[
+            "echo",
+            "--connect",
+            &dst,
+            "--bytes",
+            "10",
+            "--timeout-secs",
+            "5",
+        ],
+    )
+    .unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .connections()
+            .unwrap()
+            .iter()
+            .any(
+                |r| r["workload"] == "default/x" && r["orig_dst"] == dst.as_str()
+            )),
+        "{r}\n{}",
+        agent.proc.output_tail()
+    );
+    assert!(outbound_captured(&c, &client, &dst));
+    assert!(agent.stop().unwrap().success());
+    assert!(!agent.pin_root.exists());
+}

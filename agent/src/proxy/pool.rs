@@ -1,6 +1,8 @@
 //! Outbound HBONE connections, pooled per (source workload, destination pod address,
 //! expected identity) and multiplexed up to [`hbone::MAX_STREAMS`] tunnels each; a new
-//! connection is opened when all are full or closed.
+//! connection is opened when all are full or closed. Opening is single-flight per key:
+//! tunnels that find no free slot at once wait for the one connection being opened and
+//! share it, instead of each opening its own.
 
 use std::{
     collections::HashMap,
@@ -97,6 +99,8 @@ pub struct Tunnel {
 pub struct Pool {
     certs: Arc<CertManager>,
     conns: Mutex<HashMap<Key, Vec<Conn>>>,
+    /// One lock per key, held while a connection for that key is being opened.
+    opening: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     timeout: Duration,
 }
 
@@ -105,6 +109,7 @@ impl Pool {
         Pool {
             certs,
             conns: Mutex::default(),
+            opening: Mutex::default(),
             timeout,
         }
     }
@@ -126,7 +131,20 @@ impl Pool {
         };
         let (sender, streams) = match self.reuse(&key) {
             Some(c) => c,
-            None => self.open(pod, local, addr, expected, key).await?,
+            None => {
+                // Single flight: one opener per key; the others wait for its connection.
+                let lock = self.open_lock(&key);
+                let _opening = tokio::time::timeout(self.timeout, lock.lock())
+                    .await
+                    .map_err(|_| TunnelError::Timeout {
+                        target,
+                        timeout: self.timeout,
+                    })?;
+                match self.reuse(&key) {
+                    Some(c) => c,
+                    None => self.open(pod, local, addr, expected, key).await?,
+                }
+            }
         };
         let slot = StreamSlot(streams);
         let source = pod
@@ -174,6 +192,12 @@ impl Pool {
             .find(|c| c.streams.load(Ordering::Relaxed) < hbone::MAX_STREAMS as usize)?;
         c.streams.fetch_add(1, Ordering::Relaxed);
         Some((c.sender.clone(), c.streams.clone()))
+    }
+
+    /// The lock held while a connection for `key` is being opened.
+    fn open_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
+        let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+        opening.entry(key.clone()).or_default().clone()
     }
 
     async fn open(

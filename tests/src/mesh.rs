@@ -496,3 +496,23 @@ impl ClientServer {
         })
     }
 }
+
+/// The first `len` bytes `meshd-testapp echo --seed SEED` sends (its xorshift64* stream),
+/// to look for an app's payload in a capture.
+pub fn echo_payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = (seed ^ 0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Whether `needle` occurs anywhere in `haystack` (e.g. plaintext in a pcap).
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -54,9 +54,36 @@ impl TunnelError {
     pub fn reject_reason(&self) -> Option<&'static str> {
         match self {
             TunnelError::Tls { source, .. } => Some(super::tls_errors::reason(source)),
+            // In TLS 1.3 the server checks our certificate after our side of the handshake
+            // is done: its refusal arrives as an alert on the first HTTP/2 exchange (h2
+            // keeps only the I/O error's text).
+            TunnelError::H2 { source, .. } => {
+                let text = source.to_string();
+                let (_, alert) = text.split_once("received fatal alert: ")?;
+                refused_our_certificate(alert.trim()).then_some("peer_rejected_us")
+            }
             _ => None,
         }
     }
+}
+
+/// Whether `alert` (as rustls prints it) is one a server sends when it refuses the
+/// client's certificate.
+fn refused_our_certificate(alert: &str) -> bool {
+    use rustls::AlertDescription as A;
+    [
+        A::BadCertificate,
+        A::UnsupportedCertificate,
+        A::CertificateRevoked,
+        A::CertificateExpired,
+        A::CertificateUnknown,
+        A::UnknownCA,
+        A::CertificateRequired,
+        A::DecryptError,
+        A::AccessDenied,
+    ]
+    .iter()
+    .any(|a| format!("{a:?}") == alert)
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]

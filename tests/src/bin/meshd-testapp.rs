@@ -952,9 +952,11 @@ fn echo_many(args: &Args) -> Result<ExitCode, String> {
             }
         }
     }
-    say(&json!({"ok": failed == 0, "connections": ok, "failed": failed,
+    say(
+        &json!({"ok": failed == 0, "connections": ok, "failed": failed,
         "bytes_received": bytes, "errors": errors})
-    .to_string());
+        .to_string(),
+    );
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

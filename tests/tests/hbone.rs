@@ -1,0 +1,399 @@
+//! HBONE end to end, two nodes with mutual TLS: agent restarts under traffic, many
+//! concurrent tunnels through the pool, keep-alive, and the refusals that need a
+//! misbehaving client (no client certificate, not a CONNECT, a silent client) or a server
+//! that refuses our certificate.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use meshd_tests::{
+    mesh::{
+        config_yaml, contains_bytes, echo_payload, identity_init, serve, testapp_bin, testapp_json,
+        with_identity, Agent, WireCapture, WorkloadSpec,
+    },
+    require_root, wait_until, Cluster, Node, Pod, Signal,
+};
+use serde_json::Value;
+
+fn spiffe(sa: &str) -> String {
+    format!("spiffe://cluster.local/ns/default/sa/{sa}")
+}
+
+fn remote(pod: &Pod) -> WorkloadSpec {
+    let mut w = WorkloadSpec::new(pod);
+    w.remote = true;
+    w
+}
+
+fn metric(agent: &Agent, line_prefix: &str) -> u64 {
+    let (_, text) = agent.get("/metrics").unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rejected(agent: &Agent, direction: &str, reason: &str) -> u64 {
+    metric(
+        agent,
+        &format!("hbone_rejected_total{{direction=\"{direction}\",reason=\"{reason}\"}}"),
+    )
+}
+
+/// Open pooled HBONE connections of an agent (`/config_dump`).
+fn pooled(agent: &Agent) -> u64 {
+    agent.config_dump().unwrap()["identity"]["hboneConnections"]
+        .as_u64()
+        .unwrap()
+}
+
+fn echo(c: &Cluster, from: &Pod, to: &str, bytes: u64) -> Value {
+    testapp_json(
+        c,
+        from,
+        &[
+            "echo",
+            "--greet",
+            "--connect",
+            to,
+            "--bytes",
+            &bytes.to_string(),
+            "--timeout-secs",
+            "10",
+        ],
+    )
+    .unwrap()
+}
+
+/// Log lines of an agent containing every one of `parts`.
+fn log_lines(agent: &Agent, parts: &[&str]) -> usize {
+    agent
+        .proc
+        .stderr()
+        .lines()
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .count()
+}
+
+struct Mesh {
+    c: Cluster,
+    n1: Node,
+    n2: Node,
+    a: Pod,
+    b: Pod,
+    ca: PathBuf,
+}
+
+/// Node 1 runs pod a, node 2 runs pod b; agents with one trust anchor. `issuer1` is the
+/// issuer of node 1 (default: the anchor's), `anchors2` the anchors node 2 trusts
+/// (default: the one anchor).
+fn mesh(name: &str) -> (Mesh, Agent, Agent) {
+    let c = Cluster::new(name).unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let n2 = c.add_node("n2").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let b = c.add_pod(&n2, "b").unwrap();
+    let ca = identity_init(&c, "ca").unwrap();
+    let anchors = ca.join("ca.crt");
+    let y1 = config_yaml(&c, &n1, &[WorkloadSpec::new(&a), remote(&b)], &[]);
+    let y2 = config_yaml(&c, &n2, &[remote(&a), WorkloadSpec::new(&b)], &[]);
+    let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &anchors, &ca, 3600)).unwrap();
+    let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &anchors, &ca, 3600)).unwrap();
+    (
+        Mesh {
+            c,
+            n1,
+            n2,
+            a,
+            b,
+            ca,
+        },
+        agent1,
+        agent2,
+    )
+}
+
+/// A misbehaving HBONE client (the system python3 with `python3-h2`, as `l7.rs`), run
+/// outside any pod.
+const CLIENT_PY: &str = r#"
+import json, socket, ssl, sys, time
+mode, ip = sys.argv[1], sys.argv[2]
+out = {}
+if mode == "silent":
+    # Connects to 15008 and sends nothing: how long until the server closes?
+    s = socket.create_connection((ip, 15008), timeout=60)
+    t = time.monotonic()
+    data = b""
+    try:
+        while True:
+            d = s.recv(4096)
+            if not d:
+                break
+            data += d
+        out["end"] = "eof"
+    except ConnectionResetError:
+        out["end"] = "reset"
+    out["closed_after"] = time.monotonic() - t
+    out["bytes"] = data.hex()
+else:
+    import h2.connection, h2.config, h2.events
+    cert, key = sys.argv[3], sys.argv[4]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["h2"])
+    s = ctx.wrap_socket(socket.create_connection((ip, 15008), timeout=10))
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8", validate_outbound_headers=False))
+    c.initiate_connection()
+    if mode == "get":
+        c.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", ip + ":8080"), (":path", "/")], end_stream=True)
+    else:
+        c.send_headers(1, [(":method", "CONNECT"), (":authority", "web.default:8080")])
+    s.sendall(c.data_to_send())
+    status = None
+    while status is None:
+        d = s.recv(65536)
+        if not d:
+            break
+        for e in c.receive_data(d):
+            if isinstance(e, h2.events.ResponseReceived) and e.stream_id == 1:
+                status = int(dict(e.headers)[":status"])
+        s.sendall(c.data_to_send())
+    out["status"] = status
+print(json.dumps(out))
+"#;
+
+fn client_py(c: &Cluster, node: &Node, args: &[&str]) -> Value {
+    let script = c.dir().join("hbone_client.py");
+    std::fs::write(&script, CLIENT_PY).unwrap();
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(&script).args(args);
+    let out = c
+        .run_in_node_timeout(node, cmd, Duration::from_secs(60))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|_| panic!("client: {stdout} {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A workload certificate for `uri` (a URI SAN, or none) issued with openssl from the
+/// issuer in `issuer`; returns (certificate chain, key).
+fn issue(c: &Cluster, issuer: &Path, name: &str, uri: Option<&str>) -> (PathBuf, PathBuf) {
+    let dir = c.dir();
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let crt = dir.join(format!("{name}.crt"));
+    let ext = dir.join(format!("{name}.ext"));
+    let mut e = String::from(
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+    );
+    if let Some(u) = uri {
+        e.push_str(&format!("subjectAltName=critical,URI:{u}\n"));
+    }
+    std::fs::write(&ext, e).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/O=test",
+        "-keyout",
+        &p(&key),
+        "-out",
+        &p(&csr),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p(&csr),
+        "-CA",
+        &p(&issuer.join("issuer.crt")),
+        "-CAkey",
+        &p(&issuer.join("issuer.key")),
+        "-set_serial",
+        "4242",
+        "-days",
+        "1",
+        "-extfile",
+        &p(&ext),
+        "-out",
+        &p(&crt),
+    ]);
+    let chain = [
+        std::fs::read_to_string(&crt).unwrap(),
+        std::fs::read_to_string(issuer.join("issuer.crt")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(&crt, chain).unwrap();
+    (crt, key)
+}
+
+/// `openssl s_client` to `ip:15008` with no client certificate (from outside any pod):
+/// its output, with the certificates the server presented.
+fn s_client(c: &Cluster, node: &Node, ip: &str) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        &format!("{ip}:15008"),
+        "-tls1_3",
+        "-alpn",
+        "h2",
+        "-showcerts",
+    ]);
+    let out = c
+        .run_in_node_timeout(node, cmd, Duration::from_secs(20))
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Refusals on the inbound side that need a misbehaving client, each counted exactly once
+/// under its reason with its log line: a TLS client without a certificate
+/// (`no_client_cert`), a certificate without a SPIFFE identity (`no_client_cert`), an
+/// HTTP/2 GET instead of CONNECT (405) and a CONNECT to a host name (400), both
+/// `bad_request`, and a client that never starts the handshake (closed after the 10 s
+/// handshake timeout, `handshake`). Nothing reaches the app.
+#[test]
+fn misbehaving_clients_are_refused_with_their_reason() {
+    require_root().unwrap();
+    let (m, _agent1, agent2) = mesh("hbone-refuse");
+    let c = &m.c;
+    let app = serve(c, &m.b, 8080).unwrap();
+    let ip = m.b.ip.to_string();
+
+    // No client certificate: the server presented its own, then refused.
+    let out = s_client(c, &m.n2, &ip);
+    assert!(out.contains("BEGIN CERTIFICATE"), "{out}");
+    assert!(wait_until(Duration::from_secs(5), || rejected(
+        &agent2,
+        "inbound",
+        "no_client_cert"
+    ) == 1));
+    assert_eq!(
+        log_lines(
+            &agent2,
+            &["HBONE: rejected TLS handshake", "no_client_cert"]
+        ),
+        1
+    );
+
+    // A certificate of the right chain but without a SPIFFE identity.
+    let (crt, key) = issue(c, &m.ca, "anon", None);
+    let r = client_py(
+        c,
+        &m.n2,
+        &["get", &ip, crt.to_str().unwrap(), key.to_str().unwrap()],
+    );
+    assert_eq!(r["status"], Value::Null, "{r}");
+    assert!(wait_until(Duration::from_secs(5), || rejected(
+        &agent2,
+        "inbound",
+        "no_client_cert"
+    ) == 2));
+    assert_eq!(
+        log_lines(
+            &agent2,
+            &["HBONE: client certificate has no SPIFFE identity"]
+        ),
+        1
+    );
+
+    // Not a CONNECT, and a CONNECT without an ip:port authority.
+    let (crt, key) = issue(c, &m.ca, "probe", Some(&spiffe("probe")));
+    let (crt, key) = (crt.to_str().unwrap(), key.to_str().unwrap());
+    let r = client_py(c, &m.n2, &["get", &ip, crt, key]);
+    assert_eq!(r["status"], 405, "{r}");
+    assert_eq!(rejected(&agent2, "inbound", "bad_request"), 1);
+    assert_eq!(log_lines(&agent2, &["HBONE: request is not a CONNECT"]), 1);
+    let r = client_py(c, &m.n2, &["connect-name", &ip, crt, key]);
+    assert_eq!(r["status"], 400, "{r}");
+    assert_eq!(rejected(&agent2, "inbound", "bad_request"), 2);
+    assert_eq!(
+        log_lines(&agent2, &["HBONE: CONNECT without an ip:port authority"]),
+        1
+    );
+
+    // A client that connects and says nothing: closed by the 10 s handshake timeout.
+    let r = client_py(c, &m.n2, &["silent", &ip]);
+    let after = r["closed_after"].as_f64().unwrap();
+    assert!((9.5..15.0).contains(&after), "closed after {after} s: {r}");
+    assert_eq!(r["bytes"], "", "{r}");
+    assert_eq!(rejected(&agent2, "inbound", "handshake"), 1);
+    assert_eq!(log_lines(&agent2, &["HBONE: TLS handshake timed out"]), 1);
+
+    // None of them reached the app, and nothing else was refused.
+    assert!(!app.stdout().contains("accepted"), "{}", app.stdout());
+    for reason in ["unknown_ca", "expired", "not_yet_valid", "not_tls"] {
+        assert_eq!(rejected(&agent2, "inbound", reason), 0, "{reason}");
+    }
+}
+
+/// The client's agent learns that the server refused its certificate: node 1 issues under
+/// an anchor node 2 does not trust. Each attempt is one `peer_rejected_us` on node 1 (with
+/// its log line) and one `unknown_ca` on node 2; the app is never reached.
+#[test]
+fn a_server_refusing_our_certificate_is_peer_rejected_us() {
+    require_root().unwrap();
+    let c = Cluster::new("hbone-peerrej").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let n2 = c.add_node("n2").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let b = c.add_pod(&n2, "b").unwrap();
+    let ca = identity_init(&c, "ca").unwrap();
+    let other = identity_init(&c, "other").unwrap();
+    let bundle = c.dir().join("both.crt");
+    let both = [
+        std::fs::read_to_string(ca.join("ca.crt")).unwrap(),
+        std::fs::read_to_string(other.join("ca.crt")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(&bundle, both).unwrap();
+    let y1 = config_yaml(&c, &n1, &[WorkloadSpec::new(&a), remote(&b)], &[]);
+    let y2 = config_yaml(&c, &n2, &[remote(&a), WorkloadSpec::new(&b)], &[]);
+    let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &bundle, &other, 3600)).unwrap();
+    let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &ca.join("ca.crt"), &ca, 3600)).unwrap();
+    let app = serve(&c, &b, 8080).unwrap();
+    let r = echo(&c, &a, &format!("{}:8080", b.ip), 1000);
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(wait_until(Duration::from_secs(5), || rejected(
+        &agent2,
+        "inbound",
+        "unknown_ca"
+    ) == 1));
+    assert!(
+        wait_until(Duration::from_secs(5), || rejected(
+            &agent1,
+            "outbound",
+            "peer_rejected_us"
+        ) == 1),
+        "{}",
+        agent1.get("/metrics").unwrap().1
+    );
+    assert_eq!(
+        log_lines(&agent1, &["HBONE: refused the server", "peer_rejected_us"]),
+        1
+    );
+    assert!(!app.stdout().contains("accepted"), "{}", app.stdout());
+    assert!(agent1.stop().unwrap().success());
+    assert!(agent2.stop().unwrap().success());
+}

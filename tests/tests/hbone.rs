@@ -4,15 +4,16 @@
 //! that refuses our certificate.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
 
 use meshd_tests::{
     mesh::{
-        config_yaml, contains_bytes, echo_payload, identity_init, serve, testapp_bin, testapp_json,
-        with_identity, Agent, WireCapture, WorkloadSpec,
+        config_yaml, contains_bytes, echo_payload, identity_init, issue_cert, serve,
+        served_certificates, testapp_bin, testapp_json, with_identity, Agent, WireCapture,
+        WorkloadSpec,
     },
     require_root, wait_until, Cluster, Node, Pod, Signal,
 };
@@ -182,91 +183,6 @@ fn client_py(c: &Cluster, node: &Node, args: &[&str]) -> Value {
         .unwrap_or_else(|_| panic!("client: {stdout} {}", String::from_utf8_lossy(&out.stderr)))
 }
 
-/// A workload certificate for `uri` (a URI SAN, or none) issued with openssl from the
-/// issuer in `issuer`; returns (certificate chain, key).
-fn issue(c: &Cluster, issuer: &Path, name: &str, uri: Option<&str>) -> (PathBuf, PathBuf) {
-    let dir = c.dir();
-    let key = dir.join(format!("{name}.key"));
-    let csr = dir.join(format!("{name}.csr"));
-    let crt = dir.join(format!("{name}.crt"));
-    let ext = dir.join(format!("{name}.ext"));
-    let mut e = String::from(
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
-    );
-    if let Some(u) = uri {
-        e.push_str(&format!("subjectAltName=critical,URI:{u}\n"));
-    }
-    std::fs::write(&ext, e).unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let p = |p: &Path| p.to_str().unwrap().to_string();
-    run(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        "/O=test",
-        "-keyout",
-        &p(&key),
-        "-out",
-        &p(&csr),
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &p(&csr),
-        "-CA",
-        &p(&issuer.join("issuer.crt")),
-        "-CAkey",
-        &p(&issuer.join("issuer.key")),
-        "-set_serial",
-        "4242",
-        "-days",
-        "1",
-        "-extfile",
-        &p(&ext),
-        "-out",
-        &p(&crt),
-    ]);
-    let chain = [
-        std::fs::read_to_string(&crt).unwrap(),
-        std::fs::read_to_string(issuer.join("issuer.crt")).unwrap(),
-    ]
-    .concat();
-    std::fs::write(&crt, chain).unwrap();
-    (crt, key)
-}
-
-/// `openssl s_client` to `ip:15008` with no client certificate (from outside any pod):
-/// its output, with the certificates the server presented.
-fn s_client(c: &Cluster, node: &Node, ip: &str) -> String {
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "s_client",
-        "-connect",
-        &format!("{ip}:15008"),
-        "-tls1_3",
-        "-alpn",
-        "h2",
-        "-showcerts",
-    ]);
-    let out = c
-        .run_in_node_timeout(node, cmd, Duration::from_secs(20))
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Refusals on the inbound side that need a misbehaving client, each counted exactly once
 /// under its reason with its log line: a TLS client without a certificate
 /// (`no_client_cert`), a certificate without a SPIFFE identity (`no_client_cert`), an
@@ -282,8 +198,8 @@ fn misbehaving_clients_are_refused_with_their_reason() {
     let ip = m.b.ip.to_string();
 
     // No client certificate: the server presented its own, then refused.
-    let out = s_client(c, &m.n2, &ip);
-    assert!(out.contains("BEGIN CERTIFICATE"), "{out}");
+    let served = served_certificates(c, &m.n2, &ip, None);
+    assert_eq!(served.len(), 2, "leaf and issuer: {served:?}");
     assert!(wait_until(Duration::from_secs(5), || rejected(
         &agent2,
         "inbound",
@@ -298,7 +214,7 @@ fn misbehaving_clients_are_refused_with_their_reason() {
     );
 
     // A certificate of the right chain but without a SPIFFE identity.
-    let (crt, key) = issue(c, &m.ca, "anon", None);
+    let (crt, key) = issue_cert(c, &m.ca, "anon", None);
     let r = client_py(
         c,
         &m.n2,
@@ -319,7 +235,7 @@ fn misbehaving_clients_are_refused_with_their_reason() {
     );
 
     // Not a CONNECT, and a CONNECT without an ip:port authority.
-    let (crt, key) = issue(c, &m.ca, "probe", Some(&spiffe("probe")));
+    let (crt, key) = issue_cert(c, &m.ca, "probe", Some(&spiffe("probe")));
     let (crt, key) = (crt.to_str().unwrap(), key.to_str().unwrap());
     let r = client_py(c, &m.n2, &["get", &ip, crt, key]);
     assert_eq!(r["status"], 405, "{r}");

@@ -4,7 +4,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use meshd_tests::{
@@ -562,8 +562,8 @@ fn rotation_two_anchors_and_short_lived_certificates_never_fail_a_request() {
 
     // Each listener presented its first certificate and at least two renewed ones, each
     // chaining to its own node's anchor (and not the other's) with the workload's SPIFFE
-    // identity (at the time it was served: they live 10 s); each renewal expires later
-    // than the one before (a new expiry each time).
+    // identity (at the time it was served: they live 10 s); each renewal has a new
+    // expiry.
     for (i, (_, _, issuer, sa)) in sides.iter().enumerate() {
         let certs = &served[i];
         assert!(
@@ -697,7 +697,7 @@ fn service_endpoints_behind_agents_are_balanced_and_dead_ones_skipped() {
     for _ in 0..8 {
         assert_eq!(echo(&c, &client, vip, 1000)["ok"], true);
     }
-    let recs = agent1.closed_to("outbound", vip).unwrap();
+    let recs = closed(&agent1, "outbound", vip, 8);
     let to = |p: &Pod| {
         recs.iter()
             .filter(|r| r["target"] == format!("{}:8080", p.ip).as_str())
@@ -709,11 +709,18 @@ fn service_endpoints_behind_agents_are_balanced_and_dead_ones_skipped() {
         .all(|r| r["tls"] == true && r["service"] == "default/web"));
 
     // web1's app dies: its agent answers the tunnel with 503, the client's agent marks the
-    // endpoint down after that one failure and sends everything to web2.
+    // endpoint down after that one failure (for 10 s) and sends everything to web2. The
+    // echoes stop 8 s after the kill, so that all of them fall in the window even on a
+    // slow machine.
     s1.kill().unwrap();
-    for _ in 0..6 {
+    let killed = Instant::now();
+    let mut after_kill = 0;
+    while after_kill < 6 && killed.elapsed() < Duration::from_secs(8) {
         assert_eq!(echo(&c, &client, vip, 1000)["ok"], true);
+        after_kill += 1;
     }
+    assert!(after_kill >= 3, "only {after_kill} echoes in 8 s");
+    closed(&agent1, "outbound", vip, 8 + after_kill);
     let attempts = agent1
         .proc
         .stderr()
@@ -722,13 +729,18 @@ fn service_endpoints_behind_agents_are_balanced_and_dead_ones_skipped() {
         .count();
     assert_eq!(attempts, 1, "one attempt at the dead endpoint");
 
-    // No live endpoint: fails fast with a clear error.
+    // No live endpoint: the client is reset within 1 s (the connect timeout is 5 s),
+    // with a clear error in the record.
     s2.kill().unwrap();
     for _ in 0..2 {
+        let t0 = Instant::now();
         let r = testapp_json(&c, &client, &["echo", "--connect", vip, "--bytes", "10"]).unwrap();
+        let took = t0.elapsed();
         assert_eq!(r["ok"], false, "{r}");
+        assert!(r["error"].as_str().unwrap().contains("reset"), "reset: {r}");
+        assert!(took < Duration::from_secs(1), "failed after {took:?}");
     }
-    let recs = agent1.closed_to("outbound", vip).unwrap();
+    let recs = closed(&agent1, "outbound", vip, 8 + after_kill + 2);
     let last = recs.last().unwrap()["error"].as_str().unwrap().to_string();
     assert!(
         last.contains("service default/web has no live endpoint"),

@@ -288,3 +288,31 @@ impl Pool {
         conns.values().flatten().filter(|c| !c.is_closed()).count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server's refusal of our certificate reaches the pool only as h2's copy of the
+    /// I/O error's text: the alert as rustls prints it is what `reject_reason` reads.
+    #[test]
+    fn a_certificate_alert_after_the_handshake_is_peer_rejected_us() {
+        let reason = |alert| {
+            let text = rustls::Error::AlertReceived(alert).to_string();
+            let (_, name) = text.split_once("received fatal alert: ").unwrap();
+            refused_our_certificate(name.trim())
+        };
+        use rustls::AlertDescription as A;
+        for a in [
+            A::DecryptError,
+            A::BadCertificate,
+            A::UnknownCA,
+            A::CertificateRequired,
+        ] {
+            assert!(reason(a), "{a:?}");
+        }
+        for a in [A::BadRecordMac, A::InternalError, A::HandshakeFailure] {
+            assert!(!reason(a), "{a:?}");
+        }
+    }
+}

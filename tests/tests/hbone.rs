@@ -477,16 +477,24 @@ fn more_than_a_hundred_concurrent_tunnels_share_two_connections() {
         .unwrap()
         .len()
         == 150));
-    assert!(agent2
-        .closed_to("inbound", &dst)
-        .unwrap()
-        .iter()
-        .all(|r| r["client_id"] == spiffe("a").as_str() && r["bytes_sent"] != 0));
+    assert!(
+        agent2
+            .closed_to("inbound", &dst)
+            .unwrap()
+            .iter()
+            .all(|r| r["client_id"] == spiffe("a").as_str()
+                && r["bytes_sent"].as_u64() == Some(65536))
+    );
     assert!(wait_until(Duration::from_secs(10), || agent1
         .closed_to("outbound", &dst)
         .unwrap()
         .len()
         == 150));
+    assert!(agent1
+        .closed_to("outbound", &dst)
+        .unwrap()
+        .iter()
+        .all(|r| r["tls"] == true && r["bytes_sent"].as_u64() == Some(65536)));
     assert!(agent1.stop().unwrap().success());
     assert!(agent2.stop().unwrap().success());
 }

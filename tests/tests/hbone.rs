@@ -192,7 +192,7 @@ fn client_py(c: &Cluster, node: &Node, args: &[&str]) -> Value {
 #[test]
 fn misbehaving_clients_are_refused_with_their_reason() {
     require_root().unwrap();
-    let (m, _agent1, agent2) = mesh("hbone-refuse");
+    let (m, agent1, agent2) = mesh("hbone-refuse");
     let c = &m.c;
     let app = serve(c, &m.b, 8080).unwrap();
     let ip = m.b.ip.to_string();
@@ -262,6 +262,8 @@ fn misbehaving_clients_are_refused_with_their_reason() {
     for reason in ["unknown_ca", "expired", "not_yet_valid", "not_tls"] {
         assert_eq!(rejected(&agent2, "inbound", reason), 0, "{reason}");
     }
+    assert!(agent1.stop().unwrap().success());
+    assert!(agent2.stop().unwrap().success());
 }
 
 /// The client's agent learns that the server refused its certificate: node 1 issues under

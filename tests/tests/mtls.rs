@@ -241,8 +241,8 @@ fn pods_talk_over_mutual_tls_and_the_wire_shows_only_tls13() {
         2,
         "{dump:#}"
     );
-    agent1.stop().unwrap();
-    agent2.stop().unwrap();
+    assert!(agent1.stop().unwrap().success());
+    assert!(agent2.stop().unwrap().success());
 }
 
 /// `meshd diagnostics hbone` from node 2's namespace (outside any pod, so not captured).
@@ -488,8 +488,8 @@ fn peers_are_refused_for_every_kind_of_bad_identity() {
             && log.contains(&spiffe("b")),
         "{log}"
     );
-    agent1.stop().unwrap();
-    agent2.stop().unwrap();
+    assert!(agent1.stop().unwrap().success());
+    assert!(agent2.stop().unwrap().success());
     let _ = t.n1;
 }
 
@@ -598,8 +598,8 @@ fn rotation_two_anchors_and_short_lived_certificates_never_fail_a_request() {
     assert!(inb
         .iter()
         .all(|r| r["tls"] == true && r["client_id"] == spiffe("a").as_str()));
-    agent1.stop().unwrap();
-    agent2.stop().unwrap();
+    assert!(agent1.stop().unwrap().success());
+    assert!(agent2.stop().unwrap().success());
 }
 
 /// `openssl x509 -noout OPTION` of the first certificate in `pem` (`-ext` shows the
@@ -740,6 +740,6 @@ fn service_endpoints_behind_agents_are_balanced_and_dead_ones_skipped() {
         last.contains("service default/web has no live endpoint"),
         "{last}"
     );
-    agent1.stop().unwrap();
-    agent2.stop().unwrap();
+    assert!(agent1.stop().unwrap().success());
+    assert!(agent2.stop().unwrap().success());
 }

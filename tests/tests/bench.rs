@@ -17,11 +17,7 @@ fn quick_bench_measures_every_mode() {
     // A congestion control other than the machine's default, so that the one recorded can
     // only be the one set in the run's namespaces.
     let default = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap();
-    let chosen = if default.trim() == "reno" {
-        "cubic"
-    } else {
-        "reno"
-    };
+    let chosen = if default.trim() == "reno" { "cubic" } else { "reno" };
     opts.congestion_control = Some(chosen.to_string());
     let report = bench::run(&opts).unwrap();
     let table = report.table();

@@ -89,9 +89,7 @@ struct Mesh {
     ca: PathBuf,
 }
 
-/// Node 1 runs pod a, node 2 runs pod b; agents with one trust anchor. `issuer1` is the
-/// issuer of node 1 (default: the anchor's), `anchors2` the anchors node 2 trusts
-/// (default: the one anchor).
+/// Node 1 runs pod a, node 2 runs pod b; both agents issue under one trust anchor.
 fn mesh(name: &str) -> (Mesh, Agent, Agent) {
     let c = Cluster::new(name).unwrap();
     let n1 = c.add_node("n1").unwrap();

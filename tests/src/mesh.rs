@@ -632,6 +632,124 @@ pub fn serve_at(cluster: &Cluster, pod: &Pod, listen: &str) -> anyhow::Result<Pr
     Ok(h)
 }
 
+/// The first `len` bytes `meshd-testapp echo --seed SEED` sends (its xorshift64* stream),
+/// to look for an app's payload in a capture.
+pub fn echo_payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = (seed ^ 0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Whether `needle` occurs anywhere in `haystack` (e.g. plaintext in a pcap).
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A workload certificate for `uri` (a URI SAN, or none) issued with openssl from the
+/// issuer in `issuer` (a `meshd identity init` directory), as a misbehaving or probing
+/// client would present it; returns (certificate chain, key). Panics on failure.
+pub fn issue_cert(c: &Cluster, issuer: &Path, name: &str, uri: Option<&str>) -> (PathBuf, PathBuf) {
+    let dir = c.dir();
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let crt = dir.join(format!("{name}.crt"));
+    let ext = dir.join(format!("{name}.ext"));
+    let mut e = String::from(
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+    );
+    if let Some(u) = uri {
+        e.push_str(&format!("subjectAltName=critical,URI:{u}\n"));
+    }
+    std::fs::write(&ext, e).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/O=test",
+        "-keyout",
+        &p(&key),
+        "-out",
+        &p(&csr),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p(&csr),
+        "-CA",
+        &p(&issuer.join("issuer.crt")),
+        "-CAkey",
+        &p(&issuer.join("issuer.key")),
+        "-set_serial",
+        "4242",
+        "-days",
+        "1",
+        "-extfile",
+        &p(&ext),
+        "-out",
+        &p(&crt),
+    ]);
+    let chain = [
+        std::fs::read_to_string(&crt).unwrap(),
+        std::fs::read_to_string(issuer.join("issuer.crt")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(&crt, chain).unwrap();
+    (crt, key)
+}
+
+/// The certificates (PEM, leaf first) the HBONE listener at `ip:15008` presents to an
+/// `openssl s_client` run in `node`'s namespace (outside any pod), with `client` (chain,
+/// key) as the client certificate if given.
+pub fn served_certificates(
+    c: &Cluster,
+    node: &Node,
+    ip: &str,
+    client: Option<(&Path, &Path)>,
+) -> Vec<String> {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("{ip}:15008"), "-tls1_3"])
+        .args(["-alpn", "h2", "-showcerts"]);
+    if let Some((crt, key)) = client {
+        cmd.arg("-cert").arg(crt).arg("-key").arg(key);
+    }
+    let out = c
+        .run_in_node_timeout(node, cmd, Duration::from_secs(20))
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut certs = Vec::new();
+    let mut rest = text.as_ref();
+    while let Some(i) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let end = "-----END CERTIFICATE-----";
+        let Some(j) = rest[i..].find(end) else { break };
+        certs.push(format!("{}\n", &rest[i..i + j + end.len()]));
+        rest = &rest[i + j + end.len()..];
+    }
+    certs
+}
+
+
 /// tcpdump's counts, as printed on SIGUSR1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TcpdumpStats {

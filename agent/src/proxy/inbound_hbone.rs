@@ -117,6 +117,7 @@ async fn connect(
     let workload = pod.workload.key();
     if req.method() != Method::CONNECT {
         ctx.telemetry.metrics.reject("inbound", "bad_request");
+        tracing::warn!(workload = %workload, %peer, method = %req.method(), "HBONE: request is not a CONNECT");
         return refuse(respond, StatusCode::METHOD_NOT_ALLOWED);
     }
     let Some(target) = hbone::target_of(&req) else {

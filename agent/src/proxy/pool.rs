@@ -1,6 +1,8 @@
 //! Outbound HBONE connections, pooled per (source workload, destination pod address,
 //! expected identity) and multiplexed up to [`hbone::MAX_STREAMS`] tunnels each; a new
-//! connection is opened when all are full or closed.
+//! connection is opened when all are full or closed. Opening is single-flight per key:
+//! tunnels that find no free slot at once wait for the one connection being opened and
+//! share it, instead of each opening its own.
 
 use std::{
     collections::HashMap,
@@ -52,9 +54,36 @@ impl TunnelError {
     pub fn reject_reason(&self) -> Option<&'static str> {
         match self {
             TunnelError::Tls { source, .. } => Some(super::tls_errors::reason(source)),
+            // In TLS 1.3 the server checks our certificate after our side of the handshake
+            // is done: its refusal arrives as an alert on the first HTTP/2 exchange (h2
+            // keeps only the I/O error's text).
+            TunnelError::H2 { source, .. } => {
+                let text = source.to_string();
+                let (_, alert) = text.split_once("received fatal alert: ")?;
+                refused_our_certificate(alert.trim()).then_some("peer_rejected_us")
+            }
             _ => None,
         }
     }
+}
+
+/// Whether `alert` (as rustls prints it) is one a server sends when it refuses the
+/// client's certificate.
+fn refused_our_certificate(alert: &str) -> bool {
+    use rustls::AlertDescription as A;
+    [
+        A::BadCertificate,
+        A::UnsupportedCertificate,
+        A::CertificateRevoked,
+        A::CertificateExpired,
+        A::CertificateUnknown,
+        A::UnknownCA,
+        A::CertificateRequired,
+        A::DecryptError,
+        A::AccessDenied,
+    ]
+    .iter()
+    .any(|a| format!("{a:?}") == alert)
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -97,6 +126,8 @@ pub struct Tunnel {
 pub struct Pool {
     certs: Arc<CertManager>,
     conns: Mutex<HashMap<Key, Vec<Conn>>>,
+    /// One lock per key, held while a connection for that key is being opened.
+    opening: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     timeout: Duration,
 }
 
@@ -105,6 +136,7 @@ impl Pool {
         Pool {
             certs,
             conns: Mutex::default(),
+            opening: Mutex::default(),
             timeout,
         }
     }
@@ -126,7 +158,20 @@ impl Pool {
         };
         let (sender, streams) = match self.reuse(&key) {
             Some(c) => c,
-            None => self.open(pod, local, addr, expected, key).await?,
+            None => {
+                // Single flight: one opener per key; the others wait for its connection.
+                let lock = self.open_lock(&key);
+                let _opening = tokio::time::timeout(self.timeout, lock.lock())
+                    .await
+                    .map_err(|_| TunnelError::Timeout {
+                        target,
+                        timeout: self.timeout,
+                    })?;
+                match self.reuse(&key) {
+                    Some(c) => c,
+                    None => self.open(pod, local, addr, expected, key).await?,
+                }
+            }
         };
         let slot = StreamSlot(streams);
         let source = pod
@@ -174,6 +219,12 @@ impl Pool {
             .find(|c| c.streams.load(Ordering::Relaxed) < hbone::MAX_STREAMS as usize)?;
         c.streams.fetch_add(1, Ordering::Relaxed);
         Some((c.sender.clone(), c.streams.clone()))
+    }
+
+    /// The lock held while a connection for `key` is being opened.
+    fn open_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
+        let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+        opening.entry(key.clone()).or_default().clone()
     }
 
     async fn open(
@@ -235,5 +286,33 @@ impl Pool {
     pub fn connection_count(&self) -> usize {
         let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.values().flatten().filter(|c| !c.is_closed()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server's refusal of our certificate reaches the pool only as h2's copy of the
+    /// I/O error's text: the alert as rustls prints it is what `reject_reason` reads.
+    #[test]
+    fn a_certificate_alert_after_the_handshake_is_peer_rejected_us() {
+        let reason = |alert| {
+            let text = rustls::Error::AlertReceived(alert).to_string();
+            let (_, name) = text.split_once("received fatal alert: ").unwrap();
+            refused_our_certificate(name.trim())
+        };
+        use rustls::AlertDescription as A;
+        for a in [
+            A::DecryptError,
+            A::BadCertificate,
+            A::UnknownCA,
+            A::CertificateRequired,
+        ] {
+            assert!(reason(a), "{a:?}");
+        }
+        for a in [A::BadRecordMac, A::InternalError, A::HandshakeFailure] {
+            assert!(!reason(a), "{a:?}");
+        }
     }
 }

@@ -13,6 +13,7 @@
 //! meshd-testapp http-serve --listen ADDR
 //! meshd-testapp relay --listen ADDR --connect ADDR
 //! meshd-testapp idle-load [--threads N]
+//! meshd-testapp echo-many --connect ADDR --count N [--bytes B] [--timeout-secs S]
 //! ```
 //!
 //! `rr`, `cps`, `hold`, `sink` and `http-serve` are the benchmark's load generators and
@@ -44,7 +45,8 @@ const USAGE: &str = "usage:
   meshd-testapp sink --listen ADDR
   meshd-testapp http-serve --listen ADDR
   meshd-testapp relay --listen ADDR --connect ADDR
-  meshd-testapp idle-load [--threads N]";
+  meshd-testapp idle-load [--threads N]
+  meshd-testapp echo-many --connect ADDR --count N [--bytes B] [--timeout-secs S]";
 
 const FLAGS: [&str; 1] = ["--greet"];
 
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
         "http-serve" => http_serve(&args),
         "relay" => relay(&args),
         "idle-load" => idle_load(&args),
+        "echo-many" => echo_many(&args),
         "connect-until" => connect_until(&args),
         "reset-serve" => reset_serve(&args),
         "reset-client" => reset_client(&args),
@@ -1040,4 +1043,124 @@ fn reset_client(args: &Args) -> Result<ExitCode, String> {
         other => return Err(format!("--mode is server or client, not {other:?}")),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+// ------------------------------------------------------------------------ echo-many
+
+/// `count` connections opened at the same instant (a barrier before `connect`), each reads
+/// the server's greeting (so its path is established end to end), then waits until all
+/// are established, so that `count` connections are open at once; then each echoes
+/// `bytes` of its own stream (seed = its index) and checks every byte.
+fn echo_many(args: &Args) -> Result<ExitCode, String> {
+    let addr = args.addr("--connect")?;
+    let count: usize = args.num("--count", 150)?;
+    let total: u64 = args.num("--bytes", 65536)?;
+    let timeout = Duration::from_secs(args.num("--timeout-secs", 30)?);
+    raise_nofile();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(count));
+    let open = std::sync::Arc::new(std::sync::Barrier::new(count));
+    let threads: Vec<_> = (0..count)
+        .map(|i| {
+            let (start, open) = (start.clone(), open.clone());
+            std::thread::spawn(move || -> Result<u64, String> {
+                start.wait();
+                let conn = TcpStream::connect_timeout(&addr, timeout)
+                    .map_err(|e| format!("connect: {e}"))
+                    .and_then(|mut s| {
+                        s.set_read_timeout(Some(timeout))
+                            .map_err(|e| e.to_string())?;
+                        s.set_write_timeout(Some(timeout))
+                            .map_err(|e| e.to_string())?;
+                        let l = read_line(&mut s).map_err(|e| format!("greeting: {e}"))?;
+                        if !l.starts_with("hello ") {
+                            return Err(format!("bad greeting {l:?}"));
+                        }
+                        Ok(s)
+                    });
+                open.wait();
+                let mut s = conn.map_err(|e| format!("#{i}: {e}"))?;
+                echo_one(&mut s, total, i as u64 + 1).map_err(|e| format!("#{i}: {e}"))
+            })
+        })
+        .collect();
+    let (mut ok, mut failed, mut bytes) = (0u64, 0u64, 0u64);
+    let mut errors: Vec<String> = Vec::new();
+    for t in threads {
+        match t.join().unwrap_or_else(|_| Err("panicked".into())) {
+            Ok(n) => {
+                ok += 1;
+                bytes += n;
+            }
+            Err(e) => {
+                failed += 1;
+                if errors.len() < 10 {
+                    errors.push(e);
+                }
+            }
+        }
+    }
+    say(
+        &json!({"ok": failed == 0, "connections": ok, "failed": failed,
+        "bytes_received": bytes, "errors": errors})
+        .to_string(),
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Sends `total` bytes of the stream `seed` on `s` (then half-closes) and checks that
+/// exactly the same bytes come back; returns the bytes received.
+fn echo_one(s: &mut TcpStream, total: u64, seed: u64) -> Result<u64, String> {
+    let mut writer = s.try_clone().map_err(|e| format!("clone: {e}"))?;
+    let sender = std::thread::spawn(move || -> Result<(), String> {
+        let mut gen = Stream::new(seed);
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut left = total;
+        while left > 0 {
+            let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            gen.fill(&mut buf[..n]);
+            writer
+                .write_all(&buf[..n])
+                .map_err(|e| format!("write: {e}"))?;
+            left -= n as u64;
+        }
+        writer
+            .shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))
+    });
+    let mut check = Stream::new(seed);
+    let (mut buf, mut want) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let mut received = 0u64;
+    let result = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                if received + n as u64 > total {
+                    break Err(format!("more than the {total} bytes sent"));
+                }
+                check.fill(&mut want[..n]);
+                if buf[..n] != want[..n] {
+                    break Err(format!("echo differs after byte {received}"));
+                }
+                received += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => break Err(format!("read after {received} bytes: {e}")),
+        }
+    };
+    if result.is_err() {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    let sent = sender
+        .join()
+        .unwrap_or_else(|_| Err("sender panicked".into()));
+    result?;
+    sent?;
+    if received != total {
+        return Err(format!("received {received} of {total} bytes"));
+    }
+    Ok(received)
 }

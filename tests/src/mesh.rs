@@ -749,7 +749,6 @@ pub fn served_certificates(
     certs
 }
 
-
 /// tcpdump's counts, as printed on SIGUSR1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TcpdumpStats {

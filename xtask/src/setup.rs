@@ -34,6 +34,7 @@ const PACKAGES: &[&str] = &[
     "python3-h2",
     "python3-websockets",
     "procps",
+    "openssl",
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -677,3 +677,152 @@ fn identity_init_writes_the_files_and_refuses_to_overwrite() {
         assert_ne!(after[i], before[i], "{f} not replaced by --force");
     }
 }
+
+/// Reads an HTTP/1.1 chunked body's lines (the `/tap` stream), after its head.
+struct ChunkedLines {
+    r: std::io::BufReader<std::net::TcpStream>,
+    pending: Vec<u8>,
+}
+
+impl ChunkedLines {
+    /// Reads the response head; fails unless it is a `200`.
+    fn new(stream: std::net::TcpStream) -> ChunkedLines {
+        use std::io::BufRead as _;
+        let mut r = std::io::BufReader::new(stream);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            head.push_str(&line);
+        }
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "{head}"
+        );
+        ChunkedLines {
+            r,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The next line of the body.
+    fn next_line(&mut self) -> String {
+        use std::io::{BufRead as _, Read as _};
+        loop {
+            if let Some(i) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=i).collect();
+                return String::from_utf8_lossy(&line).trim_end().to_string();
+            }
+            let mut size = String::new();
+            self.r.read_line(&mut size).unwrap();
+            let n = usize::from_str_radix(size.trim(), 16)
+                .unwrap_or_else(|e| panic!("chunk size {size:?}: {e}"));
+            assert!(n > 0, "the tap stream ended");
+            let mut chunk = vec![0; n + 2];
+            self.r.read_exact(&mut chunk).unwrap();
+            self.pending.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Sum of a metric's samples whose line starts with `prefix` and contains `part`.
+fn metric_sum(agent: &Agent, prefix: &str, part: &str) -> u64 {
+    let (_, text) = agent.get("/metrics").unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(part))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A tap whose reader does not read (a 4 KiB receive buffer, nothing read) while 30,000
+/// HTTP requests pass does not slow the proxy down (every request completes while it
+/// stalls); it misses requests and is told so: once it reads again, the requests it is
+/// shown plus the `missed` counts of its `lagged` lines are exactly the 30,000 requests.
+#[test]
+fn a_slow_tap_misses_requests_and_is_told() {
+    use std::io::Write as _;
+    require_root().unwrap();
+    let c = Cluster::new("slowtap").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let client = c.add_pod(&n1, "client").unwrap();
+    let server = c.add_pod(&n1, "server").unwrap();
+    let yaml = config_yaml(&c, &n1, &[WorkloadSpec::new(&client)], &[]);
+    let agent = start_agent(&c, &n1, &yaml, &[], &["--log", "info"], &[], &[]);
+    let mut app = Command::new(meshd_tests::mesh::testapp_bin());
+    app.args(["http-serve", "--listen", "0.0.0.0:8000"]);
+    let app = c.spawn_in_pod(&server, app).unwrap();
+    app.wait_for_output("listening", Duration::from_secs(10))
+        .unwrap();
+
+    // The tap's reader, in the node, with a receive buffer too small to hold the stream.
+    let stream = c
+        .in_netns(
+            &n1.netns_path,
+            || -> std::io::Result<std::net::TcpStream> {
+                use nix::sys::socket::{
+                    connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType,
+                    SockaddrIn,
+                };
+                use std::os::fd::AsRawFd as _;
+                let fd = socket(
+                    AddressFamily::Inet,
+                    SockType::Stream,
+                    SockFlag::SOCK_CLOEXEC,
+                    None,
+                )?;
+                setsockopt(&fd, sockopt::RcvBuf, &4096)?;
+                connect(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 15000))?;
+                let mut s = std::net::TcpStream::from(fd);
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                s.write_all(b"GET /tap HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
+                Ok(s)
+            },
+        )
+        .unwrap()
+        .unwrap();
+    let mut tap = ChunkedLines::new(stream);
+    // The agent subscribes the tap before this first line: it is live.
+    assert_eq!(tap.next_line(), r#"{"tap":"started"}"#);
+
+    // The agent holds 4,096 events and the stream 256; the sockets take about 8,000 more.
+    const REQUESTS: u64 = 30_000;
+    let mut curl = Command::new("curl");
+    curl.args(["-sSf", "--max-time", "120"])
+        .arg(format!("http://{}:8000/r/[1-{REQUESTS}]", server.ip));
+    let out = c
+        .run_in_pod_timeout(&client, curl, Duration::from_secs(150))
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        metric_sum(&agent, "request_total{", "direction=\"outbound\""),
+        REQUESTS
+    );
+
+    let (mut shown, mut missed, mut lagged) = (0u64, 0u64, 0u64);
+    while shown + missed < REQUESTS {
+        let line = tap.next_line();
+        let ev: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if ev["tap"] == "lagged" {
+            lagged += 1;
+            missed += ev["missed"].as_u64().unwrap();
+        } else {
+            assert!(ev.get("tap").is_none(), "{line}");
+            shown += 1;
+        }
+    }
+    assert_eq!(shown + missed, REQUESTS);
+    assert!(
+        lagged >= 1 && missed > 0,
+        "shown {shown}, missed {missed} in {lagged} lagged lines"
+    );
+    agent.stop().unwrap();
+}

@@ -407,9 +407,56 @@ fn ebpf_log_level() -> u8 {
     }
 }
 
+/// The programs' log records carry the eBPF object's module path (`meshd::connect4`: its
+/// crate is named `meshd`, like the agent's). They are logged under `meshd_ebpf::connect4`
+/// etc. instead: the target that [`ebpf_log_level`] reads, so that `meshd_ebpf=debug`
+/// both makes the programs emit their per-connection lines and lets them through the
+/// agent's filter (`meshd=debug` includes them too: filter targets match by prefix).
+fn ebpf_target(target: &str) -> String {
+    match target.strip_prefix("meshd::") {
+        Some(rest) => format!("meshd_ebpf::{rest}"),
+        None if target == "meshd" => "meshd_ebpf".to_string(),
+        None => format!("meshd_ebpf::{target}"),
+    }
+}
+
+/// Forwards the programs' records to the global `log` logger (which tracing picks up)
+/// under [`ebpf_target`].
+struct EbpfLog;
+
+impl log::Log for EbpfLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        let target = ebpf_target(metadata.target());
+        log::logger().enabled(
+            &log::Metadata::builder()
+                .level(metadata.level())
+                .target(&target)
+                .build(),
+        )
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let target = ebpf_target(record.target());
+        log::logger().log(
+            &log::Record::builder()
+                .args(*record.args())
+                .level(record.level())
+                .target(&target)
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        log::logger().flush();
+    }
+}
+
 /// Forwards aya-log records from the programs into `log`, which tracing picks up.
 fn spawn_log_reader(ebpf: &mut aya::Ebpf) -> Option<tokio::task::JoinHandle<()>> {
-    let logger = match aya_log::EbpfLogger::init(ebpf) {
+    let logger = match aya_log::EbpfLogger::init_with_logger(ebpf, EbpfLog) {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "eBPF logs unavailable");
@@ -436,4 +483,17 @@ fn spawn_log_reader(ebpf: &mut aya::Ebpf) -> Option<tokio::task::JoinHandle<()>>
             guard.clear_ready();
         }
     }))
+}
+
+#[cfg(test)]
+mod log_target_tests {
+    use super::ebpf_target;
+
+    #[test]
+    fn ebpf_records_are_logged_under_meshd_ebpf() {
+        assert_eq!(ebpf_target("meshd::connect4"), "meshd_ebpf::connect4");
+        assert_eq!(ebpf_target("meshd::sk_lookup"), "meshd_ebpf::sk_lookup");
+        assert_eq!(ebpf_target("meshd"), "meshd_ebpf");
+        assert_eq!(ebpf_target("other"), "meshd_ebpf::other");
+    }
 }

@@ -1,7 +1,12 @@
 //! Traffic of the end-to-end tests: `meshd-testapp echo` from a pod, the agent's closed
 //! connection records, and the apps of `tests/apps`.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    ffi::OsStr,
+    path::PathBuf,
+    process::{Command, Output},
+    time::Duration,
+};
 
 use serde_json::Value;
 
@@ -67,4 +72,53 @@ pub fn wait_closed(agent: &Agent, direction: &str, orig_dst: &str, n: usize) -> 
         "{direction} connections to {orig_dst}: {last:#?}"
     );
     last
+}
+
+/// Starts `tests/apps/<script> <port>` with the interpreter `python` (`python3`, or
+/// `/usr/bin/python3` for apps that need the system's packages) in a pod and waits until
+/// it listens.
+pub fn start_app(c: &Cluster, pod: &Pod, python: &str, script: &str, port: u16) -> ProcHandle {
+    let mut cmd = Command::new(python);
+    cmd.arg(apps_dir().join(script)).arg(port.to_string());
+    spawn_listening(c, pod, cmd)
+}
+
+/// `curl -sS --max-time MAX_TIME_SECS ARGS` in a pod; its output, whatever the exit status.
+pub fn curl_output<S: AsRef<OsStr>>(
+    c: &Cluster,
+    pod: &Pod,
+    max_time_secs: u32,
+    args: &[S],
+) -> Output {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", &max_time_secs.to_string()])
+        .args(args);
+    c.run_in_pod(pod, cmd).unwrap()
+}
+
+/// Sends `payload` (Python escapes) to `ip:port` from a pod with `apps/raw_client.py`
+/// (`shut_write`: then half-closes) and reads the reply to its end:
+/// `{"reply", "end": "eof"|"reset"|"timeout", "secs"}`.
+pub fn raw_client(
+    c: &Cluster,
+    pod: &Pod,
+    ip: &str,
+    port: u16,
+    payload: &str,
+    shut_write: bool,
+) -> Value {
+    let mut cmd = Command::new("python3");
+    cmd.arg(apps_dir().join("raw_client.py"))
+        .args([ip, &port.to_string(), payload]);
+    if shut_write {
+        cmd.arg("--shut-write");
+    }
+    let out = c.run_in_pod(pod, cmd).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "raw_client: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }

@@ -352,26 +352,11 @@ fn echo(args: &Args) -> Result<ExitCode, String> {
     } else {
         None
     };
-    let mut writer = match s.try_clone() {
+    let writer = match s.try_clone() {
         Ok(w) => w,
         Err(e) => return fail(format!("clone socket: {e}")),
     };
-    let sender = std::thread::spawn(move || -> Result<(), String> {
-        let mut gen = Stream::new(seed);
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut left = total;
-        while left > 0 {
-            let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
-            gen.fill(&mut buf[..n]);
-            writer
-                .write_all(&buf[..n])
-                .map_err(|e| format!("write: {e}"))?;
-            left -= n as u64;
-        }
-        writer
-            .shutdown(Shutdown::Write)
-            .map_err(|e| format!("shutdown: {e}"))
-    });
+    let sender = spawn_sender(writer, seed, total, 64 * 1024);
     let mut check = Stream::new(seed);
     let mut buf = vec![0u8; 64 * 1024];
     let mut want = vec![0u8; 64 * 1024];
@@ -1111,13 +1096,17 @@ fn echo_many(args: &Args) -> Result<ExitCode, String> {
     })
 }
 
-/// Sends `total` bytes of the stream `seed` on `s` (then half-closes) and checks that
-/// exactly the same bytes come back; returns the bytes received.
-fn echo_one(s: &mut TcpStream, total: u64, seed: u64) -> Result<u64, String> {
-    let mut writer = s.try_clone().map_err(|e| format!("clone: {e}"))?;
-    let sender = std::thread::spawn(move || -> Result<(), String> {
+/// A thread that writes `total` bytes of the stream `seed` on `writer` in chunks of
+/// `chunk` bytes, then half-closes it.
+fn spawn_sender(
+    mut writer: TcpStream,
+    seed: u64,
+    total: u64,
+    chunk: usize,
+) -> std::thread::JoinHandle<Result<(), String>> {
+    std::thread::spawn(move || -> Result<(), String> {
         let mut gen = Stream::new(seed);
-        let mut buf = vec![0u8; 16 * 1024];
+        let mut buf = vec![0u8; chunk];
         let mut left = total;
         while left > 0 {
             let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
@@ -1130,7 +1119,14 @@ fn echo_one(s: &mut TcpStream, total: u64, seed: u64) -> Result<u64, String> {
         writer
             .shutdown(Shutdown::Write)
             .map_err(|e| format!("shutdown: {e}"))
-    });
+    })
+}
+
+/// Sends `total` bytes of the stream `seed` on `s` (then half-closes) and checks that
+/// exactly the same bytes come back; returns the bytes received.
+fn echo_one(s: &mut TcpStream, total: u64, seed: u64) -> Result<u64, String> {
+    let writer = s.try_clone().map_err(|e| format!("clone: {e}"))?;
+    let sender = spawn_sender(writer, seed, total, 16 * 1024);
     let mut check = Stream::new(seed);
     let (mut buf, mut want) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
     let mut received = 0u64;

@@ -34,6 +34,18 @@ fn curl(c: &Cluster, pod: &Pod, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// The client/server mesh and two pods outside it: `ext` on node 2 (an HTTP app on 8000,
+/// as on `web`) and `outsider` on node 1 (a client).
+fn with_outsiders(name: &str) -> (ClientServer, Pod, Pod) {
+    let m = ClientServer::start(name).unwrap();
+    let c = &m.cluster;
+    let ext = c.add_pod(&m.n2, "ext").unwrap();
+    let outsider = c.add_pod(&m.n1, "outsider").unwrap();
+    http_app(c, &m.web, 8000);
+    http_app(c, &ext, 8000);
+    (m, ext, outsider)
+}
+
 /// The first line of a raw reply.
 fn status_line(r: &Value) -> &str {
     r["reply"].as_str().unwrap().split("\r\n").next().unwrap()
@@ -49,13 +61,8 @@ fn status_line(r: &Value) -> &str {
 #[test]
 fn failing_upstreams_give_502_and_absent_apps_a_reset() {
     require_root().unwrap();
-    let m = ClientServer::start("http-502").unwrap();
+    let (m, ext, outsider) = with_outsiders("http-502");
     let c = &m.cluster;
-    // Pods outside the mesh: a server on node 2, a client on node 1.
-    let ext = c.add_pod(&m.n2, "ext").unwrap();
-    let outsider = c.add_pod(&m.n1, "outsider").unwrap();
-    http_app(c, &m.web, 8000);
-    http_app(c, &ext, 8000);
 
     // Behind two agents: agent 2's upstream (the app) fails the request.
     let (ok, out) = curl(
@@ -183,12 +190,8 @@ fn split_response(reply: &str) -> (Vec<(String, String)>, String) {
 #[test]
 fn hop_by_hop_headers_are_not_forwarded_end_to_end() {
     require_root().unwrap();
-    let m = ClientServer::start("http-hop").unwrap();
+    let (m, ext, outsider) = with_outsiders("http-hop");
     let c = &m.cluster;
-    let ext = c.add_pod(&m.n2, "ext").unwrap();
-    let outsider = c.add_pod(&m.n1, "outsider").unwrap();
-    http_app(c, &m.web, 8000);
-    http_app(c, &ext, 8000);
     let request = "GET /headers HTTP/1.1\\r\\nHost: app\\r\\nConnection: close, X-Hop\\r\\nX-Hop: secret\\r\\nKeep-Alive: timeout=5\\r\\nTE: trailers, deflate\\r\\nTrailer: X-Checksum\\r\\nUpgrade: h2c\\r\\nProxy-Connection: keep-alive\\r\\nX-Kept: yes\\r\\n\\r\\n";
     let cases = [
         ("two agents", &m.client, m.web.ip.to_string()),

@@ -116,6 +116,15 @@ fn links_of_agent(agent: &Agent) -> usize {
         .count()
 }
 
+/// The end of a re-enrollment test: the agent runs one set of links (none leaked), stops
+/// cleanly and leaves nothing on the workload's last pod (`pod`) and no pin.
+fn one_set_of_links_then_clean_stop(agent: &Agent, pod: &Pod) {
+    assert_eq!(links_of_agent(agent), 4, "one set of links, none leaked");
+    assert!(agent.stop().unwrap().success());
+    assert_nothing_at(&pod.cgroup, Some(&pod.netns_path));
+    assert!(!agent.pin_root.exists());
+}
+
 /// Changing a workload's skip ports, then its addresses, re-enrolls it: the skip maps and
 /// listener entries follow the file, the programs stay attached exactly once, and the
 /// captured and skipped ports and addresses behave as the new file says.
@@ -207,10 +216,7 @@ fn changed_skip_ports_or_addresses_re_enroll_the_workload() {
         &format!("{new_ip}:8080")
     ) == 1));
 
-    assert_eq!(links_of_agent(&agent), 4, "one set of links, none leaked");
-    assert!(agent.stop().unwrap().success());
-    assert_nothing_at(&a.cgroup, Some(&a.netns_path));
-    assert!(!agent.pin_root.exists());
+    one_set_of_links_then_clean_stop(&agent, &a);
 }
 
 /// Changing a workload's cgroup, then its network namespace (the pod recreated: new
@@ -297,10 +303,7 @@ fn changed_cgroup_or_netns_re_enrolls_the_workload() {
         .count()
         == 2));
 
-    assert_eq!(links_of_agent(&agent), 4, "one set of links, none leaked");
-    assert!(agent.stop().unwrap().success());
-    assert_nothing_at(&b.cgroup, Some(&b.netns_path));
-    assert!(!agent.pin_root.exists());
+    one_set_of_links_then_clean_stop(&agent, &b);
 }
 
 /// Rapid enroll/un-enroll churn of one workload (edits waited for, and edits faster than

@@ -105,6 +105,22 @@ pub struct ServiceSpec {
     pub endpoints: Vec<String>,
 }
 
+impl ServiceSpec {
+    /// The service `web`: `vip` port 80 to `target_port` of the workloads labelled
+    /// `app: web`, no fixed endpoints. `vip` is written into the YAML as it is (an IPv6
+    /// address must be quoted).
+    pub fn web(vip: &str, target_port: u16) -> ServiceSpec {
+        ServiceSpec {
+            name: "web".into(),
+            vip: vip.into(),
+            port: 80,
+            target_port,
+            selector: BTreeMap::from([("app".to_string(), "web".to_string())]),
+            endpoints: vec![],
+        }
+    }
+}
+
 /// The YAML config of one agent.
 pub fn config_yaml(
     cluster: &Cluster,

@@ -2,7 +2,6 @@
 //! (connect4 + sockops), inbound (sk_lookup), services, and what must never be captured.
 
 use std::{
-    collections::BTreeMap,
     process::Command,
     time::{Duration, Instant},
 };
@@ -142,14 +141,7 @@ fn services_spread_over_endpoints_across_nodes() {
     let client = c.add_pod(&n1, "client").unwrap();
     let web1 = c.add_pod(&n1, "web1").unwrap();
     let web2 = c.add_pod(&n2, "web2").unwrap();
-    let svc = ServiceSpec {
-        name: "web".into(),
-        vip: "10.96.0.10".into(),
-        port: 80,
-        target_port: 8080,
-        selector: BTreeMap::from([("app".to_string(), "web".to_string())]),
-        endpoints: vec![],
-    };
+    let svc = ServiceSpec::web("10.96.0.10", 8080);
     let mut remote = WorkloadSpec::new(&web2).label("app", "web");
     remote.remote = true;
     let yaml = config_yaml(

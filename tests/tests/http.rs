@@ -445,14 +445,7 @@ fn default_opaque_ports_and_inbound_plaintext_detection() {
 #[test]
 fn service_requests_carry_dst_service() {
     require_root().unwrap();
-    let svc = ServiceSpec {
-        name: "web".into(),
-        vip: "10.96.0.10".into(),
-        port: 80,
-        target_port: 8000,
-        selector: std::collections::BTreeMap::from([("app".to_string(), "web".to_string())]),
-        endpoints: vec![],
-    };
+    let svc = ServiceSpec::web("10.96.0.10", 8000);
     let m = ClientServer::start_with(
         "http-svc",
         Some(&meshd_tests::mesh::GREETING_PORTS),

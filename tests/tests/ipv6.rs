@@ -2,7 +2,7 @@
 //! ([`Cluster::new_dual_stack`]): connect6 (outbound), IPv6 sk_lookup (inbound),
 //! IPv4-mapped addresses of dual-stack sockets, in-pod `::1`, and HBONE over IPv6.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::net::SocketAddr;
 
 use meshd_tests::{
     mesh::{
@@ -374,14 +374,7 @@ fn ipv6_service_vip_spreads_over_ipv6_endpoints() {
     let web1 = c.add_pod(&n1, "web1").unwrap();
     let web2 = c.add_pod(&n2, "web2").unwrap();
     let vip = "fd00:10:96::10";
-    let svc = ServiceSpec {
-        name: "web".into(),
-        vip: format!("\"{vip}\""),
-        port: 80,
-        target_port: 8080,
-        selector: BTreeMap::from([("app".to_string(), "web".to_string())]),
-        endpoints: vec![],
-    };
+    let svc = ServiceSpec::web(&format!("\"{vip}\""), 8080);
     let mut remote = WorkloadSpec::new(&web2).label("app", "web");
     remote.remote = true;
     let yaml = config_yaml(

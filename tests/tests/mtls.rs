@@ -565,14 +565,7 @@ fn service_endpoints_behind_agents_are_balanced_and_dead_ones_skipped() {
     let web2 = c.add_pod(&n2, "web2").unwrap();
     let ca = identity_init(&c, "ca").unwrap();
     let anchors = ca.join("ca.crt");
-    let svc = meshd_tests::mesh::ServiceSpec {
-        name: "web".into(),
-        vip: "10.96.0.20".into(),
-        port: 80,
-        target_port: 8080,
-        selector: std::collections::BTreeMap::from([("app".to_string(), "web".to_string())]),
-        endpoints: vec![],
-    };
+    let svc = meshd_tests::mesh::ServiceSpec::web("10.96.0.20", 8080);
     let y1 = config_yaml(
         &c,
         &n1,

@@ -524,27 +524,8 @@ fn connect_loop(args: &Args) -> Result<ExitCode, String> {
     let timeout = Duration::from_secs(args.num("--timeout-secs", 5)?);
     let greet = args.flag("--greet");
     let end = Instant::now() + duration;
-    let (mut ok, mut failed) = (0u64, 0u64);
-    let mut errors: Vec<String> = Vec::new();
-    let mut i = 0;
-    while Instant::now() < end {
-        match one_round(addr, greet, timeout, i) {
-            Ok(()) => ok += 1,
-            Err(e) => {
-                failed += 1;
-                if errors.len() < 10 {
-                    errors.push(format!("#{i}: {e}"));
-                }
-            }
-        }
-        i += 1;
-        std::thread::sleep(interval);
-    }
-    say(&json!({"ok": ok, "failed": failed, "errors": errors}).to_string());
-    Ok(if failed == 0 && ok > 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    rounds(addr, greet, timeout, interval, false, || {
+        Instant::now() < end
     })
 }
 
@@ -906,18 +887,36 @@ fn connect_until(args: &Args) -> Result<ExitCode, String> {
     let interval = Duration::from_millis(args.num("--interval-ms", 50)?);
     let timeout = Duration::from_secs(args.num("--timeout-secs", 5)?);
     let greet = args.flag("--greet");
+    rounds(addr, greet, timeout, interval, true, || !stop.exists())
+}
+
+/// The rounds of `connect-loop` and `connect-until`: one every `interval` while `go_on`
+/// says so, each printed as it ends if `print_each`; then the JSON summary. Succeeds if
+/// no round failed and at least one did not.
+fn rounds(
+    addr: SocketAddr,
+    greet: bool,
+    timeout: Duration,
+    interval: Duration,
+    print_each: bool,
+    mut go_on: impl FnMut() -> bool,
+) -> Result<ExitCode, String> {
     let (mut ok, mut failed) = (0u64, 0u64);
     let mut errors: Vec<String> = Vec::new();
     let mut i = 0;
-    while !stop.exists() {
+    while go_on() {
         match one_round(addr, greet, timeout, i) {
             Ok(()) => {
                 ok += 1;
-                say(&format!("round {i} ok"));
+                if print_each {
+                    say(&format!("round {i} ok"));
+                }
             }
             Err(e) => {
                 failed += 1;
-                say(&format!("round {i} failed: {e}"));
+                if print_each {
+                    say(&format!("round {i} failed: {e}"));
+                }
                 if errors.len() < 10 {
                     errors.push(format!("#{i}: {e}"));
                 }

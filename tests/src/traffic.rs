@@ -122,3 +122,11 @@ pub fn raw_client(
         )
     })
 }
+
+/// The JSON report a test client prints as its last line of stdout; panics with `what`,
+/// its stdout and its stderr if there is none.
+pub fn last_json_line(what: &str, out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|_| panic!("{what}: {stdout} {}", String::from_utf8_lossy(&out.stderr)))
+}

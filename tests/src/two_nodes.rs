@@ -38,7 +38,11 @@ pub struct TwoNodes {
 /// agents (certificates valid for an hour), each with its own pods enrolled and the other
 /// node's as remote.
 pub fn two_nodes(name: &str, more_on_n1: &[&str]) -> (TwoNodes, Agent, Agent) {
-    let c = Cluster::new(name).unwrap();
+    two_nodes_in(Cluster::new(name).unwrap(), more_on_n1)
+}
+
+/// [`two_nodes`] in the cluster `c` (e.g. a dual-stack one), which has no node yet.
+pub fn two_nodes_in(c: Cluster, more_on_n1: &[&str]) -> (TwoNodes, Agent, Agent) {
     let n1 = c.add_node("n1").unwrap();
     let n2 = c.add_node("n2").unwrap();
     let a = c.add_pod(&n1, "a").unwrap();

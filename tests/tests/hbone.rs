@@ -16,7 +16,7 @@ use meshd_tests::{
     },
     metrics::rejected,
     require_root,
-    traffic::echo_with,
+    traffic::{echo_with, last_json_line},
     two_nodes::{remote, spiffe, two_nodes},
     wait_until, Cluster, Node, Pod, Signal,
 };
@@ -104,9 +104,7 @@ fn client_py(c: &Cluster, node: &Node, args: &[&str]) -> Value {
     let out = c
         .run_in_node_timeout(node, cmd, Duration::from_secs(60))
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|_| panic!("client: {stdout} {}", String::from_utf8_lossy(&out.stderr)))
+    last_json_line("client", &out)
 }
 
 /// Refusals on the inbound side that need a misbehaving client, each counted exactly once

@@ -5,12 +5,10 @@
 use std::net::SocketAddr;
 
 use meshd_tests::{
-    mesh::{
-        config_yaml, identity_init, meshd_bin, serve_at, with_identity, Agent, ServiceSpec,
-        WireCapture, WorkloadSpec,
-    },
+    mesh::{config_yaml, meshd_bin, serve_at, Agent, ServiceSpec, WireCapture, WorkloadSpec},
     require_root,
-    traffic::{echo_ok, wait_closed},
+    traffic::{echo_ok, last_json_line, wait_closed},
+    two_nodes::{spiffe, two_nodes_in},
     Cluster, Pod,
 };
 use serde_json::Value;
@@ -201,35 +199,21 @@ fn ipv4_mapped_captured_as_ipv4_loopback_and_skipped_ports_never() {
 #[test]
 fn pods_talk_over_hbone_on_ipv6_across_nodes() {
     require_root().unwrap();
-    let c = Cluster::new_dual_stack("ipv6-hbone").unwrap();
-    let n1 = c.add_node("n1").unwrap();
-    let n2 = c.add_node("n2").unwrap();
-    let a = c.add_pod(&n1, "a").unwrap();
-    let b = c.add_pod(&n2, "b").unwrap();
-    let ca = identity_init(&c, "ca").unwrap();
+    let (t, agent1, agent2) = two_nodes_in(Cluster::new_dual_stack("ipv6-hbone").unwrap(), &[]);
+    let (c, n2, a, b, ca) = (&t.c, &t.n2, &t.a, &t.b, &t.ca);
     let anchors = ca.join("ca.crt");
-    let remote = |p: &Pod| {
-        let mut w = WorkloadSpec::new(p);
-        w.remote = true;
-        w
-    };
-    let y1 = config_yaml(&c, &n1, &[WorkloadSpec::new(&a), remote(&b)], &[]);
-    let y2 = config_yaml(&c, &n2, &[remote(&a), WorkloadSpec::new(&b)], &[]);
-    let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &anchors, &ca, 3600)).unwrap();
-    let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &anchors, &ca, 3600)).unwrap();
-    serve_at(&c, &b, "[::]:8080").unwrap();
-    let wire = WireCapture::start(&c).unwrap();
+    serve_at(c, b, "[::]:8080").unwrap();
+    let wire = WireCapture::start(c).unwrap();
 
-    let b_dst = v6(&b, 8080);
+    let b_dst = v6(b, 8080);
     for _ in 0..3 {
-        let r = echo_ok(&c, &a, &b_dst, 2 * MIB);
+        let r = echo_ok(c, a, &b_dst, 2 * MIB);
         assert!(greeting(&r).contains("peer=[::1]:"), "{r}");
     }
     let out = wait_closed(&agent1, "outbound", &b_dst, 3);
     let inb = wait_closed(&agent2, "inbound", &b_dst, 3);
     let pcap = wire.stop().unwrap();
 
-    let spiffe = |sa: &str| format!("spiffe://cluster.local/ns/default/sa/{sa}");
     for r in &out {
         assert_eq!(r["tls"], true, "{r}");
         assert_eq!(r["client_id"], spiffe("a").as_str(), "{r}");
@@ -240,7 +224,7 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
         assert_eq!(r["tls"], true, "{r}");
         assert_eq!(r["client_id"], spiffe("a").as_str(), "{r}");
         assert_eq!(r["server_id"], spiffe("b").as_str(), "{r}");
-        assert!(r["peer"].as_str().unwrap().starts_with(&v6_host(&a)), "{r}");
+        assert!(r["peer"].as_str().unwrap().starts_with(&v6_host(a)), "{r}");
         assert_eq!(r["target"], "[::1]:8080", "{r}");
     }
 
@@ -295,7 +279,7 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
 
     // The other address of the same dual-stack workload: same identities, over IPv4.
     let b4_dst = format!("{}:8080", b.ip);
-    let r = echo_ok(&c, &a, &b4_dst, MIB);
+    let r = echo_ok(c, a, &b4_dst, MIB);
     assert!(greeting(&r).contains("peer=[::ffff:127.0.0.1]:"), "{r}");
     let out = wait_closed(&agent1, "outbound", &b4_dst, 1);
     assert_eq!(out[0]["tls"], true, "{out:?}");
@@ -325,16 +309,10 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
                 "--expect-server",
                 &spiffe("b"),
             ])
-            .args(["--connect", &v6(&b, 15008), "--authority", authority])
+            .args(["--connect", &v6(b, 15008), "--authority", authority])
             .args(["--send", "ping"]);
-        let out = c.run_in_node(&n2, cmd).unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| {
-            panic!(
-                "diagnostics: {stdout} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+        let out = c.run_in_node(n2, cmd).unwrap();
+        last_json_line("diagnostics", &out)
     };
     let r = probe(&b_dst);
     assert_eq!(
@@ -349,7 +327,7 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
             .starts_with("hello peer=[::1]:"),
         "{r}"
     );
-    let r = probe(&v6(&a, 8080));
+    let r = probe(&v6(a, 8080));
     assert_eq!(r["status"], 403, "{r}");
     let (_, metrics) = agent2.get("/metrics").unwrap();
     assert!(

@@ -14,7 +14,7 @@ use meshd_tests::{
     },
     metrics::{metric, rejected},
     require_root,
-    traffic::{closed_records, echo},
+    traffic::{closed_records, echo, last_json_line},
     two_nodes::{remote, spiffe, two_nodes, TwoNodes},
     wait_until, Cluster, Pod,
 };
@@ -173,13 +173,7 @@ fn probe(t: &TwoNodes, issuer: &Path, anchors: &Path, identity: &str, extra: &[&
         .args(["--connect", &format!("{}:15008", t.b.ip)])
         .args(extra);
     let out = t.c.run_in_node(&t.n2, cmd).unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| {
-        panic!(
-            "diagnostics: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    last_json_line("diagnostics", &out)
 }
 
 /// A TLS alert record, fatal `decode_error`: all a plaintext client gets back from 15008.
@@ -216,13 +210,7 @@ print(json.dumps({{"end": end, "reply": reply.hex()}}))
     let mut cmd = Command::new("/usr/bin/python3");
     cmd.args(["-c", &script]);
     let out = t.c.run_in_node(&t.n1, cmd).unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| {
-        panic!(
-            "plaintext client: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    last_json_line("plaintext client", &out)
 }
 
 #[test]

@@ -45,6 +45,15 @@ fn tap(c: &Cluster, node: &Node, args: &[&str]) -> ProcHandle {
     c.spawn_in_node(node, cmd).unwrap()
 }
 
+/// The JSON events (`-o json`) a tap printed, once it has ended (10 s at most).
+fn tap_events(tap: &ProcHandle) -> Vec<Value> {
+    tap.wait(Duration::from_secs(10)).unwrap();
+    tap.stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Whether exactly `n` clients hold the admin API's streams open and each has been sent
 /// the start of its response. The agent sends a tap's response only after subscribing it,
 /// so then every tap is live (the CLI prints nothing for the stream's first line).
@@ -217,12 +226,7 @@ fn stat_edges_tap_and_log_level_show_known_traffic() {
     );
 
     // tap: exactly the requests made after it started, in order, filters applied.
-    tap_all.wait(Duration::from_secs(10)).unwrap();
-    let events: Vec<Value> = tap_all
-        .stdout()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = tap_events(&tap_all);
     assert_eq!(events.len(), 3, "{events:?}");
     assert!(
         events
@@ -253,12 +257,7 @@ fn stat_edges_tap_and_log_level_show_known_traffic() {
         2,
         "{lines}"
     );
-    tap_post.wait(Duration::from_secs(10)).unwrap();
-    let events: Vec<Value> = tap_post
-        .stdout()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = tap_events(&tap_post);
     assert_eq!(events.len(), 1, "{events:?}");
     let e = &events[0];
     assert!(

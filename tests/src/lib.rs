@@ -25,7 +25,11 @@ mod process;
 mod util;
 
 pub mod bench;
+pub mod enroll;
 pub mod mesh;
+pub mod metrics;
+pub mod traffic;
+pub mod two_nodes;
 
 pub use cgroup::{cgroup2_mount, cgroup_pids};
 pub use cleanup::clusters_of_process;

@@ -105,6 +105,22 @@ pub struct ServiceSpec {
     pub endpoints: Vec<String>,
 }
 
+impl ServiceSpec {
+    /// The service `web`: `vip` port 80 to `target_port` of the workloads labelled
+    /// `app: web`, no fixed endpoints. `vip` is written into the YAML as it is (an IPv6
+    /// address must be quoted).
+    pub fn web(vip: &str, target_port: u16) -> ServiceSpec {
+        ServiceSpec {
+            name: "web".into(),
+            vip: vip.into(),
+            port: 80,
+            target_port,
+            selector: BTreeMap::from([("app".to_string(), "web".to_string())]),
+            endpoints: vec![],
+        }
+    }
+}
+
 /// The YAML config of one agent.
 pub fn config_yaml(
     cluster: &Cluster,
@@ -582,7 +598,20 @@ pub struct ClientServer {
 }
 
 impl ClientServer {
+    /// The mesh with both pods' opaque ports the greeting ports ([`GREETING_PORTS`]) and
+    /// no service.
     pub fn start(test_name: &str) -> anyhow::Result<ClientServer> {
+        ClientServer::start_with(test_name, Some(&GREETING_PORTS), Some(&GREETING_PORTS), &[])
+    }
+
+    /// The mesh with the opaque ports of `client` and `web` (`None`: the agent's default
+    /// list) and `services` in agent 1's config.
+    pub fn start_with(
+        test_name: &str,
+        client_opaque: Option<&[u16]>,
+        web_opaque: Option<&[u16]>,
+        services: &[ServiceSpec],
+    ) -> anyhow::Result<ClientServer> {
         let c = Cluster::new(test_name)?;
         let n1 = c.add_node("n1")?;
         let n2 = c.add_node("n2")?;
@@ -590,23 +619,17 @@ impl ClientServer {
         let web = c.add_pod(&n2, "web")?;
         let ca = identity_init(&c, "ca")?;
         let anchors = ca.join("ca.crt");
-        let remote = |p: &Pod| {
-            let mut w = WorkloadSpec::new(p);
+        let client_w = WorkloadSpec::new(&client).opaque(client_opaque);
+        let web_w = WorkloadSpec::new(&web)
+            .label("app", "web")
+            .opaque(web_opaque);
+        let remote = |w: &WorkloadSpec| {
+            let mut w = w.clone();
             w.remote = true;
             w
         };
-        let y1 = config_yaml(
-            &c,
-            &n1,
-            &[WorkloadSpec::new(&client), remote(&web).label("app", "web")],
-            &[],
-        );
-        let y2 = config_yaml(
-            &c,
-            &n2,
-            &[remote(&client), WorkloadSpec::new(&web).label("app", "web")],
-            &[],
-        );
+        let y1 = config_yaml(&c, &n1, &[client_w.clone(), remote(&web_w)], services);
+        let y2 = config_yaml(&c, &n2, &[remote(&client_w), web_w], &[]);
         let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &anchors, &ca, 3600))?;
         let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &anchors, &ca, 3600))?;
         Ok(ClientServer {

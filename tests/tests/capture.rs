@@ -2,14 +2,15 @@
 //! (connect4 + sockops), inbound (sk_lookup), services, and what must never be captured.
 
 use std::{
-    collections::BTreeMap,
     process::Command,
     time::{Duration, Instant},
 };
 
 use meshd_tests::{
     mesh::{config_yaml, serve, testapp_bin, testapp_json, Agent, ServiceSpec, WorkloadSpec},
-    require_root, wait_until, Cluster,
+    require_root,
+    traffic::{echo_ok, spawn_listening, wait_closed},
+    Cluster, Pod,
 };
 use serde_json::Value;
 
@@ -18,45 +19,16 @@ const MIB: u64 = 1024 * 1024;
 const DOWN_FOR: Duration = Duration::from_secs(10);
 
 /// One greeted 1 KiB echo that must succeed; returns the server's greeting.
-fn echo_greeted(cluster: &Cluster, pod: &meshd_tests::Pod, to: &str) -> String {
-    echo(cluster, pod, to, 1024)["greeting"]
+fn echo_greeted(cluster: &Cluster, pod: &Pod, to: &str) -> String {
+    echo_ok(cluster, pod, to, 1024)["greeting"]
         .as_str()
         .unwrap()
         .to_string()
 }
 
-fn echo(cluster: &Cluster, pod: &meshd_tests::Pod, to: &str, bytes: u64) -> Value {
-    let n = bytes.to_string();
-    let r = testapp_json(
-        cluster,
-        pod,
-        &["echo", "--greet", "--connect", to, "--bytes", &n],
-    )
-    .unwrap();
-    assert_eq!(r["ok"], true, "echo from {} to {to}: {r}", pod.name);
-    assert_eq!(r["bytes_received"].as_u64(), Some(bytes), "{r}");
-    r
-}
-
-/// Waits until the agent reports exactly `n` closed connections matching the filter.
-fn wait_closed(agent: &Agent, direction: &str, orig_dst: &str, n: usize) -> Vec<Value> {
-    let mut last = Vec::new();
-    wait_until(Duration::from_secs(5), || {
-        last = agent.closed_to(direction, orig_dst).unwrap();
-        last.len() >= n
-    });
-    assert_eq!(
-        last.len(),
-        n,
-        "{direction} connections to {orig_dst}: {last:#?}"
-    );
-    last
-}
-
-#[test]
-fn outbound_and_inbound_capture_carry_bytes_intact() {
-    require_root().unwrap();
-    let c = Cluster::new("capture-bytes").unwrap();
+/// One node: `client` and `server` enrolled, `plain` not; the agent started.
+fn client_server_plain(name: &str) -> (Cluster, Agent, Pod, Pod, Pod) {
+    let c = Cluster::new(name).unwrap();
     let n1 = c.add_node("n1").unwrap();
     let client = c.add_pod(&n1, "client").unwrap();
     let server = c.add_pod(&n1, "server").unwrap();
@@ -68,13 +40,20 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
         &[],
     );
     let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    (c, agent, client, server, plain)
+}
+
+#[test]
+fn outbound_and_inbound_capture_carry_bytes_intact() {
+    require_root().unwrap();
+    let (c, agent, client, server, plain) = client_server_plain("capture-bytes");
     serve(&c, &server, 8080).unwrap();
     serve(&c, &plain, 8080).unwrap();
 
     // Enrolled client -> non-enrolled server: outbound capture only. The server sees the
     // client pod's own address, because the agent connects from inside the client's netns.
     let plain_dst = format!("{}:8080", plain.ip);
-    let r = echo(&c, &client, &plain_dst, 64 * MIB);
+    let r = echo_ok(&c, &client, &plain_dst, 64 * MIB);
     let greeting = r["greeting"].as_str().unwrap();
     assert!(
         greeting.contains(&format!("peer={}:", client.ip)),
@@ -95,7 +74,7 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
     // Non-enrolled client -> enrolled server: inbound capture only; the agent saw the
     // client's address and the original destination, and delivered over loopback.
     let server_dst = format!("{}:8080", server.ip);
-    let r = echo(&c, &plain, &server_dst, 16 * MIB);
+    let r = echo_ok(&c, &plain, &server_dst, 16 * MIB);
     assert!(
         r["greeting"].as_str().unwrap().contains("peer=127.0.0.1:"),
         "{r}"
@@ -113,7 +92,7 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
     assert_eq!(inb[0]["bytes_sent"].as_u64(), Some(16 * MIB));
 
     // Enrolled -> enrolled: both sides, exactly one record each (no loops).
-    echo(&c, &client, &server_dst, 32 * MIB);
+    echo_ok(&c, &client, &server_dst, 32 * MIB);
     wait_closed(&agent, "outbound", &server_dst, 1);
     let inb = wait_closed(&agent, "inbound", &server_dst, 2);
     assert!(inb.iter().any(|r| r["peer"]
@@ -162,14 +141,7 @@ fn services_spread_over_endpoints_across_nodes() {
     let client = c.add_pod(&n1, "client").unwrap();
     let web1 = c.add_pod(&n1, "web1").unwrap();
     let web2 = c.add_pod(&n2, "web2").unwrap();
-    let svc = ServiceSpec {
-        name: "web".into(),
-        vip: "10.96.0.10".into(),
-        port: 80,
-        target_port: 8080,
-        selector: BTreeMap::from([("app".to_string(), "web".to_string())]),
-        endpoints: vec![],
-    };
+    let svc = ServiceSpec::web("10.96.0.10", 8080);
     let mut remote = WorkloadSpec::new(&web2).label("app", "web");
     remote.remote = true;
     let yaml = config_yaml(
@@ -187,7 +159,7 @@ fn services_spread_over_endpoints_across_nodes() {
     serve(&c, &web2, 8080).unwrap();
 
     for _ in 0..6 {
-        echo(&c, &client, "10.96.0.10:80", 1024);
+        echo_ok(&c, &client, "10.96.0.10:80", 1024);
     }
     // Round robin over the two endpoints, one per node: 3 each.
     let recs = wait_closed(&agent, "outbound", "10.96.0.10:80", 6);
@@ -227,7 +199,7 @@ fn services_spread_over_endpoints_across_nodes() {
     let killed = Instant::now();
     let mut during = 0;
     while during < 6 && killed.elapsed() < Duration::from_secs(7) {
-        echo(&c, &client, "10.96.0.10:80", 1024);
+        echo_ok(&c, &client, "10.96.0.10:80", 1024);
         during += 1;
     }
     // Round robin reaches web2 on the first or second echo: two more show it skipped.
@@ -297,7 +269,7 @@ fn never_captured_loopback_udp_excluded_ports_and_unenrolled_pods() {
     serve(&c, &other2, 9090).unwrap();
     // Excluded outbound port: the client's socket really connected to the server (a
     // captured one would be connected to the agent on its loopback).
-    let r = echo(&c, &client, &format!("{}:9090", other2.ip), 4096);
+    let r = echo_ok(&c, &client, &format!("{}:9090", other2.ip), 4096);
     assert!(
         r["local"]
             .as_str()
@@ -306,7 +278,7 @@ fn never_captured_loopback_udp_excluded_ports_and_unenrolled_pods() {
         "{r}"
     );
     // Excluded inbound port, from a non-enrolled pod: direct too.
-    let r = echo(&c, &other, &format!("{}:9091", server.ip), 4096);
+    let r = echo_ok(&c, &other, &format!("{}:9091", server.ip), 4096);
     assert!(
         r["greeting"]
             .as_str()
@@ -315,15 +287,15 @@ fn never_captured_loopback_udp_excluded_ports_and_unenrolled_pods() {
         "{r}"
     );
     // Loopback inside an enrolled pod.
-    echo(&c, &client, "127.0.0.1:7070", 4096);
+    echo_ok(&c, &client, "127.0.0.1:7070", 4096);
     // A captured connection, for contrast: the socket is connected to the agent.
-    let r = echo(&c, &client, &format!("{}:8080", other2.ip), 4096);
+    let r = echo_ok(&c, &client, &format!("{}:8080", other2.ip), 4096);
     assert!(
         r["local"].as_str().unwrap().starts_with("127.0.0.1:"),
         "{r}"
     );
     // Non-enrolled pods talking to each other.
-    let r = echo(&c, &other, &format!("{}:8080", other2.ip), 4096);
+    let r = echo_ok(&c, &other, &format!("{}:8080", other2.ip), 4096);
     assert!(
         r["greeting"]
             .as_str()
@@ -341,7 +313,7 @@ fn never_captured_loopback_udp_excluded_ports_and_unenrolled_pods() {
     assert_eq!(u["ok"], true, "{u}");
 
     // None of that went through the agent; a captured connection afterwards does, once.
-    echo(&c, &client, &format!("{}:8080", server.ip), 4096);
+    echo_ok(&c, &client, &format!("{}:8080", server.ip), 4096);
     wait_closed(&agent, "inbound", &format!("{}:8080", server.ip), 1);
     let all = agent.connections().unwrap();
     assert_eq!(
@@ -361,25 +333,11 @@ fn never_captured_loopback_udp_excluded_ports_and_unenrolled_pods() {
 #[test]
 fn resets_cross_the_outbound_and_inbound_relays() {
     require_root().unwrap();
-    let c = Cluster::new("capture-rst").unwrap();
-    let n1 = c.add_node("n1").unwrap();
-    let client = c.add_pod(&n1, "client").unwrap();
-    let server = c.add_pod(&n1, "server").unwrap();
-    let plain = c.add_pod(&n1, "plain").unwrap();
-    let yaml = config_yaml(
-        &c,
-        &n1,
-        &[WorkloadSpec::new(&client), WorkloadSpec::new(&server)],
-        &[],
-    );
-    let agent = Agent::start(&c, &n1, &yaml).unwrap();
-    let reset_serve = |pod: &meshd_tests::Pod| {
+    let (c, agent, client, server, plain) = client_server_plain("capture-rst");
+    let reset_serve = |pod: &Pod| {
         let mut cmd = Command::new(testapp_bin());
         cmd.args(["reset-serve", "--listen", "0.0.0.0:8080"]);
-        let h = c.spawn_in_pod(pod, cmd).unwrap();
-        h.wait_for_output("listening", Duration::from_secs(10))
-            .unwrap();
-        h
+        spawn_listening(&c, pod, cmd)
     };
     let on_plain = reset_serve(&plain);
     let on_server = reset_serve(&server);

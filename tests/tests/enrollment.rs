@@ -6,41 +6,16 @@
 use std::{net::Ipv4Addr, path::Path, process::Command, time::Duration};
 
 use meshd_tests::{
+    enroll::{enrolled, map_count, sorted, workload_status, ClientLoop, PROGRAMS},
     mesh::{
         bpftool_json, cgroup_programs, config_yaml, netns_programs, serve, testapp_bin,
         testapp_json, Agent, WorkloadSpec,
     },
-    require_root, wait_until, Cluster, Pod, ProcHandle,
+    require_root,
+    traffic::{self, spawn_listening},
+    wait_until, Cluster, Pod,
 };
 use serde_json::Value;
-
-const PROGRAMS: [&str; 3] = ["meshd_connect4", "meshd_connect6", "meshd_sockops"];
-
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
-}
-
-fn map_count(agent: &Agent, map: &str) -> u64 {
-    agent.config_dump().unwrap()["capture"]["maps"][map]
-        .as_u64()
-        .unwrap()
-}
-
-/// The `/config_dump` capture status of one workload.
-fn status(agent: &Agent, key: &str) -> Value {
-    agent.config_dump().unwrap()["capture"]["workloads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["workload"] == key)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
-fn enrolled(agent: &Agent, key: &str) -> bool {
-    status(agent, key)["enrolled"] == true
-}
 
 /// How many times the agent logged `msg` ("workload enrolled", "workload un-enrolled")
 /// for the workload `key`.
@@ -77,12 +52,7 @@ fn re_enroll(agent: &Agent, yaml: &str, key: &str) {
 
 /// A greeted 1 KiB echo from `pod` to `dst` that must succeed.
 fn echo(c: &Cluster, pod: &Pod, dst: &str) -> Value {
-    let r = testapp_json(
-        c,
-        pod,
-        &["echo", "--greet", "--connect", dst, "--bytes", "1024"],
-    )
-    .unwrap();
+    let r = traffic::echo(c, pod, dst, 1024);
     assert_eq!(r["ok"], true, "echo from {} to {dst}: {r}", pod.name);
     r
 }
@@ -144,6 +114,15 @@ fn links_of_agent(agent: &Agent) -> usize {
         .iter()
         .filter(|l| l["prog_id"].as_u64().is_some_and(|id| ids.contains(&id)))
         .count()
+}
+
+/// The end of a re-enrollment test: the agent runs one set of links (none leaked), stops
+/// cleanly and leaves nothing on the workload's last pod (`pod`) and no pin.
+fn one_set_of_links_then_clean_stop(agent: &Agent, pod: &Pod) {
+    assert_eq!(links_of_agent(agent), 4, "one set of links, none leaked");
+    assert!(agent.stop().unwrap().success());
+    assert_nothing_at(&pod.cgroup, Some(&pod.netns_path));
+    assert!(!agent.pin_root.exists());
 }
 
 /// Changing a workload's skip ports, then its addresses, re-enrolls it: the skip maps and
@@ -237,10 +216,7 @@ fn changed_skip_ports_or_addresses_re_enroll_the_workload() {
         &format!("{new_ip}:8080")
     ) == 1));
 
-    assert_eq!(links_of_agent(&agent), 4, "one set of links, none leaked");
-    assert!(agent.stop().unwrap().success());
-    assert_nothing_at(&a.cgroup, Some(&a.netns_path));
-    assert!(!agent.pin_root.exists());
+    one_set_of_links_then_clean_stop(&agent, &a);
 }
 
 /// Changing a workload's cgroup, then its network namespace (the pod recreated: new
@@ -267,7 +243,9 @@ fn changed_cgroup_or_netns_re_enrolls_the_workload() {
     let key = "default/a";
     let to_peer = format!("{}:8080", peer.ip);
     assert_captured_at(&a.cgroup, &a.netns_path);
-    let cookie = status(&agent, key)["netns_cookie"].as_u64().unwrap();
+    let cookie = workload_status(&agent, key)["netns_cookie"]
+        .as_u64()
+        .unwrap();
 
     // Another cgroup (the pod's processes moved to a new one): processes in it are
     // captured, those left in the old cgroup no longer.
@@ -281,7 +259,10 @@ fn changed_cgroup_or_netns_re_enrolls_the_workload() {
     );
     assert_captured_at(&a_cg2.cgroup, &a.netns_path);
     assert_nothing_at(&a.cgroup, None);
-    assert_eq!(status(&agent, key)["netns_cookie"].as_u64(), Some(cookie));
+    assert_eq!(
+        workload_status(&agent, key)["netns_cookie"].as_u64(),
+        Some(cookie)
+    );
     assert!(outbound_captured(&c, &a_cg2, &to_peer));
     assert!(!outbound_captured(&c, &a, &to_peer));
     assert!(inbound_captured(&c, &peer, &format!("{}:8080", a.ip)));
@@ -297,7 +278,9 @@ fn changed_cgroup_or_netns_re_enrolls_the_workload() {
     assert_captured_at(&b.cgroup, &b.netns_path);
     assert_nothing_at(&a_cg2.cgroup, Some(&a.netns_path));
     assert_nothing_at(&a.cgroup, None);
-    let new_cookie = status(&agent, key)["netns_cookie"].as_u64().unwrap();
+    let new_cookie = workload_status(&agent, key)["netns_cookie"]
+        .as_u64()
+        .unwrap();
     assert_ne!(new_cookie, cookie);
     assert_eq!(map_count(&agent, "MESHD_PODS"), 1);
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 1);
@@ -320,28 +303,7 @@ fn changed_cgroup_or_netns_re_enrolls_the_workload() {
         .count()
         == 2));
 
-    assert_eq!(links_of_agent(&agent), 4, "one set of links, none leaked");
-    assert!(agent.stop().unwrap().success());
-    assert_nothing_at(&b.cgroup, Some(&b.netns_path));
-    assert!(!agent.pin_root.exists());
-}
-
-/// `meshd-testapp connect-until` from `pod` to `dst`, a connection every 20 ms until the
-/// stop file exists.
-fn client_loop(c: &Cluster, pod: &Pod, dst: &str) -> (ProcHandle, std::path::PathBuf) {
-    let stop = c.dir().join(format!("stop-{}", pod.name));
-    let mut cmd = Command::new(testapp_bin());
-    cmd.args(["connect-until", "--greet", "--connect", dst])
-        .args(["--interval-ms", "20", "--stop-file"])
-        .arg(&stop);
-    (c.spawn_in_pod(pod, cmd).unwrap(), stop)
-}
-
-fn rounds_ok(p: &ProcHandle) -> usize {
-    p.stdout()
-        .lines()
-        .filter(|l| l.starts_with("round ") && l.ends_with(" ok"))
-        .count()
+    one_set_of_links_then_clean_stop(&agent, &b);
 }
 
 /// Rapid enroll/un-enroll churn of one workload (edits waited for, and edits faster than
@@ -376,8 +338,8 @@ fn enroll_unenroll_churn_under_traffic_fails_nothing_and_leaks_nothing() {
     let agent = Agent::start(&c, &n1, &without).unwrap();
     serve(&c, &server, 8080).unwrap();
     let dst = format!("{}:8080", server.ip);
-    let (steady_loop, steady_stop) = client_loop(&c, &steady, &dst);
-    let (churn_loop, churn_stop) = client_loop(&c, &churn, &dst);
+    let steady_loop = ClientLoop::start(&c, &steady, &dst);
+    let churn_loop = ClientLoop::start(&c, &churn, &dst);
     let key = "default/churn";
 
     // Three full cycles, each edit waited for.
@@ -386,13 +348,12 @@ fn enroll_unenroll_churn_under_traffic_fails_nothing_and_leaks_nothing() {
         assert!(wait_until(Duration::from_secs(10), || enrolled(
             &agent, key
         )));
-        let n = rounds_ok(&churn_loop) + 5;
-        assert!(wait_until(Duration::from_secs(30), || rounds_ok(
-            &churn_loop
-        ) >= n));
+        let n = churn_loop.ok() + 5;
+        assert!(wait_until(Duration::from_secs(30), || churn_loop.ok() >= n));
         agent.write_config(&without).unwrap();
-        assert!(wait_until(Duration::from_secs(10), || status(&agent, key)
-            == Value::Null));
+        assert!(wait_until(Duration::from_secs(10), || workload_status(
+            &agent, key
+        ) == Value::Null));
     }
     // Ten edits in a row, some faster than the file is polled (every 250 ms): the
     // pauses pace the edits, they synchronise nothing.
@@ -410,19 +371,18 @@ fn enroll_unenroll_churn_under_traffic_fails_nothing_and_leaks_nothing() {
     // The last edit (`without`) is applied: churn is out, the others are in.
     let done = logged(&agent, "workload enrolled", key);
     assert!(wait_until(Duration::from_secs(10), || {
-        status(&agent, key) == Value::Null && logged(&agent, "workload un-enrolled", key) == done
+        workload_status(&agent, key) == Value::Null
+            && logged(&agent, "workload un-enrolled", key) == done
     }));
     for (p, n) in [(&steady_loop, 20), (&churn_loop, 20)] {
-        let target = rounds_ok(p) + n;
-        assert!(wait_until(Duration::from_secs(30), || rounds_ok(p) >= target));
+        let target = p.ok() + n;
+        assert!(wait_until(Duration::from_secs(30), || p.ok() >= target));
     }
 
-    std::fs::write(&steady_stop, "").unwrap();
-    std::fs::write(&churn_stop, "").unwrap();
-    for p in [&steady_loop, &churn_loop] {
-        p.wait(Duration::from_secs(20)).unwrap();
-        let summary: Value = serde_json::from_str(p.stdout().lines().last().unwrap()).unwrap();
-        assert_eq!(summary["failed"], 0, "{}: {summary}", p.name());
+    for p in [steady_loop, churn_loop] {
+        let name = p.proc.name().to_string();
+        let summary = p.stop();
+        assert_eq!(summary["failed"], 0, "{name}: {summary}");
     }
 
     // Nothing of the churned workload is left; the others are intact.
@@ -458,10 +418,7 @@ fn a_workload_that_cannot_be_enrolled_is_reported_and_the_others_work() {
     let server = c.add_pod(&n1, "server").unwrap();
     let mut blocker = Command::new(testapp_bin());
     blocker.args(["serve", "--listen", "127.0.0.1:15001"]);
-    let blocker = c.spawn_in_pod(&busy, blocker).unwrap();
-    blocker
-        .wait_for_output("listening", Duration::from_secs(10))
-        .unwrap();
+    let blocker = spawn_listening(&c, &busy, blocker);
     let yaml = config_yaml(
         &c,
         &n1,
@@ -476,7 +433,7 @@ fn a_workload_that_cannot_be_enrolled_is_reported_and_the_others_work() {
     serve(&c, &server, 8080).unwrap();
     let dst = format!("{}:8080", server.ip);
 
-    let st = status(&agent, "default/busy");
+    let st = workload_status(&agent, "default/busy");
     assert_eq!(st["enrolled"], false, "{st}");
     let err = st["error"].as_str().unwrap();
     assert!(
@@ -518,7 +475,10 @@ fn a_workload_that_cannot_be_enrolled_is_reported_and_the_others_work() {
         &agent,
         "default/busy"
     )));
-    assert_eq!(status(&agent, "default/busy")["error"], Value::Null);
+    assert_eq!(
+        workload_status(&agent, "default/busy")["error"],
+        Value::Null
+    );
     assert_captured_at(&busy.cgroup, &busy.netns_path);
     assert!(outbound_captured(&c, &busy, &dst));
     assert!(agent.stop().unwrap().success());
@@ -554,7 +514,7 @@ fn a_vanished_namespace_is_reported_and_a_recreated_one_is_re_enrolled() {
     let agent = Agent::start(&c, &n1, &config("1")).unwrap();
     serve(&c, &server, 8080).unwrap();
     let dst = format!("{}:8080", server.ip);
-    let old_cookie = status(&agent, "default/x")["netns_cookie"]
+    let old_cookie = workload_status(&agent, "default/x")["netns_cookie"]
         .as_u64()
         .unwrap();
     let ip_netns = |verb: &str| {
@@ -583,7 +543,7 @@ fn a_vanished_namespace_is_reported_and_a_recreated_one_is_re_enrolled() {
     ip_netns("add");
     agent.write_config(&config("3")).unwrap();
     assert!(wait_until(Duration::from_secs(10), || {
-        let st = status(&agent, "default/x");
+        let st = workload_status(&agent, "default/x");
         st["enrolled"] == true && st["netns_cookie"].as_u64() != Some(old_cookie)
     }));
     assert_eq!(agent.config_dump().unwrap()["configError"], Value::Null);

@@ -7,9 +7,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use meshd_tests::mesh::Agent;
+use meshd_tests::traffic::spawn_listening;
 use meshd_tests::{
     cgroup2_mount, cleanup_stale, http_get, http_get_timeout, leftovers, netns_inode, require_root,
-    wait_until, Cluster,
+    wait_until, Cluster, Node, ProcHandle,
 };
 
 fn testapp() -> Command {
@@ -275,6 +276,17 @@ fn live_starttime(pid: i32) -> Option<u64> {
     after.get(19)?.parse().ok()
 }
 
+/// Starts `sh -c SCRIPT` in a node and waits until it prints `MARKER<pid>` (the pid of a
+/// process it started); returns the shell and that pid.
+fn sh_saying_pid(c: &Cluster, n: &Node, script: &str, marker: &str) -> (ProcHandle, i32) {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script]);
+    let sh = c.spawn_in_node(n, cmd).unwrap();
+    let line = sh.wait_for_output(marker, Duration::from_secs(10)).unwrap();
+    let pid: i32 = line.trim()[marker.len()..].parse().unwrap();
+    (sh, pid)
+}
+
 /// Dropping a cluster during a panic removes everything: the pod's process, a node
 /// process's background grandchild (which runs outside any pod cgroup: the leak check
 /// sees it while it runs, and it is gone after the drop), the pins and namespaces. A
@@ -292,21 +304,14 @@ fn drop_cleans_up_also_after_panic() {
         let p = c.add_pod(&n, "pod").unwrap();
         let mut cmd = Command::new(app);
         cmd.args(["serve", "--listen", "0.0.0.0:8080"]);
-        let h = c.spawn_in_pod(&p, cmd).unwrap();
-        h.wait_for_output("listening", Duration::from_secs(10))
-            .unwrap();
+        let h = spawn_listening(&c, &p, cmd);
         // A grandchild: `sh` in the node starts a background `sleep` and says its pid.
-        let sh = c
-            .spawn_in_node(&n, {
-                let mut cmd = Command::new("sh");
-                cmd.args(["-c", "sleep 100 & echo grandchild=$!; wait"]);
-                cmd
-            })
-            .unwrap();
-        let line = sh
-            .wait_for_output("grandchild=", Duration::from_secs(10))
-            .unwrap();
-        let pid: i32 = line.trim()["grandchild=".len()..].parse().unwrap();
+        let (sh, pid) = sh_saying_pid(
+            &c,
+            &n,
+            "sleep 100 & echo grandchild=$!; wait",
+            "grandchild=",
+        );
         assert_ne!(pid, sh.pid() as i32);
         let start = live_starttime(pid).expect("the grandchild runs");
         *grandchild.lock().unwrap() = Some((pid, start));
@@ -394,7 +399,7 @@ fn invalid_names_are_rejected() {
 }
 
 /// A stand-in for an agent in node `n`: `sh` that exits with `code` on SIGTERM.
-fn fake_agent(c: &Cluster, n: &meshd_tests::Node, code: u8) -> Agent {
+fn fake_agent(c: &Cluster, n: &Node, code: u8) -> Agent {
     let proc = c
         .spawn_in_node(n, {
             let mut cmd = Command::new("sh");
@@ -468,20 +473,12 @@ fn leak_check_sees_a_process_that_escaped_the_cleanup() {
     let c = Cluster::new("escape").unwrap();
     let prefix = c.prefix().to_string();
     let n = c.add_node("n1").unwrap();
-    let sh = c
-        .spawn_in_node(&n, {
-            let mut cmd = Command::new("sh");
-            cmd.args([
-                "-c",
-                "setsid sh -c 'echo escaped=$$; exec sleep 300' & wait",
-            ]);
-            cmd
-        })
-        .unwrap();
-    let line = sh
-        .wait_for_output("escaped=", Duration::from_secs(10))
-        .unwrap();
-    let pid: i32 = line.trim()["escaped=".len()..].parse().unwrap();
+    let (_sh, pid) = sh_saying_pid(
+        &c,
+        &n,
+        "setsid sh -c 'echo escaped=$$; exec sleep 300' & wait",
+        "escaped=",
+    );
     let _guard = KillOnDrop(pid);
     assert!(
         wait_until(Duration::from_secs(5), || {

@@ -4,7 +4,6 @@
 //! that refuses our certificate.
 
 use std::{
-    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -15,35 +14,13 @@ use meshd_tests::{
         served_certificates, testapp_bin, testapp_json, with_identity, Agent, WireCapture,
         WorkloadSpec,
     },
-    require_root, wait_until, Cluster, Node, Pod, Signal,
+    metrics::rejected,
+    require_root,
+    traffic::{echo_with, last_json_line},
+    two_nodes::{remote, spiffe, two_nodes},
+    wait_until, Cluster, Node, Pod, Signal,
 };
 use serde_json::Value;
-
-fn spiffe(sa: &str) -> String {
-    format!("spiffe://cluster.local/ns/default/sa/{sa}")
-}
-
-fn remote(pod: &Pod) -> WorkloadSpec {
-    let mut w = WorkloadSpec::new(pod);
-    w.remote = true;
-    w
-}
-
-fn metric(agent: &Agent, line_prefix: &str) -> u64 {
-    let (_, text) = agent.get("/metrics").unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn rejected(agent: &Agent, direction: &str, reason: &str) -> u64 {
-    metric(
-        agent,
-        &format!("hbone_rejected_total{{direction=\"{direction}\",reason=\"{reason}\"}}"),
-    )
-}
 
 /// Open pooled HBONE connections of an agent (`/config_dump`).
 fn pooled(agent: &Agent) -> u64 {
@@ -52,22 +29,9 @@ fn pooled(agent: &Agent) -> u64 {
         .unwrap()
 }
 
+/// A greeted echo of `bytes` from `from` to `to` that gives up after 10 s; the report.
 fn echo(c: &Cluster, from: &Pod, to: &str, bytes: u64) -> Value {
-    testapp_json(
-        c,
-        from,
-        &[
-            "echo",
-            "--greet",
-            "--connect",
-            to,
-            "--bytes",
-            &bytes.to_string(),
-            "--timeout-secs",
-            "10",
-        ],
-    )
-    .unwrap()
+    echo_with(c, from, to, bytes, &["--timeout-secs", "10"])
 }
 
 /// Log lines of an agent containing every one of `parts`.
@@ -78,42 +42,6 @@ fn log_lines(agent: &Agent, parts: &[&str]) -> usize {
         .lines()
         .filter(|l| parts.iter().all(|p| l.contains(p)))
         .count()
-}
-
-struct Mesh {
-    c: Cluster,
-    n1: Node,
-    n2: Node,
-    a: Pod,
-    b: Pod,
-    ca: PathBuf,
-}
-
-/// Node 1 runs pod a, node 2 runs pod b; both agents issue under one trust anchor.
-fn mesh(name: &str) -> (Mesh, Agent, Agent) {
-    let c = Cluster::new(name).unwrap();
-    let n1 = c.add_node("n1").unwrap();
-    let n2 = c.add_node("n2").unwrap();
-    let a = c.add_pod(&n1, "a").unwrap();
-    let b = c.add_pod(&n2, "b").unwrap();
-    let ca = identity_init(&c, "ca").unwrap();
-    let anchors = ca.join("ca.crt");
-    let y1 = config_yaml(&c, &n1, &[WorkloadSpec::new(&a), remote(&b)], &[]);
-    let y2 = config_yaml(&c, &n2, &[remote(&a), WorkloadSpec::new(&b)], &[]);
-    let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &anchors, &ca, 3600)).unwrap();
-    let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &anchors, &ca, 3600)).unwrap();
-    (
-        Mesh {
-            c,
-            n1,
-            n2,
-            a,
-            b,
-            ca,
-        },
-        agent1,
-        agent2,
-    )
 }
 
 /// A misbehaving HBONE client (the system python3 with `python3-h2`, as `l7.rs`), run
@@ -176,9 +104,7 @@ fn client_py(c: &Cluster, node: &Node, args: &[&str]) -> Value {
     let out = c
         .run_in_node_timeout(node, cmd, Duration::from_secs(60))
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|_| panic!("client: {stdout} {}", String::from_utf8_lossy(&out.stderr)))
+    last_json_line("client", &out)
 }
 
 /// Refusals on the inbound side that need a misbehaving client, each counted exactly once
@@ -190,7 +116,7 @@ fn client_py(c: &Cluster, node: &Node, args: &[&str]) -> Value {
 #[test]
 fn misbehaving_clients_are_refused_with_their_reason() {
     require_root().unwrap();
-    let (m, agent1, agent2) = mesh("hbone-refuse");
+    let (m, agent1, agent2) = two_nodes("hbone-refuse", &[]);
     let c = &m.c;
     let app = serve(c, &m.b, 8080).unwrap();
     let ip = m.b.ip.to_string();
@@ -347,7 +273,7 @@ fn corrupted(error: &str) -> bool {
 #[test]
 fn agent_restarts_under_traffic_refuse_then_resume_over_hbone() {
     require_root().unwrap();
-    let (m, agent1, agent2) = mesh("hbone-restart");
+    let (m, agent1, agent2) = two_nodes("hbone-restart", &[]);
     let c = &m.c;
     let app = serve(c, &m.b, 8080).unwrap();
     let dst = format!("{}:8080", m.b.ip);
@@ -438,7 +364,7 @@ fn agent_restarts_under_traffic_refuse_then_resume_over_hbone() {
 #[test]
 fn more_than_a_hundred_concurrent_tunnels_share_two_connections() {
     require_root().unwrap();
-    let (m, agent1, agent2) = mesh("hbone-scale");
+    let (m, agent1, agent2) = two_nodes("hbone-scale", &[]);
     let c = &m.c;
     serve(c, &m.b, 8080).unwrap();
     let dst = format!("{}:8080", m.b.ip);
@@ -506,7 +432,7 @@ fn more_than_a_hundred_concurrent_tunnels_share_two_connections() {
 #[test]
 fn keepalive_drops_a_silent_peer_and_the_pool_replaces_it() {
     require_root().unwrap();
-    let (m, agent1, agent2) = mesh("hbone-keepalive");
+    let (m, agent1, agent2) = two_nodes("hbone-keepalive", &[]);
     let c = &m.c;
     serve(c, &m.b, 8080).unwrap();
     let dst = format!("{}:8080", m.b.ip);

@@ -2,115 +2,53 @@
 //! app (reset), header counts and the 16 KiB head read, hop-by-hop headers end to end,
 //! Linkerd's default opaque-port list, and plaintext HTTP detected inbound.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use meshd_tests::{
-    mesh::{
-        config_yaml, identity_init, with_identity, Agent, ClientServer, ServiceSpec, WorkloadSpec,
-    },
-    require_root, wait_until, Cluster, Pod, ProcHandle,
+    mesh::{ClientServer, ServiceSpec},
+    metrics::{metrics, settle, sum_metric},
+    require_root,
+    traffic::{closed_records, curl_output, raw_client, spawn_listening, start_app},
+    wait_until, Cluster, Pod, ProcHandle,
 };
 use serde_json::Value;
 
-fn apps_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("apps")
-}
-
-/// Sums the samples of `name` whose labels include every `(label, value)`.
-fn sum_metric(text: &str, name: &str, filters: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| {
-            filters
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn metrics(agent: &Agent) -> String {
-    agent.get("/metrics").unwrap().1
-}
-
-/// Waits (10 s at most) until the sum of `name{filters}` on `agent` is `want` (counters
-/// are updated as a request or connection ends, which can be just after the client has
-/// seen that end); fails otherwise. Returns the metrics text it saw.
-fn settle(agent: &Agent, name: &str, filters: &[(&str, &str)], want: f64) -> String {
-    let mut text = String::new();
-    let ok = wait_until(Duration::from_secs(10), || {
-        text = metrics(agent);
-        sum_metric(&text, name, filters) == want
-    });
-    assert!(ok, "{name} {filters:?} is not {want}:\n{text}");
-    text
-}
-
+/// `apps/http_app.py` on `port` in a pod.
 fn http_app(c: &Cluster, pod: &Pod, port: u16) -> ProcHandle {
-    let mut cmd = Command::new("python3");
-    cmd.arg(apps_dir().join("http_app.py"))
-        .arg(port.to_string());
-    let h = c.spawn_in_pod(pod, cmd).unwrap();
-    h.wait_for_output("listening", Duration::from_secs(10))
-        .unwrap();
-    h
+    start_app(c, pod, "python3", "http_app.py", port)
 }
 
 /// `meshd-testapp serve` (echo, the client speaks first) on `port`.
 fn echo_app(c: &Cluster, pod: &Pod, port: u16) -> ProcHandle {
     let mut cmd = Command::new(meshd_tests::mesh::testapp_bin());
     cmd.args(["serve", "--listen", &format!("0.0.0.0:{port}")]);
-    let h = c.spawn_in_pod(pod, cmd).unwrap();
-    h.wait_for_output("listening", Duration::from_secs(10))
-        .unwrap();
-    h
+    spawn_listening(c, pod, cmd)
 }
 
 /// `curl -sS ARGS` in a pod: (exit status success, stdout).
 fn curl(c: &Cluster, pod: &Pod, args: &[&str]) -> (bool, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "20"]).args(args);
-    let out = c.run_in_pod(pod, cmd).unwrap();
+    let out = curl_output(c, pod, 20, args);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
 
-/// Sends `payload` (Python escapes) to `ip:port` from a pod and reads the reply to its end:
-/// `{"reply", "end": "eof"|"reset"|"timeout", "secs"}`.
-fn raw(c: &Cluster, pod: &Pod, ip: &str, port: u16, payload: &str, shut_write: bool) -> Value {
-    let mut cmd = Command::new("python3");
-    cmd.arg(apps_dir().join("raw_client.py"))
-        .args([ip, &port.to_string(), payload]);
-    if shut_write {
-        cmd.arg("--shut-write");
-    }
-    let out = c.run_in_pod(pod, cmd).unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "raw_client: {e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+/// The client/server mesh and two pods outside it: `ext` on node 2 (an HTTP app on 8000,
+/// as on `web`) and `outsider` on node 1 (a client).
+fn with_outsiders(name: &str) -> (ClientServer, Pod, Pod) {
+    let m = ClientServer::start(name).unwrap();
+    let c = &m.cluster;
+    let ext = c.add_pod(&m.n2, "ext").unwrap();
+    let outsider = c.add_pod(&m.n1, "outsider").unwrap();
+    http_app(c, &m.web, 8000);
+    http_app(c, &ext, 8000);
+    (m, ext, outsider)
 }
 
 /// The first line of a raw reply.
 fn status_line(r: &Value) -> &str {
     r["reply"].as_str().unwrap().split("\r\n").next().unwrap()
-}
-
-/// The closed records of `agent` to `orig_dst`, once there are `n` (a record closes just
-/// after the client sees the end), or what there is after 10 s.
-fn closed(agent: &Agent, direction: &str, orig_dst: &str, n: usize) -> Vec<Value> {
-    let mut recs = Vec::new();
-    wait_until(Duration::from_secs(10), || {
-        recs = agent.closed_to(direction, orig_dst).unwrap();
-        recs.len() >= n
-    });
-    recs
 }
 
 /// Proves "an upstream that fails a request gives the client 502", counted as
@@ -123,40 +61,25 @@ fn closed(agent: &Agent, direction: &str, orig_dst: &str, n: usize) -> Vec<Value
 #[test]
 fn failing_upstreams_give_502_and_absent_apps_a_reset() {
     require_root().unwrap();
-    let m = ClientServer::start("http-502").unwrap();
+    let (m, ext, outsider) = with_outsiders("http-502");
     let c = &m.cluster;
-    // Pods outside the mesh: a server on node 2, a client on node 1.
-    let ext = c.add_pod(&m.n2, "ext").unwrap();
-    let outsider = c.add_pod(&m.n1, "outsider").unwrap();
-    http_app(c, &m.web, 8000);
-    http_app(c, &ext, 8000);
 
-    // Behind two agents: agent 2's upstream (the app) fails the request.
-    let (ok, out) = curl(
-        c,
-        &m.client,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("http://{}:8000/close", m.web.ip),
-        ],
-    );
-    assert!(ok && out == "502", "{out}");
-    // Outbound to a destination outside the mesh: agent 1's upstream fails it.
-    let (ok, out) = curl(
-        c,
-        &m.client,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("http://{}:8000/close", ext.ip),
-        ],
-    );
-    assert!(ok && out == "502", "{out}");
+    // Behind two agents, agent 2's upstream (the app) fails the request; outbound to a
+    // destination outside the mesh, agent 1's upstream fails it.
+    for ip in [m.web.ip, ext.ip] {
+        let (ok, out) = curl(
+            c,
+            &m.client,
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://{ip}:8000/close"),
+            ],
+        );
+        assert!(ok && out == "502", "{out}");
+    }
     let errors = |t: &str, direction| {
         sum_metric(
             t,
@@ -199,13 +122,13 @@ fn failing_upstreams_give_502_and_absent_apps_a_reset() {
     let get = "GET / HTTP/1.1\\r\\nHost: web\\r\\n\\r\\n";
     let web_ip = m.web.ip.to_string();
     for (pod, agent_dir) in [(&m.client, "outbound"), (&outsider, "inbound")] {
-        let r = raw(c, pod, &web_ip, 8009, get, false);
+        let r = raw_client(c, pod, &web_ip, 8009, get, false);
         assert_eq!(r["end"], "reset", "{agent_dir}: {r}");
         assert_eq!(r["reply"], "", "{r}");
         assert!(r["secs"].as_f64().unwrap() < 5.0, "{r}");
     }
     let dst = format!("{}:8009", m.web.ip);
-    let rec = closed(&m.agent1, "outbound", &dst, 1);
+    let rec = closed_records(&m.agent1, "outbound", &dst, 1);
     assert_eq!(rec.len(), 1, "{rec:?}");
     assert!(
         rec[0]["error"]
@@ -213,7 +136,7 @@ fn failing_upstreams_give_502_and_absent_apps_a_reset() {
             .is_some_and(|e| e.contains("503 Service Unavailable")),
         "{rec:?}"
     );
-    let recs = closed(&m.agent2, "inbound", &dst, 2);
+    let recs = closed_records(&m.agent2, "inbound", &dst, 2);
     assert_eq!(recs.len(), 2, "{recs:?}");
     assert!(
         recs.iter()
@@ -257,12 +180,8 @@ fn split_response(reply: &str) -> (Vec<(String, String)>, String) {
 #[test]
 fn hop_by_hop_headers_are_not_forwarded_end_to_end() {
     require_root().unwrap();
-    let m = ClientServer::start("http-hop").unwrap();
+    let (m, ext, outsider) = with_outsiders("http-hop");
     let c = &m.cluster;
-    let ext = c.add_pod(&m.n2, "ext").unwrap();
-    let outsider = c.add_pod(&m.n1, "outsider").unwrap();
-    http_app(c, &m.web, 8000);
-    http_app(c, &ext, 8000);
     let request = "GET /headers HTTP/1.1\\r\\nHost: app\\r\\nConnection: close, X-Hop\\r\\nX-Hop: secret\\r\\nKeep-Alive: timeout=5\\r\\nTE: trailers, deflate\\r\\nTrailer: X-Checksum\\r\\nUpgrade: h2c\\r\\nProxy-Connection: keep-alive\\r\\nX-Kept: yes\\r\\n\\r\\n";
     let cases = [
         ("two agents", &m.client, m.web.ip.to_string()),
@@ -270,7 +189,7 @@ fn hop_by_hop_headers_are_not_forwarded_end_to_end() {
         ("inbound agent", &outsider, m.web.ip.to_string()),
     ];
     for (what, from, to) in cases {
-        let r = raw(c, from, &to, 8000, request, false);
+        let r = raw_client(c, from, &to, 8000, request, false);
         assert_eq!(status_line(&r), "HTTP/1.1 200 OK", "{what}: {r}");
         let (headers, body) = split_response(r["reply"].as_str().unwrap());
         // What the app saw: exactly Host, TE: trailers and X-Kept.
@@ -342,7 +261,7 @@ fn header_counts_and_the_16_kib_head() {
 
     // 100 header lines (Host, Content-Length, Connection and 97 more): answered.
     let ok100 = head("Content-Length: 0\\r\\nConnection: close\\r\\n", 97, 8, "");
-    let r = raw(c, &m.client, &ip, 8000, &ok100, false);
+    let r = raw_client(c, &m.client, &ip, 8000, &ok100, false);
     assert_eq!(status_line(&r), "HTTP/1.1 200 OK", "{r}");
     assert!(r["reply"]
         .as_str()
@@ -350,7 +269,7 @@ fn header_counts_and_the_16_kib_head() {
         .ends_with(&format!("{sha_empty}\n")));
     // 101: refused by agent 1 with 431, and the connection closed.
     let bad101 = head("Content-Length: 0\\r\\nConnection: close\\r\\n", 98, 8, "");
-    let r = raw(c, &m.client, &ip, 8000, &bad101, false);
+    let r = raw_client(c, &m.client, &ip, 8000, &bad101, false);
     assert_eq!(
         status_line(&r),
         "HTTP/1.1 431 Request Header Fields Too Large",
@@ -373,7 +292,7 @@ fn header_counts_and_the_16_kib_head() {
             "Transfer-Encoding: chunked\\r\\n"
         )
     );
-    let r = raw(c, &m.client, &ip, 8000, &smuggle, false);
+    let r = raw_client(c, &m.client, &ip, 8000, &smuggle, false);
     assert_eq!(status_line(&r), "HTTP/1.1 400 Bad Request", "{r}");
     assert_eq!(r["end"], "eof", "{r}");
     assert!(r["secs"].as_f64().unwrap() < 5.0, "{r}");
@@ -384,7 +303,7 @@ fn header_counts_and_the_16_kib_head() {
         1000,
         "",
     );
-    let r = raw(c, &m.client, &ip, 8000, &big, false);
+    let r = raw_client(c, &m.client, &ip, 8000, &big, false);
     assert_eq!(status_line(&r), "HTTP/1.1 200 OK", "{r}");
     assert!(r["reply"]
         .as_str()
@@ -395,46 +314,6 @@ fn header_counts_and_the_16_kib_head() {
     assert_eq!(sum_metric(&t2, "http_errors_total", &[]), 0.0, "{t2}");
     m.agent1.stop().unwrap();
     m.agent2.stop().unwrap();
-}
-
-/// Node 1: pod `client`; node 2: pod `web` (label `app: web`); mutual TLS; `opaque`
-/// (`None`: the agent's default list) for `client` and `web`; `services` in agent 1's
-/// config.
-fn mesh_with(
-    name: &str,
-    client_opaque: Option<&[u16]>,
-    web_opaque: Option<&[u16]>,
-    services: &[ServiceSpec],
-) -> ClientServer {
-    let c = Cluster::new(name).unwrap();
-    let n1 = c.add_node("n1").unwrap();
-    let n2 = c.add_node("n2").unwrap();
-    let client = c.add_pod(&n1, "client").unwrap();
-    let web = c.add_pod(&n2, "web").unwrap();
-    let ca = identity_init(&c, "ca").unwrap();
-    let anchors = ca.join("ca.crt");
-    let client_w = WorkloadSpec::new(&client).opaque(client_opaque);
-    let web_w = WorkloadSpec::new(&web)
-        .label("app", "web")
-        .opaque(web_opaque);
-    let remote = |w: &WorkloadSpec| {
-        let mut w = w.clone();
-        w.remote = true;
-        w
-    };
-    let y1 = config_yaml(&c, &n1, &[client_w.clone(), remote(&web_w)], services);
-    let y2 = config_yaml(&c, &n2, &[remote(&client_w), web_w], &[]);
-    let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &anchors, &ca, 3600)).unwrap();
-    let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &anchors, &ca, 3600)).unwrap();
-    ClientServer {
-        cluster: c,
-        n1,
-        n2,
-        client,
-        web,
-        agent1,
-        agent2,
-    }
 }
 
 /// Proves the default opaque-port list and inbound plaintext detection. With no
@@ -449,7 +328,7 @@ fn default_opaque_ports_and_inbound_plaintext_detection() {
     require_root().unwrap();
     // The client lists 5000 as opaque for itself: for its outbound connections the
     // destination's list (here the default) applies, so 5000 is still detected.
-    let m = mesh_with("http-opaque", Some(&[5000]), None, &[]);
+    let m = ClientServer::start_with("http-opaque", Some(&[5000]), None, &[]).unwrap();
     let c = &m.cluster;
     let outsider = c.add_pod(&m.n1, "outsider").unwrap();
     echo_app(c, &m.web, 3306);
@@ -461,7 +340,7 @@ fn default_opaque_ports_and_inbound_plaintext_detection() {
 
     // 3306: opaque by default, both ways of reaching it.
     for from in [&m.client, &outsider] {
-        let r = raw(c, from, &ip, 3306, ambiguous, true);
+        let r = raw_client(c, from, &ip, 3306, ambiguous, true);
         assert_eq!(r["reply"], want.as_str(), "{r}");
         assert_eq!(r["end"], "eof", "{r}");
     }
@@ -497,7 +376,7 @@ fn default_opaque_ports_and_inbound_plaintext_detection() {
         (&m.client, &m.agent1, "outbound"),
         (&outsider, &m.agent2, "inbound"),
     ] {
-        let r = raw(c, from, &ip, 5000, ambiguous, false);
+        let r = raw_client(c, from, &ip, 5000, ambiguous, false);
         assert_eq!(
             status_line(&r),
             "HTTP/1.1 400 Bad Request",
@@ -556,20 +435,14 @@ fn default_opaque_ports_and_inbound_plaintext_detection() {
 #[test]
 fn service_requests_carry_dst_service() {
     require_root().unwrap();
-    let svc = ServiceSpec {
-        name: "web".into(),
-        vip: "10.96.0.10".into(),
-        port: 80,
-        target_port: 8000,
-        selector: std::collections::BTreeMap::from([("app".to_string(), "web".to_string())]),
-        endpoints: vec![],
-    };
-    let m = mesh_with(
+    let svc = ServiceSpec::web("10.96.0.10", 8000);
+    let m = ClientServer::start_with(
         "http-svc",
         Some(&meshd_tests::mesh::GREETING_PORTS),
         Some(&meshd_tests::mesh::GREETING_PORTS),
         &[svc],
-    );
+    )
+    .unwrap();
     let c = &m.cluster;
     http_app(c, &m.web, 8000);
     let mut args = vec!["-w", "%{http_code}\n"];

@@ -2,14 +2,14 @@
 //! ([`Cluster::new_dual_stack`]): connect6 (outbound), IPv6 sk_lookup (inbound),
 //! IPv4-mapped addresses of dual-stack sockets, in-pod `::1`, and HBONE over IPv6.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use meshd_tests::{
-    mesh::{
-        config_yaml, identity_init, meshd_bin, serve_at, testapp_json, with_identity, Agent,
-        ServiceSpec, WireCapture, WorkloadSpec,
-    },
-    require_root, wait_until, Cluster, Pod,
+    mesh::{config_yaml, meshd_bin, serve_at, Agent, ServiceSpec, WireCapture, WorkloadSpec},
+    require_root,
+    traffic::{echo_ok, last_json_line, wait_closed},
+    two_nodes::{spiffe, two_nodes_in},
+    Cluster, Pod,
 };
 use serde_json::Value;
 
@@ -27,30 +27,6 @@ fn v6_host(pod: &Pod) -> String {
         "[{}]:",
         pod.ip6.expect("a dual-stack pod has an IPv6 address")
     )
-}
-
-/// Echoes `bytes` from `pod` to `to` through a greeting server; asserts it came back intact.
-fn echo(c: &Cluster, pod: &Pod, to: &str, bytes: u64) -> Value {
-    let n = bytes.to_string();
-    let r = testapp_json(c, pod, &["echo", "--greet", "--connect", to, "--bytes", &n]).unwrap();
-    assert_eq!(r["ok"], true, "echo from {} to {to}: {r}", pod.name);
-    assert_eq!(r["bytes_received"].as_u64(), Some(bytes), "{r}");
-    r
-}
-
-/// Waits until the agent reports exactly `n` closed connections matching the filter.
-fn wait_closed(agent: &Agent, direction: &str, orig_dst: &str, n: usize) -> Vec<Value> {
-    let mut last = Vec::new();
-    wait_until(Duration::from_secs(10), || {
-        last = agent.closed_to(direction, orig_dst).unwrap();
-        last.len() >= n
-    });
-    assert_eq!(
-        last.len(),
-        n,
-        "{direction} connections to {orig_dst}: {last:#?}"
-    );
-    last
 }
 
 fn greeting(r: &Value) -> &str {
@@ -98,7 +74,7 @@ fn ipv6_outbound_and_inbound_capture_carry_bytes_intact() {
     // Outbound (connect6): the client's socket is connected to the agent on [::1], the
     // server sees the client pod's address.
     let plain_dst = v6(&plain, 8080);
-    let r = echo(&c, &client, &plain_dst, 16 * MIB);
+    let r = echo_ok(&c, &client, &plain_dst, 16 * MIB);
     assert!(
         r["local"].as_str().unwrap().starts_with("[::1]:"),
         "captured: the socket is connected to the agent's [::1] listener: {r}"
@@ -115,7 +91,7 @@ fn ipv6_outbound_and_inbound_capture_carry_bytes_intact() {
 
     // Inbound (sk_lookup on the IPv6 address): delivered to the app over [::1].
     let server_dst = v6(&server, 8080);
-    let r = echo(&c, &plain, &server_dst, 8 * MIB);
+    let r = echo_ok(&c, &plain, &server_dst, 8 * MIB);
     assert!(greeting(&r).contains("peer=[::1]:"), "{r}");
     assert!(
         r["local"].as_str().unwrap().starts_with(&v6_host(&plain)),
@@ -134,7 +110,7 @@ fn ipv6_outbound_and_inbound_capture_carry_bytes_intact() {
     assert_eq!(inb[0]["bytes_sent"].as_u64(), Some(8 * MIB));
 
     // Enrolled to enrolled over IPv6: once per side, nothing captured twice.
-    echo(&c, &client, &server_dst, 4 * MIB);
+    echo_ok(&c, &client, &server_dst, 4 * MIB);
     wait_closed(&agent, "outbound", &server_dst, 1);
     let inb = wait_closed(&agent, "inbound", &server_dst, 2);
     assert!(
@@ -160,7 +136,7 @@ fn ipv4_mapped_captured_as_ipv4_loopback_and_skipped_ports_never() {
 
     let mapped = format!("[::ffff:{}]:8080", plain.ip);
     let plain4 = format!("{}:8080", plain.ip);
-    let r = echo(&c, &client, &mapped, 4 * MIB);
+    let r = echo_ok(&c, &client, &mapped, 4 * MIB);
     assert!(
         r["local"]
             .as_str()
@@ -179,10 +155,10 @@ fn ipv4_mapped_captured_as_ipv4_loopback_and_skipped_ports_never() {
     assert_eq!(out[0]["error"], Value::Null);
 
     // In-pod loopback over IPv6, to the pod's own server: direct.
-    let r = echo(&c, &client, "[::1]:7070", MIB);
+    let r = echo_ok(&c, &client, "[::1]:7070", MIB);
     assert!(greeting(&r).contains("local=[::1]:7070"), "{r}");
     // Skipped outbound port: the client's socket really is connected to the server.
-    let r = echo(&c, &client, &v6(&plain, 9090), 4096);
+    let r = echo_ok(&c, &client, &v6(&plain, 9090), 4096);
     assert!(
         r["local"].as_str().unwrap().starts_with(&v6_host(&client)),
         "{r}"
@@ -193,7 +169,7 @@ fn ipv4_mapped_captured_as_ipv4_loopback_and_skipped_ports_never() {
     );
     // Skipped inbound port, from a non-enrolled pod: the app sees the client itself (an
     // inbound capture would deliver it from [::1]).
-    let r = echo(&c, &plain, &v6(&server, 9091), 4096);
+    let r = echo_ok(&c, &plain, &v6(&server, 9091), 4096);
     assert!(
         greeting(&r).contains(&format!("peer={}", v6_host(&plain))),
         "{r}"
@@ -201,7 +177,7 @@ fn ipv4_mapped_captured_as_ipv4_loopback_and_skipped_ports_never() {
     // A captured IPv6 connection afterwards, as a marker: once it is recorded, an earlier
     // loopback capture would have been recorded too.
     let plain_dst = v6(&plain, 8080);
-    echo(&c, &client, &plain_dst, 4096);
+    echo_ok(&c, &client, &plain_dst, 4096);
     wait_closed(&agent, "outbound", &plain_dst, 1);
     let all = agent.connections().unwrap();
     assert_eq!(
@@ -223,35 +199,21 @@ fn ipv4_mapped_captured_as_ipv4_loopback_and_skipped_ports_never() {
 #[test]
 fn pods_talk_over_hbone_on_ipv6_across_nodes() {
     require_root().unwrap();
-    let c = Cluster::new_dual_stack("ipv6-hbone").unwrap();
-    let n1 = c.add_node("n1").unwrap();
-    let n2 = c.add_node("n2").unwrap();
-    let a = c.add_pod(&n1, "a").unwrap();
-    let b = c.add_pod(&n2, "b").unwrap();
-    let ca = identity_init(&c, "ca").unwrap();
+    let (t, agent1, agent2) = two_nodes_in(Cluster::new_dual_stack("ipv6-hbone").unwrap(), &[]);
+    let (c, n2, a, b, ca) = (&t.c, &t.n2, &t.a, &t.b, &t.ca);
     let anchors = ca.join("ca.crt");
-    let remote = |p: &Pod| {
-        let mut w = WorkloadSpec::new(p);
-        w.remote = true;
-        w
-    };
-    let y1 = config_yaml(&c, &n1, &[WorkloadSpec::new(&a), remote(&b)], &[]);
-    let y2 = config_yaml(&c, &n2, &[remote(&a), WorkloadSpec::new(&b)], &[]);
-    let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &anchors, &ca, 3600)).unwrap();
-    let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &anchors, &ca, 3600)).unwrap();
-    serve_at(&c, &b, "[::]:8080").unwrap();
-    let wire = WireCapture::start(&c).unwrap();
+    serve_at(c, b, "[::]:8080").unwrap();
+    let wire = WireCapture::start(c).unwrap();
 
-    let b_dst = v6(&b, 8080);
+    let b_dst = v6(b, 8080);
     for _ in 0..3 {
-        let r = echo(&c, &a, &b_dst, 2 * MIB);
+        let r = echo_ok(c, a, &b_dst, 2 * MIB);
         assert!(greeting(&r).contains("peer=[::1]:"), "{r}");
     }
     let out = wait_closed(&agent1, "outbound", &b_dst, 3);
     let inb = wait_closed(&agent2, "inbound", &b_dst, 3);
     let pcap = wire.stop().unwrap();
 
-    let spiffe = |sa: &str| format!("spiffe://cluster.local/ns/default/sa/{sa}");
     for r in &out {
         assert_eq!(r["tls"], true, "{r}");
         assert_eq!(r["client_id"], spiffe("a").as_str(), "{r}");
@@ -262,7 +224,7 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
         assert_eq!(r["tls"], true, "{r}");
         assert_eq!(r["client_id"], spiffe("a").as_str(), "{r}");
         assert_eq!(r["server_id"], spiffe("b").as_str(), "{r}");
-        assert!(r["peer"].as_str().unwrap().starts_with(&v6_host(&a)), "{r}");
+        assert!(r["peer"].as_str().unwrap().starts_with(&v6_host(a)), "{r}");
         assert_eq!(r["target"], "[::1]:8080", "{r}");
     }
 
@@ -317,7 +279,7 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
 
     // The other address of the same dual-stack workload: same identities, over IPv4.
     let b4_dst = format!("{}:8080", b.ip);
-    let r = echo(&c, &a, &b4_dst, MIB);
+    let r = echo_ok(c, a, &b4_dst, MIB);
     assert!(greeting(&r).contains("peer=[::ffff:127.0.0.1]:"), "{r}");
     let out = wait_closed(&agent1, "outbound", &b4_dst, 1);
     assert_eq!(out[0]["tls"], true, "{out:?}");
@@ -347,16 +309,10 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
                 "--expect-server",
                 &spiffe("b"),
             ])
-            .args(["--connect", &v6(&b, 15008), "--authority", authority])
+            .args(["--connect", &v6(b, 15008), "--authority", authority])
             .args(["--send", "ping"]);
-        let out = c.run_in_node(&n2, cmd).unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| {
-            panic!(
-                "diagnostics: {stdout} {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+        let out = c.run_in_node(n2, cmd).unwrap();
+        last_json_line("diagnostics", &out)
     };
     let r = probe(&b_dst);
     assert_eq!(
@@ -371,7 +327,7 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
             .starts_with("hello peer=[::1]:"),
         "{r}"
     );
-    let r = probe(&v6(&a, 8080));
+    let r = probe(&v6(a, 8080));
     assert_eq!(r["status"], 403, "{r}");
     let (_, metrics) = agent2.get("/metrics").unwrap();
     assert!(
@@ -396,14 +352,7 @@ fn ipv6_service_vip_spreads_over_ipv6_endpoints() {
     let web1 = c.add_pod(&n1, "web1").unwrap();
     let web2 = c.add_pod(&n2, "web2").unwrap();
     let vip = "fd00:10:96::10";
-    let svc = ServiceSpec {
-        name: "web".into(),
-        vip: format!("\"{vip}\""),
-        port: 80,
-        target_port: 8080,
-        selector: BTreeMap::from([("app".to_string(), "web".to_string())]),
-        endpoints: vec![],
-    };
+    let svc = ServiceSpec::web(&format!("\"{vip}\""), 8080);
     let mut remote = WorkloadSpec::new(&web2).label("app", "web");
     remote.remote = true;
     let yaml = config_yaml(
@@ -422,7 +371,7 @@ fn ipv6_service_vip_spreads_over_ipv6_endpoints() {
 
     let vip_dst = format!("[{vip}]:80");
     for _ in 0..6 {
-        echo(&c, &client, &vip_dst, 64 * 1024);
+        echo_ok(&c, &client, &vip_dst, 64 * 1024);
     }
     let recs = wait_closed(&agent, "outbound", &vip_dst, 6);
     assert!(
@@ -462,12 +411,12 @@ fn dual_stack_cluster_routes_ipv6_between_nodes() {
     assert_eq!(b.ip6.unwrap().to_string(), "fd00:10:244:2::2");
     assert_eq!(n2.ip6.unwrap().to_string(), "fd00:10:240::2");
     serve_at(&c, &b, "[::]:8080").unwrap();
-    let r = echo(&c, &a, &v6(&b, 8080), MIB);
+    let r = echo_ok(&c, &a, &v6(&b, 8080), MIB);
     assert!(
         greeting(&r).contains(&format!("peer={}", v6_host(&a))),
         "{r}"
     );
-    let r = echo(&c, &a, &format!("{}:8080", b.ip), MIB);
+    let r = echo_ok(&c, &a, &format!("{}:8080", b.ip), MIB);
     assert!(
         greeting(&r).contains(&format!("peer=[::ffff:{}]:", a.ip)),
         "{r}"

@@ -2,31 +2,16 @@
 //! checked by exact counts and by a real Prometheus server; upgrades, large bodies, and
 //! request smuggling.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use meshd_tests::{
     mesh::{Agent, ClientServer},
-    require_root, wait_until, Cluster, Pod, ProcHandle,
+    metrics::{metrics, settle, sum_metric},
+    require_root,
+    traffic::{apps_dir, curl_output, raw_client, start_app},
+    wait_until, Cluster, Pod,
 };
 use serde_json::Value;
-
-fn apps_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("apps")
-}
-
-/// Sums the samples of `name` whose labels include every `(label, value)`.
-fn sum_metric(text: &str, name: &str, filters: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| {
-            filters
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// Node 1: pod `client`; node 2: pod `web` (deployment `web`); mutual TLS.
 fn mesh(name: &str) -> Mesh {
@@ -35,43 +20,15 @@ fn mesh(name: &str) -> Mesh {
 
 type Mesh = ClientServer;
 
-fn start_app(c: &Cluster, pod: &Pod, python: &str, script: &str, port: u16) -> ProcHandle {
-    let mut cmd = Command::new(python);
-    cmd.arg(apps_dir().join(script)).arg(port.to_string());
-    let h = c.spawn_in_pod(pod, cmd).unwrap();
-    h.wait_for_output("listening", Duration::from_secs(10))
-        .unwrap();
-    h
-}
-
 /// curl in the client pod; returns stdout.
 fn curl(c: &Cluster, pod: &Pod, args: &[&str]) -> String {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "20"]).args(args);
-    let out = c.run_in_pod(pod, cmd).unwrap();
+    let out = curl_output(c, pod, 20, args);
     assert!(
         out.status.success(),
         "curl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn metrics(agent: &Agent) -> String {
-    agent.get("/metrics").unwrap().1
-}
-
-/// Waits (10 s at most) until the sum of `name{filters}` on `agent` is `want` (counters
-/// are updated as a request or connection ends, which can be just after the client has
-/// seen that end); fails otherwise. Returns the metrics text it saw.
-fn settle(agent: &Agent, name: &str, filters: &[(&str, &str)], want: f64) -> String {
-    let mut text = String::new();
-    let ok = wait_until(Duration::from_secs(10), || {
-        text = metrics(agent);
-        sum_metric(&text, name, filters) == want
-    });
-    assert!(ok, "{name} {filters:?} is not {want}:\n{text}");
-    text
 }
 
 /// The label sets (`name{labels}`, values left out) of every sample in a metrics text.
@@ -626,22 +583,6 @@ fn http2_grpc_upgrades_and_large_bodies_pass_through() {
     m.agent2.stop().unwrap();
 }
 
-/// Sends `payload` (Python escapes) from a pod with `apps/raw_client.py`; the reply is read
-/// to its end: `{"reply", "end": "eof"|"reset"|"timeout", "secs"}`.
-fn raw(c: &Cluster, pod: &Pod, ip: &str, port: u16, payload: &str) -> Value {
-    let mut cmd = Command::new("python3");
-    cmd.arg(apps_dir().join("raw_client.py"))
-        .args([ip, &port.to_string(), payload]);
-    let out = c.run_in_pod(pod, cmd).unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "raw_client: {e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 /// Proves "ambiguous framing is refused with 400 and the connection closed, nothing of it
 /// reaches the app", counted in `http_errors_total{error="invalid_request"}`: CL+TE and
 /// conflicting Content-Lengths, from a mesh client (refused by its own agent, outbound)
@@ -672,7 +613,7 @@ fn request_smuggling_is_refused_and_counted() {
         (&outsider, &m.agent2, "inbound"),
     ] {
         for a in attempts {
-            let r = raw(c, from, &ip, 8000, a);
+            let r = raw_client(c, from, &ip, 8000, a, false);
             let reply = r["reply"].as_str().unwrap();
             assert_eq!(
                 reply, "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
@@ -765,7 +706,7 @@ fn request_smuggling_is_refused_and_counted() {
         .collect();
     let late = format!("{cl_te}{pad}Transfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\n{hidden}");
     for payload in [second, late] {
-        let r = raw(c, &m.client, &ip, 8000, &payload);
+        let r = raw_client(c, &m.client, &ip, 8000, &payload, false);
         let reply = r["reply"].as_str().unwrap();
         assert_eq!(r["end"], "eof", "{r}");
         assert!(!reply.contains("status 500"), "{r}");

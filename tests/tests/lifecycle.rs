@@ -4,90 +4,14 @@
 use std::{process::Command, time::Duration};
 
 use meshd_tests::{
+    enroll::{enrolled, map_count, sorted, ClientLoop, PROGRAMS},
     mesh::{
-        bpftool_json, cgroup_programs, config_yaml, meshd_bin, netns_programs, serve, testapp_bin,
-        testapp_json, Agent, WorkloadSpec,
+        bpftool_json, cgroup_programs, config_yaml, meshd_bin, netns_programs, serve, testapp_json,
+        Agent, WorkloadSpec,
     },
     require_root, wait_until, Cluster,
 };
 use serde_json::Value;
-
-const PROGRAMS: [&str; 3] = ["meshd_connect4", "meshd_connect6", "meshd_sockops"];
-
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
-}
-
-fn map_count(agent: &Agent, map: &str) -> u64 {
-    agent.config_dump().unwrap()["capture"]["maps"][map]
-        .as_u64()
-        .unwrap()
-}
-
-fn enrolled(agent: &Agent, key: &str) -> bool {
-    let dump = agent.config_dump().unwrap();
-    dump["capture"]["workloads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|w| w["workload"] == key && w["enrolled"] == true)
-}
-
-/// A client loop of `meshd-testapp connect-until` in a pod: one connection every 20 ms
-/// until [`Loop::stop`], each round printed as it ends.
-struct Loop {
-    proc: meshd_tests::ProcHandle,
-    stop_file: std::path::PathBuf,
-}
-
-impl Loop {
-    fn start(c: &Cluster, pod: &meshd_tests::Pod, dst: &str) -> Loop {
-        let stop_file = c.dir().join(format!("stop-{}", pod.name));
-        let mut cmd = Command::new(testapp_bin());
-        cmd.args(["connect-until", "--greet", "--connect", dst])
-            .args(["--interval-ms", "20", "--stop-file"])
-            .arg(&stop_file);
-        let proc = c.spawn_in_pod(pod, cmd).unwrap();
-        Loop { proc, stop_file }
-    }
-
-    /// Rounds that succeeded so far.
-    fn ok(&self) -> usize {
-        self.proc
-            .stdout()
-            .lines()
-            .filter(|l| l.starts_with("round ") && l.ends_with(" ok"))
-            .count()
-    }
-
-    /// The messages of the rounds that failed so far.
-    fn failures(&self) -> Vec<String> {
-        self.proc
-            .stdout()
-            .lines()
-            .filter(|l| l.starts_with("round ") && l.contains(" failed: "))
-            .map(String::from)
-            .collect()
-    }
-
-    /// Waits until `n` more rounds than now have succeeded.
-    fn wait_more_ok(&self, n: usize, what: &str) {
-        let target = self.ok() + n;
-        assert!(
-            wait_until(Duration::from_secs(30), || self.ok() >= target),
-            "{what}: the client loop did not make {n} more rounds:\n{}",
-            self.proc.output_tail()
-        );
-    }
-
-    /// Ends the loop and returns its summary.
-    fn stop(self) -> Value {
-        std::fs::write(&self.stop_file, "").unwrap();
-        self.proc.wait(Duration::from_secs(20)).unwrap();
-        serde_json::from_str(self.proc.stdout().lines().last().unwrap()).unwrap()
-    }
-}
 
 /// `tcp_open_total` of one direction and pod of the agent, over all its label sets.
 fn opened(agent: &Agent, direction: &str, pod: &str) -> u64 {
@@ -145,7 +69,7 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
     assert!(cgroup_programs(&client.cgroup).unwrap().is_empty());
 
     // Traffic from the client until the test stops it; not one connection may fail.
-    let traffic = Loop::start(&c, &client, &format!("{}:8080", server.ip));
+    let traffic = ClientLoop::start(&c, &client, &format!("{}:8080", server.ip));
     traffic.wait_more_ok(20, "before enrollment");
 
     agent.write_config(&both).unwrap();
@@ -289,7 +213,7 @@ fn restarted_agent_adopts_its_pins() {
     };
     assert_eq!(echo_to(&dst)["ok"], true);
     // A client loop runs through the crash and the restart.
-    let traffic = Loop::start(&c, &client, &dst);
+    let traffic = ClientLoop::start(&c, &client, &dst);
     traffic.wait_more_ok(5, "before the crash");
 
     // Crash: the programs stay attached through their pinned links, so the client's

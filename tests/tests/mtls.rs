@@ -2,7 +2,7 @@
 //! peer can be refused.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -12,46 +12,20 @@ use meshd_tests::{
         config_yaml, contains_bytes, echo_payload, identity_init, issue_cert, meshd_bin, serve,
         served_certificates, testapp_json, with_identity, Agent, WireCapture, WorkloadSpec,
     },
-    require_root, wait_until, Cluster, Node, Pod,
+    metrics::{metric, rejected},
+    require_root,
+    traffic::{closed_records, echo, last_json_line},
+    two_nodes::{remote, spiffe, two_nodes, TwoNodes},
+    wait_until, Cluster, Pod,
 };
 use serde_json::Value;
-
-fn spiffe(sa: &str) -> String {
-    format!("spiffe://cluster.local/ns/default/sa/{sa}")
-}
-
-fn remote(pod: &Pod) -> WorkloadSpec {
-    let mut w = WorkloadSpec::new(pod);
-    w.remote = true;
-    w
-}
-
-fn metric(agent: &Agent, line_prefix: &str) -> u64 {
-    let (_, text) = agent.get("/metrics").unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn rejected(agent: &Agent, direction: &str, reason: &str) -> u64 {
-    metric(
-        agent,
-        &format!("hbone_rejected_total{{direction=\"{direction}\",reason=\"{reason}\"}}"),
-    )
-}
 
 /// The closed records of `direction` to `orig_dst`, once there are `n` of them (a record
 /// closes shortly after the client sees the end); fails after 10 s with what is there.
 fn closed(agent: &Agent, direction: &str, orig_dst: &str, n: usize) -> Vec<Value> {
-    let mut recs = Vec::new();
-    let done = wait_until(Duration::from_secs(10), || {
-        recs = agent.closed_to(direction, orig_dst).unwrap();
-        recs.len() >= n
-    });
+    let recs = closed_records(agent, direction, orig_dst, n);
     assert!(
-        done,
+        recs.len() >= n,
         "{n} closed {direction} records to {orig_dst}: {recs:#?}"
     );
     recs
@@ -64,80 +38,16 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-fn echo(c: &Cluster, from: &Pod, to: &str, bytes: u64) -> Value {
-    testapp_json(
-        c,
-        from,
-        &[
-            "echo",
-            "--greet",
-            "--connect",
-            to,
-            "--bytes",
-            &bytes.to_string(),
-        ],
-    )
-    .unwrap()
-}
-
-struct TwoNodes {
-    c: Cluster,
-    n1: Node,
-    n2: Node,
-    a: Pod,
-    b: Pod,
-    a2: Pod,
-    ca: PathBuf,
-}
-
-/// Node 1 runs pods a and a2, node 2 runs pod b; both agents share one trust anchor.
-fn two_nodes(name: &str) -> (TwoNodes, Agent, Agent) {
-    let c = Cluster::new(name).unwrap();
-    let n1 = c.add_node("n1").unwrap();
-    let n2 = c.add_node("n2").unwrap();
-    let a = c.add_pod(&n1, "a").unwrap();
-    let a2 = c.add_pod(&n1, "a2").unwrap();
-    let b = c.add_pod(&n2, "b").unwrap();
-    let ca = identity_init(&c, "ca").unwrap();
-    let anchors = ca.join("ca.crt");
-    let y1 = config_yaml(
-        &c,
-        &n1,
-        &[WorkloadSpec::new(&a), WorkloadSpec::new(&a2), remote(&b)],
-        &[],
-    );
-    let y2 = config_yaml(
-        &c,
-        &n2,
-        &[remote(&a), remote(&a2), WorkloadSpec::new(&b)],
-        &[],
-    );
-    let agent1 = Agent::start(&c, &n1, &with_identity(&y1, &anchors, &ca, 3600)).unwrap();
-    let agent2 = Agent::start(&c, &n2, &with_identity(&y2, &anchors, &ca, 3600)).unwrap();
-    (
-        TwoNodes {
-            c,
-            n1,
-            n2,
-            a,
-            b,
-            a2,
-            ca,
-        },
-        agent1,
-        agent2,
-    )
-}
-
 #[test]
 fn pods_talk_over_mutual_tls_and_the_wire_shows_only_tls13() {
     require_root().unwrap();
     let started = unix_now();
-    let (t, agent1, agent2) = two_nodes("mtls-wire");
+    let (t, agent1, agent2) = two_nodes("mtls-wire", &["a2"]);
+    let a2 = &t.more[0];
     let ready = unix_now() + 1;
     let c = &t.c;
     serve(c, &t.b, 8080).unwrap();
-    serve(c, &t.a2, 8080).unwrap();
+    serve(c, a2, 8080).unwrap();
     let wire = WireCapture::start(c).unwrap();
 
     // Across nodes: a -> b.
@@ -216,7 +126,7 @@ fn pods_talk_over_mutual_tls_and_the_wire_shows_only_tls13() {
     }
 
     // Same node: a -> a2, also mutual TLS.
-    let a2_dst = format!("{}:8080", t.a2.ip);
+    let a2_dst = format!("{}:8080", a2.ip);
     assert_eq!(echo(c, &t.a, &a2_dst, 100_000)["ok"], true);
     let inb = closed(&agent1, "inbound", &a2_dst, 1);
     assert_eq!(inb.len(), 1);
@@ -263,13 +173,7 @@ fn probe(t: &TwoNodes, issuer: &Path, anchors: &Path, identity: &str, extra: &[&
         .args(["--connect", &format!("{}:15008", t.b.ip)])
         .args(extra);
     let out = t.c.run_in_node(&t.n2, cmd).unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| {
-        panic!(
-            "diagnostics: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    last_json_line("diagnostics", &out)
 }
 
 /// A TLS alert record, fatal `decode_error`: all a plaintext client gets back from 15008.
@@ -306,19 +210,14 @@ print(json.dumps({{"end": end, "reply": reply.hex()}}))
     let mut cmd = Command::new("/usr/bin/python3");
     cmd.args(["-c", &script]);
     let out = t.c.run_in_node(&t.n1, cmd).unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|_| {
-        panic!(
-            "plaintext client: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    last_json_line("plaintext client", &out)
 }
 
 #[test]
 fn peers_are_refused_for_every_kind_of_bad_identity() {
     require_root().unwrap();
-    let (t, agent1, agent2) = two_nodes("mtls-reject");
+    let (t, agent1, agent2) = two_nodes("mtls-reject", &["a2"]);
+    let a2 = &t.more[0];
     let c = &t.c;
     serve(c, &t.b, 8080).unwrap();
     let b_dst = format!("{}:8080", t.b.ip);
@@ -456,7 +355,7 @@ fn peers_are_refused_for_every_kind_of_bad_identity() {
     let y1 = config_yaml(
         c,
         &t.n1,
-        &[WorkloadSpec::new(&t.a), WorkloadSpec::new(&t.a2), {
+        &[WorkloadSpec::new(&t.a), WorkloadSpec::new(a2), {
             let mut w = remote(&t.b);
             w.service_account = "api".into();
             w
@@ -654,14 +553,7 @@ fn service_endpoints_behind_agents_are_balanced_and_dead_ones_skipped() {
     let web2 = c.add_pod(&n2, "web2").unwrap();
     let ca = identity_init(&c, "ca").unwrap();
     let anchors = ca.join("ca.crt");
-    let svc = meshd_tests::mesh::ServiceSpec {
-        name: "web".into(),
-        vip: "10.96.0.20".into(),
-        port: 80,
-        target_port: 8080,
-        selector: std::collections::BTreeMap::from([("app".to_string(), "web".to_string())]),
-        endpoints: vec![],
-    };
+    let svc = meshd_tests::mesh::ServiceSpec::web("10.96.0.20", 8080);
     let y1 = config_yaml(
         &c,
         &n1,

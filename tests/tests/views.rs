@@ -1,10 +1,12 @@
 //! `meshd stat`, `edges`, `tap` and `log-level` against known traffic.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use meshd_tests::{
     mesh::{meshd_bin, Agent, ClientServer},
-    require_root, wait_until, Cluster, Node, Pod, ProcHandle,
+    require_root,
+    traffic::{curl_output, start_app},
+    wait_until, Cluster, Node, Pod, ProcHandle,
 };
 use serde_json::Value;
 
@@ -20,9 +22,7 @@ fn meshd(c: &Cluster, node: &Node, args: &[&str]) -> (bool, String, String) {
 }
 
 fn curl(c: &Cluster, pod: &Pod, args: &[String]) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "10"]).args(args);
-    let out = c.run_in_pod(pod, cmd).unwrap();
+    let out = curl_output(c, pod, 10, args);
     assert!(
         out.status.success(),
         "{}",
@@ -43,6 +43,15 @@ fn tap(c: &Cluster, node: &Node, args: &[&str]) -> ProcHandle {
     let mut cmd = Command::new(meshd_bin());
     cmd.arg("tap").args(args);
     c.spawn_in_node(node, cmd).unwrap()
+}
+
+/// The JSON events (`-o json`) a tap printed, once it has ended (10 s at most).
+fn tap_events(tap: &ProcHandle) -> Vec<Value> {
+    tap.wait(Duration::from_secs(10)).unwrap();
+    tap.stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Whether exactly `n` clients hold the admin API's streams open and each has been sent
@@ -83,13 +92,7 @@ fn stat_edges_tap_and_log_level_show_known_traffic() {
     let m = ClientServer::start("views").unwrap();
     let (c, n1, n2, client, web) = (&m.cluster, &m.n1, &m.n2, &m.client, &m.web);
     let (agent1, agent2) = (&m.agent1, &m.agent2);
-    let apps = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("apps");
-    let mut app = Command::new("python3");
-    app.arg(apps.join("http_app.py")).arg("8000");
-    c.spawn_in_pod(web, app)
-        .unwrap()
-        .wait_for_output("listening", Duration::from_secs(10))
-        .unwrap();
+    start_app(c, web, "python3", "http_app.py", 8000);
     let base = format!("http://{}:8000", web.ip);
 
     // Two requests before any tap: a tap that showed them would start with `/pre` paths.
@@ -223,12 +226,7 @@ fn stat_edges_tap_and_log_level_show_known_traffic() {
     );
 
     // tap: exactly the requests made after it started, in order, filters applied.
-    tap_all.wait(Duration::from_secs(10)).unwrap();
-    let events: Vec<Value> = tap_all
-        .stdout()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = tap_events(&tap_all);
     assert_eq!(events.len(), 3, "{events:?}");
     assert!(
         events
@@ -259,12 +257,7 @@ fn stat_edges_tap_and_log_level_show_known_traffic() {
         2,
         "{lines}"
     );
-    tap_post.wait(Duration::from_secs(10)).unwrap();
-    let events: Vec<Value> = tap_post
-        .stdout()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = tap_events(&tap_post);
     assert_eq!(events.len(), 1, "{events:?}");
     let e = &events[0];
     assert!(

@@ -634,6 +634,68 @@ mod tests {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
+    /// `n` bytes from the client to the server, then `pong` back.
+    async fn ping_pong(c: &mut TcpStream, s: &mut TcpStream, n: usize) {
+        c.write_all(&pattern(n)).await.unwrap();
+        let mut got = vec![0u8; n];
+        s.read_exact(&mut got).await.unwrap();
+        s.write_all(b"pong").await.unwrap();
+        let mut pong = [0u8; 4];
+        c.read_exact(&mut pong).await.unwrap();
+    }
+
+    /// Lets the other tasks of this (current-thread) runtime run: the relay gives its
+    /// buffers and pipes back once it has nothing to move.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Waits until `cond` holds, checking every 5 ms, `tries` times at most.
+    async fn poll_until(cond: impl Fn() -> bool, tries: u32) {
+        let mut waited = 0;
+        while !cond() && waited < tries {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            waited += 1;
+        }
+    }
+
+    /// 32 MiB written by the client towards a server that does not read (yet).
+    struct UnreadWrite {
+        cr: tokio::net::tcp::OwnedReadHalf,
+        writer: tokio::task::JoinHandle<tokio::net::tcp::OwnedWriteHalf>,
+    }
+
+    impl UnreadWrite {
+        fn start(client: TcpStream) -> UnreadWrite {
+            let (cr, mut cw) = client.into_split();
+            let writer = tokio::spawn(async move {
+                let _ = cw.write_all(&pattern(32 * 1024 * 1024)).await;
+                cw
+            });
+            UnreadWrite { cr, writer }
+        }
+
+        /// The server reads everything to the end: all 32 MiB arrive and the relay ends
+        /// without an error once the client has closed.
+        async fn finish(
+            mut self,
+            mut server: TcpStream,
+            relay: tokio::task::JoinHandle<io::Result<(u64, u64)>>,
+        ) {
+            let reader = tokio::spawn(async move {
+                let mut sink = Vec::new();
+                let _ = server.read_to_end(&mut sink).await;
+                sink.len()
+            });
+            drop(self.writer.await.unwrap());
+            drop(self.cr.read(&mut [0u8; 1]).await);
+            assert_eq!(reader.await.unwrap(), 32 * 1024 * 1024);
+            relay.await.unwrap().unwrap();
+        }
+    }
+
     /// Relays between `a` and `b` by splice or by the buffered copy; bytes each way.
     fn spawn_relay(
         a: TcpStream,
@@ -855,20 +917,7 @@ mod tests {
         let (mut client, a) = pair().await;
         let (b, mut server) = pair().await;
         let relay = spawn_relay(a, b, true);
-        async fn ping_pong(c: &mut TcpStream, s: &mut TcpStream) {
-            c.write_all(&pattern(1000)).await.unwrap();
-            let mut got = vec![0u8; 1000];
-            s.read_exact(&mut got).await.unwrap();
-            s.write_all(b"pong").await.unwrap();
-            let mut pong = [0u8; 4];
-            c.read_exact(&mut pong).await.unwrap();
-        }
-        async fn settle() {
-            for _ in 0..10 {
-                tokio::task::yield_now().await;
-            }
-        }
-        ping_pong(&mut client, &mut server).await;
+        ping_pong(&mut client, &mut server, 1000).await;
         settle().await;
         assert_eq!(spliced(), 0, "small messages are copied");
         assert_eq!((pipes(), held()), (0, 0), "idle after request/response");
@@ -880,32 +929,16 @@ mod tests {
         r.unwrap();
         assert!(got == bulk, "bulk intact");
         assert!(spliced() > 3 * 1024 * 1024, "bulk spliced: {}", spliced());
-        ping_pong(&mut client, &mut server).await;
+        ping_pong(&mut client, &mut server, 1000).await;
         settle().await;
         assert!(!relay.is_finished(), "the connection is still open");
         assert_eq!((pipes(), held()), (0, 0), "idle after bulk");
 
         // A server that does not read: the relay holds a pipe with the bytes in it.
-        let (mut cr, mut cw) = client.into_split();
-        let writer = tokio::spawn(async move {
-            let _ = cw.write_all(&pattern(32 * 1024 * 1024)).await;
-            cw
-        });
-        let mut waited = 0;
-        while pipes() == 0 && waited < 2000 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            waited += 1;
-        }
+        let unread = UnreadWrite::start(client);
+        poll_until(|| pipes() != 0, 2000).await;
         assert_eq!(pipes(), 1, "a pipe is held while data is in flight");
-        let reader = tokio::spawn(async move {
-            let mut sink = Vec::new();
-            let _ = server.read_to_end(&mut sink).await;
-            sink.len()
-        });
-        drop(writer.await.unwrap());
-        drop(cr.read(&mut [0u8; 1]).await);
-        assert_eq!(reader.await.unwrap(), 32 * 1024 * 1024);
-        relay.await.unwrap().unwrap();
+        unread.finish(server, relay).await;
         assert_eq!(pipes(), 0);
     }
 
@@ -917,38 +950,15 @@ mod tests {
         let (mut client, a) = pair().await;
         let (b, mut server) = pair().await;
         let relay = spawn_relay(a, b, false);
-        client.write_all(&pattern(200_000)).await.unwrap();
-        let mut got = vec![0u8; 200_000];
-        server.read_exact(&mut got).await.unwrap();
-        server.write_all(b"pong").await.unwrap();
-        let mut pong = [0u8; 4];
-        client.read_exact(&mut pong).await.unwrap();
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        ping_pong(&mut client, &mut server, 200_000).await;
+        settle().await;
         assert!(!relay.is_finished(), "the connection is still open");
         assert_eq!(held(), 0, "no buffer held by the idle relay");
         // While bytes wait for a reader that does not read, a buffer is held.
-        let (mut cr, mut cw) = client.into_split();
-        let writer = tokio::spawn(async move {
-            let _ = cw.write_all(&pattern(32 * 1024 * 1024)).await;
-            cw
-        });
-        let mut waited = 0;
-        while held() == 0 && waited < 200 {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            waited += 1;
-        }
+        let unread = UnreadWrite::start(client);
+        poll_until(|| held() != 0, 200).await;
         assert!(held() > 0, "a buffer is held while data is in flight");
-        let mut sink = Vec::new();
-        let reader = tokio::spawn(async move {
-            let _ = server.read_to_end(&mut sink).await;
-            sink.len()
-        });
-        drop(writer.await.unwrap());
-        drop(cr.read(&mut [0u8; 1]).await);
-        assert_eq!(reader.await.unwrap(), 32 * 1024 * 1024);
-        relay.await.unwrap().unwrap();
+        unread.finish(server, relay).await;
         assert_eq!(held(), 0);
     }
 }

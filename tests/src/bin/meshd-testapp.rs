@@ -352,26 +352,11 @@ fn echo(args: &Args) -> Result<ExitCode, String> {
     } else {
         None
     };
-    let mut writer = match s.try_clone() {
+    let writer = match s.try_clone() {
         Ok(w) => w,
         Err(e) => return fail(format!("clone socket: {e}")),
     };
-    let sender = std::thread::spawn(move || -> Result<(), String> {
-        let mut gen = Stream::new(seed);
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut left = total;
-        while left > 0 {
-            let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
-            gen.fill(&mut buf[..n]);
-            writer
-                .write_all(&buf[..n])
-                .map_err(|e| format!("write: {e}"))?;
-            left -= n as u64;
-        }
-        writer
-            .shutdown(Shutdown::Write)
-            .map_err(|e| format!("shutdown: {e}"))
-    });
+    let sender = spawn_sender(writer, seed, total, 64 * 1024);
     let mut check = Stream::new(seed);
     let mut buf = vec![0u8; 64 * 1024];
     let mut want = vec![0u8; 64 * 1024];
@@ -539,27 +524,8 @@ fn connect_loop(args: &Args) -> Result<ExitCode, String> {
     let timeout = Duration::from_secs(args.num("--timeout-secs", 5)?);
     let greet = args.flag("--greet");
     let end = Instant::now() + duration;
-    let (mut ok, mut failed) = (0u64, 0u64);
-    let mut errors: Vec<String> = Vec::new();
-    let mut i = 0;
-    while Instant::now() < end {
-        match one_round(addr, greet, timeout, i) {
-            Ok(()) => ok += 1,
-            Err(e) => {
-                failed += 1;
-                if errors.len() < 10 {
-                    errors.push(format!("#{i}: {e}"));
-                }
-            }
-        }
-        i += 1;
-        std::thread::sleep(interval);
-    }
-    say(&json!({"ok": ok, "failed": failed, "errors": errors}).to_string());
-    Ok(if failed == 0 && ok > 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    rounds(addr, greet, timeout, interval, false, || {
+        Instant::now() < end
     })
 }
 
@@ -921,18 +887,36 @@ fn connect_until(args: &Args) -> Result<ExitCode, String> {
     let interval = Duration::from_millis(args.num("--interval-ms", 50)?);
     let timeout = Duration::from_secs(args.num("--timeout-secs", 5)?);
     let greet = args.flag("--greet");
+    rounds(addr, greet, timeout, interval, true, || !stop.exists())
+}
+
+/// The rounds of `connect-loop` and `connect-until`: one every `interval` while `go_on`
+/// says so, each printed as it ends if `print_each`; then the JSON summary. Succeeds if
+/// no round failed and at least one did not.
+fn rounds(
+    addr: SocketAddr,
+    greet: bool,
+    timeout: Duration,
+    interval: Duration,
+    print_each: bool,
+    mut go_on: impl FnMut() -> bool,
+) -> Result<ExitCode, String> {
     let (mut ok, mut failed) = (0u64, 0u64);
     let mut errors: Vec<String> = Vec::new();
     let mut i = 0;
-    while !stop.exists() {
+    while go_on() {
         match one_round(addr, greet, timeout, i) {
             Ok(()) => {
                 ok += 1;
-                say(&format!("round {i} ok"));
+                if print_each {
+                    say(&format!("round {i} ok"));
+                }
             }
             Err(e) => {
                 failed += 1;
-                say(&format!("round {i} failed: {e}"));
+                if print_each {
+                    say(&format!("round {i} failed: {e}"));
+                }
                 if errors.len() < 10 {
                     errors.push(format!("#{i}: {e}"));
                 }
@@ -1111,13 +1095,17 @@ fn echo_many(args: &Args) -> Result<ExitCode, String> {
     })
 }
 
-/// Sends `total` bytes of the stream `seed` on `s` (then half-closes) and checks that
-/// exactly the same bytes come back; returns the bytes received.
-fn echo_one(s: &mut TcpStream, total: u64, seed: u64) -> Result<u64, String> {
-    let mut writer = s.try_clone().map_err(|e| format!("clone: {e}"))?;
-    let sender = std::thread::spawn(move || -> Result<(), String> {
+/// A thread that writes `total` bytes of the stream `seed` on `writer` in chunks of
+/// `chunk` bytes, then half-closes it.
+fn spawn_sender(
+    mut writer: TcpStream,
+    seed: u64,
+    total: u64,
+    chunk: usize,
+) -> std::thread::JoinHandle<Result<(), String>> {
+    std::thread::spawn(move || -> Result<(), String> {
         let mut gen = Stream::new(seed);
-        let mut buf = vec![0u8; 16 * 1024];
+        let mut buf = vec![0u8; chunk];
         let mut left = total;
         while left > 0 {
             let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
@@ -1130,7 +1118,14 @@ fn echo_one(s: &mut TcpStream, total: u64, seed: u64) -> Result<u64, String> {
         writer
             .shutdown(Shutdown::Write)
             .map_err(|e| format!("shutdown: {e}"))
-    });
+    })
+}
+
+/// Sends `total` bytes of the stream `seed` on `s` (then half-closes) and checks that
+/// exactly the same bytes come back; returns the bytes received.
+fn echo_one(s: &mut TcpStream, total: u64, seed: u64) -> Result<u64, String> {
+    let writer = s.try_clone().map_err(|e| format!("clone: {e}"))?;
+    let sender = spawn_sender(writer, seed, total, 16 * 1024);
     let mut check = Stream::new(seed);
     let (mut buf, mut want) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
     let mut received = 0u64;

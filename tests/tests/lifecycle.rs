@@ -174,8 +174,11 @@ fn pinned_prog_id(agent: &Agent, name: &str) -> u64 {
 
 fn attached_ids(cgroup: &std::path::Path) -> Vec<u64> {
     let v = bpftool_json(&["cgroup", "show", cgroup.to_str().unwrap()]).unwrap();
-    // bpftool prints nothing at all when nothing is attached.
-    let progs = v.as_array().cloned().unwrap_or_default();
+    // bpftool prints nothing when nothing is attached, which `bpftool_json` reads as `[]`;
+    // anything but a list is bpftool saying something else.
+    let progs = v
+        .as_array()
+        .unwrap_or_else(|| panic!("bpftool cgroup show {}: {v}", cgroup.display()));
     let mut ids: Vec<u64> = progs.iter().map(|p| p["id"].as_u64().unwrap()).collect();
     ids.sort();
     ids

@@ -161,16 +161,22 @@ impl Pool {
             None => {
                 // Single flight: one opener per key; the others wait for its connection.
                 let lock = self.open_lock(&key);
-                let _opening = tokio::time::timeout(self.timeout, lock.lock())
-                    .await
-                    .map_err(|_| TunnelError::Timeout {
-                        target,
-                        timeout: self.timeout,
-                    })?;
-                match self.reuse(&key) {
-                    Some(c) => c,
-                    None => self.open(pod, local, addr, expected, key).await?,
+                let opened = async {
+                    let _opening = tokio::time::timeout(self.timeout, lock.lock())
+                        .await
+                        .map_err(|_| TunnelError::Timeout {
+                            target,
+                            timeout: self.timeout,
+                        })?;
+                    match self.reuse(&key) {
+                        Some(c) => Ok(c),
+                        None => self.open(pod, local, addr, expected, key.clone()).await,
+                    }
                 }
+                .await;
+                drop(lock);
+                self.release_open_locks();
+                opened?
             }
         };
         let slot = StreamSlot(streams);
@@ -225,6 +231,13 @@ impl Pool {
     fn open_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
         let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
         opening.entry(key.clone()).or_default().clone()
+    }
+
+    /// Forgets the opening locks nobody holds or waits for, so that the map does not keep
+    /// one entry for every key ever opened.
+    fn release_open_locks(&self) {
+        let mut opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+        opening.retain(|_, l| Arc::strong_count(l) > 1);
     }
 
     async fn open(

@@ -16,6 +16,8 @@ mod outbound;
 pub mod pool;
 mod session;
 #[cfg(test)]
+mod source_tests;
+#[cfg(test)]
 mod tap_tests;
 mod tls;
 mod tls_errors;

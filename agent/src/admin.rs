@@ -307,7 +307,7 @@ impl Admin {
     }
 
     fn config_dump(&self) -> serde_json::Value {
-        let state = self.agent.state.load();
+        let state = self.agent.applied();
         let workloads: Vec<_> = state
             .workloads
             .values()

@@ -55,6 +55,8 @@ pub struct Agent {
     pub proxy: Arc<ProxyContext>,
     capture: Mutex<Capture>,
     enrolled: Mutex<BTreeMap<String, Enrolled>>,
+    /// The state `enrolled` was last made to match (changed under the `enrolled` lock).
+    applied: Mutex<Arc<State>>,
     errors: Mutex<BTreeMap<String, String>>,
     /// Set once the first configuration has been applied.
     pub ready: std::sync::atomic::AtomicBool,
@@ -113,6 +115,7 @@ impl Agent {
             proxy,
             capture: Mutex::new(capture),
             enrolled: Mutex::new(BTreeMap::new()),
+            applied: Mutex::default(),
             errors: Mutex::new(BTreeMap::new()),
             ready: Default::default(),
         })
@@ -132,12 +135,13 @@ impl Agent {
     }
 
     /// Enrolls / un-enrolls workloads to match `state`.
-    pub fn apply(&self, state: &State) {
+    pub fn apply(&self, state: &Arc<State>) {
         let desired: BTreeMap<String, Arc<Workload>> = state
             .local_workloads()
             .map(|w| (w.key(), w.clone()))
             .collect();
         let mut enrolled = lock(&self.enrolled);
+        *lock(&self.applied) = state.clone();
         let mut errors = lock(&self.errors);
         // Removed, or changed in a way that needs new listeners or links.
         let stale: Vec<String> = enrolled
@@ -304,10 +308,19 @@ impl Agent {
         }
     }
 
+    /// The state the agent has applied, once any apply in progress is done (so that what
+    /// `/config_dump` shows of a new state comes with its enrollment).
+    pub fn applied(&self) -> Arc<State> {
+        let _enrolled = lock(&self.enrolled);
+        let applied = lock(&self.applied).clone();
+        applied
+    }
+
+    /// The local workloads of the applied state and whether each is enrolled.
     pub fn statuses(&self) -> Vec<WorkloadStatus> {
         let enrolled = lock(&self.enrolled);
         let errors = lock(&self.errors);
-        let state = self.state.load();
+        let state = lock(&self.applied).clone();
         state
             .local_workloads()
             .map(|w| {

@@ -20,13 +20,12 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::mpsc;
 
-use crate::{agent::Agent, sources::file::FileSource, telemetry::tap::TapFilter};
+use crate::{agent::Agent, state::SourceStatus, telemetry::tap::TapFilter};
 
 type AdminBody = BoxBody<Bytes, Infallible>;
 
 pub struct Admin {
     pub agent: Arc<Agent>,
-    pub source: Arc<FileSource>,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
@@ -308,7 +307,7 @@ impl Admin {
     }
 
     fn config_dump(&self) -> serde_json::Value {
-        let state = self.agent.state.load();
+        let state = self.agent.applied();
         let workloads: Vec<_> = state
             .workloads
             .values()
@@ -325,20 +324,16 @@ impl Admin {
             .map(|s| {
                 serde_json::json!({
                     "name": s.name, "namespace": s.namespace, "vip": s.vip,
-                    "port": s.port, "endpoints": s.endpoints.addrs(),
+                    "port": s.port, "endpoints": s.endpoints,
                 })
             })
             .collect();
-        let last_error = self
-            .source
-            .last_error
-            .lock()
-            .map(|e| e.clone())
-            .unwrap_or_default();
+        let sources = self.agent.state.statuses();
         serde_json::json!({
             "node": state.node,
-            "configFile": self.source.path,
-            "configError": last_error,
+            "configFile": config_file(&sources),
+            "configError": config_error(&sources),
+            "sources": sources,
             "workloads": workloads,
             "services": services,
             "identity": self.identity_dump(),
@@ -350,6 +345,23 @@ impl Admin {
             },
         })
     }
+}
+
+/// Where the standalone file is (`configFile`), when the file feeds the state.
+fn config_file(sources: &[SourceStatus]) -> Option<&str> {
+    sources
+        .iter()
+        .find(|s| s.name == crate::sources::file::NAME)
+        .map(|s| s.location.as_str())
+}
+
+/// The sources' last errors (`configError`), `None` when every source is fine.
+fn config_error(sources: &[SourceStatus]) -> Option<String> {
+    let errors: Vec<&str> = sources
+        .iter()
+        .filter_map(|s| s.last_error.as_deref())
+        .collect();
+    (!errors.is_empty()).then(|| errors.join("; "))
 }
 
 /// Serves the admin API on `listener` until the task is dropped.

@@ -1,6 +1,7 @@
 //! The node agent: keeps the set of captured workloads equal to the local workloads of the
 //! current [`State`], one workload at a time, so that one bad workload never stops the
-//! others.
+//! others. It watches the [`StateStore`] (whatever source feeds it) and applies each new
+//! snapshot ([`Agent::reconcile`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -9,17 +10,18 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
 use meshd_common::{PodConfig, OUTBOUND_PORT, POD_FLAG_IPV6};
 use serde::Serialize;
 
 use crate::{
     capture::{Capture, Enrollment, PinPaths},
-    config::Config,
-    identity::{CertManager, IssuerFiles},
+    identity::CertManager,
     netns::Netns,
-    proxy::{pool::Pool, Connections, Mesh, PodContext, PodProxy, ProxyContext},
-    state::{LocalWorkload, State, Workload},
+    proxy::{
+        balance::Balancers, pool::Pool, Connections, Mesh, PodContext, PodProxy, ProxyContext,
+    },
+    settings::Settings,
+    state::{LocalWorkload, State, StateStore, Workload},
     telemetry::Telemetry,
 };
 
@@ -49,10 +51,12 @@ pub struct WorkloadStatus {
 }
 
 pub struct Agent {
-    pub state: Arc<ArcSwap<State>>,
+    pub state: Arc<StateStore>,
     pub proxy: Arc<ProxyContext>,
     capture: Mutex<Capture>,
     enrolled: Mutex<BTreeMap<String, Enrolled>>,
+    /// The state `enrolled` was last made to match (changed under the `enrolled` lock).
+    applied: Mutex<Arc<State>>,
     errors: Mutex<BTreeMap<String, String>>,
     /// Set once the first configuration has been applied.
     pub ready: std::sync::atomic::AtomicBool,
@@ -77,31 +81,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Agent {
     /// Loads the identity issuer (when configured) and the programs (adopting earlier pins)
     /// and prepares an empty agent. Must run inside the tokio runtime.
-    pub fn start(config: &Config) -> Result<Agent, StartError> {
-        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
-        let mesh = match &config.identity {
+    /// The proxy follows `state` from here on (its balancers are reconciled with each new
+    /// snapshot); the agent itself applies snapshots once [`Agent::reconcile`] runs.
+    pub fn start(settings: &Settings, state: Arc<StateStore>) -> Result<Agent, StartError> {
+        let connect_timeout = settings.connect_timeout;
+        let mesh = match &settings.identity {
             None => None,
             Some(id) => {
-                let files = IssuerFiles {
-                    trust_anchors: id.trust_anchors.clone(),
-                    issuer_cert: id.issuer_certificate.clone(),
-                    issuer_key: id.issuer_key.clone(),
-                };
-                let ttl = Duration::from_secs(id.certificate_ttl_seconds);
-                let certs = Arc::new(CertManager::load(&files, ttl)?);
+                let certs = Arc::new(CertManager::load(&id.issuer_files(), id.certificate_ttl)?);
                 certs.spawn_renewal();
-                tracing::info!(trust_domain = %config.trust_domain, issuer = %certs.issuer().0, "mutual TLS between workloads is on");
+                tracing::info!(trust_domain = %settings.trust_domain, issuer = %certs.issuer().0, "mutual TLS between workloads is on");
                 Some(Mesh {
-                    trust_domain: config.trust_domain.clone(),
+                    trust_domain: settings.trust_domain.clone(),
                     pool: Pool::new(certs.clone(), connect_timeout),
                     certs,
                 })
             }
         };
-        let capture = Capture::load(PinPaths::new(&config.bpffs))?;
-        let state = Arc::new(ArcSwap::from_pointee(State::default()));
+        let capture = Capture::load(PinPaths::new(&settings.bpffs))?;
+        let balancers = Arc::new(Balancers::default());
+        tokio::spawn(balancers.clone().follow(state.subscribe()));
         let proxy = Arc::new(ProxyContext {
             state: state.clone(),
+            balancers,
             maps: capture.maps().clone(),
             connections: Arc::new(Connections::default()),
             telemetry: Arc::new(Telemetry::default()),
@@ -113,20 +115,33 @@ impl Agent {
             proxy,
             capture: Mutex::new(capture),
             enrolled: Mutex::new(BTreeMap::new()),
+            applied: Mutex::default(),
             errors: Mutex::new(BTreeMap::new()),
             ready: Default::default(),
         })
     }
 
-    /// Makes a new state current and enrolls / un-enrolls workloads to match it.
-    pub fn apply(&self, state: State) {
-        let state = Arc::new(state);
-        self.state.store(state.clone());
+    /// Applies every snapshot the store publishes (the latest, when several come while one
+    /// is applied), until the store is gone. Enrollment does blocking set-up work
+    /// (namespaces, bpf syscalls), so each runs on a blocking thread.
+    pub async fn reconcile(self: Arc<Self>, mut updates: tokio::sync::watch::Receiver<Arc<State>>) {
+        while updates.changed().await.is_ok() {
+            let state = updates.borrow_and_update().clone();
+            let agent = self.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || agent.apply(&state)).await {
+                tracing::error!(error = %e, "applying a new state panicked");
+            }
+        }
+    }
+
+    /// Enrolls / un-enrolls workloads to match `state`.
+    pub fn apply(&self, state: &Arc<State>) {
         let desired: BTreeMap<String, Arc<Workload>> = state
             .local_workloads()
             .map(|w| (w.key(), w.clone()))
             .collect();
         let mut enrolled = lock(&self.enrolled);
+        *lock(&self.applied) = state.clone();
         let mut errors = lock(&self.errors);
         // Removed, or changed in a way that needs new listeners or links.
         let stale: Vec<String> = enrolled
@@ -293,10 +308,19 @@ impl Agent {
         }
     }
 
+    /// The state the agent has applied, once any apply in progress is done (so that what
+    /// `/config_dump` shows of a new state comes with its enrollment).
+    pub fn applied(&self) -> Arc<State> {
+        let _enrolled = lock(&self.enrolled);
+        let applied = lock(&self.applied).clone();
+        applied
+    }
+
+    /// The local workloads of the applied state and whether each is enrolled.
     pub fn statuses(&self) -> Vec<WorkloadStatus> {
         let enrolled = lock(&self.enrolled);
         let errors = lock(&self.errors);
-        let state = self.state.load();
+        let state = lock(&self.applied).clone();
         state
             .local_workloads()
             .map(|w| {

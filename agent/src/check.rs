@@ -277,23 +277,18 @@ pub fn identity_checks(path: &std::path::Path) -> Vec<Outcome> {
             )]
         }
     };
-    let config = match crate::config::Config::parse(path, &text) {
-        Ok(c) => c,
+    let settings = match crate::sources::file::settings_from(path, &text) {
+        Ok(s) => s,
         Err(e) => return vec![fail("config", e.to_string(), "fix the config file")],
     };
-    let Some(id) = config.identity else {
+    let Some(id) = settings.identity else {
         return vec![ok(
             "identity",
             "not configured: captured traffic is passed through in plaintext",
         )];
     };
-    let files = crate::identity::IssuerFiles {
-        trust_anchors: id.trust_anchors,
-        issuer_cert: id.issuer_certificate,
-        issuer_key: id.issuer_key,
-    };
-    let ttl = std::time::Duration::from_secs(id.certificate_ttl_seconds);
-    match crate::identity::CertManager::load(&files, ttl) {
+    let ttl = id.certificate_ttl;
+    match crate::identity::CertManager::load(&id.issuer_files(), ttl) {
         Err(e) => vec![fail(
             "identity",
             e.to_string(),

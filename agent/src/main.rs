@@ -2,16 +2,16 @@
 
 mod admin;
 mod agent;
-mod balance;
 mod capture;
 mod check;
-mod config;
 mod diagnostics;
 mod identity;
+mod kube_names;
 mod logging;
 mod metrics;
 mod netns;
 mod proxy;
+mod settings;
 mod sources;
 mod state;
 mod telemetry;
@@ -71,7 +71,7 @@ enum Command {
     },
     /// Per-workload success rate, RPS and latency, like `linkerd viz stat`.
     Stat {
-        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        #[arg(long, default_value = settings::DEFAULT_ADMIN)]
         admin: std::net::SocketAddr,
         /// Window in seconds (1 to 60), e.g. `10` or `10s`.
         #[arg(long, default_value = "10s", value_parser = parse_secs)]
@@ -81,14 +81,14 @@ enum Command {
     },
     /// Who talks to whom, with identities, like `linkerd viz edges`.
     Edges {
-        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        #[arg(long, default_value = settings::DEFAULT_ADMIN)]
         admin: std::net::SocketAddr,
         #[arg(short, long, value_enum, default_value = "table")]
         output: views::Output,
     },
     /// Live requests, like `linkerd viz tap`.
     Tap {
-        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        #[arg(long, default_value = settings::DEFAULT_ADMIN)]
         admin: std::net::SocketAddr,
         #[command(flatten)]
         args: views::tap::TapArgs,
@@ -97,7 +97,7 @@ enum Command {
     },
     /// Show or change the agent's log filter at runtime.
     LogLevel {
-        #[arg(long, default_value = config::DEFAULT_ADMIN)]
+        #[arg(long, default_value = settings::DEFAULT_ADMIN)]
         admin: std::net::SocketAddr,
         /// New filter, e.g. `debug` or `info,meshd=trace`.
         filter: Option<String>,
@@ -115,7 +115,7 @@ enum Command {
     /// Remove everything an agent pinned (detaching its programs), e.g. after a crash.
     Uninstall {
         /// The bpffs root the agent was configured with.
-        #[arg(long, default_value = config::DEFAULT_BPFFS_ROOT)]
+        #[arg(long, default_value = settings::DEFAULT_BPFFS_ROOT)]
         bpffs: PathBuf,
     },
 }
@@ -282,24 +282,23 @@ fn raise_fd_limit() {
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     raise_fd_limit();
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let config = config::Config::parse(&path, &text)?;
-    let admin_listener = admin::bind(config.admin)
+    let store = state::StateStore::new();
+    let (source, settings) = sources::file::FileSource::start(&path, &store)?;
+    let admin_listener = admin::bind(settings.admin)
         .await
-        .with_context(|| format!("cannot listen on admin address {}", config.admin))?;
-    let agent = Arc::new(agent::Agent::start(&config)?);
-    let initial = state::State::from_config(&config);
-    let a = agent.clone();
-    tokio::task::spawn_blocking(move || a.apply(initial)).await?;
-    let source = Arc::new(sources::file::FileSource::new(path.clone(), config.clone()));
-    tokio::spawn(source.clone().watch(agent.clone(), text));
+        .with_context(|| format!("cannot listen on admin address {}", settings.admin))?;
+    let agent = Arc::new(agent::Agent::start(&settings, store.clone())?);
+    // The first state is applied before the agent reports ready; later ones as they come.
+    let updates = store.subscribe();
+    let (a, initial) = (agent.clone(), store.current());
+    tokio::task::spawn_blocking(move || a.apply(&initial)).await?;
+    let reconciler = tokio::spawn(agent.clone().reconcile(updates));
+    let source = tokio::spawn(source.watch());
     let admin = Arc::new(admin::Admin {
         agent: agent.clone(),
-        source,
     });
     tokio::spawn(admin::serve(admin, admin_listener));
-    tracing::info!(node = %config.node, admin = %config.admin, config = %path.display(), "meshd running");
+    tracing::info!(node = %settings.node, admin = %settings.admin, config = %path.display(), "meshd running");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -307,6 +306,9 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down: detaching programs and removing pins");
+    // No new state from here on (an apply in progress finishes before shutdown starts).
+    source.abort();
+    reconciler.abort();
     tokio::task::spawn_blocking(move || agent.shutdown()).await?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use meshd_tests::{
 use serde_json::Value;
 
 const MIB: u64 = 1024 * 1024;
-/// How long a failed endpoint is left out (agent/src/balance.rs `DOWN_FOR`).
+/// How long a failed endpoint is left out (agent/src/proxy/balance.rs `DOWN_FOR`).
 const DOWN_FOR: Duration = Duration::from_secs(10);
 
 /// One greeted 1 KiB echo that must succeed; returns the server's greeting.

@@ -232,6 +232,30 @@ impl Maps {
         Ok(())
     }
 
+    /// Records an original destination as sock_ops would, for unit tests that drive the
+    /// outbound proxy without the programs.
+    #[cfg(test)]
+    pub fn record_orig_dst(
+        &self,
+        netns_cookie: u64,
+        client_port: u16,
+        dst: std::net::SocketAddr,
+    ) -> Result<(), MapError> {
+        let key = ClientKey {
+            netns_cookie,
+            port: client_port,
+            family: if dst.is_ipv6() { AF_INET6 } else { AF_INET },
+            _pad: 0,
+        };
+        let value = OrigDst {
+            ip: ip_key(dst.ip()),
+            port: dst.port(),
+            _pad: [0; 5],
+            netns_cookie,
+        };
+        lock(&self.orig_dst).insert(key, value, 0)
+    }
+
     /// Maps of the right shapes that no program uses and nothing pins (they go away with
     /// the process), for unit tests that need a [`crate::proxy::ProxyContext`]. Needs
     /// CAP_BPF (the suite runs as root).

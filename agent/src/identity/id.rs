@@ -3,6 +3,7 @@
 use std::{fmt, str::FromStr};
 
 use super::IdentityError;
+use crate::kube_names::{check_dns_label, check_dns_subdomain};
 
 /// The suffix between `SA.NS` and the trust domain in the Linkerd form of an identity.
 const LINKERD_INFIX: &str = ".serviceaccount.identity.linkerd.";
@@ -209,44 +210,6 @@ pub(crate) fn check_trust_domain(s: &str) -> Result<(), String> {
         return Err(format!(
             "contains {c:?} (allowed: lowercase letters, digits, '.', '-', '_')"
         ));
-    }
-    Ok(())
-}
-
-/// A DNS-1123 label (a Kubernetes namespace name): at most 63 lowercase alphanumerics or
-/// `-`, starting and ending with an alphanumeric.
-fn check_dns_label(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("is empty".into());
-    }
-    if s.len() > 63 {
-        return Err(format!("{s:?} is longer than 63 characters"));
-    }
-    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    if let Some(c) = s.chars().find(|&c| !(ok(c) || c == '-')) {
-        return Err(format!(
-            "{s:?} contains {c:?} (allowed: lowercase letters, digits, '-')"
-        ));
-    }
-    if !s.starts_with(ok) || !s.ends_with(ok) {
-        return Err(format!(
-            "{s:?} must start and end with a lowercase letter or digit"
-        ));
-    }
-    Ok(())
-}
-
-/// A DNS-1123 subdomain (a Kubernetes service account name): dot-separated labels, at most
-/// 253 characters.
-fn check_dns_subdomain(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("is empty".into());
-    }
-    if s.len() > 253 {
-        return Err(format!("{s:?} is longer than 253 characters"));
-    }
-    for label in s.split('.') {
-        check_dns_label(label).map_err(|r| format!("{s:?}: label {r}"))?;
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ use super::{
     session::{self, Session},
     Direction, PodContext, ProxyContext,
 };
+use crate::telemetry::PeerWorkload;
 
 /// The app's address for a connection to `dst`: the same port on the pod's loopback.
 pub fn app_addr(dst: SocketAddr) -> SocketAddr {
@@ -37,7 +38,7 @@ pub fn inbound_meta(ctx: &ProxyContext, pod: &PodContext, peer: SocketAddr) -> H
             .state
             .load()
             .workload_by_ip(&peer.ip())
-            .map(|p| p.peer()),
+            .map(|p| PeerWorkload::from(&**p)),
         service: None,
         tls: false,
         client_id: None,

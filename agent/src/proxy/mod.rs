@@ -3,6 +3,7 @@
 //! steers connections for the pod's addresses). Pass-through TCP for now; mutual TLS,
 //! policy and L7 plug in where [`ConnRecord`](connections::ConnRecord) is created.
 
+pub mod balance;
 pub mod connect;
 pub mod connections;
 mod copy;
@@ -14,6 +15,8 @@ mod inbound_hbone;
 mod outbound;
 pub mod pool;
 mod session;
+#[cfg(test)]
+mod source_tests;
 #[cfg(test)]
 mod tap_tests;
 mod tls;
@@ -27,7 +30,6 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
 use meshd_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use tokio::{net::TcpListener, task::JoinHandle};
 
@@ -35,7 +37,7 @@ use crate::{
     capture::Maps,
     identity::{CertManager, Identity},
     netns::Netns,
-    state::{State, Workload},
+    state::{StateStore, Workload},
     telemetry::Telemetry,
 };
 pub use connections::{Connections, Direction};
@@ -54,7 +56,10 @@ pub enum ProxyError {
 
 /// What every connection handler shares.
 pub struct ProxyContext {
-    pub state: Arc<ArcSwap<State>>,
+    /// The mesh state, read once per connection.
+    pub state: Arc<StateStore>,
+    /// Load and health of service endpoints, kept across state snapshots.
+    pub balancers: Arc<balance::Balancers>,
     pub maps: Arc<Maps>,
     pub connections: Arc<Connections>,
     pub telemetry: Arc<Telemetry>,

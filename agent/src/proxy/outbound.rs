@@ -18,8 +18,8 @@ use super::{
 };
 use crate::{
     capture::maps::std_ip,
-    config::DEFAULT_OPAQUE_PORTS,
-    state::{ServicePort, State},
+    state::{is_opaque, ServicePort, State},
+    telemetry::PeerWorkload,
 };
 
 /// The agent's side towards the destination.
@@ -43,7 +43,7 @@ pub async fn handle(
     let id = ctx
         .connections
         .open(Direction::Outbound, workload, peer, dst);
-    let state = ctx.state.load_full();
+    let state = ctx.state.current();
     match state.service(&dst).cloned() {
         Some(svc) => to_service(ctx, pod, &state, id, client, &svc).await,
         None => match connect_upstream(ctx, pod, &state, id, dst).await {
@@ -68,19 +68,20 @@ async fn to_service(
     client: TcpStream,
     svc: &ServicePort,
 ) {
+    let endpoints = ctx.balancers.get(state, svc);
     let mut tried = Vec::new();
     let mut last_error = None;
     loop {
-        let Some(lease) = svc.endpoints.pick(&tried) else {
+        let Some(lease) = endpoints.pick(&tried) else {
             let msg = match last_error {
-                None if svc.endpoints.len() == 0 => {
+                None if endpoints.len() == 0 => {
                     format!("service {} has no endpoints", svc.key())
                 }
                 None => format!(
                     "service {} has no live endpoint ({} endpoints failed in the last {}s)",
                     svc.key(),
-                    svc.endpoints.len(),
-                    crate::balance::DOWN_FOR.as_secs()
+                    endpoints.len(),
+                    super::balance::DOWN_FOR.as_secs()
                 ),
                 Some(e) => format!("service {}: every endpoint failed, last: {e}", svc.key()),
             };
@@ -158,17 +159,14 @@ async fn run_session(
     service: Option<String>,
 ) {
     let dst = state.workload_by_ip(&target.ip());
-    let opaque = match dst {
-        Some(w) => w.opaque_ports.contains(&target.port()),
-        None => DEFAULT_OPAQUE_PORTS.contains(&target.port()),
-    };
+    let opaque = is_opaque(dst.map(|w| &**w), target.port());
     let w = &pod.workload;
     let mut meta = HttpMeta {
         direction: Direction::Outbound,
         namespace: w.namespace.clone(),
         pod: w.name.clone(),
         deployment: w.deployment.clone(),
-        peer: dst.map(|d| d.peer()),
+        peer: dst.map(|d| PeerWorkload::from(&**d)),
         service,
         tls: false,
         client_id: None,

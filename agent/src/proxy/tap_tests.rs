@@ -4,7 +4,6 @@
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::{Request, Response};
@@ -12,11 +11,12 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::{connections::Connections, detect::Protocol, http, Direction, ProxyContext};
-use crate::{capture::Maps, state::State, telemetry::Telemetry};
+use crate::{capture::Maps, state::StateStore, telemetry::Telemetry};
 
 fn context() -> Arc<ProxyContext> {
     Arc::new(ProxyContext {
-        state: Arc::new(ArcSwap::from_pointee(State::default())),
+        state: StateStore::new(),
+        balancers: Default::default(),
         maps: Arc::new(Maps::standalone().expect("standalone BPF maps (needs root)")),
         connections: Arc::new(Connections::default()),
         telemetry: Arc::new(Telemetry::default()),

@@ -12,6 +12,16 @@ pub struct PeerWorkload {
     pub deployment: String,
 }
 
+impl From<&crate::state::Workload> for PeerWorkload {
+    fn from(w: &crate::state::Workload) -> PeerWorkload {
+        PeerWorkload {
+            namespace: w.namespace.clone(),
+            pod: w.name.clone(),
+            deployment: w.deployment.clone(),
+        }
+    }
+}
+
 /// One HTTP request as seen by this agent, on behalf of one enrolled workload.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestEvent {

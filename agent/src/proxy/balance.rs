@@ -1,5 +1,7 @@
 //! Load balancing over a service's endpoints, like Linkerd's: power of two choices over the
 //! endpoints' load (connections in flight), skipping endpoints that failed recently.
+//! The proxy keeps one [`Balancer`] per service port in [`Balancers`], reconciled with each
+//! new state snapshot: an endpoint that stays keeps its load and its health mark.
 //!
 //! Two candidates are drawn at random and the less loaded one wins; on equal load the one
 //! picked less often wins, so sequential connections alternate evenly. An endpoint whose
@@ -7,13 +9,19 @@
 //! endpoint costs one failed attempt, not one per connection.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::{Duration, SystemTime},
 };
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::state::{ServicePort, State};
 
 /// How long an endpoint that refused a connection is left out.
 pub const DOWN_FOR: Duration = Duration::from_secs(10);
@@ -85,6 +93,22 @@ impl Balancer {
         }
     }
 
+    /// A balancer over `addrs` that keeps the load, pick count and health mark of each
+    /// endpoint it shares with this one.
+    pub fn with_addrs(&self, addrs: &[SocketAddr]) -> Balancer {
+        let kept: HashMap<SocketAddr, &Arc<Endpoint>> =
+            self.endpoints.iter().map(|e| (e.addr, e)).collect();
+        let fresh = Balancer::new(addrs);
+        Balancer {
+            endpoints: fresh
+                .endpoints
+                .into_iter()
+                .map(|e| kept.get(&e.addr).map_or(e, |k| Arc::clone(k)))
+                .collect(),
+            seed: AtomicU64::new(self.seed.load(Ordering::Relaxed)),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.endpoints.len()
     }
@@ -141,6 +165,76 @@ impl Balancer {
         chosen.outstanding.fetch_add(1, Ordering::Relaxed);
         chosen.picked.fetch_add(1, Ordering::Relaxed);
         Some(Lease(chosen.clone()))
+    }
+}
+
+/// The balancers of the service ports of one state generation.
+#[derive(Debug, Default)]
+struct Generation {
+    generation: u64,
+    by_service: HashMap<SocketAddr, Arc<Balancer>>,
+}
+
+/// The proxy's balancers, one per service port (`vip:port`), reconciled with the state:
+/// [`Balancers::follow`] on every new snapshot, and [`Balancers::get`] itself when a
+/// connection brings a snapshot newer than the last reconciled one.
+#[derive(Debug, Default)]
+pub struct Balancers {
+    current: ArcSwap<Generation>,
+    /// Serialises reconciliations.
+    reconciling: Mutex<()>,
+}
+
+impl Balancers {
+    /// The balancer of `svc`, a service port of `state`.
+    pub fn get(&self, state: &State, svc: &ServicePort) -> Arc<Balancer> {
+        let current = self.current.load();
+        if current.generation < state.generation() {
+            drop(current);
+            self.reconcile(state);
+        }
+        match self.current.load().by_service.get(&svc.addr()) {
+            Some(b) => b.clone(),
+            // A newer snapshot than the connection's has removed the service: serve this
+            // connection from its own snapshot.
+            None => Arc::new(Balancer::new(&svc.endpoints)),
+        }
+    }
+
+    /// Makes the balancers those of `state`'s service ports, keeping the endpoints that
+    /// stay. A snapshot older than the last reconciled one changes nothing.
+    pub fn reconcile(&self, state: &State) {
+        let _one_at_a_time = self.reconciling.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current.load_full();
+        if old.generation >= state.generation() {
+            return;
+        }
+        let by_service = state
+            .services()
+            .map(|svc| {
+                let balancer = match old.by_service.get(&svc.addr()) {
+                    Some(b) if b.addrs() == svc.endpoints => b.clone(),
+                    Some(b) => Arc::new(b.with_addrs(&svc.endpoints)),
+                    None => Arc::new(Balancer::new(&svc.endpoints)),
+                };
+                (svc.addr(), balancer)
+            })
+            .collect();
+        self.current.store(Arc::new(Generation {
+            generation: state.generation(),
+            by_service,
+        }));
+    }
+
+    /// Reconciles with every snapshot `updates` brings, until the store is gone.
+    pub async fn follow(self: Arc<Self>, mut updates: watch::Receiver<Arc<State>>) {
+        loop {
+            let state = updates.borrow_and_update().clone();
+            self.reconcile(&state);
+            if updates.changed().await.is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -283,5 +377,65 @@ mod tests {
             assert!(max - min <= 8, "after {round} rounds: {count:?}");
         }
         assert_eq!(count.iter().sum::<i32>(), 1000);
+    }
+
+    /// The state a source would publish: one service `10.96.0.1:80` over `endpoints`.
+    fn publish(store: &Arc<crate::state::StateStore>, endpoints: &[SocketAddr]) -> Arc<State> {
+        let svc = ServicePort {
+            name: "web".into(),
+            namespace: "default".into(),
+            vip: "10.96.0.1".parse().unwrap(),
+            port: 80,
+            endpoints: endpoints.to_vec(),
+        };
+        store
+            .source("test", "memory".into())
+            .publish(State::new("n1", [], [svc]))
+    }
+
+    /// A new snapshot with the same service keeps its balancer's runtime state: an endpoint
+    /// marked down stays down, in-flight connections still count; an endpoint that stays
+    /// when others come and go keeps its marks too.
+    #[tokio::test]
+    async fn a_new_snapshot_keeps_load_and_health() {
+        let all = addrs(3);
+        let store = crate::state::StateStore::new();
+        let balancers = Arc::new(Balancers::default());
+        let follower = tokio::spawn(balancers.clone().follow(store.subscribe()));
+        let first = publish(&store, &all[..2]);
+        let svc = first.service(&"10.96.0.1:80".parse().unwrap()).unwrap();
+        let b = balancers.get(&first, svc);
+        let down = b.pick(&[all[1]]).unwrap();
+        assert_eq!(down.addr(), all[0]);
+        down.failed();
+        drop(down);
+        let in_flight = b.pick(&[]).unwrap();
+        assert_eq!(in_flight.addr(), all[1]);
+
+        let second = publish(&store, &all[..2]);
+        let svc = second.service(&"10.96.0.1:80".parse().unwrap()).unwrap();
+        let b2 = balancers.get(&second, svc);
+        assert_eq!(b2.addrs(), &all[..2]);
+        assert!(
+            b2.pick(&[all[1]]).is_none(),
+            "the endpoint marked down stays down"
+        );
+        let e1 = b2.endpoints.iter().find(|e| e.addr == all[1]).unwrap();
+        assert_eq!(
+            e1.outstanding.load(Ordering::Relaxed),
+            1,
+            "in flight still counts"
+        );
+        drop(in_flight);
+        assert_eq!(e1.outstanding.load(Ordering::Relaxed), 0);
+
+        // Another endpoint joins: the one marked down is still down, the new one is up.
+        let third = publish(&store, &all);
+        let svc = third.service(&"10.96.0.1:80".parse().unwrap()).unwrap();
+        let b3 = balancers.get(&third, svc);
+        assert_eq!(b3.addrs(), all);
+        assert!(b3.pick(&[all[1], all[2]]).is_none(), "still down");
+        assert_eq!(b3.pick(&[all[1]]).unwrap().addr(), all[2]);
+        follower.abort();
     }
 }

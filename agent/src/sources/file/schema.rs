@@ -1,4 +1,6 @@
-//! The standalone configuration file: the node, its workloads, services and agent settings.
+//! The standalone file's schema: the agent's settings (turned into
+//! [`Settings`](crate::settings::Settings)) and the mesh state (workloads and services, turned
+//! into a [`State`](crate::state::State) by [`super::to_state`]).
 //!
 //! Parsing is strict (unknown fields are errors, so a typo never silently disables
 //! something) and validation checks what the agent would otherwise trip over later:
@@ -13,10 +15,14 @@ use std::{
 
 use serde::Deserialize;
 
-/// Default admin address: node-local, not reachable from pods.
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
-/// Default bpffs root; the agent pins under `<root>/v<PIN_VERSION>`.
-pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/meshd";
+use crate::{
+    kube_names::{is_dns_label, is_dns_subdomain},
+    settings::{
+        IdentitySettings, Settings, DEFAULT_ADMIN, DEFAULT_BPFFS_ROOT, DEFAULT_CERTIFICATE_TTL,
+        DEFAULT_CONNECT_TIMEOUT, DEFAULT_TRUST_DOMAIN,
+    },
+    state::DEFAULT_OPAQUE_PORTS,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,7 +34,7 @@ pub enum ConfigError {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Config {
+pub struct FileConfig {
     /// This node's name; workloads with this `node` (or none) are enrolled here.
     pub node: String,
     #[serde(default = "default_admin")]
@@ -98,10 +104,6 @@ pub struct WorkloadConfig {
     pub opaque_ports: Option<BTreeSet<u16>>,
 }
 
-/// Linkerd's default opaque ports: SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch,
-/// memcached.
-pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
-
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceConfig {
@@ -133,13 +135,13 @@ fn default_bpffs() -> PathBuf {
     PathBuf::from(DEFAULT_BPFFS_ROOT)
 }
 fn default_connect_timeout_ms() -> u64 {
-    5000
+    DEFAULT_CONNECT_TIMEOUT.as_millis() as u64
 }
 fn default_trust_domain() -> String {
-    "cluster.local".into()
+    DEFAULT_TRUST_DOMAIN.into()
 }
 fn default_cert_ttl_seconds() -> u64 {
-    24 * 3600
+    DEFAULT_CERTIFICATE_TTL.as_secs()
 }
 
 impl WorkloadConfig {
@@ -166,11 +168,28 @@ impl WorkloadConfig {
     }
 }
 
-impl Config {
+impl FileConfig {
+    /// The agent's settings in this file.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            node: self.node.clone(),
+            admin: self.admin,
+            bpffs: self.bpffs.clone(),
+            connect_timeout: std::time::Duration::from_millis(self.connect_timeout_ms),
+            trust_domain: self.trust_domain.clone(),
+            identity: self.identity.as_ref().map(|id| IdentitySettings {
+                trust_anchors: id.trust_anchors.clone(),
+                issuer_certificate: id.issuer_certificate.clone(),
+                issuer_key: id.issuer_key.clone(),
+                certificate_ttl: std::time::Duration::from_secs(id.certificate_ttl_seconds),
+            }),
+        }
+    }
+
     /// Parses and validates config text; `path` is only used in error messages.
-    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
         let de = serde_yaml::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let config: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
             let inner = inner.to_string();
@@ -317,25 +336,12 @@ fn check_fs(path: &Path, magic: i64, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(Path::new("test.yaml"), text)
+    fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        FileConfig::parse(Path::new("test.yaml"), text)
     }
 
     const REMOTE_ONLY: &str = "

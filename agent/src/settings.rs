@@ -1,0 +1,54 @@
+//! The agent's own settings: which node it runs on, where its admin API listens, where it
+//! pins, the trust domain and issuer files of workload identities, the connect timeout.
+//! They are read once at start-up (in standalone mode from the same file as the mesh
+//! state; see [`crate::sources::file`]) and are not part of the mesh state.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// Default admin address: node-local, not reachable from pods.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
+/// Default bpffs root; the agent pins under `<root>/v<PIN_VERSION>`.
+pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/meshd";
+/// Default trust domain of workload identities.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// Default timeout of a plain connection to a destination.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(5000);
+/// Default lifetime of workload certificates.
+pub const DEFAULT_CERTIFICATE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// This node's name.
+    pub node: String,
+    pub admin: SocketAddr,
+    pub bpffs: PathBuf,
+    pub connect_timeout: Duration,
+    /// The trust domain of workload identities (`spiffe://<trust_domain>/ns/NS/sa/SA`).
+    pub trust_domain: String,
+    /// Mutual TLS between workloads; without it captured connections are passed through
+    /// in plaintext.
+    pub identity: Option<IdentitySettings>,
+}
+
+/// Where the trust anchors and the issuer are, and how long workload certificates live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentitySettings {
+    /// PEM bundle of one or more trust anchors (two during an anchor rotation).
+    pub trust_anchors: PathBuf,
+    /// The issuer (intermediate CA) certificate, PEM, signed by a trust anchor.
+    pub issuer_certificate: PathBuf,
+    /// The issuer's private key, PEM (PKCS#8).
+    pub issuer_key: PathBuf,
+    /// Renewed at half-life.
+    pub certificate_ttl: Duration,
+}
+
+impl IdentitySettings {
+    pub fn issuer_files(&self) -> crate::identity::IssuerFiles {
+        crate::identity::IssuerFiles {
+            trust_anchors: self.trust_anchors.clone(),
+            issuer_cert: self.issuer_certificate.clone(),
+            issuer_key: self.issuer_key.clone(),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The agent's in-memory view of the mesh: workloads and services, whatever source they came
+//! from, with the indexes the data path needs. Sources build a [`State`] and publish it into
+//! the [`StateStore`]; the enrollment reconciler and the proxy read and watch the store. The
+//! proxy reads one immutable snapshot per connection.
+
+mod service;
+pub mod store;
+mod workload;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+pub use service::ServicePort;
+pub use store::{SourceHandle, SourceStatus, StateStore};
+pub use workload::{is_opaque, LocalWorkload, Workload, DEFAULT_OPAQUE_PORTS};
+
+#[derive(Debug, Default)]
+pub struct State {
+    /// The node the `local` parts of the workloads are relative to.
+    pub node: String,
+    pub workloads: BTreeMap<String, Arc<Workload>>,
+    by_ip: HashMap<IpAddr, Arc<Workload>>,
+    services: HashMap<SocketAddr, Arc<ServicePort>>,
+    /// Set by the store when the state is published: later snapshots have higher numbers.
+    generation: u64,
+}
+
+impl State {
+    /// A state of these workloads and service ports, indexed. A later workload or service
+    /// port with the same key or address replaces an earlier one (sources validate).
+    pub fn new(
+        node: impl Into<String>,
+        workloads: impl IntoIterator<Item = Workload>,
+        services: impl IntoIterator<Item = ServicePort>,
+    ) -> State {
+        let mut state = State {
+            node: node.into(),
+            ..State::default()
+        };
+        for w in workloads {
+            let w = Arc::new(w);
+            for ip in &w.ips {
+                state.by_ip.insert(*ip, w.clone());
+            }
+            state.workloads.insert(w.key(), w);
+        }
+        for s in services {
+            state.services.insert(s.addr(), Arc::new(s));
+        }
+        state
+    }
+
+    /// The mesh workload (on any node) that has this address.
+    pub fn workload_by_ip(&self, ip: &IpAddr) -> Option<&Arc<Workload>> {
+        self.by_ip.get(ip)
+    }
+
+    /// The service port clients reach at `addr` (`vip:port`).
+    pub fn service(&self, addr: &SocketAddr) -> Option<&Arc<ServicePort>> {
+        self.services.get(addr)
+    }
+
+    /// The workloads this agent captures.
+    pub fn local_workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        self.workloads.values().filter(|w| w.local.is_some())
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServicePort>> {
+        self.services.values()
+    }
+
+    /// Which publication of the store this is (0: never published).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}

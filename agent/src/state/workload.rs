@@ -1,0 +1,54 @@
+//! A mesh workload (a pod), wherever it runs, and what the agent needs to capture it when
+//! it runs on this node.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::PathBuf,
+};
+
+/// Linkerd's default opaque ports: SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch,
+/// memcached. They apply to a workload that names none, and to destinations outside the
+/// mesh.
+pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+
+/// Whether traffic to `port` is never parsed as HTTP: the workload's opaque ports, or the
+/// defaults for a destination the mesh does not know.
+pub fn is_opaque(workload: Option<&Workload>, port: u16) -> bool {
+    match workload {
+        Some(w) => w.opaque_ports.contains(&port),
+        None => DEFAULT_OPAQUE_PORTS.contains(&port),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub node: String,
+    /// The owning deployment, for metrics.
+    pub deployment: String,
+    pub labels: BTreeMap<String, String>,
+    pub ips: Vec<IpAddr>,
+    /// Ports never parsed as HTTP.
+    pub opaque_ports: BTreeSet<u16>,
+    /// Set for workloads on this node, which the agent captures.
+    pub local: Option<LocalWorkload>,
+}
+
+/// Where an enrolled workload lives on this node, and what it excludes from capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalWorkload {
+    pub netns: PathBuf,
+    pub cgroup: PathBuf,
+    pub skip_inbound_ports: BTreeSet<u16>,
+    pub skip_outbound_ports: BTreeSet<u16>,
+}
+
+impl Workload {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}

@@ -24,7 +24,7 @@ use crate::{agent::Agent, state::SourceStatus, telemetry::tap::TapFilter};
 
 type AdminBody = BoxBody<Bytes, Infallible>;
 
-pub struct Admin {
+pub(crate) struct Admin {
     pub agent: Arc<Agent>,
 }
 
@@ -188,10 +188,10 @@ impl Admin {
         let mut edges: BTreeMap<(String, String, String, String, bool), u64> = BTreeMap::new();
         for c in self.agent.proxy.connections.snapshot() {
             let (src, dst) = match c.direction {
-                crate::proxy::Direction::Outbound => {
+                crate::telemetry::Direction::Outbound => {
                     (c.workload.clone(), name_of(&c.target.unwrap_or(c.orig_dst)))
                 }
-                crate::proxy::Direction::Inbound => (name_of(&c.peer), c.workload.clone()),
+                crate::telemetry::Direction::Inbound => (name_of(&c.peer), c.workload.clone()),
             };
             let key = (
                 src,
@@ -265,7 +265,7 @@ impl Admin {
                     .telemetry
                     .metrics
                     .cert_expiration
-                    .get_or_create(&crate::metrics::IdentityLabels {
+                    .get_or_create(&crate::telemetry::metrics::IdentityLabels {
                         identity: id.to_string(),
                     })
                     .set(secs);
@@ -365,7 +365,7 @@ fn config_error(sources: &[SourceStatus]) -> Option<String> {
 }
 
 /// Serves the admin API on `listener` until the task is dropped.
-pub async fn serve(admin: Arc<Admin>, listener: tokio::net::TcpListener) {
+pub(crate) async fn serve(admin: Arc<Admin>, listener: tokio::net::TcpListener) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -392,6 +392,6 @@ pub async fn serve(admin: Arc<Admin>, listener: tokio::net::TcpListener) {
     }
 }
 
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
 }

@@ -18,7 +18,8 @@ use crate::{
     identity::CertManager,
     netns::Netns,
     proxy::{
-        balance::Balancers, pool::Pool, Connections, Mesh, PodContext, PodProxy, ProxyContext,
+        balance::Balancers, hbone::pool::Pool, Connections, Mesh, PodContext, PodProxy,
+        ProxyContext,
     },
     settings::Settings,
     state::{LocalWorkload, State, StateStore, Workload},
@@ -26,7 +27,7 @@ use crate::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     #[error("loading eBPF capture: {0}")]
     Capture(#[from] crate::capture::CaptureError),
     #[error("loading the mesh identity: {0}")]
@@ -43,14 +44,14 @@ struct Enrolled {
 
 /// Status of one local workload, for `/config_dump`.
 #[derive(Debug, Clone, Serialize)]
-pub struct WorkloadStatus {
+pub(crate) struct WorkloadStatus {
     pub workload: String,
     pub enrolled: bool,
     pub netns_cookie: Option<u64>,
     pub error: Option<String>,
 }
 
-pub struct Agent {
+pub(crate) struct Agent {
     pub state: Arc<StateStore>,
     pub proxy: Arc<ProxyContext>,
     capture: Mutex<Capture>,
@@ -83,7 +84,7 @@ impl Agent {
     /// and prepares an empty agent. Must run inside the tokio runtime.
     /// The proxy follows `state` from here on (its balancers are reconciled with each new
     /// snapshot); the agent itself applies snapshots once [`Agent::reconcile`] runs.
-    pub fn start(settings: &Settings, state: Arc<StateStore>) -> Result<Agent, StartError> {
+    pub(crate) fn start(settings: &Settings, state: Arc<StateStore>) -> Result<Agent, StartError> {
         let connect_timeout = settings.connect_timeout;
         let mesh = match &settings.identity {
             None => None,
@@ -124,7 +125,10 @@ impl Agent {
     /// Applies every snapshot the store publishes (the latest, when several come while one
     /// is applied), until the store is gone. Enrollment does blocking set-up work
     /// (namespaces, bpf syscalls), so each runs on a blocking thread.
-    pub async fn reconcile(self: Arc<Self>, mut updates: tokio::sync::watch::Receiver<Arc<State>>) {
+    pub(crate) async fn reconcile(
+        self: Arc<Self>,
+        mut updates: tokio::sync::watch::Receiver<Arc<State>>,
+    ) {
         while updates.changed().await.is_ok() {
             let state = updates.borrow_and_update().clone();
             let agent = self.clone();
@@ -135,7 +139,7 @@ impl Agent {
     }
 
     /// Enrolls / un-enrolls workloads to match `state`.
-    pub fn apply(&self, state: &Arc<State>) {
+    pub(crate) fn apply(&self, state: &Arc<State>) {
         let desired: BTreeMap<String, Arc<Workload>> = state
             .local_workloads()
             .map(|w| (w.key(), w.clone()))
@@ -294,7 +298,7 @@ impl Agent {
     }
 
     /// Un-enrolls everything and removes all pins (clean shutdown).
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         let leaving = std::mem::take(&mut *lock(&self.enrolled))
             .into_iter()
             .collect();
@@ -310,14 +314,14 @@ impl Agent {
 
     /// The state the agent has applied, once any apply in progress is done (so that what
     /// `/config_dump` shows of a new state comes with its enrollment).
-    pub fn applied(&self) -> Arc<State> {
+    pub(crate) fn applied(&self) -> Arc<State> {
         let _enrolled = lock(&self.enrolled);
         let applied = lock(&self.applied).clone();
         applied
     }
 
     /// The local workloads of the applied state and whether each is enrolled.
-    pub fn statuses(&self) -> Vec<WorkloadStatus> {
+    pub(crate) fn statuses(&self) -> Vec<WorkloadStatus> {
         let enrolled = lock(&self.enrolled);
         let errors = lock(&self.errors);
         let state = lock(&self.applied).clone();
@@ -336,16 +340,16 @@ impl Agent {
             .collect()
     }
 
-    pub fn pins_root(&self) -> String {
+    pub(crate) fn pins_root(&self) -> String {
         lock(&self.capture).pins().root().display().to_string()
     }
 
     /// Attached programs and links, for `/config_dump`.
-    pub fn attachments(&self) -> serde_json::Value {
+    pub(crate) fn attachments(&self) -> serde_json::Value {
         lock(&self.capture).attachments()
     }
 
-    pub fn map_counts(&self) -> serde_json::Value {
+    pub(crate) fn map_counts(&self) -> serde_json::Value {
         self.proxy.maps.counts()
     }
 }

@@ -3,7 +3,7 @@
 
 /// Why a name is not a valid DNS-1123 label or subdomain.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
+pub(crate) enum NameError {
     #[error("is empty")]
     Empty,
     #[error("{name:?} is longer than {max} characters")]
@@ -22,7 +22,7 @@ pub enum NameError {
 
 /// A DNS-1123 label (a namespace name): at most 63 lowercase alphanumerics or `-`,
 /// starting and ending with an alphanumeric.
-pub fn check_dns_label(s: &str) -> Result<(), NameError> {
+pub(crate) fn check_dns_label(s: &str) -> Result<(), NameError> {
     if s.is_empty() {
         return Err(NameError::Empty);
     }
@@ -47,7 +47,7 @@ pub fn check_dns_label(s: &str) -> Result<(), NameError> {
 
 /// A DNS-1123 subdomain (a pod or service account name): dot-separated labels, at most
 /// 253 characters.
-pub fn check_dns_subdomain(s: &str) -> Result<(), NameError> {
+pub(crate) fn check_dns_subdomain(s: &str) -> Result<(), NameError> {
     if s.is_empty() {
         return Err(NameError::Empty);
     }
@@ -66,11 +66,11 @@ pub fn check_dns_subdomain(s: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-pub fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     check_dns_label(s).is_ok()
 }
 
-pub fn is_dns_subdomain(s: &str) -> bool {
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     check_dns_subdomain(s).is_ok()
 }
 

@@ -1,26 +1,10 @@
 //! meshd: the sidecar-less service mesh node agent, and its CLI.
 
-mod admin;
-mod agent;
-mod capture;
-mod check;
-mod diagnostics;
-mod identity;
-mod kube_names;
-mod logging;
-mod metrics;
-mod netns;
-mod proxy;
-mod settings;
-mod sources;
-mod state;
-mod telemetry;
-mod views;
-
-use std::{path::PathBuf, sync::Arc};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use meshd::{app, capture, check, diagnostics, identity, logging, settings, views};
 
 /// jemalloc, as ztunnel and most proxies use: less fragmentation than glibc's per-thread
 /// arenas, and freed memory goes back to the kernel (a traffic burst does not leave the
@@ -166,25 +150,6 @@ fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
-/// The proxy's runtime: with one worker, everything on this thread (no work-stealing
-/// scheduler, as linkerd2-proxy does with one core); otherwise that many worker threads
-/// (default: one per CPU).
-fn proxy_runtime(workers: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = workers.map_or(cpus, usize::from);
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    builder
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")
-}
-
 fn cli_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     logging::init(&cli.log, cli.log_json);
@@ -261,79 +226,6 @@ fn cli_main() -> anyhow::Result<()> {
             println!("removed {}", pins.root().display());
             Ok(())
         }
-        Command::Run { config, workers } => proxy_runtime(workers)?.block_on(run(config)),
-    }
-}
-
-/// Each proxied connection holds two sockets: raise the soft open-files limit to the hard
-/// one, as proxies do.
-fn raise_fd_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
-            }
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
-    }
-}
-
-async fn run(path: PathBuf) -> anyhow::Result<()> {
-    raise_fd_limit();
-    let store = state::StateStore::new();
-    let (source, settings) = sources::file::FileSource::start(&path, &store)?;
-    let admin_listener = admin::bind(settings.admin)
-        .await
-        .with_context(|| format!("cannot listen on admin address {}", settings.admin))?;
-    let agent = Arc::new(agent::Agent::start(&settings, store.clone())?);
-    // The first state is applied before the agent reports ready; later ones as they come.
-    let updates = store.subscribe();
-    let (a, initial) = (agent.clone(), store.current());
-    tokio::task::spawn_blocking(move || a.apply(&initial)).await?;
-    let reconciler = tokio::spawn(agent.clone().reconcile(updates));
-    let source = tokio::spawn(source.watch());
-    let admin = Arc::new(admin::Admin {
-        agent: agent.clone(),
-    });
-    tokio::spawn(admin::serve(admin, admin_listener));
-    tracing::info!(node = %settings.node, admin = %settings.admin, config = %path.display(), "meshd running");
-
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down: detaching programs and removing pins");
-    // No new state from here on (an apply in progress finishes before shutdown starts).
-    source.abort();
-    reconciler.abort();
-    tokio::task::spawn_blocking(move || agent.shutdown()).await?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio::runtime::RuntimeFlavor;
-
-    fn flavor(workers: Option<u16>) -> RuntimeFlavor {
-        super::proxy_runtime(workers)
-            .expect("runtime")
-            .handle()
-            .runtime_flavor()
-    }
-
-    #[test]
-    fn one_worker_is_a_single_threaded_runtime() {
-        assert_eq!(flavor(Some(1)), RuntimeFlavor::CurrentThread);
-        assert_eq!(flavor(Some(2)), RuntimeFlavor::MultiThread);
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let default = if cpus == 1 {
-            RuntimeFlavor::CurrentThread
-        } else {
-            RuntimeFlavor::MultiThread
-        };
-        assert_eq!(flavor(None), default);
+        Command::Run { config, workers } => app::proxy_runtime(workers)?.block_on(app::run(config)),
     }
 }

@@ -17,7 +17,7 @@ use std::{
 use socket2::{Domain, Protocol, Socket, Type};
 
 #[derive(Debug, thiserror::Error)]
-pub enum NetnsError {
+pub(crate) enum NetnsError {
     #[error("cannot open network namespace {path}: {source}")]
     Open {
         path: PathBuf,
@@ -36,7 +36,7 @@ pub enum NetnsError {
 
 /// A pod's network namespace, held open.
 #[derive(Debug)]
-pub struct Netns {
+pub(crate) struct Netns {
     path: PathBuf,
     file: File,
     cookie: u64,
@@ -55,7 +55,7 @@ fn home() -> Result<&'static File, NetnsError> {
 
 impl Netns {
     /// Opens `path` (e.g. `/run/netns/web-1`) and checks that it can be entered.
-    pub fn open(path: &Path) -> Result<Netns, NetnsError> {
+    pub(crate) fn open(path: &Path) -> Result<Netns, NetnsError> {
         let file = File::open(path).map_err(|source| NetnsError::Open {
             path: path.to_owned(),
             source,
@@ -74,17 +74,17 @@ impl Netns {
         Ok(ns)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The kernel's cookie for this namespace (what `bpf_get_netns_cookie` returns).
-    pub fn cookie(&self) -> u64 {
+    pub(crate) fn cookie(&self) -> u64 {
         self.cookie
     }
 
     /// A new socket in this namespace (close-on-exec).
-    pub fn socket(
+    pub(crate) fn socket(
         &self,
         domain: Domain,
         ty: Type,
@@ -113,7 +113,7 @@ impl Netns {
 }
 
 /// `SO_NETNS_COOKIE` of a socket (kernel 5.14+).
-pub fn socket_netns_cookie(fd: &OwnedFd) -> std::io::Result<u64> {
+pub(crate) fn socket_netns_cookie(fd: &OwnedFd) -> std::io::Result<u64> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;

@@ -17,7 +17,7 @@ use rustls::{
 };
 use x509_parser::certificate::X509Certificate;
 
-use super::{error::fmt_time, tls::provider, Identity, IdentityError};
+use super::{crypto::provider, error::fmt_time, Identity, IdentityError};
 
 /// File names written by [`init`](super::init) and expected by [`IssuerFiles::in_dir`].
 pub(crate) const TRUST_ANCHOR_FILE: &str = "ca.crt";

@@ -18,9 +18,9 @@ use rustls::{
 use tokio::{sync::Notify, task::JoinHandle};
 
 use super::{
+    crypto::provider,
     error::fmt_time,
     issuer::{IssuedCert, Issuer},
-    tls::provider,
     Identity, IdentityError, IssuerFiles, TrustAnchors,
 };
 

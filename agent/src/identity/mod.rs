@@ -8,11 +8,7 @@
 //! configurations for the mesh's mutual TLS ([`server_config`], [`client_config`],
 //! [`peer_identity`]).
 
-// Wired into HBONE, `meshd identity init`, `check` and `diagnostics`. A few items
-// (`CertManager::forget`, `Identity::try_new`, `IssuerFiles::in_dir`, ...) are used only by
-// the tests so far; policy will use them. The identity section is read at start-up only.
-#![allow(dead_code)]
-
+mod crypto;
 mod error;
 mod id;
 mod init;
@@ -23,18 +19,11 @@ mod tls;
 #[cfg(test)]
 pub(crate) mod tests;
 
-// Not all of these are used by the binary yet (the CLI and the proxy wire them next).
-#[allow(unused_imports)]
 pub use error::IdentityError;
-#[allow(unused_imports)]
 pub use id::Identity;
-#[allow(unused_imports)]
 pub use init::{init, InitOutput};
-#[allow(unused_imports)]
 pub use issuer::{IssuerFiles, TrustAnchors};
-#[allow(unused_imports)]
 pub use manager::{CertManager, DEFAULT_LEAF_TTL};
-#[allow(unused_imports)]
 pub use tls::{
     client_config, peer_identity, peer_identity_from_certs, server_config, IdentityMismatch,
     ALPN_H2,

@@ -749,7 +749,7 @@ async fn client_without_certificate_is_rejected() {
     let mgr = manager(&a.issuer_files());
     let web = id("default", "web");
     let server = server_config(mgr.clone(), web.clone()).expect("server config");
-    let mut client = ClientConfig::builder_with_provider(tls::provider())
+    let mut client = ClientConfig::builder_with_provider(crypto::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("versions")
         .dangerous()

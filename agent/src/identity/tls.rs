@@ -4,7 +4,7 @@
 
 use std::{
     fmt,
-    sync::{Arc, OnceLock, Weak},
+    sync::{Arc, Weak},
 };
 
 use rustls::{
@@ -12,7 +12,6 @@ use rustls::{
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
         verify_server_cert_signed_by_trust_anchor, ResolvesClientCert, Resumption,
     },
-    crypto::{aws_lc_rs, CryptoProvider},
     pki_types::{CertificateDer, ServerName, UnixTime},
     server::{
         danger::{ClientCertVerified, ClientCertVerifier},
@@ -24,27 +23,10 @@ use rustls::{
 };
 use x509_parser::extensions::GeneralName;
 
-use super::{manager::CertManager, Identity, IdentityError};
+use super::{crypto::provider, manager::CertManager, Identity, IdentityError};
 
 /// The ALPN protocol of mesh connections (HBONE is HTTP/2).
 pub const ALPN_H2: &[u8] = b"h2";
-
-/// The crypto provider of the mesh: aws-lc-rs, TLS 1.3 suites only, AES-GCM before
-/// ChaCha20-Poly1305.
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| {
-            let mut provider = aws_lc_rs::default_provider();
-            provider.cipher_suites = vec![
-                aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
-                aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
-                aws_lc_rs::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
-            ];
-            Arc::new(provider)
-        })
-        .clone()
-}
 
 /// The certificate a server presented did not carry the identity the client expected.
 /// It is the [`OtherError`] inside [`CertificateError::Other`] of the handshake error, so
@@ -302,18 +284,14 @@ impl ClientCertVerifier for AnchorClientVerifier {
 /// expected SPIFFE ID (instead of a DNS name).
 pub(crate) struct SpiffeServerVerifier {
     mgr: Weak<CertManager>,
-    expected: Identity,
+    /// The expected identity as the URI SAN it must be (compared per handshake).
     expected_uri: String,
 }
 
 impl SpiffeServerVerifier {
     pub(crate) fn new(mgr: Weak<CertManager>, expected: Identity) -> SpiffeServerVerifier {
         let expected_uri = expected.to_string();
-        SpiffeServerVerifier {
-            mgr,
-            expected,
-            expected_uri,
-        }
+        SpiffeServerVerifier { mgr, expected_uri }
     }
 }
 

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::state::{ServicePort, State};
 
 /// How long an endpoint that refused a connection is left out.
-pub const DOWN_FOR: Duration = Duration::from_secs(10);
+pub(crate) const DOWN_FOR: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Endpoint {
@@ -35,22 +35,22 @@ struct Endpoint {
 }
 
 #[derive(Debug)]
-pub struct Balancer {
+pub(crate) struct Balancer {
     endpoints: Vec<Arc<Endpoint>>,
     seed: AtomicU64,
 }
 
 /// An endpoint in use: counts towards its load until dropped.
 #[derive(Debug)]
-pub struct Lease(Arc<Endpoint>);
+pub(crate) struct Lease(Arc<Endpoint>);
 
 impl Lease {
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.0.addr
     }
 
     /// The connection to this endpoint failed: leave it out for a while.
-    pub fn failed(&self) {
+    pub(crate) fn failed(&self) {
         self.failed_at(now_ms());
     }
 
@@ -76,7 +76,7 @@ fn now_ms() -> u64 {
 }
 
 impl Balancer {
-    pub fn new(addrs: &[SocketAddr]) -> Balancer {
+    pub(crate) fn new(addrs: &[SocketAddr]) -> Balancer {
         Balancer {
             endpoints: addrs
                 .iter()
@@ -95,7 +95,7 @@ impl Balancer {
 
     /// A balancer over `addrs` that keeps the load, pick count and health mark of each
     /// endpoint it shares with this one.
-    pub fn with_addrs(&self, addrs: &[SocketAddr]) -> Balancer {
+    pub(crate) fn with_addrs(&self, addrs: &[SocketAddr]) -> Balancer {
         let kept: HashMap<SocketAddr, &Arc<Endpoint>> =
             self.endpoints.iter().map(|e| (e.addr, e)).collect();
         let fresh = Balancer::new(addrs);
@@ -109,11 +109,11 @@ impl Balancer {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.endpoints.len()
     }
 
-    pub fn addrs(&self) -> Vec<SocketAddr> {
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
         self.endpoints.iter().map(|e| e.addr).collect()
     }
 
@@ -128,7 +128,7 @@ impl Balancer {
     }
 
     /// Picks an endpoint that is up and not in `tried`, or `None` when there is none.
-    pub fn pick(&self, tried: &[SocketAddr]) -> Option<Lease> {
+    pub(crate) fn pick(&self, tried: &[SocketAddr]) -> Option<Lease> {
         self.pick_at(tried, now_ms())
     }
 
@@ -179,7 +179,7 @@ struct Generation {
 /// [`Balancers::follow`] on every new snapshot, and [`Balancers::get`] itself when a
 /// connection brings a snapshot newer than the last reconciled one.
 #[derive(Debug, Default)]
-pub struct Balancers {
+pub(crate) struct Balancers {
     current: ArcSwap<Generation>,
     /// Serialises reconciliations.
     reconciling: Mutex<()>,
@@ -187,7 +187,7 @@ pub struct Balancers {
 
 impl Balancers {
     /// The balancer of `svc`, a service port of `state`.
-    pub fn get(&self, state: &State, svc: &ServicePort) -> Arc<Balancer> {
+    pub(crate) fn get(&self, state: &State, svc: &ServicePort) -> Arc<Balancer> {
         let current = self.current.load();
         if current.generation < state.generation() {
             drop(current);
@@ -203,7 +203,7 @@ impl Balancers {
 
     /// Makes the balancers those of `state`'s service ports, keeping the endpoints that
     /// stay. A snapshot older than the last reconciled one changes nothing.
-    pub fn reconcile(&self, state: &State) {
+    pub(crate) fn reconcile(&self, state: &State) {
         let _one_at_a_time = self.reconciling.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
         if old.generation >= state.generation() {
@@ -227,7 +227,7 @@ impl Balancers {
     }
 
     /// Reconciles with every snapshot `updates` brings, until the store is gone.
-    pub async fn follow(self: Arc<Self>, mut updates: watch::Receiver<Arc<State>>) {
+    pub(crate) async fn follow(self: Arc<Self>, mut updates: watch::Receiver<Arc<State>>) {
         loop {
             let state = updates.borrow_and_update().clone();
             self.reconcile(&state);

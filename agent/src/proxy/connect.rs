@@ -9,7 +9,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::netns::Netns;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("{0}")]
     Netns(#[from] crate::netns::NetnsError),
     #[error("socket: {0}")]
@@ -24,7 +24,7 @@ pub enum ConnectError {
 }
 
 /// Opens a TCP connection to `addr` from a socket created inside `netns`.
-pub async fn connect_in(
+pub(crate) async fn connect_in(
     netns: &Netns,
     addr: SocketAddr,
     timeout: Duration,

@@ -13,28 +13,14 @@ use std::{
 
 use serde::Serialize;
 
+use crate::telemetry::Direction;
+
 const KEEP_CLOSED: usize = 1024;
-
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
-    }
-}
 
 /// Everything known about one proxied connection: the one place where its workload and
 /// original destination meet (policy, identity and metrics build on this).
 #[derive(Debug, Clone, Serialize)]
-pub struct ConnRecord {
+pub(crate) struct ConnRecord {
     pub id: u64,
     pub direction: Direction,
     /// `namespace/name` of the enrolled workload this connection belongs to.
@@ -69,13 +55,13 @@ struct Inner {
 }
 
 #[derive(Default)]
-pub struct Connections {
+pub(crate) struct Connections {
     next_id: AtomicU64,
     inner: Mutex<Inner>,
 }
 
 impl Connections {
-    pub fn open(
+    pub(crate) fn open(
         &self,
         direction: Direction,
         workload: String,
@@ -107,7 +93,7 @@ impl Connections {
         id
     }
 
-    pub fn routed(&self, id: u64, target: SocketAddr, service: Option<String>) {
+    pub(crate) fn routed(&self, id: u64, target: SocketAddr, service: Option<String>) {
         if let Some(rec) = self.lock().open.get_mut(&id) {
             rec.target = Some(target);
             rec.service = service;
@@ -115,7 +101,7 @@ impl Connections {
     }
 
     /// Records that the connection is carried over mutual TLS between these identities.
-    pub fn secured(&self, id: u64, client_id: Option<String>, server_id: Option<String>) {
+    pub(crate) fn secured(&self, id: u64, client_id: Option<String>, server_id: Option<String>) {
         if let Some(rec) = self.lock().open.get_mut(&id) {
             rec.tls = true;
             rec.client_id = client_id;
@@ -123,7 +109,7 @@ impl Connections {
         }
     }
 
-    pub fn close(&self, id: u64, sent: u64, received: u64, error: Option<String>) {
+    pub(crate) fn close(&self, id: u64, sent: u64, received: u64, error: Option<String>) {
         let mut inner = self.lock();
         if let Some(mut rec) = inner.open.remove(&id) {
             rec.closed = true;
@@ -150,7 +136,7 @@ impl Connections {
     }
 
     /// Open connections first, then the closed ones, newest last.
-    pub fn snapshot(&self) -> Vec<ConnRecord> {
+    pub(crate) fn snapshot(&self) -> Vec<ConnRecord> {
         let inner = self.lock();
         inner
             .open

@@ -1,290 +1,35 @@
 //! The node proxy: per enrolled pod, an outbound listener on the pod's loopback (where
-//! connect4/connect6 send the pod's connections) and an inbound listener (where sk_lookup
-//! steers connections for the pod's addresses). Pass-through TCP for now; mutual TLS,
-//! policy and L7 plug in where [`ConnRecord`](connections::ConnRecord) is created.
+//! connect4/connect6 send the pod's connections), an inbound listener (where sk_lookup
+//! steers connections for the pod's addresses) and, with mutual TLS, the HBONE listener on
+//! port 15008. The map of the modules, and the walk of a connection through them, is in
+//! `docs/architecture.md`.
+//!
+//! - [`listener`]: a pod's listeners and accept loops; [`context`]: what handlers share.
+//! - [`outbound`]: a pod's own connections: original destination, service balancing, dial.
+//! - [`inbound`]: connections to a pod: plaintext from outside the mesh, HBONE from agents.
+//! - [`hbone`]: the HTTP/2 CONNECT tunnels between agents and their client pool.
+//! - [`tls`]: the TLS handshake and the agent's own record layer.
+//! - [`l7`]: protocol detection and HTTP proxying; [`relay`]: moving opaque bytes.
+//! - [`session`]: one connection once both ends exist; [`connections`]: the registry.
 
-pub mod balance;
-pub mod connect;
-pub mod connections;
-mod copy;
-mod detect;
-pub mod hbone;
-mod http;
-mod inbound;
-mod inbound_hbone;
-mod outbound;
-pub mod pool;
-mod session;
+pub(crate) mod balance;
+pub(crate) mod buffers;
+pub(crate) mod connect;
+pub(crate) mod connections;
+pub(crate) mod context;
+pub(crate) mod hbone;
+pub(crate) mod inbound;
+pub(crate) mod l7;
+pub(crate) mod listener;
+pub(crate) mod outbound;
+pub(crate) mod relay;
+pub(crate) mod session;
 #[cfg(test)]
 mod source_tests;
 #[cfg(test)]
 mod tap_tests;
-mod tls;
-mod tls_errors;
-mod tunnel;
+pub(crate) mod tls;
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsRawFd, RawFd},
-    sync::Arc,
-    time::Duration,
-};
-
-use meshd_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
-use tokio::{net::TcpListener, task::JoinHandle};
-
-use crate::{
-    capture::Maps,
-    identity::{CertManager, Identity},
-    netns::Netns,
-    state::{StateStore, Workload},
-    telemetry::Telemetry,
-};
-pub use connections::{Connections, Direction};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    #[error("{0}")]
-    Netns(#[from] crate::netns::NetnsError),
-    #[error("cannot listen on {addr} in {netns}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        netns: String,
-        source: std::io::Error,
-    },
-}
-
-/// What every connection handler shares.
-pub struct ProxyContext {
-    /// The mesh state, read once per connection.
-    pub state: Arc<StateStore>,
-    /// Load and health of service endpoints, kept across state snapshots.
-    pub balancers: Arc<balance::Balancers>,
-    pub maps: Arc<Maps>,
-    pub connections: Arc<Connections>,
-    pub telemetry: Arc<Telemetry>,
-    pub connect_timeout: Duration,
-    /// Mutual TLS between workloads; `None` runs plain pass-through.
-    pub mesh: Option<Mesh>,
-}
-
-/// Identities and the HBONE connection pool.
-pub struct Mesh {
-    pub trust_domain: String,
-    pub certs: Arc<CertManager>,
-    pub pool: pool::Pool,
-}
-
-impl Mesh {
-    /// The identity a workload's certificate carries.
-    pub fn identity_of(&self, w: &Workload) -> Identity {
-        Identity::new(&self.trust_domain, &w.namespace, &w.service_account)
-    }
-}
-
-/// One enrolled pod as the proxy sees it.
-pub struct PodContext {
-    pub workload: Arc<Workload>,
-    pub netns: Arc<Netns>,
-    /// Its identity, when mutual TLS is on.
-    pub identity: Option<Identity>,
-}
-
-/// The listeners of one pod and their accept loops; dropping it stops accepting (connections
-/// already accepted run to completion).
-pub struct PodProxy {
-    /// Inbound listener fds by family, for the sk_lookup socket map.
-    pub inbound_v4: Option<RawFd>,
-    pub inbound_v6: Option<RawFd>,
-    /// Whether the outbound listener also listens on `[::1]`.
-    pub outbound_v6: bool,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for PodProxy {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-fn bind_in(netns: &Netns, addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
-    let err = |source| ProxyError::Listen {
-        addr,
-        netns: netns.path().display().to_string(),
-        source,
-    };
-    let domain = if addr.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
-    let s = netns.socket(domain, socket2::Type::STREAM, None)?;
-    let setup = || -> std::io::Result<std::net::TcpListener> {
-        s.set_reuse_address(true)?;
-        if addr.is_ipv6() {
-            s.set_only_v6(true)?;
-        }
-        s.bind(&addr.into())?;
-        s.listen(1024)?;
-        s.set_nonblocking(true)?;
-        Ok(s.into())
-    };
-    setup().map_err(err)
-}
-
-impl PodProxy {
-    /// Binds the pod's listeners inside its namespace and starts accepting.
-    pub fn start(ctx: &Arc<ProxyContext>, pod: Arc<PodContext>) -> Result<PodProxy, ProxyError> {
-        let has_v6 = pod.workload.ips.iter().any(IpAddr::is_ipv6);
-        let mut proxy = PodProxy {
-            inbound_v4: None,
-            inbound_v6: None,
-            outbound_v6: false,
-            tasks: Vec::new(),
-        };
-        let out4 = bind_in(
-            &pod.netns,
-            SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)),
-        )?;
-        proxy.spawn(ctx, &pod, out4, Direction::Outbound)?;
-        match bind_in(
-            &pod.netns,
-            SocketAddr::from((Ipv6Addr::LOCALHOST, OUTBOUND_PORT)),
-        ) {
-            Ok(out6) => {
-                proxy.spawn(ctx, &pod, out6, Direction::Outbound)?;
-                proxy.outbound_v6 = true;
-            }
-            // No IPv6 in the pod: IPv6 connections are then left alone by connect6.
-            Err(e) => {
-                tracing::debug!(workload = %pod.workload.key(), error = %e, "no IPv6 outbound listener")
-            }
-        }
-        let in4 = bind_in(
-            &pod.netns,
-            SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND_PORT)),
-        )?;
-        proxy.inbound_v4 = Some(proxy.spawn(ctx, &pod, in4, Direction::Inbound)?);
-        if has_v6 {
-            let in6 = bind_in(
-                &pod.netns,
-                SocketAddr::from((Ipv6Addr::UNSPECIFIED, INBOUND_PORT)),
-            )?;
-            proxy.inbound_v6 = Some(proxy.spawn(ctx, &pod, in6, Direction::Inbound)?);
-        }
-        if ctx.mesh.is_some() {
-            let h4 = bind_in(
-                &pod.netns,
-                SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE_PORT)),
-            )?;
-            proxy.spawn_listener(ctx, &pod, h4, Listener::Hbone)?;
-            if has_v6 {
-                let h6 = bind_in(
-                    &pod.netns,
-                    SocketAddr::from((Ipv6Addr::UNSPECIFIED, HBONE_PORT)),
-                )?;
-                proxy.spawn_listener(ctx, &pod, h6, Listener::Hbone)?;
-            }
-        }
-        Ok(proxy)
-    }
-
-    fn spawn(
-        &mut self,
-        ctx: &Arc<ProxyContext>,
-        pod: &Arc<PodContext>,
-        listener: std::net::TcpListener,
-        direction: Direction,
-    ) -> Result<RawFd, ProxyError> {
-        let kind = match direction {
-            Direction::Inbound => Listener::Inbound,
-            Direction::Outbound => Listener::Outbound,
-        };
-        self.spawn_listener(ctx, pod, listener, kind)
-    }
-
-    fn spawn_listener(
-        &mut self,
-        ctx: &Arc<ProxyContext>,
-        pod: &Arc<PodContext>,
-        listener: std::net::TcpListener,
-        kind: Listener,
-    ) -> Result<RawFd, ProxyError> {
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
-        let listener = TcpListener::from_std(listener).map_err(|source| ProxyError::Listen {
-            addr,
-            netns: pod.netns.path().display().to_string(),
-            source,
-        })?;
-        let fd = listener.as_raw_fd();
-        let (ctx, pod) = (ctx.clone(), pod.clone());
-        self.tasks
-            .push(tokio::spawn(accept_loop(ctx, pod, listener, kind)));
-        Ok(fd)
-    }
-}
-
-/// What a listener in the pod is for.
-#[derive(Clone, Copy)]
-enum Listener {
-    /// Where connect4/connect6 send the pod's connections.
-    Outbound,
-    /// Where sk_lookup steers plaintext connections to the pod.
-    Inbound,
-    /// Mutual TLS from other agents, port 15008.
-    Hbone,
-}
-
-async fn accept_loop(
-    ctx: Arc<ProxyContext>,
-    pod: Arc<PodContext>,
-    listener: TcpListener,
-    kind: Listener,
-) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let (ctx, pod) = (ctx.clone(), pod.clone());
-                tokio::spawn(async move {
-                    match kind {
-                        Listener::Outbound => outbound::handle(&ctx, &pod, stream, peer).await,
-                        Listener::Inbound => inbound::handle(&ctx, &pod, stream, peer).await,
-                        Listener::Hbone => inbound_hbone::handle(ctx, pod, stream, peer).await,
-                    }
-                });
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(workload = %pod.workload.key(), error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-impl PodProxy {
-    /// Stops accepting and waits, blocking the calling thread for at most `timeout`, until
-    /// every accept loop has ended and so closed its listener. Dropping only aborts the
-    /// loops, which close their listeners a moment later on the runtime; a workload
-    /// re-enrolled in the same namespace binds the same ports again at once. Call it from
-    /// a blocking thread (the runtime must be free to run the cancellations). Returns
-    /// whether all listeners were closed in time.
-    pub fn close_blocking(self, timeout: std::time::Duration) -> bool {
-        for t in &self.tasks {
-            t.abort();
-        }
-        let deadline = std::time::Instant::now() + timeout;
-        while !self.tasks.iter().all(JoinHandle::is_finished) {
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        true
-    }
-}
+pub(crate) use connections::Connections;
+pub(crate) use context::{Mesh, PodContext, ProxyContext};
+pub(crate) use listener::PodProxy;

@@ -14,14 +14,16 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{
-    copy::{relay, Reset},
-    detect::{ambiguous_head, detect, Protocol},
-    http::{self, HttpMeta},
-    ProxyContext,
+    context::ProxyContext,
+    l7::{
+        detect::{ambiguous_head, detect, Protocol},
+        http::{self, HttpMeta},
+    },
+    relay::{relay, Reset},
 };
 
 /// How a connection is to be handled.
-pub struct Session {
+pub(crate) struct Session {
     /// The connection record's id.
     pub id: u64,
     pub meta: HttpMeta,
@@ -30,7 +32,7 @@ pub struct Session {
 }
 
 /// Runs the connection to its end.
-pub async fn run<C, U>(ctx: &Arc<ProxyContext>, s: Session, client: C, upstream: U)
+pub(crate) async fn run<C, U>(ctx: &Arc<ProxyContext>, s: Session, client: C, upstream: U)
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + Reset + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + Reset + 'static,
@@ -93,13 +95,13 @@ async fn refuse<C: AsyncWrite + Unpin>(
 }
 
 #[derive(Default)]
-pub struct Counts {
+pub(crate) struct Counts {
     read: AtomicU64,
     written: AtomicU64,
 }
 
 impl Counts {
-    pub fn get(&self) -> (u64, u64) {
+    pub(crate) fn get(&self) -> (u64, u64) {
         (
             self.read.load(Ordering::Relaxed),
             self.written.load(Ordering::Relaxed),
@@ -108,13 +110,13 @@ impl Counts {
 }
 
 /// Counts the bytes read from and written to a stream.
-pub struct Counted<T> {
+pub(crate) struct Counted<T> {
     inner: T,
     counts: Arc<Counts>,
 }
 
 impl<T> Counted<T> {
-    pub fn new(inner: T) -> Self {
+    pub(crate) fn new(inner: T) -> Self {
         Counted {
             inner,
             counts: Arc::default(),
@@ -163,7 +165,7 @@ impl<T: Reset> Reset for Counted<T> {
     fn tcp(&self) -> Option<&tokio::net::TcpStream> {
         self.inner.tcp()
     }
-    fn tunnel(&mut self) -> Option<&mut super::tunnel::TunnelStream> {
+    fn tunnel(&mut self) -> Option<&mut super::hbone::tunnel::TunnelStream> {
         self.inner.tunnel()
     }
     fn spliced(&self, read: u64, written: u64) {

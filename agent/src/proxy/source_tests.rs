@@ -9,7 +9,8 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use super::{outbound, Connections, Direction, PodContext, ProxyContext};
+use super::{outbound, Connections, PodContext, ProxyContext};
+use crate::telemetry::Direction;
 use crate::{
     capture::Maps,
     netns::Netns,

@@ -10,7 +10,12 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::{connections::Connections, detect::Protocol, http, Direction, ProxyContext};
+use super::{
+    connections::Connections,
+    l7::{detect::Protocol, http},
+    ProxyContext,
+};
+use crate::telemetry::Direction;
 use crate::{capture::Maps, state::StateStore, telemetry::Telemetry};
 
 fn context() -> Arc<ProxyContext> {

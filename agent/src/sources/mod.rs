@@ -4,4 +4,4 @@
 //! or the proxy, which watch the store. Standalone mode reads a file ([`file`]); the
 //! Kubernetes source will be a sibling.
 
-pub mod file;
+pub(crate) mod file;

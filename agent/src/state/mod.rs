@@ -4,7 +4,7 @@
 //! proxy reads one immutable snapshot per connection.
 
 mod service;
-pub mod store;
+pub(crate) mod store;
 mod workload;
 
 use std::{
@@ -13,12 +13,12 @@ use std::{
     sync::Arc,
 };
 
-pub use service::ServicePort;
-pub use store::{SourceHandle, SourceStatus, StateStore};
-pub use workload::{is_opaque, LocalWorkload, Workload, DEFAULT_OPAQUE_PORTS};
+pub(crate) use service::ServicePort;
+pub(crate) use store::{SourceHandle, SourceStatus, StateStore};
+pub(crate) use workload::{is_opaque, LocalWorkload, Workload, DEFAULT_OPAQUE_PORTS};
 
 #[derive(Debug, Default)]
-pub struct State {
+pub(crate) struct State {
     /// The node the `local` parts of the workloads are relative to.
     pub node: String,
     pub workloads: BTreeMap<String, Arc<Workload>>,
@@ -31,7 +31,7 @@ pub struct State {
 impl State {
     /// A state of these workloads and service ports, indexed. A later workload or service
     /// port with the same key or address replaces an earlier one (sources validate).
-    pub fn new(
+    pub(crate) fn new(
         node: impl Into<String>,
         workloads: impl IntoIterator<Item = Workload>,
         services: impl IntoIterator<Item = ServicePort>,
@@ -54,26 +54,26 @@ impl State {
     }
 
     /// The mesh workload (on any node) that has this address.
-    pub fn workload_by_ip(&self, ip: &IpAddr) -> Option<&Arc<Workload>> {
+    pub(crate) fn workload_by_ip(&self, ip: &IpAddr) -> Option<&Arc<Workload>> {
         self.by_ip.get(ip)
     }
 
     /// The service port clients reach at `addr` (`vip:port`).
-    pub fn service(&self, addr: &SocketAddr) -> Option<&Arc<ServicePort>> {
+    pub(crate) fn service(&self, addr: &SocketAddr) -> Option<&Arc<ServicePort>> {
         self.services.get(addr)
     }
 
     /// The workloads this agent captures.
-    pub fn local_workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+    pub(crate) fn local_workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
         self.workloads.values().filter(|w| w.local.is_some())
     }
 
-    pub fn services(&self) -> impl Iterator<Item = &Arc<ServicePort>> {
+    pub(crate) fn services(&self) -> impl Iterator<Item = &Arc<ServicePort>> {
         self.services.values()
     }
 
     /// Which publication of the store this is (0: never published).
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 }

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServicePort {
+pub(crate) struct ServicePort {
     pub name: String,
     pub namespace: String,
     pub vip: IpAddr,
@@ -15,12 +15,12 @@ pub struct ServicePort {
 
 impl ServicePort {
     /// `namespace/name`.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
 
     /// The address clients connect to, `vip:port`: what the service is looked up by.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.vip, self.port)
     }
 }

@@ -21,7 +21,7 @@ use super::State;
 /// What a source last did, for `/config_dump`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SourceStatus {
+pub(crate) struct SourceStatus {
     /// The kind of source, e.g. `file`.
     pub name: &'static str,
     /// Where it reads from, e.g. the file's path.
@@ -34,7 +34,7 @@ pub struct SourceStatus {
     pub last_error: Option<String>,
 }
 
-pub struct StateStore {
+pub(crate) struct StateStore {
     current: ArcSwap<State>,
     updates: watch::Sender<Arc<State>>,
     /// Indexed by [`SourceHandle::index`]; the lock also orders publications.
@@ -47,7 +47,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl StateStore {
     /// An empty store: an empty state of generation 0, no sources.
-    pub fn new() -> Arc<StateStore> {
+    pub(crate) fn new() -> Arc<StateStore> {
         let empty = Arc::new(State::default());
         Arc::new(StateStore {
             current: ArcSwap::new(empty.clone()),
@@ -57,25 +57,25 @@ impl StateStore {
     }
 
     /// The current snapshot, without taking a reference count (for the data path).
-    pub fn load(&self) -> Guard<Arc<State>> {
+    pub(crate) fn load(&self) -> Guard<Arc<State>> {
         self.current.load()
     }
 
     /// The current snapshot.
-    pub fn current(&self) -> Arc<State> {
+    pub(crate) fn current(&self) -> Arc<State> {
         self.current.load_full()
     }
 
     /// Every snapshot published from now on (the current one is marked seen). The channel
     /// closes when the store is dropped.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<State>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<State>> {
         let mut rx = self.updates.subscribe();
         rx.mark_unchanged();
         rx
     }
 
     /// Registers a source; it publishes and reports through the handle.
-    pub fn source(self: &Arc<Self>, name: &'static str, location: String) -> SourceHandle {
+    pub(crate) fn source(self: &Arc<Self>, name: &'static str, location: String) -> SourceHandle {
         let mut sources = lock(&self.sources);
         sources.push(SourceStatus {
             name,
@@ -90,13 +90,13 @@ impl StateStore {
         }
     }
 
-    pub fn statuses(&self) -> Vec<SourceStatus> {
+    pub(crate) fn statuses(&self) -> Vec<SourceStatus> {
         lock(&self.sources).clone()
     }
 }
 
 /// A source's way into the store.
-pub struct SourceHandle {
+pub(crate) struct SourceHandle {
     store: Arc<StateStore>,
     index: usize,
 }
@@ -104,7 +104,7 @@ pub struct SourceHandle {
 impl SourceHandle {
     /// Makes `state` the current snapshot, tells the watchers, and clears this source's
     /// error. Returns the snapshot as published.
-    pub fn publish(&self, mut state: State) -> Arc<State> {
+    pub(crate) fn publish(&self, mut state: State) -> Arc<State> {
         let mut sources = lock(&self.store.sources);
         state.generation = self.store.current.load().generation + 1;
         let state = Arc::new(state);
@@ -120,7 +120,7 @@ impl SourceHandle {
 
     /// Records an error (the last good state keeps serving). Returns whether it differs
     /// from the error recorded before, so that a source logs each error once.
-    pub fn report_error(&self, message: String) -> bool {
+    pub(crate) fn report_error(&self, message: String) -> bool {
         let mut sources = lock(&self.store.sources);
         match sources.get_mut(self.index) {
             Some(status) if status.last_error.as_deref() != Some(&message) => {

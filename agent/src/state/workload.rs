@@ -10,11 +10,11 @@ use std::{
 /// Linkerd's default opaque ports: SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch,
 /// memcached. They apply to a workload that names none, and to destinations outside the
 /// mesh.
-pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+pub(crate) const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
 
 /// Whether traffic to `port` is never parsed as HTTP: the workload's opaque ports, or the
 /// defaults for a destination the mesh does not know.
-pub fn is_opaque(workload: Option<&Workload>, port: u16) -> bool {
+pub(crate) fn is_opaque(workload: Option<&Workload>, port: u16) -> bool {
     match workload {
         Some(w) => w.opaque_ports.contains(&port),
         None => DEFAULT_OPAQUE_PORTS.contains(&port),
@@ -22,7 +22,7 @@ pub fn is_opaque(workload: Option<&Workload>, port: u16) -> bool {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Workload {
+pub(crate) struct Workload {
     pub name: String,
     pub namespace: String,
     pub service_account: String,
@@ -39,7 +39,7 @@ pub struct Workload {
 
 /// Where an enrolled workload lives on this node, and what it excludes from capture.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalWorkload {
+pub(crate) struct LocalWorkload {
     pub netns: PathBuf,
     pub cgroup: PathBuf,
     pub skip_inbound_ports: BTreeSet<u16>,
@@ -48,7 +48,7 @@ pub struct LocalWorkload {
 
 impl Workload {
     /// `namespace/name`.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
 }

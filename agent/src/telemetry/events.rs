@@ -2,11 +2,11 @@
 
 use serde::Serialize;
 
-use crate::proxy::Direction;
+use super::Direction;
 
 /// A workload on the other side of a request, when the mesh knows it (by address).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerWorkload {
+pub(crate) struct PeerWorkload {
     pub namespace: String,
     pub pod: String,
     pub deployment: String,
@@ -24,7 +24,7 @@ impl From<&crate::state::Workload> for PeerWorkload {
 
 /// One HTTP request as seen by this agent, on behalf of one enrolled workload.
 #[derive(Debug, Clone, Serialize)]
-pub struct RequestEvent {
+pub(crate) struct RequestEvent {
     pub at_unix_ms: u128,
     pub direction: Direction,
     /// The enrolled workload this agent proxied for.

@@ -1,18 +1,21 @@
 //! Where proxied requests and connections are reported: Prometheus metrics
-//! ([`crate::metrics`]), the rolling per-workload statistics behind `meshd stat`
+//! ([`metrics`]), the rolling per-workload statistics behind `meshd stat`
 //! ([`stats`]) and the live request stream behind `meshd tap` ([`tap`]).
 
-pub mod events;
-pub mod stats;
-pub mod tap;
+mod direction;
+pub(crate) mod events;
+pub(crate) mod metrics;
+pub(crate) mod stats;
+pub(crate) mod tap;
 
 use std::sync::Arc;
 
-pub use events::{PeerWorkload, RequestEvent};
+pub(crate) use direction::Direction;
+pub(crate) use events::{PeerWorkload, RequestEvent};
 
-use crate::metrics::{Metrics, RequestSeries, ResponseClass, TrafficLabels};
+use metrics::{Metrics, RequestSeries, ResponseClass, TrafficLabels};
 
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     pub metrics: Arc<Metrics>,
     pub stats: stats::Stats,
     pub tap: tap::Tap,
@@ -31,7 +34,7 @@ impl Default for Telemetry {
 impl Telemetry {
     /// The reporter of one connection's requests: `traffic` labels its metrics, `stats` is
     /// its workload's `meshd stat` row.
-    pub fn requests(
+    pub(crate) fn requests(
         self: &Arc<Self>,
         traffic: TrafficLabels,
         stats: stats::WorkloadStats,
@@ -48,14 +51,14 @@ impl Telemetry {
 /// looked up once, when the connection starts, so that a request costs a few atomic
 /// increments and one uncontended lock; its event for `meshd tap` is made only while
 /// someone taps.
-pub struct RequestReporter {
+pub(crate) struct RequestReporter {
     series: RequestSeries,
     stats: stats::WorkloadStats,
     telemetry: Arc<Telemetry>,
 }
 
 /// How a request ended.
-pub struct Finished {
+pub(crate) struct Finished {
     /// 0 when it failed without a response.
     pub status: u16,
     pub grpc_status: Option<u32>,
@@ -65,13 +68,13 @@ pub struct Finished {
 
 impl RequestReporter {
     /// Whether a request starting now should keep what its tap event needs.
-    pub fn tapped(&self) -> bool {
+    pub(crate) fn tapped(&self) -> bool {
         self.telemetry.tap.is_watched()
     }
 
     /// Reports one finished request. `event` is asked for only while someone taps; it
     /// gives `None` for a request that started before the tap did.
-    pub fn finish(&self, done: &Finished, event: impl FnOnce() -> Option<RequestEvent>) {
+    pub(crate) fn finish(&self, done: &Finished, event: impl FnOnce() -> Option<RequestEvent>) {
         let answered = done.status != 0;
         self.series.record(answered.then_some((
             ResponseClass {
@@ -114,7 +117,7 @@ mod tests {
     fn event(path: &str) -> RequestEvent {
         RequestEvent {
             at_unix_ms: 0,
-            direction: crate::proxy::Direction::Inbound,
+            direction: Direction::Inbound,
             namespace: "default".into(),
             pod: "web-1".into(),
             deployment: "web".into(),

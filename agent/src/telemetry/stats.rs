@@ -11,7 +11,7 @@ use std::{
 use serde::Serialize;
 
 /// The longest window `meshd stat` can ask for.
-pub const MAX_WINDOW_SECS: u64 = 60;
+pub(crate) const MAX_WINDOW_SECS: u64 = 60;
 /// Latency samples kept per one-second bucket (the rest still counts in the rates).
 const SAMPLES_PER_BUCKET: usize = 2048;
 
@@ -39,14 +39,14 @@ struct Workload {
 }
 
 #[derive(Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     inner: Mutex<BTreeMap<Key, WorkloadStats>>,
 }
 
 /// One workload's row, held by each of its connections so that recording a request
 /// locks only this row, without looking it up.
 #[derive(Clone, Default)]
-pub struct WorkloadStats(Arc<Mutex<Workload>>);
+pub(crate) struct WorkloadStats(Arc<Mutex<Workload>>);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -54,7 +54,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One row of `meshd stat`.
 #[derive(Debug, Clone, Serialize)]
-pub struct StatRow {
+pub(crate) struct StatRow {
     pub namespace: String,
     pub deployment: String,
     pub pod: String,
@@ -90,7 +90,7 @@ fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
 
 impl WorkloadStats {
     /// Counts one finished request; `latency_ms` is `None` when it got no response.
-    pub fn request(&self, success: bool, latency_ms: Option<f64>) {
+    pub(crate) fn request(&self, success: bool, latency_ms: Option<f64>) {
         let now = now_secs();
         let mut w = lock(&self.0);
         if w.buckets.back().is_none_or(|b| b.second != now) {
@@ -119,14 +119,14 @@ impl WorkloadStats {
     }
 
     /// A TCP connection of this workload opened (`+1`) or closed (`-1`).
-    pub fn tcp(&self, delta: i64) {
+    pub(crate) fn tcp(&self, delta: i64) {
         lock(&self.0).tcp_open += delta;
     }
 }
 
 impl Stats {
     /// The row of one workload (made when first asked for).
-    pub fn workload(
+    pub(crate) fn workload(
         &self,
         direction: &'static str,
         namespace: &str,
@@ -143,7 +143,7 @@ impl Stats {
     }
 
     /// Every workload seen, over the last `window_secs` (1 to 60).
-    pub fn rows(&self, window_secs: u64) -> Vec<StatRow> {
+    pub(crate) fn rows(&self, window_secs: u64) -> Vec<StatRow> {
         let window = window_secs.clamp(1, MAX_WINDOW_SECS);
         let now = now_secs();
         let inner = lock(&self.inner);

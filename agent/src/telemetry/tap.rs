@@ -13,7 +13,7 @@ use super::RequestEvent;
 
 const CAPACITY: usize = 4096;
 
-pub struct Tap {
+pub(crate) struct Tap {
     tx: broadcast::Sender<Arc<RequestEvent>>,
     /// Open taps, counted here so that the proxy's check per request is one atomic load
     /// (the channel's own count takes its lock).
@@ -30,17 +30,17 @@ impl Default for Tap {
 }
 
 impl Tap {
-    pub fn publish(&self, ev: Arc<RequestEvent>) {
+    pub(crate) fn publish(&self, ev: Arc<RequestEvent>) {
         // No subscriber is not an error.
         let _ = self.tx.send(ev);
     }
 
     /// Whether anyone is tapping: a request's event is only made for a tap.
-    pub fn is_watched(&self) -> bool {
+    pub(crate) fn is_watched(&self) -> bool {
         self.watchers.load(Relaxed) > 0
     }
 
-    pub fn subscribe(&self) -> Watch {
+    pub(crate) fn subscribe(&self) -> Watch {
         self.watchers.fetch_add(1, Relaxed);
         Watch {
             rx: self.tx.subscribe(),
@@ -50,18 +50,18 @@ impl Tap {
 }
 
 /// One open tap: the events published from its start on, until it is dropped.
-pub struct Watch {
+pub(crate) struct Watch {
     rx: broadcast::Receiver<Arc<RequestEvent>>,
     watchers: Arc<AtomicUsize>,
 }
 
 impl Watch {
-    pub async fn recv(&mut self) -> Result<Arc<RequestEvent>, RecvError> {
+    pub(crate) async fn recv(&mut self) -> Result<Arc<RequestEvent>, RecvError> {
         self.rx.recv().await
     }
 
     #[cfg(test)]
-    pub fn try_recv(&mut self) -> Result<Arc<RequestEvent>, broadcast::error::TryRecvError> {
+    pub(crate) fn try_recv(&mut self) -> Result<Arc<RequestEvent>, broadcast::error::TryRecvError> {
         self.rx.try_recv()
     }
 }
@@ -74,7 +74,7 @@ impl Drop for Watch {
 
 /// Which requests a tap wants.
 #[derive(Debug, Default, Clone)]
-pub struct TapFilter {
+pub(crate) struct TapFilter {
     /// `namespace/pod` or `namespace/deployment` of the workload the agent proxied for.
     pub workload: Option<String>,
     pub path_prefix: Option<String>,
@@ -83,7 +83,7 @@ pub struct TapFilter {
 }
 
 impl TapFilter {
-    pub fn matches(&self, ev: &RequestEvent) -> bool {
+    pub(crate) fn matches(&self, ev: &RequestEvent) -> bool {
         self.workload.as_deref().is_none_or(|w| {
             w == format!("{}/{}", ev.namespace, ev.pod)
                 || w == format!("{}/{}", ev.namespace, ev.deployment)

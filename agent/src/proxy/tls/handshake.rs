@@ -16,7 +16,10 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::stream::{Session, TlsStream};
+use super::{
+    errors::to_io,
+    stream::{Session, TlsStream},
+};
 
 /// The most handshake bytes buffered from a peer at once (rustls limits each message; this
 /// bounds what a peer that never completes one can make us hold).
@@ -26,7 +29,7 @@ const READ_SIZE: usize = 16 * 1024;
 
 /// Runs the client side of the handshake on `tcp` (TLS 1.3, the `config`'s verifiers).
 /// Errors are I/O errors wrapping the [`rustls::Error`], as tokio-rustls reports them.
-pub async fn connect(
+pub(crate) async fn connect(
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
     tcp: TcpStream,
@@ -36,13 +39,9 @@ pub async fn connect(
 }
 
 /// Runs the server side of the handshake on `tcp`.
-pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
+pub(crate) async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
     let conn = UnbufferedServerConnection::new(config).map_err(to_io)?;
     handshake(conn, tcp).await
-}
-
-pub(super) fn to_io(e: Error) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 /// What the two sides of an unbuffered connection have in common for the handshake.

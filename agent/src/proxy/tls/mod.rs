@@ -4,10 +4,11 @@
 //! sender's buffer and opened where it was read, without rustls' intermediate buffers.
 //! rustls still computes every later key (KeyUpdate) and takes session tickets.
 
+pub(crate) mod errors;
 mod handshake;
 mod record;
 mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use handshake::{accept, connect};
+pub(crate) use handshake::{accept, connect};

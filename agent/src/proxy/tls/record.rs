@@ -12,14 +12,14 @@ use aws_lc_rs::aead::{
 use rustls::{AlertDescription, ConnectionTrafficSecrets, ContentType, Error, PeerMisbehaved};
 
 /// Type, legacy version and length.
-pub const HEADER: usize = 5;
+pub(super) const HEADER: usize = 5;
 /// The most content one record carries (2^14 bytes).
-pub const MAX_CONTENT: usize = 16 * 1024;
+pub(super) const MAX_CONTENT: usize = 16 * 1024;
 const TAG: usize = 16;
 /// Bytes a sealed record adds to its content: header, inner content type, AEAD tag.
-pub const OVERHEAD: usize = HEADER + 1 + TAG;
+pub(super) const OVERHEAD: usize = HEADER + 1 + TAG;
 /// The longest encrypted record a peer may send: 2^14 + 256 bytes after the header.
-pub const MAX_CIPHERTEXT: usize = MAX_CONTENT + 256;
+pub(super) const MAX_CIPHERTEXT: usize = MAX_CONTENT + 256;
 
 /// Outer type of every protected record; the real one is inside.
 const APPLICATION_DATA: u8 = 23;
@@ -27,7 +27,7 @@ const APPLICATION_DATA: u8 = 23;
 const LEGACY_VERSION: [u8; 2] = [3, 3];
 
 /// One direction's traffic key and record sequence number.
-pub struct RecordKey {
+pub(super) struct RecordKey {
     key: LessSafeKey,
     iv: [u8; NONCE_LEN],
     seq: u64,
@@ -35,7 +35,7 @@ pub struct RecordKey {
 
 impl RecordKey {
     /// The key for `secrets`, starting at sequence number `seq` (as rustls hands them over).
-    pub fn new((seq, secrets): (u64, ConnectionTrafficSecrets)) -> Result<RecordKey, Error> {
+    pub(super) fn new((seq, secrets): (u64, ConnectionTrafficSecrets)) -> Result<RecordKey, Error> {
         let (alg, key, iv) = match &secrets {
             ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv),
             ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv),
@@ -56,7 +56,7 @@ impl RecordKey {
     }
 
     /// Records protected with this key so far (the next record's sequence number).
-    pub fn seq(&self) -> u64 {
+    pub(super) fn seq(&self) -> u64 {
         self.seq
     }
 
@@ -76,7 +76,7 @@ impl RecordKey {
     /// Seals a record of `typ` carrying `content` (at most [`MAX_CONTENT`] bytes) into the
     /// start of `out`, which must have room for `content.len() + OVERHEAD` bytes; returns
     /// the record's length. `content` is read once, by the AEAD.
-    pub fn seal(
+    pub(super) fn seal(
         &mut self,
         typ: ContentType,
         content: &[u8],
@@ -105,7 +105,7 @@ impl RecordKey {
     /// Seals a record of `typ` whose content (`len` bytes) the caller already put at
     /// `out[HEADER..]`, in place; `out` must have room for `len + OVERHEAD` bytes. For a
     /// record gathered from several buffers.
-    pub fn seal_in_place(
+    pub(super) fn seal_in_place(
         &mut self,
         typ: ContentType,
         len: usize,
@@ -128,7 +128,7 @@ impl RecordKey {
 
     /// Opens the complete record `record` (header included, as [`record_len`] measured it)
     /// in place: returns its real content type and where its content lies in `record`.
-    pub fn open(&mut self, record: &mut [u8]) -> Result<(ContentType, Range<usize>), Error> {
+    pub(super) fn open(&mut self, record: &mut [u8]) -> Result<(ContentType, Range<usize>), Error> {
         let (head, body) = record.split_at_mut(HEADER);
         if head[0] != APPLICATION_DATA {
             return Err(Error::InappropriateMessage {
@@ -174,7 +174,7 @@ fn header(content_len: usize) -> Result<[u8; HEADER], Error> {
 
 /// The length (header included) of the record at the start of `buf`, once its header has
 /// arrived; a header announcing more than a peer may send is an error.
-pub fn record_len(buf: &[u8]) -> Result<Option<usize>, Error> {
+pub(super) fn record_len(buf: &[u8]) -> Result<Option<usize>, Error> {
     let Some(head) = buf.get(..HEADER) else {
         return Ok(None);
     };
@@ -187,7 +187,7 @@ pub fn record_len(buf: &[u8]) -> Result<Option<usize>, Error> {
 
 /// The alert that tells the peer why the connection ends with `err` (None: the peer's own
 /// alert ended it, or there is nothing to say).
-pub fn alert_for(err: &Error) -> Option<AlertDescription> {
+pub(super) fn alert_for(err: &Error) -> Option<AlertDescription> {
     Some(match err {
         Error::AlertReceived(_) => return None,
         Error::DecryptError => AlertDescription::BadRecordMac,

@@ -8,7 +8,6 @@
 //! is in flight, so idle connections cost little.
 
 use std::{
-    cell::RefCell,
     io::{self, IoSlice},
     ops::Range,
     pin::Pin,
@@ -25,10 +24,10 @@ use tokio::{
 };
 
 use super::{
-    handshake::to_io,
+    errors::to_io,
     record::{record_len, RecordKey, HEADER, MAX_CONTENT, OVERHEAD},
 };
-use crate::identity::Identity;
+use crate::{identity::Identity, proxy::buffers::BufferPool};
 
 /// A send or receive buffer: sixteen full records (one read or write of 256 KiB).
 const BUF: usize = 16 * (MAX_CONTENT + OVERHEAD);
@@ -36,21 +35,16 @@ const BUF: usize = 16 * (MAX_CONTENT + OVERHEAD);
 const POOL: usize = 16;
 
 thread_local! {
-    static BUFS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static BUFS: BufferPool<Box<[u8]>> =
+        const { BufferPool::new(POOL, || vec![0u8; BUF].into_boxed_slice()) };
 }
 
 fn take_buf() -> Box<[u8]> {
-    BUFS.with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0u8; BUF].into_boxed_slice())
+    BUFS.with(BufferPool::take)
 }
 
 fn give_buf(buf: Box<[u8]>) {
-    BUFS.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < POOL {
-            p.push(buf);
-        }
-    });
+    BUFS.with(|p| p.give_back(buf));
 }
 
 /// What is left of the rustls connection after the handshake: the key schedule and the
@@ -66,7 +60,7 @@ pub(super) trait Session: Send + Sync {
 }
 
 /// A mutually authenticated TLS 1.3 session on a TCP socket (see the module docs).
-pub struct TlsStream {
+pub(crate) struct TlsStream {
     tcp: TcpStream,
     session: Box<dyn Session>,
     rx: Receiver,
@@ -174,7 +168,7 @@ impl TlsStream {
     }
 
     /// The SPIFFE identity in the peer's certificate.
-    pub fn peer_identity(&self) -> Option<&Identity> {
+    pub(crate) fn peer_identity(&self) -> Option<&Identity> {
         self.peer.as_ref()
     }
 

@@ -22,7 +22,7 @@ use crate::identity::{
     client_config, init, server_config, tests::TempDir, CertManager, Identity, IssuerFiles,
     DEFAULT_LEAF_TTL,
 };
-use crate::proxy::tls_errors;
+use crate::proxy::tls::errors as tls_errors;
 
 const TD: &str = "cluster.local";
 

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-pub use schema::ConfigError;
+pub(crate) use schema::ConfigError;
 use schema::FileConfig;
 use to_state::to_state;
 
@@ -26,10 +26,10 @@ use crate::{
 const POLL: Duration = Duration::from_millis(250);
 
 /// The source's name in `/config_dump`.
-pub const NAME: &str = "file";
+pub(crate) const NAME: &str = "file";
 
 #[derive(Debug, thiserror::Error)]
-pub enum FileError {
+pub(crate) enum FileError {
     #[error("cannot read config file {}", path.display())]
     Read {
         path: PathBuf,
@@ -41,11 +41,11 @@ pub enum FileError {
 }
 
 /// The agent settings in config text (for `meshd check`); `path` is only used in errors.
-pub fn settings_from(path: &Path, text: &str) -> Result<Settings, ConfigError> {
+pub(crate) fn settings_from(path: &Path, text: &str) -> Result<Settings, ConfigError> {
     FileConfig::parse(path, text).map(|c| c.settings())
 }
 
-pub struct FileSource {
+pub(crate) struct FileSource {
     path: PathBuf,
     /// The settings read at start-up (admin address, bpffs root, identity).
     startup: Settings,
@@ -57,7 +57,7 @@ pub struct FileSource {
 impl FileSource {
     /// Reads the file, registers as a source of `store` and publishes the file's state.
     /// Returns the source (to [`FileSource::watch`]) and the agent settings in the file.
-    pub fn start(
+    pub(crate) fn start(
         path: &Path,
         store: &Arc<StateStore>,
     ) -> Result<(FileSource, Settings), FileError> {
@@ -79,7 +79,7 @@ impl FileSource {
     }
 
     /// Watches the file and publishes every good new version.
-    pub async fn watch(mut self) {
+    pub(crate) async fn watch(mut self) {
         let mut ticker = tokio::time::interval(POLL);
         loop {
             ticker.tick().await;

@@ -25,7 +25,7 @@ use crate::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: {message}")]
@@ -34,7 +34,7 @@ pub enum ConfigError {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FileConfig {
+pub(super) struct FileConfig {
     /// This node's name; workloads with this `node` (or none) are enrolled here.
     pub node: String,
     #[serde(default = "default_admin")]
@@ -58,7 +58,7 @@ pub struct FileConfig {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct IdentityConfig {
+pub(super) struct IdentityConfig {
     /// PEM bundle of one or more trust anchors (two during an anchor rotation).
     pub trust_anchors: PathBuf,
     /// The issuer (intermediate CA) certificate, PEM, signed by a trust anchor.
@@ -72,7 +72,7 @@ pub struct IdentityConfig {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct WorkloadConfig {
+pub(super) struct WorkloadConfig {
     pub name: String,
     pub namespace: String,
     pub service_account: String,
@@ -106,7 +106,7 @@ pub struct WorkloadConfig {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServiceConfig {
+pub(super) struct ServiceConfig {
     pub name: String,
     pub namespace: String,
     pub vip: IpAddr,
@@ -121,7 +121,7 @@ pub struct ServiceConfig {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServicePortConfig {
+pub(super) struct ServicePortConfig {
     pub port: u16,
     /// Port on the endpoints; defaults to `port`.
     #[serde(default)]
@@ -146,31 +146,31 @@ fn default_cert_ttl_seconds() -> u64 {
 
 impl WorkloadConfig {
     /// `namespace/name`, the workload's unique key.
-    pub fn key(&self) -> String {
+    pub(super) fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    pub fn deployment(&self) -> String {
+    pub(super) fn deployment(&self) -> String {
         self.deployment
             .clone()
             .or_else(|| self.labels.get("app").cloned())
             .unwrap_or_else(|| self.name.clone())
     }
 
-    pub fn opaque_ports(&self) -> BTreeSet<u16> {
+    pub(super) fn opaque_ports(&self) -> BTreeSet<u16> {
         self.opaque_ports
             .clone()
             .unwrap_or_else(|| DEFAULT_OPAQUE_PORTS.into_iter().collect())
     }
 
-    pub fn is_on(&self, node: &str) -> bool {
+    pub(super) fn is_on(&self, node: &str) -> bool {
         self.node.as_deref().is_none_or(|n| n == node)
     }
 }
 
 impl FileConfig {
     /// The agent's settings in this file.
-    pub fn settings(&self) -> Settings {
+    pub(super) fn settings(&self) -> Settings {
         Settings {
             node: self.node.clone(),
             admin: self.admin,
@@ -187,7 +187,7 @@ impl FileConfig {
     }
 
     /// Parses and validates config text; `path` is only used in error messages.
-    pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    pub(super) fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
         let de = serde_yaml::Deserializer::from_str(text);
         let config: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();

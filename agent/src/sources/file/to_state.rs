@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use super::schema::FileConfig;
 use crate::state::{LocalWorkload, ServicePort, State, Workload};
 
-pub fn to_state(config: &FileConfig) -> State {
+pub(super) fn to_state(config: &FileConfig) -> State {
     let workloads = config.workloads.iter().map(|w| Workload {
         name: w.name.clone(),
         namespace: w.namespace.clone(),

@@ -2,55 +2,34 @@
 //! side finishes sending, the other side's write half is shut down and the opposite
 //! direction keeps flowing until it finishes too. When either side fails, both are reset.
 //!
-//! Two ways, chosen per connection:
+//! Three ways, chosen per connection by what its two sides are ([`Reset`]):
 //!
-//! - TCP to TCP (plain pass-through, inbound delivery of plaintext): `splice(2)` through a
-//!   pipe, so the payload never enters user space. The pipe is taken from a small pool only
-//!   while bytes are in flight, so an idle connection holds neither a pipe nor a buffer.
-//!   Small messages are copied instead, which takes fewer system calls.
-//! - Anything else (an HBONE tunnel, a stream with detection bytes in front): a buffered
-//!   copy whose buffers are likewise taken from a pool only while data flows, so idle
+//! - TCP to TCP (plain pass-through, inbound delivery of plaintext): [`splice`] moves the
+//!   bytes with `splice(2)` through a pipe, so the payload never enters user space. The
+//!   pipe is taken from a small pool only while bytes are in flight, so an idle connection
+//!   holds neither a pipe nor a buffer. Small messages are copied instead, which takes
+//!   fewer system calls.
+//! - TCP to an HBONE tunnel ([`tunnel`]): the socket's reads go into the HTTP/2 stream as
+//!   whole buffers, and the stream's data is written to the socket from h2's own buffers.
+//! - Anything else (a stream with detection bytes in front, TLS): [`buffered`], a copy
+//!   whose buffers are likewise taken from a pool only while data flows, so idle
 //!   connections cost no buffer memory.
 
-use std::{
-    cell::RefCell,
-    future::poll_fn,
-    io::{self, Read},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-    pin::Pin,
-    sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Mutex,
-    },
-    task::{ready, Context, Poll},
-};
+mod buffered;
+mod splice;
+mod tunnel;
+
+use std::sync::atomic::AtomicU64;
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite, Interest, ReadBuf},
+    io::{AsyncRead, AsyncWrite},
     net::TcpStream,
 };
 
-use super::{
-    tunnel::{self, TunnelStream},
-    ProxyContext,
-};
-
-/// Buffer size of the buffered copy (per direction, only while data flows).
-const BUF: usize = 64 * 1024;
-/// Idle buffers kept per worker thread for reuse.
-const BUF_POOL: usize = 16;
-/// Reads of at most this many bytes are copied, not spliced (see `splice_one`).
-const SMALL: usize = 16 * 1024;
-/// Bytes asked of one `splice` from a socket into an empty pipe.
-const SPLICE_CHUNK: usize = 1 << 20;
-/// Pipe capacity (`F_SETPIPE_SZ`, at most `fs.pipe-max-size`, 1 MiB by default); the kernel
-/// default (64 KiB) if refused. Measured against 256 KiB: +4 to +14 % bulk throughput.
-const PIPE_SIZE: libc::c_int = 1024 * 1024;
-/// Idle pipes kept for reuse (two fds each).
-const PIPE_POOL: usize = 64;
+use super::{context::ProxyContext, hbone::tunnel::TunnelStream};
 
 /// A side of a relay that can be closed abortively when the other side failed.
-pub trait Reset {
+pub(crate) trait Reset {
     fn reset(&self);
 
     /// The plain TCP socket this side is, when its bytes can be moved with `splice(2)`
@@ -91,13 +70,13 @@ impl Reset for TunnelStream {
     }
 }
 
-pub fn reset(stream: &TcpStream) {
+pub(crate) fn reset(stream: &TcpStream) {
     stream.reset();
 }
 
 /// Copies both ways until both directions are done, then closes the connection's record.
 /// When either side fails (a reset), the other side is reset too, as if there were no proxy.
-pub async fn relay<A, B>(ctx: &ProxyContext, id: u64, mut client: A, mut server: B)
+pub(crate) async fn relay<A, B>(ctx: &ProxyContext, id: u64, mut client: A, mut server: B)
 where
     A: AsyncRead + AsyncWrite + Unpin + Reset,
     B: AsyncRead + AsyncWrite + Unpin + Reset,
@@ -116,7 +95,7 @@ where
     let sent = AtomicU64::new(0);
     let received = AtomicU64::new(0);
     let moved = if let (Some(c), Some(s)) = (client.tcp(), server.tcp()) {
-        Some(splice_bidirectional(c, s, &sent, &received).await)
+        Some(splice::splice_bidirectional(c, s, &sent, &received).await)
     } else if let (Some(c), Some(t)) = (client.tcp(), server.tunnel()) {
         Some(tunnel::relay_tcp(c, t, &sent, &received).await)
     } else if let (Some(t), Some(s)) = (client.tunnel(), server.tcp()) {
@@ -131,7 +110,7 @@ where
             server.spliced(received, sent);
             r.map(|()| (sent, received))
         }
-        None => copy_bidirectional(client, server).await,
+        None => buffered::copy_bidirectional(client, server).await,
     };
     match result {
         Ok((a, b)) => (a, b, None),
@@ -143,474 +122,15 @@ where
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// splice(2): socket -> pipe -> socket
-
-/// A pipe for splicing; goes back to the pool when empty.
-struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-static PIPES: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
-
-impl Pipe {
-    fn take() -> io::Result<Pipe> {
-        #[cfg(test)]
-        tests::PIPES_OUT.with(|h| h.set(h.get() + 1));
-        if let Some(p) = PIPES.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(p);
-        }
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: a valid two-element out array.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded, so both fds are open and ours.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // A larger pipe moves more per pair of syscalls; best effort.
-        // SAFETY: fcntl on an fd we own.
-        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-        Ok(Pipe { read, write })
-    }
-
-    /// Returns an empty pipe to the pool (or closes it when the pool is full).
-    fn give_back(self) {
-        #[cfg(test)]
-        tests::PIPES_OUT.with(|h| h.set(h.get() - 1));
-        let mut pool = PIPES.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < PIPE_POOL {
-            pool.push(self);
-        }
-    }
-}
-
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: plain fds; null offsets (sockets and pipes have none).
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-async fn splice_bidirectional(
-    a: &TcpStream,
-    b: &TcpStream,
-    a_to_b: &AtomicU64,
-    b_to_a: &AtomicU64,
-) -> io::Result<()> {
-    tokio::try_join!(splice_one(a, b, a_to_b), splice_one(b, a, b_to_a)).map(|_| ())
-}
-
-/// Moves `src`'s bytes to `dst` until `src` ends, then shuts down `dst`'s write half.
-///
-/// Small messages are copied: one `recv` and one `send`, where splicing costs three
-/// `splice` calls (in, out, and the one that finds the socket drained) and a pipe. A read
-/// that fills [`SMALL`] switches the direction to splicing, and a splice that moves less
-/// than that switches it back.
-async fn splice_one(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::Result<()> {
-    let mut pipe: Option<Pipe> = None;
-    let mut bulk = false;
-    loop {
-        tokio::task::coop::consume_budget().await;
-        if !bulk {
-            match copy_small(src, dst, moved).await? {
-                Copied::Some { filled } => bulk = filled,
-                Copied::Nothing => {}
-                Copied::End => break,
-            }
-            continue;
-        }
-        let p = match pipe.take() {
-            Some(p) => p,
-            None => {
-                // Idle: hold no pipe while waiting.
-                src.readable().await?;
-                match Pipe::take() {
-                    Ok(p) => p,
-                    // Out of fds: copy until a pipe can be had again.
-                    Err(_) => {
-                        bulk = false;
-                        continue;
-                    }
-                }
-            }
-        };
-        let n = match src.try_io(Interest::READABLE, || {
-            splice(src.as_raw_fd(), p.write.as_raw_fd(), SPLICE_CHUNK)
-        }) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Drained: the pipe is empty, give it back until more arrives.
-                p.give_back();
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                pipe = Some(p);
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            p.give_back();
-            break;
-        }
-        let mut left = n;
-        while left > 0 {
-            match dst.try_io(Interest::WRITABLE, || {
-                splice(p.read.as_raw_fd(), dst.as_raw_fd(), left)
-            }) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(w) => {
-                    left -= w;
-                    moved.fetch_add(w as u64, Relaxed);
-                    #[cfg(test)]
-                    tests::SPLICED.with(|s| s.set(s.get() + w as u64));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // The pipe may still hold bytes: it is closed, not pooled.
-                Err(e) => return Err(e),
-            }
-        }
-        if n < SMALL {
-            // The readiness stays as it is: a short splice may also mean a full pipe.
-            p.give_back();
-            bulk = false;
-        } else {
-            pipe = Some(p);
-        }
-    }
-    socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)
-}
-
-/// What one [`copy_small`] did.
-enum Copied {
-    /// Bytes went through; `filled` when the read filled [`SMALL`].
-    Some { filled: bool },
-    /// The readiness was stale: nothing to read.
-    Nothing,
-    /// `src` ended.
-    End,
-}
-
-/// Waits for `src`, then one read of at most [`SMALL`] bytes and its writes, through a
-/// pooled buffer held only meanwhile. A short read clears the socket's readiness, as in
-/// [`read_until_drained`].
-async fn copy_small(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> io::Result<Copied> {
-    src.readable().await?;
-    let mut buf = Buffer::take();
-    let read = read_drained(src, SMALL, || {
-        (&*socket2::SockRef::from(src)).read(&mut buf.0[..SMALL])
-    });
-    let copied = match read {
-        Ok((0, _)) => Copied::End,
-        Ok((n, _)) => {
-            write_all(dst, &buf.0[..n], moved).await?;
-            Copied::Some { filled: n == SMALL }
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) =>
-        {
-            Copied::Nothing
-        }
-        Err(e) => return Err(e),
-    };
-    buf.give_back();
-    Ok(copied)
-}
-
-/// One read from `src` into the spare capacity of `buf` (at most `max` bytes), after the
-/// socket was reported readable: the bytes read, and whether the socket is now drained. A
-/// short read means that the socket's receive queue is empty: its readiness is cleared
-/// along with it, as tokio's own `poll_read` does, so the next wait parks at once instead
-/// of costing a `read(2)` that finds nothing. Readiness that arrived after the read is kept
-/// (tokio compares the event's tick).
-pub(super) fn read_until_drained(
-    src: &TcpStream,
-    buf: &mut Vec<u8>,
-    max: usize,
-) -> io::Result<(usize, bool)> {
-    let spare = buf.spare_capacity_mut();
-    let max = max.min(spare.len());
-    let (n, drained) = read_drained(src, max, || {
-        socket2::SockRef::from(src).recv(&mut spare[..max])
-    })?;
-    // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
-    unsafe { buf.set_len(buf.len() + n) };
-    Ok((n, drained))
-}
-
-/// `read` (of at most `max` bytes from `src`) through tokio's readiness: the bytes read,
-/// and whether that was short, which clears the readiness (see [`read_until_drained`]).
-fn read_drained(
-    src: &TcpStream,
-    max: usize,
-    mut read: impl FnMut() -> io::Result<usize>,
-) -> io::Result<(usize, bool)> {
-    let mut got = None;
-    let result = src.try_io(Interest::READABLE, || {
-        let n = read()?;
-        got = Some(n);
-        if n > 0 && n < max {
-            // Short: drained. Reported as WouldBlock to tokio only, to clear readiness.
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(())
-    });
-    match got {
-        Some(n) => Ok((n, result.is_err())),
-        None => result.map(|()| (0, false)),
-    }
-}
-
-/// Writes all of `data` to `dst`, counting into `moved` as it goes.
-pub(super) async fn write_all(dst: &TcpStream, data: &[u8], moved: &AtomicU64) -> io::Result<()> {
-    let mut pos = 0;
-    while pos < data.len() {
-        match dst.try_write(&data[pos..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(w) => {
-                pos += w;
-                moved.fetch_add(w as u64, Relaxed);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------
-// Buffered copy with buffers taken only while data flows
-
-struct Buffer(Box<[u8]>);
-
-thread_local! {
-    static BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
-}
-
-impl Buffer {
-    fn take() -> Buffer {
-        let pooled = BUFFERS.with(|b| b.borrow_mut().pop());
-        #[cfg(test)]
-        tests::HELD.with(|h| h.set(h.get() + 1));
-        Buffer(pooled.unwrap_or_else(|| vec![0u8; BUF].into_boxed_slice()))
-    }
-
-    fn give_back(mut self) {
-        let buf = std::mem::take(&mut self.0);
-        BUFFERS.with(|b| {
-            let mut b = b.borrow_mut();
-            if b.len() < BUF_POOL {
-                b.push(buf);
-            }
-        });
-    }
-}
-
-#[cfg(test)]
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        tests::HELD.with(|h| h.set(h.get() - 1));
-    }
-}
-
-/// One direction of the buffered copy (after tokio's `CopyBuffer`, with a lazy buffer).
-#[derive(Default)]
-struct CopyBuffer {
-    buf: Option<Buffer>,
-    read_done: bool,
-    need_flush: bool,
-    pos: usize,
-    cap: usize,
-    amt: u64,
-}
-
-impl CopyBuffer {
-    fn poll_fill_buf<R>(
-        &mut self,
-        cx: &mut Context<'_>,
-        reader: Pin<&mut R>,
-    ) -> Poll<io::Result<()>>
-    where
-        R: AsyncRead + ?Sized,
-    {
-        let buf = self.buf.get_or_insert_with(Buffer::take);
-        let mut rb = ReadBuf::new(&mut buf.0);
-        rb.set_filled(self.cap);
-        let mut reader = reader;
-        let res = loop {
-            match reader.as_mut().poll_read(cx, &mut rb) {
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                res => break res,
-            }
-        };
-        if let Poll::Ready(Ok(())) = res {
-            let filled = rb.filled().len();
-            self.read_done = self.cap == filled;
-            self.cap = filled;
-        }
-        res
-    }
-
-    /// Gives the buffer back when it holds nothing.
-    fn release_if_empty(&mut self) {
-        if self.pos == self.cap {
-            self.pos = 0;
-            self.cap = 0;
-            if let Some(b) = self.buf.take() {
-                b.give_back();
-            }
-        }
-    }
-
-    fn poll_copy<R, W>(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut reader: Pin<&mut R>,
-        mut writer: Pin<&mut W>,
-    ) -> Poll<io::Result<u64>>
-    where
-        R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
-    {
-        let coop = ready!(tokio::task::coop::poll_proceed(cx));
-        loop {
-            if self.cap < BUF && !self.read_done {
-                match self.poll_fill_buf(cx, reader.as_mut()) {
-                    Poll::Ready(Ok(())) => coop.made_progress(),
-                    Poll::Ready(Err(e)) => {
-                        coop.made_progress();
-                        return Poll::Ready(Err(e));
-                    }
-                    Poll::Pending => {
-                        if self.pos == self.cap {
-                            self.release_if_empty();
-                            if self.need_flush {
-                                ready!(writer.as_mut().poll_flush(cx))?;
-                                coop.made_progress();
-                                self.need_flush = false;
-                            }
-                            return Poll::Pending;
-                        }
-                    }
-                }
-            }
-            while self.pos < self.cap {
-                let Some(buf) = self.buf.as_ref() else {
-                    break;
-                };
-                let res = loop {
-                    match writer.as_mut().poll_write(cx, &buf.0[self.pos..self.cap]) {
-                        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        res => break res,
-                    }
-                };
-                match res {
-                    Poll::Pending => {
-                        // Top up towards a larger next write while the writer is busy.
-                        if !self.read_done && self.cap < BUF {
-                            ready!(self.poll_fill_buf(cx, reader.as_mut()))?;
-                        }
-                        return Poll::Pending;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::WriteZero,
-                            "write zero byte into writer",
-                        )))
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        coop.made_progress();
-                        self.pos += n;
-                        self.amt += n as u64;
-                        self.need_flush = true;
-                    }
-                }
-            }
-            self.pos = 0;
-            self.cap = 0;
-            if self.read_done {
-                self.release_if_empty();
-                ready!(writer.as_mut().poll_flush(cx))?;
-                coop.made_progress();
-                return Poll::Ready(Ok(self.amt));
-            }
-        }
-    }
-}
-
-enum Transfer {
-    Running(CopyBuffer),
-    ShuttingDown(u64),
-    Done(u64),
-}
-
-fn transfer<A, B>(
-    cx: &mut Context<'_>,
-    state: &mut Transfer,
-    r: &mut A,
-    w: &mut B,
-) -> Poll<io::Result<u64>>
-where
-    A: AsyncRead + Unpin + ?Sized,
-    B: AsyncWrite + Unpin + ?Sized,
-{
-    let mut r = Pin::new(r);
-    let mut w = Pin::new(w);
-    loop {
-        match state {
-            Transfer::Running(buf) => {
-                let n = ready!(buf.poll_copy(cx, r.as_mut(), w.as_mut()))?;
-                *state = Transfer::ShuttingDown(n);
-            }
-            Transfer::ShuttingDown(n) => {
-                ready!(w.as_mut().poll_shutdown(cx))?;
-                *state = Transfer::Done(*n);
-            }
-            Transfer::Done(n) => return Poll::Ready(Ok(*n)),
-        }
-    }
-}
-
-/// `tokio::io::copy_bidirectional`, with buffers held only while data is in flight.
-async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    let mut a_to_b = Transfer::Running(CopyBuffer::default());
-    let mut b_to_a = Transfer::Running(CopyBuffer::default());
-    poll_fn(|cx| {
-        let ab = transfer(cx, &mut a_to_b, a, b)?;
-        let ba = transfer(cx, &mut b_to_a, b, a)?;
-        let ab = ready!(ab);
-        let ba = ready!(ba);
-        Poll::Ready(Ok((ab, ba)))
-    })
-    .await
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::io;
+
+    use super::{
+        buffered::copy_bidirectional,
+        splice::{splice_bidirectional, SMALL},
+        *,
+    };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     thread_local! {
@@ -824,8 +344,8 @@ mod tests {
 
     /// A TCP side the relay cannot splice: the buffered copy moves its bytes (as for a stream
     /// with detection bytes in front).
-    fn buffered(s: TcpStream) -> crate::proxy::detect::Prefixed<TcpStream> {
-        crate::proxy::detect::Prefixed::new(bytes::Bytes::new(), s)
+    fn buffered(s: TcpStream) -> crate::proxy::l7::detect::Prefixed<TcpStream> {
+        crate::proxy::l7::detect::Prefixed::new(bytes::Bytes::new(), s)
     }
 
     /// Runs [`relay_streams`] as `relay` does (sides dropped when it returns), spliced or

@@ -12,11 +12,11 @@ use std::{
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use super::copy::Reset;
+use crate::proxy::relay::Reset;
 
 /// How long to wait for a client's first bytes. A protocol where the server speaks first
 /// waits this long unless its port is configured opaque (then there is no wait at all).
-pub const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
 const MAX_PEEK: usize = 1024;
 /// For HTTP/1, the first request's head is read whole (up to this size) so that its
 /// framing can be checked before anything is forwarded.
@@ -24,25 +24,25 @@ const MAX_HEAD: usize = 16 * 1024;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     Http1,
     Http2,
     Opaque,
 }
 
 /// A stream with bytes already read from it put back in front.
-pub struct Prefixed<T> {
+pub(crate) struct Prefixed<T> {
     prefix: Bytes,
     inner: T,
 }
 
 impl<T> Prefixed<T> {
-    pub fn new(prefix: Bytes, inner: T) -> Self {
+    pub(crate) fn new(prefix: Bytes, inner: T) -> Self {
         Prefixed { prefix, inner }
     }
 
     /// The bytes read during detection and not yet consumed.
-    pub fn prefix(&self) -> &[u8] {
+    pub(crate) fn prefix(&self) -> &[u8] {
         &self.prefix
     }
 }
@@ -96,7 +96,7 @@ impl<T: Reset> Reset for Prefixed<T> {
 }
 
 /// Classifies what has been read so far; `None` means "need more bytes".
-pub fn classify(buf: &[u8]) -> Option<Protocol> {
+pub(crate) fn classify(buf: &[u8]) -> Option<Protocol> {
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
         return (buf.len() >= H2_PREFACE.len()).then_some(Protocol::Http2);
@@ -127,7 +127,7 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
 
 /// Reads until the protocol is known, the peek limit is reached or [`DETECT_TIMEOUT`]
 /// passes (then: opaque). Returns the protocol and the stream with the bytes put back.
-pub async fn detect<T: AsyncRead + Unpin>(mut io: T) -> (Protocol, Prefixed<T>) {
+pub(crate) async fn detect<T: AsyncRead + Unpin>(mut io: T) -> (Protocol, Prefixed<T>) {
     let mut buf = BytesMut::with_capacity(MAX_PEEK);
     let deadline = tokio::time::Instant::now() + DETECT_TIMEOUT;
     let protocol = loop {
@@ -161,7 +161,7 @@ pub async fn detect<T: AsyncRead + Unpin>(mut io: T) -> (Protocol, Prefixed<T>) 
 /// and Transfer-Encoding, and Content-Length values that disagree (RFC 9112 §6.3), rather
 /// than pass them on. (hyper, which parses every later request, would quietly prefer
 /// Transfer-Encoding.) Returns the reason when the head is ambiguous.
-pub fn ambiguous_head(head: &[u8]) -> Option<&'static str> {
+pub(crate) fn ambiguous_head(head: &[u8]) -> Option<&'static str> {
     let end = head
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -22,14 +22,17 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{detect::Protocol, ProxyContext};
-use crate::metrics::TrafficLabels;
-use crate::proxy::Direction;
-use crate::telemetry::{Finished, PeerWorkload, RequestEvent, RequestReporter};
+use super::detect::Protocol;
+use crate::{
+    proxy::context::ProxyContext,
+    telemetry::{
+        metrics::TrafficLabels, Direction, Finished, PeerWorkload, RequestEvent, RequestReporter,
+    },
+};
 
 /// What is known about the connection the requests travel on.
 #[derive(Clone)]
-pub struct HttpMeta {
+pub(crate) struct HttpMeta {
     pub direction: Direction,
     pub namespace: String,
     pub pod: String,
@@ -44,7 +47,7 @@ pub struct HttpMeta {
 impl HttpMeta {
     /// The labels of the connection's metrics (Linkerd's: `dst_*` and `server_id` outbound,
     /// `client_id` inbound).
-    pub fn traffic_labels(&self) -> TrafficLabels {
+    pub(crate) fn traffic_labels(&self) -> TrafficLabels {
         let outbound = self.direction == Direction::Outbound;
         let peer = self.peer.as_ref().filter(|_| outbound);
         TrafficLabels {
@@ -88,7 +91,7 @@ impl Sender {
 }
 
 /// Proxies HTTP from `client` to `upstream` until the client connection ends.
-pub async fn proxy<C, U>(
+pub(crate) async fn proxy<C, U>(
     ctx: Arc<ProxyContext>,
     meta: Arc<HttpMeta>,
     reporter: Arc<RequestReporter>,
@@ -102,7 +105,7 @@ where
 {
     let sender = match protocol {
         Protocol::Http2 => {
-            let (s, conn) = super::hbone::client_builder()
+            let (s, conn) = crate::proxy::hbone::client_builder()
                 .handshake(TokioIo::new(upstream))
                 .await
                 .map_err(|e| format!("HTTP/2 to upstream: {e}"))?;

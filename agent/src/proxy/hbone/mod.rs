@@ -8,10 +8,13 @@ use std::{net::SocketAddr, time::Duration};
 use hyper::{Method, Request, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub use meshd_common::HBONE_PORT;
+pub(crate) use meshd_common::HBONE_PORT;
+
+pub(crate) mod pool;
+pub(crate) mod tunnel;
 
 /// Streams (tunnels) per HBONE connection before the pool opens another connection.
-pub const MAX_STREAMS: u32 = 100;
+pub(crate) const MAX_STREAMS: u32 = 100;
 /// Flow-control windows: large enough for bulk transfers over one stream.
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
@@ -23,7 +26,7 @@ const KEEPALIVE: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HBONE's client side (the pool): HTTP/2 driven directly with `h2`.
-pub fn h2_client() -> h2::client::Builder {
+pub(crate) fn h2_client() -> h2::client::Builder {
     let mut b = h2::client::Builder::new();
     b.initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -34,7 +37,7 @@ pub fn h2_client() -> h2::client::Builder {
 }
 
 /// HBONE's server side (port 15008).
-pub fn h2_server() -> h2::server::Builder {
+pub(crate) fn h2_server() -> h2::server::Builder {
     let mut b = h2::server::Builder::new();
     b.initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -46,7 +49,7 @@ pub fn h2_server() -> h2::server::Builder {
 
 /// Why a connection's keep-alive gave up on it.
 #[derive(Debug, thiserror::Error)]
-pub enum KeepaliveError {
+pub(crate) enum KeepaliveError {
     #[error("no PING acknowledgement within {0:?}")]
     Timeout(Duration),
     #[error("PING: {0}")]
@@ -57,7 +60,7 @@ pub enum KeepaliveError {
 /// [`KEEPALIVE_TIMEOUT`], so that a connection to a peer that went away is dropped (and the
 /// pool opens a new one). Never returns without `ping` (the connection's PING handle was
 /// already taken).
-pub async fn keepalive(ping: Option<h2::PingPong>) -> KeepaliveError {
+pub(crate) async fn keepalive(ping: Option<h2::PingPong>) -> KeepaliveError {
     let Some(mut ping) = ping else {
         return std::future::pending().await;
     };
@@ -73,7 +76,7 @@ pub async fn keepalive(ping: Option<h2::PingPong>) -> KeepaliveError {
 
 /// A hyper HTTP/2 client with HBONE's settings: `meshd diagnostics hbone`, and HTTP/2 to
 /// upstream apps.
-pub fn client_builder() -> hyper::client::conn::http2::Builder<TokioExecutor> {
+pub(crate) fn client_builder() -> hyper::client::conn::http2::Builder<TokioExecutor> {
     let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
@@ -87,7 +90,7 @@ pub fn client_builder() -> hyper::client::conn::http2::Builder<TokioExecutor> {
 
 /// The CONNECT request that opens a tunnel to `target` on behalf of `source` (the client
 /// pod's address, in a `Forwarded` header as ztunnel sends it).
-pub fn connect_request(
+pub(crate) fn connect_request(
     target: SocketAddr,
     source: Option<std::net::IpAddr>,
 ) -> Result<Request<()>, hyper::http::Error> {
@@ -110,7 +113,7 @@ fn forwarded_ip(ip: std::net::IpAddr) -> String {
 }
 
 /// The tunnel target of a CONNECT request: its authority as `ip:port`.
-pub fn target_of<B>(req: &Request<B>) -> Option<SocketAddr> {
+pub(crate) fn target_of<B>(req: &Request<B>) -> Option<SocketAddr> {
     req.uri().authority()?.as_str().parse().ok()
 }
 

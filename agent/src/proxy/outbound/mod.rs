@@ -8,18 +8,18 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpStream;
 
-use super::{
-    connect::connect_in,
-    copy::reset,
-    http::HttpMeta,
-    pool::Tunnel,
-    session::{self, Session},
-    Direction, PodContext, ProxyContext,
-};
 use crate::{
     capture::maps::std_ip,
+    proxy::{
+        connect::connect_in,
+        context::{PodContext, ProxyContext},
+        hbone::pool::Tunnel,
+        l7::http::HttpMeta,
+        relay::reset,
+        session::{self, Session},
+    },
     state::{is_opaque, ServicePort, State},
-    telemetry::PeerWorkload,
+    telemetry::{Direction, PeerWorkload},
 };
 
 /// The agent's side towards the destination.
@@ -28,7 +28,7 @@ enum Upstream {
     Hbone(Tunnel),
 }
 
-pub async fn handle(
+pub(crate) async fn handle(
     ctx: &Arc<ProxyContext>,
     pod: &PodContext,
     client: TcpStream,
@@ -81,7 +81,7 @@ async fn to_service(
                     "service {} has no live endpoint ({} endpoints failed in the last {}s)",
                     svc.key(),
                     endpoints.len(),
-                    super::balance::DOWN_FOR.as_secs()
+                    crate::proxy::balance::DOWN_FOR.as_secs()
                 ),
                 Some(e) => format!("service {}: every endpoint failed, last: {e}", svc.key()),
             };
@@ -120,7 +120,11 @@ async fn connect_upstream(
         (&ctx.mesh, &pod.identity, state.workload_by_ip(&target.ip()))
     {
         let expected = mesh.identity_of(dst_workload);
-        return match mesh.pool.tunnel(pod, local, target, &expected).await {
+        return match mesh
+            .pool
+            .tunnel(&pod.workload, &pod.netns, local, target, &expected)
+            .await
+        {
             Ok(tunnel) => {
                 ctx.connections
                     .secured(id, Some(local.to_string()), Some(expected.to_string()));

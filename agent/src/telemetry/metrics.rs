@@ -18,7 +18,7 @@ const LATENCY_BUCKETS_MS: [f64; 25] = [
 /// Who a request or connection was for, and with whom. Every value is bounded: workload
 /// names and identities from the mesh's own state, never anything a client sends.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TrafficLabels {
+pub(crate) struct TrafficLabels {
     pub direction: &'static str,
     pub namespace: String,
     pub pod: String,
@@ -34,7 +34,7 @@ pub struct TrafficLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResponseLabels {
+pub(crate) struct ResponseLabels {
     #[prometheus(flatten)]
     pub traffic: TrafficLabels,
     pub status_code: u16,
@@ -43,14 +43,14 @@ pub struct ResponseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LatencyLabels {
+pub(crate) struct LatencyLabels {
     #[prometheus(flatten)]
     pub traffic: TrafficLabels,
     pub status_code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
+pub(crate) struct ErrorLabels {
     pub direction: &'static str,
     pub namespace: String,
     pub pod: String,
@@ -61,7 +61,7 @@ pub struct ErrorLabels {
 
 /// Why a mutual-TLS (HBONE) connection or tunnel was refused.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RejectLabels {
+pub(crate) struct RejectLabels {
     /// `inbound` (this agent was the server) or `outbound` (it was the client).
     pub direction: &'static str,
     /// A fixed set: `unknown_ca`, `expired`, `not_yet_valid`, `no_client_cert`, `not_tls`,
@@ -70,11 +70,11 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IdentityLabels {
+pub(crate) struct IdentityLabels {
     pub identity: String,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub request_total: Family<TrafficLabels, Counter>,
     pub response_total: Family<ResponseLabels, Counter>,
@@ -178,14 +178,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn reject(&self, direction: &'static str, reason: &'static str) {
+    pub(crate) fn reject(&self, direction: &'static str, reason: &'static str) {
         self.hbone_rejected
             .get_or_create(&RejectLabels { direction, reason })
             .inc();
     }
 
     /// The request series of one connection's traffic labels, looked up once.
-    pub fn requests(self: &Arc<Self>, traffic: TrafficLabels) -> RequestSeries {
+    pub(crate) fn requests(self: &Arc<Self>, traffic: TrafficLabels) -> RequestSeries {
         RequestSeries {
             request_total: self.request_total.get_or_create(&traffic).clone(),
             responses: Mutex::new(Vec::new()),
@@ -194,12 +194,12 @@ impl Metrics {
         }
     }
 
-    pub fn tcp_open(&self, labels: &TrafficLabels) {
+    pub(crate) fn tcp_open(&self, labels: &TrafficLabels) {
         self.tcp_open_total.get_or_create(labels).inc();
         self.tcp_open_connections.get_or_create(labels).inc();
     }
 
-    pub fn tcp_close(&self, labels: &TrafficLabels, read: u64, written: u64) {
+    pub(crate) fn tcp_close(&self, labels: &TrafficLabels, read: u64, written: u64) {
         self.tcp_close_total.get_or_create(labels).inc();
         self.tcp_open_connections.get_or_create(labels).dec();
         self.tcp_read_bytes_total.get_or_create(labels).inc_by(read);
@@ -208,7 +208,7 @@ impl Metrics {
             .inc_by(written);
     }
 
-    pub fn http_error(
+    pub(crate) fn http_error(
         &self,
         direction: &'static str,
         namespace: &str,
@@ -226,7 +226,7 @@ impl Metrics {
     }
 
     /// OpenMetrics text.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::warn!(error = %e, "encoding metrics");
@@ -239,7 +239,7 @@ impl Metrics {
 /// open, so the series are looked up in the families once (and once per new response
 /// class) instead of hashing every label on every request. The handles share their values
 /// with the families, which never drop a series.
-pub struct RequestSeries {
+pub(crate) struct RequestSeries {
     traffic: TrafficLabels,
     request_total: Counter,
     /// By (status, success, gRPC status): `response_total` and `response_latency_ms`.
@@ -249,7 +249,7 @@ pub struct RequestSeries {
 
 /// What a response is counted by, besides its connection's traffic labels.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct ResponseClass {
+pub(crate) struct ResponseClass {
     pub status_code: u16,
     pub success: bool,
     pub grpc_status: Option<u32>,
@@ -261,7 +261,7 @@ const CLASSES_PER_CONNECTION: usize = 8;
 
 impl RequestSeries {
     /// Counts one finished request: with `None`, one that failed without a response.
-    pub fn record(&self, response: Option<(ResponseClass, f64)>) {
+    pub(crate) fn record(&self, response: Option<(ResponseClass, f64)>) {
         self.request_total.inc();
         let Some((class, latency_ms)) = response else {
             return;

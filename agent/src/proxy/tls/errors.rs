@@ -2,7 +2,7 @@
 
 /// The reason for a failed handshake, from the I/O error the handshake returned (wrapping
 /// the `rustls::Error`, as `proxy::tls` and tokio-rustls both report it).
-pub fn reason(e: &std::io::Error) -> &'static str {
+pub(crate) fn reason(e: &std::io::Error) -> &'static str {
     let Some(inner) = e.get_ref() else {
         return "handshake";
     };
@@ -19,7 +19,7 @@ pub fn reason(e: &std::io::Error) -> &'static str {
     }
 }
 
-pub fn classify(err: &rustls::Error) -> &'static str {
+pub(crate) fn classify(err: &rustls::Error) -> &'static str {
     use rustls::{CertificateError as C, Error as E};
     match err {
         E::InvalidCertificate(C::UnknownIssuer) | E::InvalidCertificate(C::BadSignature) => {
@@ -44,4 +44,9 @@ pub fn classify(err: &rustls::Error) -> &'static str {
         E::AlertReceived(rustls::AlertDescription::CertificateExpired) => "peer_rejected_us",
         _ => "handshake",
     }
+}
+
+/// A TLS failure as the I/O error the record layer and the handshake return.
+pub(super) fn to_io(e: rustls::Error) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
 }

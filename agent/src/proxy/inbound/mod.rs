@@ -9,17 +9,21 @@ use std::{
 
 use tokio::net::TcpStream;
 
-use super::{
-    connect::connect_in,
-    copy::reset,
-    http::HttpMeta,
-    session::{self, Session},
-    Direction, PodContext, ProxyContext,
+use crate::{
+    proxy::{
+        connect::connect_in,
+        context::{PodContext, ProxyContext},
+        l7::http::HttpMeta,
+        relay::reset,
+        session::{self, Session},
+    },
+    telemetry::{Direction, PeerWorkload},
 };
-use crate::telemetry::PeerWorkload;
+
+pub(crate) mod hbone;
 
 /// The app's address for a connection to `dst`: the same port on the pod's loopback.
-pub fn app_addr(dst: SocketAddr) -> SocketAddr {
+pub(crate) fn app_addr(dst: SocketAddr) -> SocketAddr {
     match dst {
         SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::LOCALHOST, dst.port())),
         SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::LOCALHOST, dst.port())),
@@ -27,7 +31,7 @@ pub fn app_addr(dst: SocketAddr) -> SocketAddr {
 }
 
 /// What is known about an inbound connection from `peer` to `dst` before it is served.
-pub fn inbound_meta(ctx: &ProxyContext, pod: &PodContext, peer: SocketAddr) -> HttpMeta {
+pub(crate) fn inbound_meta(ctx: &ProxyContext, pod: &PodContext, peer: SocketAddr) -> HttpMeta {
     let w = &pod.workload;
     HttpMeta {
         direction: Direction::Inbound,
@@ -46,7 +50,7 @@ pub fn inbound_meta(ctx: &ProxyContext, pod: &PodContext, peer: SocketAddr) -> H
     }
 }
 
-pub async fn handle(
+pub(crate) async fn handle(
     ctx: &Arc<ProxyContext>,
     pod: &PodContext,
     client: TcpStream,

@@ -10,16 +10,18 @@ use h2::{server::SendResponse, RecvStream};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpStream;
 
-use super::{
-    connect::connect_in,
-    hbone,
-    inbound::{app_addr, inbound_meta},
-    session::{self, Session},
-    tls, tls_errors,
-    tunnel::TunnelStream,
-    Direction, PodContext, ProxyContext,
+use super::{app_addr, inbound_meta};
+use crate::{
+    identity::Identity,
+    proxy::{
+        connect::connect_in,
+        context::{PodContext, ProxyContext},
+        hbone::{self, tunnel::TunnelStream},
+        session::{self, Session},
+        tls::{self, errors as tls_errors},
+    },
+    telemetry::Direction,
 };
-use crate::identity::Identity;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,7 +37,7 @@ fn refuse(mut respond: SendResponse<Bytes>, status: StatusCode) {
 }
 
 /// Serves one accepted TCP connection on the HBONE port.
-pub async fn handle(
+pub(crate) async fn handle(
     ctx: Arc<ProxyContext>,
     pod: Arc<PodContext>,
     tcp: TcpStream,

@@ -19,13 +19,18 @@ use h2::client::SendRequest;
 use hyper::StatusCode;
 use rustls::pki_types::ServerName;
 
-use super::{connect::connect_in, hbone, tls, tunnel::TunnelStream, PodContext};
-use crate::identity::{CertManager, Identity};
+use super::{self as hbone, tunnel::TunnelStream};
+use crate::{
+    identity::{CertManager, Identity},
+    netns::Netns,
+    proxy::{connect::connect_in, tls},
+    state::Workload,
+};
 
 #[derive(Debug, thiserror::Error)]
-pub enum TunnelError {
+pub(crate) enum TunnelError {
     #[error("{0}")]
-    Connect(#[from] super::connect::ConnectError),
+    Connect(#[from] crate::proxy::connect::ConnectError),
     #[error("TLS with {addr} (expecting {expected}): {source}")]
     Tls {
         addr: SocketAddr,
@@ -51,9 +56,9 @@ pub enum TunnelError {
 
 impl TunnelError {
     /// The reason label when the peer's identity or certificate was not acceptable.
-    pub fn reject_reason(&self) -> Option<&'static str> {
+    pub(crate) fn reject_reason(&self) -> Option<&'static str> {
         match self {
-            TunnelError::Tls { source, .. } => Some(super::tls_errors::reason(source)),
+            TunnelError::Tls { source, .. } => Some(tls::errors::reason(source)),
             // In TLS 1.3 the server checks our certificate after our side of the handshake
             // is done: its refusal arrives as an alert on the first HTTP/2 exchange (h2
             // keeps only the I/O error's text).
@@ -107,7 +112,7 @@ impl Conn {
 }
 
 /// Keeps a stream slot of a pooled connection while a tunnel is open.
-pub struct StreamSlot(Arc<AtomicUsize>);
+pub(crate) struct StreamSlot(Arc<AtomicUsize>);
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
@@ -115,7 +120,7 @@ impl Drop for StreamSlot {
     }
 }
 
-pub struct Tunnel {
+pub(crate) struct Tunnel {
     pub io: TunnelStream,
     /// Held while the tunnel is open.
     pub slot: StreamSlot,
@@ -123,7 +128,7 @@ pub struct Tunnel {
     pub server_id: String,
 }
 
-pub struct Pool {
+pub(crate) struct Pool {
     certs: Arc<CertManager>,
     conns: Mutex<HashMap<Key, Vec<Conn>>>,
     /// One lock per key, held while a connection for that key is being opened.
@@ -132,7 +137,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(certs: Arc<CertManager>, timeout: Duration) -> Pool {
+    pub(crate) fn new(certs: Arc<CertManager>, timeout: Duration) -> Pool {
         Pool {
             certs,
             conns: Mutex::default(),
@@ -141,18 +146,19 @@ impl Pool {
         }
     }
 
-    /// Opens a tunnel from `pod` to `target` on the pod at `target.ip()`, whose agent must
-    /// present `expected`.
-    pub async fn tunnel(
+    /// Opens a tunnel from `workload` (dialing from `netns`, its network namespace) to
+    /// `target` on the pod at `target.ip()`, whose agent must present `expected`.
+    pub(crate) async fn tunnel(
         &self,
-        pod: &PodContext,
+        workload: &Workload,
+        netns: &Netns,
         local: &Identity,
         target: SocketAddr,
         expected: &Identity,
     ) -> Result<Tunnel, TunnelError> {
         let addr = SocketAddr::new(target.ip(), hbone::HBONE_PORT);
         let key = Key {
-            source: pod.workload.key(),
+            source: workload.key(),
             addr,
             expected: expected.to_string(),
         };
@@ -170,7 +176,7 @@ impl Pool {
                         })?;
                     match self.reuse(&key) {
                         Some(c) => Ok(c),
-                        None => self.open(pod, local, addr, expected, key.clone()).await,
+                        None => self.open(netns, local, addr, expected, key.clone()).await,
                     }
                 }
                 .await;
@@ -180,8 +186,7 @@ impl Pool {
             }
         };
         let slot = StreamSlot(streams);
-        let source = pod
-            .workload
+        let source = workload
             .ips
             .iter()
             .find(|ip| ip.is_ipv4() == target.is_ipv4())
@@ -242,7 +247,7 @@ impl Pool {
 
     async fn open(
         &self,
-        pod: &PodContext,
+        netns: &Netns,
         local: &Identity,
         addr: SocketAddr,
         expected: &Identity,
@@ -251,7 +256,7 @@ impl Pool {
         let config =
             crate::identity::client_config(self.certs.clone(), local.clone(), expected.clone())
                 .map_err(|e| TunnelError::Config(expected.to_string(), e.to_string()))?;
-        let tcp = connect_in(&pod.netns, addr, self.timeout).await?;
+        let tcp = connect_in(netns, addr, self.timeout).await?;
         let name = ServerName::try_from("hbone.meshd.local")
             .map_err(|e| TunnelError::Config(expected.to_string(), e.to_string()))?;
         let tls = tokio::time::timeout(self.timeout, tls::connect(config, name, tcp))
@@ -296,7 +301,7 @@ impl Pool {
     }
 
     /// Open pooled connections, for `/config_dump`.
-    pub fn connection_count(&self) -> usize {
+    pub(crate) fn connection_count(&self) -> usize {
         let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.values().flatten().filter(|c| !c.is_closed()).count()
     }

@@ -1,0 +1,51 @@
+//! What every connection handler shares ([`ProxyContext`]: state, maps, registry, telemetry,
+//! the mesh's identities and tunnel pool) and what it knows of one enrolled pod
+//! ([`PodContext`]).
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{
+    capture::Maps,
+    identity::{CertManager, Identity},
+    netns::Netns,
+    state::{StateStore, Workload},
+    telemetry::Telemetry,
+};
+
+use super::{balance::Balancers, connections::Connections, hbone::pool::Pool};
+
+/// What every connection handler shares.
+pub(crate) struct ProxyContext {
+    /// The mesh state, read once per connection.
+    pub state: Arc<StateStore>,
+    /// Load and health of service endpoints, kept across state snapshots.
+    pub balancers: Arc<Balancers>,
+    pub maps: Arc<Maps>,
+    pub connections: Arc<Connections>,
+    pub telemetry: Arc<Telemetry>,
+    pub connect_timeout: Duration,
+    /// Mutual TLS between workloads; `None` runs plain pass-through.
+    pub mesh: Option<Mesh>,
+}
+
+/// Identities and the HBONE connection pool.
+pub(crate) struct Mesh {
+    pub trust_domain: String,
+    pub certs: Arc<CertManager>,
+    pub pool: Pool,
+}
+
+impl Mesh {
+    /// The identity a workload's certificate carries.
+    pub(crate) fn identity_of(&self, w: &Workload) -> Identity {
+        Identity::new(&self.trust_domain, &w.namespace, &w.service_account)
+    }
+}
+
+/// One enrolled pod as the proxy sees it.
+pub(crate) struct PodContext {
+    pub workload: Arc<Workload>,
+    pub netns: Arc<Netns>,
+    /// Its identity, when mutual TLS is on.
+    pub identity: Option<Identity>,
+}

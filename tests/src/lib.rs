@@ -1,7 +1,7 @@
 //! Test harness for meshd: builds a small "cluster" out of network namespaces, cgroups,
 //! bridges and veth pairs on one Linux machine, runs real processes as apps and agents
 //! inside it, and removes everything it created again when the [`Cluster`] is dropped
-//! (also on panic). See `/work/shared/design.md`, "Testing on one machine".
+//! (also on panic). How the suite uses it: `docs/testing.md`.
 //!
 //! Topology (kubenet-like), for a cluster with prefix `mtXXXX`:
 //!

@@ -133,6 +133,8 @@ impl DrainTrigger {
     ) -> DrainOutcome {
         self.start();
         tokio::select! {
+            // Ended by themselves, even with a deadline of zero.
+            biased;
             () = self.idle() => return DrainOutcome::Drained,
             () = tokio::time::sleep(deadline) => {}
             () = cut_short => {}

@@ -370,6 +370,15 @@ workloads:
     }
 
     #[test]
+    fn drain_timeout_defaults_and_is_read() {
+        let settings = parse(REMOTE_ONLY).unwrap().settings();
+        assert_eq!(settings.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        let text = REMOTE_ONLY.replace("node: n1\n", "node: n1\ndrainTimeoutSeconds: 2\n");
+        let settings = parse(&text).unwrap().settings();
+        assert_eq!(settings.drain_timeout, std::time::Duration::from_secs(2));
+    }
+
+    #[test]
     fn missing_field_is_named() {
         let e = parse("node: n1\nworkloads:\n  - name: a\n    namespace: b\n    ips: [10.0.0.1]\n")
             .unwrap_err()

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::{
     capture::{Capture, Enrollment, PinPaths},
+    drain::DrainWatcher,
     identity::CertManager,
     netns::Netns,
     proxy::{
@@ -61,6 +62,8 @@ pub(crate) struct Agent {
     errors: Mutex<BTreeMap<String, String>>,
     /// Set once the first configuration has been applied.
     pub ready: std::sync::atomic::AtomicBool,
+    /// What the accept loops of enrolled pods watch, and spawn connection tasks through.
+    drain: DrainWatcher,
 }
 
 /// How long an un-enrolled workload's listeners stay open after its links are gone.
@@ -84,7 +87,12 @@ impl Agent {
     /// and prepares an empty agent. Must run inside the tokio runtime.
     /// The proxy follows `state` from here on (its balancers are reconciled with each new
     /// snapshot); the agent itself applies snapshots once [`Agent::reconcile`] runs.
-    pub(crate) fn start(settings: &Settings, state: Arc<StateStore>) -> Result<Agent, StartError> {
+    /// Connections are drained through `drain` on shutdown.
+    pub(crate) fn start(
+        settings: &Settings,
+        state: Arc<StateStore>,
+        drain: DrainWatcher,
+    ) -> Result<Agent, StartError> {
         let connect_timeout = settings.connect_timeout;
         let mesh = match &settings.identity {
             None => None,
@@ -119,6 +127,7 @@ impl Agent {
             applied: Mutex::default(),
             errors: Mutex::new(BTreeMap::new()),
             ready: Default::default(),
+            drain,
         })
     }
 
@@ -210,7 +219,7 @@ impl Agent {
             netns: netns.clone(),
             identity,
         });
-        let proxy = PodProxy::start(&self.proxy, pod).map_err(|e| e.to_string())?;
+        let proxy = PodProxy::start(&self.proxy, pod, &self.drain).map_err(|e| e.to_string())?;
         let listeners = workload
             .ips
             .iter()

@@ -1,12 +1,21 @@
 //! Running the agent: the wiring from settings to identity, capture, the state store and
 //! its sources, the enrollment reconciler, the proxy and the admin server, and the order in
-//! which they stop.
+//! which they stop: on SIGTERM or SIGINT no new state, then the drain (no new connections,
+//! the open ones go on until they end or the drain deadline; a second signal cuts the wait
+//! short), then the programs are detached and the pins removed.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 
-use crate::{admin, agent, sources, state};
+use crate::{
+    admin, agent,
+    drain::{self, DrainOutcome},
+    sources, state,
+};
+
+/// How long closed connection tasks may take to be gone after the drain deadline.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// The proxy's runtime: with one worker, everything on this thread (no work-stealing
 /// scheduler, as linkerd2-proxy does with one core); otherwise that many worker threads
@@ -49,7 +58,8 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let admin_listener = admin::bind(settings.admin)
         .await
         .with_context(|| format!("cannot listen on admin address {}", settings.admin))?;
-    let agent = Arc::new(agent::Agent::start(&settings, store.clone())?);
+    let (drain, watcher) = drain::channel();
+    let agent = Arc::new(agent::Agent::start(&settings, store.clone(), watcher)?);
     // The first state is applied before the agent reports ready; later ones as they come.
     let updates = store.subscribe();
     let (a, initial) = (agent.clone(), store.current());
@@ -62,17 +72,51 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     tokio::spawn(admin::serve(admin, admin_listener));
     tracing::info!(node = %settings.node, admin = %settings.admin, config = %path.display(), "meshd running");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down: detaching programs and removing pins");
+    let mut signals = Signals::new()?;
+    signals.next().await;
     // No new state from here on (an apply in progress finishes before shutdown starts).
     source.abort();
     reconciler.abort();
+    // The programs stay attached while draining: the pods' open connections are still
+    // proxied; new ones find no listener and are refused.
+    let open = drain.start();
+    tracing::info!(connections = open, deadline = ?settings.drain_timeout, "draining: no new connections; waiting for the open ones (a second signal closes them at once)");
+    match drain
+        .drain(settings.drain_timeout, signals.next(), CLOSE_WAIT)
+        .await
+    {
+        DrainOutcome::Drained => tracing::info!("drained: every connection has ended"),
+        DrainOutcome::Closed { connections } => {
+            tracing::info!(connections, "drain over: closed the connections left")
+        }
+    }
+    tracing::info!("shutting down: detaching programs and removing pins");
     tokio::task::spawn_blocking(move || agent.shutdown()).await?;
     Ok(())
+}
+
+/// SIGTERM and SIGINT, the signals that stop the agent.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod app;
 pub mod capture;
 pub mod check;
 pub mod diagnostics;
+pub(crate) mod drain;
 pub mod identity;
 pub(crate) mod kube_names;
 pub mod logging;

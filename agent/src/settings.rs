@@ -1,5 +1,6 @@
 //! The agent's own settings: which node it runs on, where its admin API listens, where it
-//! pins, the trust domain and issuer files of workload identities, the connect timeout.
+//! pins, the trust domain and issuer files of workload identities, the connect timeout,
+//! how long a shutdown drains.
 //! They are read once at start-up (in standalone mode from the same file as the mesh
 //! state; see [`crate::sources::file`]) and are not part of the mesh state.
 
@@ -13,6 +14,10 @@ pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/meshd";
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 /// Default timeout of a plain connection to a destination.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(5000);
+/// Default drain deadline on shutdown: Kubernetes' default `terminationGracePeriodSeconds`
+/// (30 s) less 5 s, as ztunnel derives its own, so that the agent closes what is left,
+/// detaches and removes its pins before the kubelet's SIGKILL.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 /// Default lifetime of workload certificates.
 pub const DEFAULT_CERTIFICATE_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -23,6 +28,8 @@ pub struct Settings {
     pub admin: SocketAddr,
     pub bpffs: PathBuf,
     pub connect_timeout: Duration,
+    /// On SIGTERM, how long open connections may go on before they are closed.
+    pub drain_timeout: Duration,
     /// The trust domain of workload identities (`spiffe://<trust_domain>/ns/NS/sa/SA`).
     pub trust_domain: String,
     /// Mutual TLS between workloads; without it captured connections are passed through

@@ -1,5 +1,7 @@
 //! A pod's listeners: binding them inside its network namespace and the accept loops that
-//! hand each accepted connection to the outbound, inbound or HBONE handler.
+//! hand each accepted connection to the outbound, inbound or HBONE handler. Each
+//! connection task is spawned through the [`DrainWatcher`], and the loops stop accepting
+//! (closing their listeners) when the drain starts: see [`crate::drain`].
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -11,7 +13,7 @@ use std::{
 use meshd_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use crate::{netns::Netns, telemetry::Direction};
+use crate::{drain::DrainWatcher, netns::Netns, telemetry::Direction};
 
 use super::{
     context::{PodContext, ProxyContext},
@@ -39,6 +41,7 @@ pub(crate) struct PodProxy {
     /// Whether the outbound listener also listens on `[::1]`.
     pub outbound_v6: bool,
     tasks: Vec<JoinHandle<()>>,
+    drain: DrainWatcher,
 }
 
 impl Drop for PodProxy {
@@ -79,6 +82,7 @@ impl PodProxy {
     pub(crate) fn start(
         ctx: &Arc<ProxyContext>,
         pod: Arc<PodContext>,
+        drain: &DrainWatcher,
     ) -> Result<PodProxy, ProxyError> {
         let has_v6 = pod.workload.ips.iter().any(IpAddr::is_ipv6);
         let mut proxy = PodProxy {
@@ -86,6 +90,7 @@ impl PodProxy {
             inbound_v6: None,
             outbound_v6: false,
             tasks: Vec::new(),
+            drain: drain.clone(),
         };
         let out4 = bind_in(
             &pod.netns,
@@ -164,9 +169,9 @@ impl PodProxy {
             source,
         })?;
         let fd = listener.as_raw_fd();
-        let (ctx, pod) = (ctx.clone(), pod.clone());
+        let (ctx, pod, drain) = (ctx.clone(), pod.clone(), self.drain.clone());
         self.tasks
-            .push(tokio::spawn(accept_loop(ctx, pod, listener, kind)));
+            .push(tokio::spawn(accept_loop(ctx, pod, listener, kind, drain)));
         Ok(fd)
     }
 }
@@ -187,19 +192,33 @@ async fn accept_loop(
     pod: Arc<PodContext>,
     listener: TcpListener,
     kind: Listener,
+    drain: DrainWatcher,
 ) {
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            // Returning drops the listener: new connections are refused from here on.
+            () = drain.signaled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let (ctx, pod) = (ctx.clone(), pod.clone());
-                tokio::spawn(async move {
-                    match kind {
-                        Listener::Outbound => outbound::handle(&ctx, &pod, stream, peer).await,
-                        Listener::Inbound => inbound::handle(&ctx, &pod, stream, peer).await,
-                        Listener::Hbone => inbound::hbone::handle(ctx, pod, stream, peer).await,
+                match kind {
+                    Listener::Outbound => {
+                        drain.spawn(async move { outbound::handle(&ctx, &pod, stream, peer).await })
                     }
-                });
+                    Listener::Inbound => {
+                        drain.spawn(async move { inbound::handle(&ctx, &pod, stream, peer).await })
+                    }
+                    Listener::Hbone => {
+                        let tunnels = drain.clone();
+                        drain.spawn_graceful(move |draining| {
+                            inbound::hbone::handle(ctx, pod, stream, peer, tunnels, draining)
+                        })
+                    }
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

@@ -1,7 +1,8 @@
 //! Inbound HBONE: the mutual-TLS listener on port 15008 in each enrolled pod's namespace.
 //! It verifies the client's certificate chain to the trust anchors, learns the client's
 //! identity, accepts CONNECT only to this pod's own addresses (no open relay), and delivers
-//! each tunnel to the app over the pod's loopback.
+//! each tunnel to the app over the pod's loopback. When the agent drains, the client is
+//! sent a GOAWAY and the tunnels open go on (see [`crate::drain`]).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -12,6 +13,7 @@ use tokio::net::TcpStream;
 
 use super::{app_addr, inbound_meta};
 use crate::{
+    drain::{DrainWatcher, Draining},
     identity::Identity,
     proxy::{
         connect::connect_in,
@@ -36,12 +38,15 @@ fn refuse(mut respond: SendResponse<Bytes>, status: StatusCode) {
     let _ = respond.send_response(response(status), true);
 }
 
-/// Serves one accepted TCP connection on the HBONE port.
+/// Serves one accepted TCP connection on the HBONE port; its tunnels are spawned through
+/// `tunnels`, and `draining` starts a graceful shutdown of the HTTP/2 connection.
 pub(crate) async fn handle(
     ctx: Arc<ProxyContext>,
     pod: Arc<PodContext>,
     tcp: TcpStream,
     peer: SocketAddr,
+    tunnels: DrainWatcher,
+    draining: Draining,
 ) {
     let workload = pod.workload.key();
     let Some(mesh) = ctx.mesh.as_ref() else {
@@ -84,7 +89,7 @@ pub(crate) async fn handle(
         }
     };
     let keepalive = hbone::keepalive(conn.ping_pong());
-    tokio::pin!(keepalive);
+    tokio::pin!(keepalive, draining);
     loop {
         let next = tokio::select! {
             next = conn.accept() => next,
@@ -92,11 +97,16 @@ pub(crate) async fn handle(
                 tracing::info!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE connection dropped by keep-alive");
                 return;
             }
+            // GOAWAY: no new tunnels; the open ones go on and `accept` ends after them.
+            () = &mut draining => {
+                conn.graceful_shutdown();
+                continue;
+            }
         };
         match next {
             Some(Ok((req, respond))) => {
                 let (ctx, pod, client_id) = (ctx.clone(), pod.clone(), client_id.clone());
-                tokio::spawn(connect(ctx, pod, peer, client_id, req, respond));
+                tunnels.spawn(connect(ctx, pod, peer, client_id, req, respond));
             }
             Some(Err(e)) => {
                 tracing::debug!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE connection ended");

@@ -139,5 +139,8 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
     if old.connect_timeout != new.connect_timeout {
         fields.push("connectTimeoutMs");
     }
+    if old.drain_timeout != new.drain_timeout {
+        fields.push("drainTimeoutSeconds");
+    }
     fields
 }

@@ -19,7 +19,7 @@ use crate::{
     kube_names::{is_dns_label, is_dns_subdomain},
     settings::{
         IdentitySettings, Settings, DEFAULT_ADMIN, DEFAULT_BPFFS_ROOT, DEFAULT_CERTIFICATE_TTL,
-        DEFAULT_CONNECT_TIMEOUT, DEFAULT_TRUST_DOMAIN,
+        DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_TRUST_DOMAIN,
     },
     state::DEFAULT_OPAQUE_PORTS,
 };
@@ -43,6 +43,9 @@ pub(super) struct FileConfig {
     pub bpffs: PathBuf,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// On SIGTERM, how long open connections may go on before they are closed.
+    #[serde(default = "default_drain_timeout_seconds")]
+    pub drain_timeout_seconds: u64,
     /// The trust domain of workload identities (`spiffe://<trustDomain>/ns/NS/sa/SA`).
     #[serde(default = "default_trust_domain")]
     pub trust_domain: String,
@@ -137,6 +140,9 @@ fn default_bpffs() -> PathBuf {
 fn default_connect_timeout_ms() -> u64 {
     DEFAULT_CONNECT_TIMEOUT.as_millis() as u64
 }
+fn default_drain_timeout_seconds() -> u64 {
+    DEFAULT_DRAIN_TIMEOUT.as_secs()
+}
 fn default_trust_domain() -> String {
     DEFAULT_TRUST_DOMAIN.into()
 }
@@ -176,6 +182,7 @@ impl FileConfig {
             admin: self.admin,
             bpffs: self.bpffs.clone(),
             connect_timeout: std::time::Duration::from_millis(self.connect_timeout_ms),
+            drain_timeout: std::time::Duration::from_secs(self.drain_timeout_seconds),
             trust_domain: self.trust_domain.clone(),
             identity: self.identity.as_ref().map(|id| IdentitySettings {
                 trust_anchors: id.trust_anchors.clone(),
@@ -360,6 +367,15 @@ workloads:
         assert_eq!(c.admin.to_string(), DEFAULT_ADMIN);
         assert_eq!(c.bpffs, PathBuf::from(DEFAULT_BPFFS_ROOT));
         assert!(!c.workloads[0].is_on("n1"));
+    }
+
+    #[test]
+    fn drain_timeout_defaults_and_is_read() {
+        let settings = parse(REMOTE_ONLY).unwrap().settings();
+        assert_eq!(settings.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        let text = REMOTE_ONLY.replace("node: n1\n", "node: n1\ndrainTimeoutSeconds: 2\n");
+        let settings = parse(&text).unwrap().settings();
+        assert_eq!(settings.drain_timeout, std::time::Duration::from_secs(2));
     }
 
     #[test]

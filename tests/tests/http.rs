@@ -1,6 +1,7 @@
 //! HTTP failure and limit paths through the agents: a failing upstream (502), an absent
 //! app (reset), header counts and the 16 KiB head read, hop-by-hop headers end to end,
-//! Linkerd's default opaque-port list, and plaintext HTTP detected inbound.
+//! Linkerd's default opaque-port list, plaintext HTTP detected inbound, and clean closes
+//! recorded without an error.
 
 use std::{process::Command, time::Duration};
 
@@ -8,7 +9,9 @@ use meshd_tests::{
     mesh::{ClientServer, ServiceSpec},
     metrics::{metrics, settle, sum_metric},
     require_root,
-    traffic::{closed_records, curl_output, raw_client, spawn_listening, start_app},
+    traffic::{
+        closed_records, curl_output, raw_client, spawn_listening, start_app, wait_closed,
+    },
     wait_until, Cluster, Pod, ProcHandle,
 };
 use serde_json::Value;
@@ -483,4 +486,39 @@ fn service_requests_carry_dst_service() {
     );
     m.agent1.stop().unwrap();
     m.agent2.stop().unwrap();
+}
+
+/// Proves "a normal close is not an error": an HTTP request that succeeds, over HBONE (the
+/// client in the mesh) and in plaintext (a client outside it), leaves connection records
+/// without an `error` on both agents, outbound and inbound; while a connection the agent
+/// could not complete (no app on the port) still carries one.
+#[test]
+fn a_clean_close_records_no_error_and_a_failure_does() {
+    require_root().unwrap();
+    let (m, _ext, outsider) = with_outsiders("http-clean");
+    let c = &m.cluster;
+    let url = format!("http://{}:8000/", m.web.ip);
+    for pod in [&m.client, &outsider] {
+        let (ok, out) = curl(c, pod, &["-o", "/dev/null", "-w", "%{http_code}", &url]);
+        assert!(ok && out == "200", "{out}");
+    }
+    let dst = format!("{}:8000", m.web.ip);
+    let out = wait_closed(&m.agent1, "outbound", &dst, 1);
+    let inb = wait_closed(&m.agent2, "inbound", &dst, 2);
+    for r in out.iter().chain(&inb) {
+        assert_eq!(r["error"], Value::Null, "{r:#}");
+        assert!(r["bytes_sent"].as_u64().unwrap() > 0, "{r:#}");
+        assert!(r["bytes_received"].as_u64().unwrap() > 0, "{r:#}");
+    }
+    assert_eq!(
+        inb.iter().filter(|r| r["tls"] == Value::Bool(true)).count(),
+        1,
+        "one over HBONE, one plaintext: {inb:#?}"
+    );
+
+    let get = "GET / HTTP/1.1\\r\\nHost: web\\r\\n\\r\\n";
+    let r = raw_client(c, &m.client, &m.web.ip.to_string(), 8009, get, false);
+    assert_eq!(r["end"], "reset", "{r}");
+    let failed = wait_closed(&m.agent1, "outbound", &format!("{}:8009", m.web.ip), 1);
+    assert!(failed[0]["error"].is_string(), "{failed:#?}");
 }

@@ -6,13 +6,14 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex,
+        Arc, Mutex,
     },
     time::SystemTime,
 };
 
 use serde::Serialize;
 
+use super::error::Error;
 use crate::telemetry::Direction;
 
 const KEEP_CLOSED: usize = 1024;
@@ -45,7 +46,17 @@ pub(crate) struct ConnRecord {
     pub bytes_sent: u64,
     /// Bytes from the target back to the client.
     pub bytes_received: u64,
-    pub error: Option<String>,
+    /// Why the connection failed; `None` when it closed normally.
+    #[serde(serialize_with = "as_text")]
+    pub error: Option<Arc<Error>>,
+}
+
+/// The error as its message, the one place it becomes text for `/connections`.
+fn as_text<S: serde::Serializer>(e: &Option<Arc<Error>>, s: S) -> Result<S::Ok, S::Error> {
+    match e {
+        Some(e) => s.collect_str(e),
+        None => s.serialize_none(),
+    }
 }
 
 #[derive(Default)]
@@ -109,13 +120,13 @@ impl Connections {
         }
     }
 
-    pub(crate) fn close(&self, id: u64, sent: u64, received: u64, error: Option<String>) {
+    pub(crate) fn close(&self, id: u64, sent: u64, received: u64, error: Option<Error>) {
         let mut inner = self.lock();
         if let Some(mut rec) = inner.open.remove(&id) {
             rec.closed = true;
             rec.bytes_sent = sent;
             rec.bytes_received = received;
-            rec.error = error;
+            rec.error = error.map(Arc::new);
             tracing::debug!(
                 id,
                 direction = rec.direction.as_str(),
@@ -125,7 +136,7 @@ impl Connections {
                 target = ?rec.target,
                 sent,
                 received,
-                error = ?rec.error,
+                error = rec.error.as_ref().map(tracing::field::display),
                 "connection closed"
             );
             if inner.closed.len() == KEEP_CLOSED {
@@ -154,6 +165,14 @@ impl Connections {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn err(text: &str) -> Option<Error> {
+        Some(Error::Relay(std::io::Error::other(text.to_string())))
+    }
+
+    fn text(r: &ConnRecord) -> Option<String> {
+        r.error.as_ref().map(|e| e.to_string())
+    }
 
     #[test]
     fn open_route_close() {
@@ -193,7 +212,7 @@ mod tests {
         for (n, &id) in ids[3..].iter().rev().enumerate() {
             c.close(id, n as u64, 0, None);
         }
-        c.close(ids[5], 999_999, 1, Some("again".into()));
+        c.close(ids[5], 999_999, 1, err("again"));
 
         let s = c.snapshot();
         assert_eq!(s.len(), 3 + 1024);
@@ -208,10 +227,10 @@ mod tests {
         let last = s.last().unwrap();
         assert_eq!((last.id, last.peer, last.bytes_sent), (4, peer(3), 1096));
         let fifth = s.iter().find(|r| r.id == ids[5]).unwrap();
-        assert_eq!((fifth.bytes_sent, fifth.error.as_deref()), (1094, None));
+        assert_eq!((fifth.bytes_sent, text(fifth)), (1094, None));
 
         // A connection that closes now is the new last record; the oldest kept one goes.
-        c.close(ids[0], 7, 8, Some("reset".into()));
+        c.close(ids[0], 7, 8, err("reset"));
         let s = c.snapshot();
         assert_eq!(s.len(), 2 + 1024);
         assert_eq!(s[..2].iter().map(|r| r.id).collect::<Vec<_>>(), vec![2, 3]);
@@ -225,9 +244,9 @@ mod tests {
                 last.id,
                 last.bytes_sent,
                 last.bytes_received,
-                last.error.as_deref()
+                text(last)
             ),
-            (1, 7, 8, Some("reset"))
+            (1, 7, 8, Some("reset".to_string()))
         );
     }
 }

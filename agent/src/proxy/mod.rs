@@ -10,13 +10,15 @@
 //! - [`hbone`]: the HTTP/2 CONNECT tunnels between agents and their client pool.
 //! - [`tls`]: the TLS handshake and the agent's own record layer.
 //! - [`l7`]: protocol detection and HTTP proxying; [`relay`]: moving opaque bytes.
-//! - [`session`]: one connection once both ends exist; [`connections`]: the registry.
+//! - [`session`]: one connection once both ends exist; [`connections`]: the registry;
+//!   [`error`]: why a connection failed.
 
 pub(crate) mod balance;
 pub(crate) mod buffers;
 pub(crate) mod connect;
 pub(crate) mod connections;
 pub(crate) mod context;
+pub(crate) mod error;
 pub(crate) mod hbone;
 pub(crate) mod inbound;
 pub(crate) mod l7;

@@ -19,6 +19,7 @@ use super::{
         detect::{ambiguous_head, detect, Protocol},
         http::{self, HttpMeta},
     },
+    error::Error,
     relay::{relay, Reset},
 };
 
@@ -57,7 +58,7 @@ where
                 let why = ambiguous_head(client.prefix()).unwrap_or_default();
                 refuse(ctx, &s.meta, client, why).await;
                 ctx.connections
-                    .close(s.id, 0, 0, Some(format!("refused: {why}")));
+                    .close(s.id, 0, 0, Some(Error::AmbiguousFraming(why)));
             }
             http => {
                 let reporter = Arc::new(ctx.telemetry.requests(tcp.clone(), stats.clone()));

@@ -23,7 +23,10 @@ use super::{self as hbone, tunnel::TunnelStream};
 use crate::{
     identity::{CertManager, Identity},
     netns::Netns,
-    proxy::{connect::connect_in, tls},
+    proxy::{
+        connect::connect_in,
+        tls::{self, errors::RejectReason},
+    },
     state::Workload,
 };
 
@@ -56,39 +59,19 @@ pub(crate) enum TunnelError {
 
 impl TunnelError {
     /// The reason label when the peer's identity or certificate was not acceptable.
-    pub(crate) fn reject_reason(&self) -> Option<&'static str> {
+    pub(crate) fn reject_reason(&self) -> Option<RejectReason> {
         match self {
             TunnelError::Tls { source, .. } => Some(tls::errors::reason(source)),
             // In TLS 1.3 the server checks our certificate after our side of the handshake
             // is done: its refusal arrives as an alert on the first HTTP/2 exchange (h2
             // keeps only the I/O error's text).
             TunnelError::H2 { source, .. } => {
-                let text = source.to_string();
-                let (_, alert) = text.split_once("received fatal alert: ")?;
-                refused_our_certificate(alert.trim()).then_some("peer_rejected_us")
+                tls::errors::certificate_refusal_in(&source.to_string())
+                    .map(|_| RejectReason::PeerRejectedUs)
             }
             _ => None,
         }
     }
-}
-
-/// Whether `alert` (as rustls prints it) is one a server sends when it refuses the
-/// client's certificate.
-fn refused_our_certificate(alert: &str) -> bool {
-    use rustls::AlertDescription as A;
-    [
-        A::BadCertificate,
-        A::UnsupportedCertificate,
-        A::CertificateRevoked,
-        A::CertificateExpired,
-        A::CertificateUnknown,
-        A::UnknownCA,
-        A::CertificateRequired,
-        A::DecryptError,
-        A::AccessDenied,
-    ]
-    .iter()
-    .any(|a| format!("{a:?}") == alert)
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -317,8 +300,7 @@ mod tests {
     fn a_certificate_alert_after_the_handshake_is_peer_rejected_us() {
         let reason = |alert| {
             let text = rustls::Error::AlertReceived(alert).to_string();
-            let (_, name) = text.split_once("received fatal alert: ").unwrap();
-            refused_our_certificate(name.trim())
+            tls::errors::certificate_refusal_in(&text)
         };
         use rustls::AlertDescription as A;
         for a in [
@@ -327,10 +309,10 @@ mod tests {
             A::UnknownCA,
             A::CertificateRequired,
         ] {
-            assert!(reason(a), "{a:?}");
+            assert_eq!(reason(a), Some(a), "{a:?}");
         }
         for a in [A::BadRecordMac, A::InternalError, A::HandshakeFailure] {
-            assert!(!reason(a), "{a:?}");
+            assert_eq!(reason(a), None, "{a:?}");
         }
     }
 }

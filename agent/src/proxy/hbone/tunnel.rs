@@ -162,11 +162,21 @@ impl AsyncWrite for TunnelStream {
         Poll::Ready(Ok(()))
     }
 
+    /// Ends our side of the stream. When the peer has already closed the stream normally
+    /// (`NO_ERROR`, or `CANCEL` once it has what it wanted), there is nothing left to end:
+    /// that is a clean close, not an error.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.send.send_data(Bytes::new(), true).is_ok() {
             return Poll::Ready(Ok(()));
         }
-        this.poll_write_error(cx).map(Err)
+        match ready!(this.send.poll_reset(cx)) {
+            Ok(Reason::NO_ERROR) | Ok(Reason::CANCEL) | Ok(Reason::STREAM_CLOSED) => {
+                Poll::Ready(Ok(()))
+            }
+            Ok(reason) => Poll::Ready(Err(io::Error::other(h2::Error::from(reason)))),
+            Err(e) if is_clean_end(&e) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(to_io(e))),
+        }
     }
 }

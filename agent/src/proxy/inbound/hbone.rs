@@ -20,7 +20,11 @@ use crate::{
         context::{PodContext, ProxyContext},
         hbone::{self, tunnel::TunnelStream},
         session::{self, Session},
-        tls::{self, errors as tls_errors},
+        error::Error,
+        tls::{
+            self,
+            errors::{self as tls_errors, RejectReason},
+        },
     },
     telemetry::Direction,
 };
@@ -66,18 +70,22 @@ pub(crate) async fn handle(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let reason = tls_errors::reason(&e);
-            ctx.telemetry.metrics.reject("inbound", reason);
-            tracing::warn!(workload = %workload, %peer, reason, error = %e, "HBONE: rejected TLS handshake");
+            ctx.telemetry.metrics.reject("inbound", reason.as_str());
+            tracing::warn!(workload = %workload, %peer, %reason, error = %e, "HBONE: rejected TLS handshake");
             return;
         }
         Err(_) => {
-            ctx.telemetry.metrics.reject("inbound", "handshake");
+            ctx.telemetry
+                .metrics
+                .reject("inbound", RejectReason::Handshake.as_str());
             tracing::warn!(workload = %workload, %peer, "HBONE: TLS handshake timed out");
             return;
         }
     };
     let Some(client_id) = tls.peer_identity().cloned() else {
-        ctx.telemetry.metrics.reject("inbound", "no_client_cert");
+        ctx.telemetry
+            .metrics
+            .reject("inbound", RejectReason::NoClientCert.as_str());
         tracing::warn!(workload = %workload, %peer, "HBONE: client certificate has no SPIFFE identity");
         return;
     };
@@ -128,19 +136,23 @@ async fn connect(
 ) {
     let workload = pod.workload.key();
     if req.method() != Method::CONNECT {
-        ctx.telemetry.metrics.reject("inbound", "bad_request");
+        ctx.telemetry
+            .metrics
+            .reject("inbound", RejectReason::BadRequest.as_str());
         tracing::warn!(workload = %workload, %peer, method = %req.method(), "HBONE: request is not a CONNECT");
         return refuse(respond, StatusCode::METHOD_NOT_ALLOWED);
     }
     let Some(target) = hbone::target_of(&req) else {
-        ctx.telemetry.metrics.reject("inbound", "bad_request");
+        ctx.telemetry
+            .metrics
+            .reject("inbound", RejectReason::BadRequest.as_str());
         tracing::warn!(workload = %workload, %peer, uri = %req.uri(), "HBONE: CONNECT without an ip:port authority");
         return refuse(respond, StatusCode::BAD_REQUEST);
     };
     if !pod.workload.ips.contains(&target.ip()) {
         ctx.telemetry
             .metrics
-            .reject("inbound", "connect_other_address");
+            .reject("inbound", RejectReason::ConnectOtherAddress.as_str());
         tracing::warn!(workload = %workload, %peer, client = %client_id, %target, "HBONE: refused CONNECT to an address that is not this pod");
         return refuse(respond, StatusCode::FORBIDDEN);
     }
@@ -157,7 +169,7 @@ async fn connect(
         Ok(s) => s,
         Err(e) => {
             tracing::info!(workload = %workload, %peer, %target, error = %e, "HBONE: delivery to the app failed");
-            ctx.connections.close(id, 0, 0, Some(e.to_string()));
+            ctx.connections.close(id, 0, 0, Some(e.into()));
             return refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
         }
     };
@@ -165,7 +177,7 @@ async fn connect(
     let send = match respond.send_response(response(StatusCode::OK), false) {
         Ok(s) => s,
         Err(e) => {
-            ctx.connections.close(id, 0, 0, Some(e.to_string()));
+            ctx.connections.close(id, 0, 0, Some(Error::Respond(e)));
             return;
         }
     };

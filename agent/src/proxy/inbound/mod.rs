@@ -77,7 +77,7 @@ pub(crate) async fn handle(
         }
         Err(e) => {
             tracing::info!(workload = %workload, %peer, %dst, error = %e, "inbound delivery failed");
-            ctx.connections.close(id, 0, 0, Some(e.to_string()));
+            ctx.connections.close(id, 0, 0, Some(e.into()));
             reset(&client);
         }
     }

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::detect::Protocol;
 use crate::{
-    proxy::context::ProxyContext,
+    proxy::{context::ProxyContext, error::Error},
     telemetry::{
         metrics::TrafficLabels, Direction, Finished, PeerWorkload, RequestEvent, RequestReporter,
     },
@@ -98,7 +98,7 @@ pub(crate) async fn proxy<C, U>(
     protocol: Protocol,
     client: C,
     upstream: U,
-) -> Result<(), String>
+) -> Result<(), Error>
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -108,7 +108,10 @@ where
             let (s, conn) = crate::proxy::hbone::client_builder()
                 .handshake(TokioIo::new(upstream))
                 .await
-                .map_err(|e| format!("HTTP/2 to upstream: {e}"))?;
+                .map_err(|source| Error::UpstreamHandshake {
+                    version: "HTTP/2",
+                    source,
+                })?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -118,7 +121,10 @@ where
             let (s, conn) = hyper::client::conn::http1::Builder::new()
                 .handshake(TokioIo::new(upstream))
                 .await
-                .map_err(|e| format!("HTTP/1.1 to upstream: {e}"))?;
+                .map_err(|source| Error::UpstreamHandshake {
+                    version: "HTTP/1.1",
+                    source,
+                })?;
             tokio::spawn(async move {
                 let _ = conn.with_upgrades().await;
             });
@@ -157,9 +163,9 @@ where
                 "invalid_request",
             );
             tracing::warn!(direction = meta.direction.as_str(), pod = %meta.pod, error = %e, "refused an invalid HTTP request");
-            Err(format!("invalid HTTP request: {e}"))
+            Err(Error::InvalidHttp(e))
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(Error::Http(e)),
     }
 }
 

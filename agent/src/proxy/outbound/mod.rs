@@ -13,6 +13,7 @@ use crate::{
     proxy::{
         connect::connect_in,
         context::{PodContext, ProxyContext},
+        error::Error,
         hbone::pool::Tunnel,
         l7::http::HttpMeta,
         relay::reset,
@@ -73,20 +74,21 @@ async fn to_service(
     let mut last_error = None;
     loop {
         let Some(lease) = endpoints.pick(&tried) else {
-            let msg = match last_error {
-                None if endpoints.len() == 0 => {
-                    format!("service {} has no endpoints", svc.key())
-                }
-                None => format!(
-                    "service {} has no live endpoint ({} endpoints failed in the last {}s)",
-                    svc.key(),
-                    endpoints.len(),
-                    crate::proxy::balance::DOWN_FOR.as_secs()
-                ),
-                Some(e) => format!("service {}: every endpoint failed, last: {e}", svc.key()),
+            let service = svc.key();
+            let error = match last_error {
+                None if endpoints.len() == 0 => Error::NoEndpoints { service },
+                None => Error::NoLiveEndpoint {
+                    service,
+                    endpoints: endpoints.len(),
+                    down_for_secs: crate::proxy::balance::DOWN_FOR.as_secs(),
+                },
+                Some(last) => Error::EveryEndpointFailed {
+                    service,
+                    last: Box::new(last),
+                },
             };
-            tracing::warn!(workload = %pod.workload.key(), service = %svc.key(), "{msg}");
-            ctx.connections.close(id, 0, 0, Some(msg));
+            tracing::warn!(workload = %pod.workload.key(), service = %svc.key(), "{error}");
+            ctx.connections.close(id, 0, 0, Some(error));
             reset(&client);
             return;
         };
@@ -114,7 +116,7 @@ async fn connect_upstream(
     state: &State,
     id: u64,
     target: SocketAddr,
-) -> Result<Upstream, String> {
+) -> Result<Upstream, Error> {
     let workload = pod.workload.key();
     if let (Some(mesh), Some(local), Some(dst_workload)) =
         (&ctx.mesh, &pod.identity, state.workload_by_ip(&target.ip()))
@@ -132,12 +134,12 @@ async fn connect_upstream(
             }
             Err(e) => {
                 if let Some(reason) = e.reject_reason() {
-                    ctx.telemetry.metrics.reject("outbound", reason);
-                    tracing::warn!(workload = %workload, %target, expected = %expected, reason, error = %e, "HBONE: refused the server");
+                    ctx.telemetry.metrics.reject("outbound", reason.as_str());
+                    tracing::warn!(workload = %workload, %target, expected = %expected, %reason, error = %e, "HBONE: refused the server");
                 } else {
                     tracing::info!(workload = %workload, %target, error = %e, "HBONE tunnel failed");
                 }
-                Err(e.to_string())
+                Err(e.into())
             }
         };
     }
@@ -146,7 +148,7 @@ async fn connect_upstream(
         .map(Upstream::Plain)
         .map_err(|e| {
             tracing::info!(workload = %workload, %target, error = %e, "outbound connect failed");
-            e.to_string()
+            e.into()
         })
 }
 

@@ -26,7 +26,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::{context::ProxyContext, hbone::tunnel::TunnelStream};
+use super::{context::ProxyContext, error::Error, hbone::tunnel::TunnelStream};
 
 /// A side of a relay that can be closed abortively when the other side failed.
 pub(crate) trait Reset {
@@ -87,7 +87,7 @@ where
 
 /// The copying part of [`relay`]: bytes each way, or the error after resetting both sides.
 /// The sides are closed by the caller (dropped after the record is closed).
-async fn relay_streams<A, B>(client: &mut A, server: &mut B) -> (u64, u64, Option<String>)
+async fn relay_streams<A, B>(client: &mut A, server: &mut B) -> (u64, u64, Option<Error>)
 where
     A: AsyncRead + AsyncWrite + Unpin + Reset,
     B: AsyncRead + AsyncWrite + Unpin + Reset,
@@ -117,7 +117,7 @@ where
         Err(e) => {
             client.reset();
             server.reset();
-            (0, 0, Some(e.to_string()))
+            (0, 0, Some(Error::Relay(e)))
         }
     }
 }
@@ -354,7 +354,7 @@ mod tests {
         a: TcpStream,
         b: TcpStream,
         spliced: bool,
-    ) -> tokio::task::JoinHandle<(u64, u64, Option<String>)> {
+    ) -> tokio::task::JoinHandle<(u64, u64, Option<Error>)> {
         tokio::spawn(async move {
             if spliced {
                 let (mut a, mut b) = (a, b);
@@ -421,7 +421,9 @@ mod tests {
             server.read_to_end(&mut got).await.unwrap();
             assert_eq!(got, b"ping", "spliced={spliced}");
             drop(server);
-            assert_eq!(relay.await.unwrap(), (4, 0, None), "spliced={spliced}");
+            let (sent, received, error) = relay.await.unwrap();
+            assert_eq!((sent, received), (4, 0), "spliced={spliced}");
+            assert!(error.is_none(), "spliced={spliced}: {error:?}");
         }
     }
 

@@ -1,49 +1,130 @@
-//! Classifying TLS failures into the bounded `reason` label of `hbone_rejected_total`.
+//! Why a TLS handshake failed, as a bounded set of reasons ([`RejectReason`]) that become the
+//! `reason` label of `hbone_rejected_total` at the metrics edge. Classified from the typed
+//! errors: the `rustls::Error` inside the handshake's I/O error, and the mesh's own
+//! [`IdentityMismatch`] inside a certificate error.
 
-/// The reason for a failed handshake, from the I/O error the handshake returned (wrapping
-/// the `rustls::Error`, as `proxy::tls` and tokio-rustls both report it).
-pub(crate) fn reason(e: &std::io::Error) -> &'static str {
-    let Some(inner) = e.get_ref() else {
-        return "handshake";
-    };
-    match inner.downcast_ref::<rustls::Error>() {
-        Some(err) => classify(err),
-        None => {
-            let text = inner.to_string();
-            if text.contains("expected identity") || text.contains("identity mismatch") {
-                "server_identity_mismatch"
-            } else {
-                "handshake"
-            }
+use std::fmt;
+
+use crate::identity::IdentityMismatch;
+
+/// Why the agent refused a peer, or a peer refused the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum RejectReason {
+    /// The handshake failed for another reason (including a timeout).
+    Handshake,
+    /// The certificate does not chain to the trust anchors.
+    UnknownCa,
+    Expired,
+    NotYetValid,
+    /// The server's certificate does not carry the identity the client expected.
+    ServerIdentityMismatch,
+    /// The client presented no certificate, or one without a SPIFFE identity.
+    NoClientCert,
+    /// The bytes were not TLS.
+    NotTls,
+    /// The peer refused the agent's own certificate (an alert).
+    PeerRejectedUs,
+    /// An HBONE request that is not a well-formed CONNECT.
+    BadRequest,
+    /// A CONNECT to an address that is not the pod's own.
+    ConnectOtherAddress,
+}
+
+impl RejectReason {
+    /// The label value, as `hbone_rejected_total{reason}` shows it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Handshake => "handshake",
+            RejectReason::UnknownCa => "unknown_ca",
+            RejectReason::Expired => "expired",
+            RejectReason::NotYetValid => "not_yet_valid",
+            RejectReason::ServerIdentityMismatch => "server_identity_mismatch",
+            RejectReason::NoClientCert => "no_client_cert",
+            RejectReason::NotTls => "not_tls",
+            RejectReason::PeerRejectedUs => "peer_rejected_us",
+            RejectReason::BadRequest => "bad_request",
+            RejectReason::ConnectOtherAddress => "connect_other_address",
         }
     }
 }
 
-pub(crate) fn classify(err: &rustls::Error) -> &'static str {
-    use rustls::{CertificateError as C, Error as E};
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The reason for a failed handshake, from the I/O error the handshake returned (wrapping
+/// the `rustls::Error`, as `proxy::tls` and tokio-rustls both report it).
+pub(crate) fn reason(e: &std::io::Error) -> RejectReason {
+    let Some(inner) = e.get_ref() else {
+        return RejectReason::Handshake;
+    };
+    if let Some(err) = inner.downcast_ref::<rustls::Error>() {
+        return classify(err);
+    }
+    if inner.downcast_ref::<IdentityMismatch>().is_some() {
+        return RejectReason::ServerIdentityMismatch;
+    }
+    RejectReason::Handshake
+}
+
+/// The reason for a `rustls::Error`.
+pub(crate) fn classify(err: &rustls::Error) -> RejectReason {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
     match err {
         E::InvalidCertificate(C::UnknownIssuer) | E::InvalidCertificate(C::BadSignature) => {
-            "unknown_ca"
+            RejectReason::UnknownCa
         }
         E::InvalidCertificate(C::Expired) | E::InvalidCertificate(C::ExpiredContext { .. }) => {
-            "expired"
+            RejectReason::Expired
         }
         E::InvalidCertificate(C::NotValidYet)
-        | E::InvalidCertificate(C::NotValidYetContext { .. }) => "not_yet_valid",
+        | E::InvalidCertificate(C::NotValidYetContext { .. }) => RejectReason::NotYetValid,
         E::InvalidCertificate(C::NotValidForName)
-        | E::InvalidCertificate(C::NotValidForNameContext { .. }) => "server_identity_mismatch",
-        E::InvalidCertificate(C::Other(o)) if o.to_string().contains("identity") => {
-            "server_identity_mismatch"
+        | E::InvalidCertificate(C::NotValidForNameContext { .. }) => {
+            RejectReason::ServerIdentityMismatch
         }
-        E::NoCertificatesPresented => "no_client_cert",
+        E::InvalidCertificate(C::Other(o)) if o.0.downcast_ref::<IdentityMismatch>().is_some() => {
+            RejectReason::ServerIdentityMismatch
+        }
+        E::NoCertificatesPresented => RejectReason::NoClientCert,
         E::InvalidMessage(_)
         | E::InappropriateMessage { .. }
-        | E::InappropriateHandshakeMessage { .. } => "not_tls",
-        E::AlertReceived(rustls::AlertDescription::UnknownCA)
-        | E::AlertReceived(rustls::AlertDescription::BadCertificate) => "peer_rejected_us",
-        E::AlertReceived(rustls::AlertDescription::CertificateExpired) => "peer_rejected_us",
-        _ => "handshake",
+        | E::InappropriateHandshakeMessage { .. } => RejectReason::NotTls,
+        E::AlertReceived(A::UnknownCA | A::BadCertificate | A::CertificateExpired) => {
+            RejectReason::PeerRejectedUs
+        }
+        _ => RejectReason::Handshake,
     }
+}
+
+/// The alerts a server sends when it refuses the client's certificate. In TLS 1.3 they
+/// arrive after the client's side of the handshake is done, on the first HTTP/2 exchange.
+const CERTIFICATE_REFUSALS: [rustls::AlertDescription; 9] = {
+    use rustls::AlertDescription as A;
+    [
+        A::BadCertificate,
+        A::UnsupportedCertificate,
+        A::CertificateRevoked,
+        A::CertificateExpired,
+        A::CertificateUnknown,
+        A::UnknownCA,
+        A::CertificateRequired,
+        A::DecryptError,
+        A::AccessDenied,
+    ]
+};
+
+/// The certificate-refusal alert in an error's text, as rustls prints an
+/// `AlertReceived` ("received fatal alert: UnknownCA"). h2 keeps only the text of the I/O
+/// error that ended a connection, so this is the one place the reason is read from text.
+pub(crate) fn certificate_refusal_in(text: &str) -> Option<rustls::AlertDescription> {
+    let (_, name) = text.split_once("received fatal alert: ")?;
+    let name = name.trim();
+    CERTIFICATE_REFUSALS
+        .into_iter()
+        .find(|a| format!("{a:?}") == name)
 }
 
 /// A TLS failure as the I/O error the record layer and the handshake return.

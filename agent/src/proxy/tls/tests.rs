@@ -383,7 +383,7 @@ async fn failed_handshakes_are_reported_as_tokio_rustls_reported_them() {
     let err = ours.err().expect("the client refuses the server");
     assert_eq!(
         tls_errors::reason(&err),
-        "server_identity_mismatch",
+        tls_errors::RejectReason::ServerIdentityMismatch,
         "{err}"
     );
     // The server heard why (the alert our side sent).
@@ -426,5 +426,9 @@ async fn failed_handshakes_are_reported_as_tokio_rustls_reported_them() {
         .await
         .expect("write");
     let err = within(accept(sc, s)).await.err().expect("not TLS");
-    assert_eq!(tls_errors::reason(&err), "not_tls", "{err}");
+    assert_eq!(
+        tls_errors::reason(&err),
+        tls_errors::RejectReason::NotTls,
+        "{err}"
+    );
 }

@@ -1,0 +1,59 @@
+//! Why a proxied connection failed: one typed error for the data path, from the dial to the
+//! last byte. It becomes text only at the edges (a log line, the `error` of a
+//! `/connections` record); the proxy matches on it.
+
+use std::io;
+
+use super::{connect::ConnectError, hbone::pool::TunnelError};
+
+/// A failure of one proxied connection. A connection that ends normally has none: a clean
+/// close by either side is not an error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// A plain connection to the target failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The HBONE tunnel to the target's agent failed (TLS, HTTP/2 or the CONNECT).
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
+    /// A service address with no endpoints at all.
+    #[error("service {service} has no endpoints")]
+    NoEndpoints { service: String },
+    /// A service whose endpoints all failed recently (passive health).
+    #[error(
+        "service {service} has no live endpoint ({endpoints} endpoints failed in the last {down_for_secs}s)"
+    )]
+    NoLiveEndpoint {
+        service: String,
+        endpoints: usize,
+        down_for_secs: u64,
+    },
+    /// Every endpoint of a service was tried on this connection, and each failed.
+    #[error("service {service}: every endpoint failed, last: {last}")]
+    EveryEndpointFailed { service: String, last: Box<Error> },
+    /// The HTTP/1 request head had ambiguous framing; answered 400, nothing forwarded.
+    #[error("refused: {0}")]
+    AmbiguousFraming(&'static str),
+    /// The client's HTTP could not be parsed; answered 400 by the server side.
+    #[error("invalid HTTP request: {0}")]
+    InvalidHttp(#[source] hyper::Error),
+    /// The HTTP client connection to the upstream could not be set up.
+    #[error("{version} to upstream: {source}")]
+    UpstreamHandshake {
+        version: &'static str,
+        source: hyper::Error,
+    },
+    /// The HTTP connection with the client failed.
+    #[error(transparent)]
+    Http(hyper::Error),
+    /// Relaying bytes failed (a reset or an I/O error on either side); both sides were reset.
+    #[error(transparent)]
+    Relay(io::Error),
+    /// The tunnel's answer (`200`) could not be sent back over HBONE.
+    #[error("HBONE response: {0}")]
+    Respond(#[source] h2::Error),
+    /// An authorization policy denied the connection or request.
+    #[allow(dead_code)] // enforced by the authorization policy (next)
+    #[error("unauthorized: {reason}")]
+    Unauthorized { reason: String },
+}

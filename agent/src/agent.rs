@@ -35,6 +35,22 @@ pub(crate) enum StartError {
     Identity(#[from] crate::identity::IdentityError),
 }
 
+/// Why a workload could not be enrolled (shown as its `error` in `/config_dump`; the
+/// workload is retried with the next state).
+#[derive(Debug, thiserror::Error)]
+enum EnrollError {
+    #[error("not a local workload")]
+    NotLocal,
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::listener::ProxyError),
+    #[error(transparent)]
+    Capture(#[from] crate::capture::CaptureError),
+}
+
 struct Enrolled {
     workload: Arc<Workload>,
     netns: Arc<Netns>,
@@ -189,7 +205,7 @@ impl Agent {
                 }
                 Err(err) => {
                     tracing::error!(workload = %key, error = %err, "cannot enroll workload");
-                    errors.insert(key.clone(), err);
+                    errors.insert(key.clone(), err.to_string());
                 }
             }
         }
@@ -205,21 +221,21 @@ impl Agent {
         }
     }
 
-    fn enroll(&self, workload: &Arc<Workload>) -> Result<Enrolled, String> {
-        let local: &LocalWorkload = workload.local.as_ref().ok_or("not a local workload")?;
-        let netns = Arc::new(Netns::open(&local.netns).map_err(|e| e.to_string())?);
+    fn enroll(&self, workload: &Arc<Workload>) -> Result<Enrolled, EnrollError> {
+        let local: &LocalWorkload = workload.local.as_ref().ok_or(EnrollError::NotLocal)?;
+        let netns = Arc::new(Netns::open(&local.netns)?);
         let netns_id = namespace_id(&local.netns);
         let identity = self.proxy.mesh.as_ref().map(|m| m.identity_of(workload));
         if let (Some(mesh), Some(id)) = (&self.proxy.mesh, &identity) {
             // Issue the certificate now, not on the first connection.
-            mesh.certs.certificate(id).map_err(|e| e.to_string())?;
+            mesh.certs.certificate(id)?;
         }
         let pod = Arc::new(PodContext {
             workload: workload.clone(),
             netns: netns.clone(),
             identity,
         });
-        let proxy = PodProxy::start(&self.proxy, pod, &self.drain).map_err(|e| e.to_string())?;
+        let proxy = PodProxy::start(&self.proxy, pod, &self.drain)?;
         let listeners = workload
             .ips
             .iter()
@@ -258,7 +274,7 @@ impl Agent {
             if let Err(undo) = undo {
                 tracing::warn!(workload = %key, error = %undo, "rolling back a failed enrollment");
             }
-            return Err(e.to_string());
+            return Err(e.into());
         }
         Ok(Enrolled {
             workload: workload.clone(),

@@ -9,9 +9,7 @@ use meshd_tests::{
     mesh::{ClientServer, ServiceSpec},
     metrics::{metrics, settle, sum_metric},
     require_root,
-    traffic::{
-        closed_records, curl_output, raw_client, spawn_listening, start_app, wait_closed,
-    },
+    traffic::{closed_records, curl_output, raw_client, spawn_listening, start_app, wait_closed},
     wait_until, Cluster, Pod, ProcHandle,
 };
 use serde_json::Value;

@@ -21,7 +21,7 @@ use rustls::{
     CertificateError, ClientConfig, CommonState, DigitallySignedStruct, DistinguishedName,
     OtherError, ServerConfig, SignatureScheme,
 };
-use x509_parser::extensions::GeneralName;
+use x509_parser::{error::X509Error, extensions::GeneralName};
 
 use super::{crypto::provider, manager::CertManager, Identity, IdentityError};
 
@@ -144,9 +144,13 @@ pub fn peer_identity_from_certs(certs: &[CertificateDer<'_>]) -> Option<Identity
 }
 
 /// The URI SANs of a certificate.
-pub(crate) fn uri_sans(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert).map_err(|e| e.to_string())?;
-    let san = cert.subject_alternative_name().map_err(|e| e.to_string())?;
+pub(crate) fn uri_sans(cert: &CertificateDer<'_>) -> Result<Vec<String>, X509Error> {
+    use x509_parser::nom::Err;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert).map_err(|e| match e {
+        Err::Error(e) | Err::Failure(e) => e,
+        Err::Incomplete(_) => X509Error::InvalidCertificate,
+    })?;
+    let san = cert.subject_alternative_name()?;
     Ok(san
         .map(|san| {
             san.value

@@ -240,12 +240,7 @@ mod tests {
         );
         let last = s.last().unwrap();
         assert_eq!(
-            (
-                last.id,
-                last.bytes_sent,
-                last.bytes_received,
-                text(last)
-            ),
+            (last.id, last.bytes_sent, last.bytes_received, text(last)),
             (1, 7, 8, Some("reset".to_string()))
         );
     }

@@ -15,11 +15,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{
     context::ProxyContext,
+    error::Error,
     l7::{
         detect::{ambiguous_head, detect, Protocol},
         http::{self, HttpMeta},
     },
-    error::Error,
     relay::{relay, Reset},
 };
 

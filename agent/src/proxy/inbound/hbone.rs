@@ -18,9 +18,9 @@ use crate::{
     proxy::{
         connect::connect_in,
         context::{PodContext, ProxyContext},
+        error::Error,
         hbone::{self, tunnel::TunnelStream},
         session::{self, Session},
-        error::Error,
         tls::{
             self,
             errors::{self as tls_errors, RejectReason},

@@ -28,8 +28,76 @@ use crate::{
 pub(crate) enum ConfigError {
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("config file {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("config file {path}: {source}")]
+    Invalid { path: PathBuf, source: Invalid },
+}
+
+/// What is wrong with a config file that parsed; `at` names the entry
+/// (`workloads[1] (default/web)`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Invalid {
+    #[error("node: must not be empty")]
+    EmptyNode,
+    #[error("trustDomain {0:?} is not a DNS name")]
+    TrustDomain(String),
+    #[error("identity.certificateTtlSeconds must be at least 10")]
+    CertificateTtl,
+    #[error("{field}: {} is not a readable file", path.display())]
+    NotAFile { field: &'static str, path: PathBuf },
+    #[error("{at}: {field} {value:?} is not a valid Kubernetes name")]
+    Name {
+        at: String,
+        field: &'static str,
+        value: String,
+    },
+    #[error("{at}: duplicate workload {key}")]
+    DuplicateWorkload { at: String, key: String },
+    #[error("{at}: ips must list at least one address")]
+    NoAddress { at: String },
+    #[error("{at}: {ip} cannot be a workload address")]
+    NotAWorkloadAddress { at: String, ip: IpAddr },
+    #[error("{at}: address {ip} is also used by workload {other}")]
+    AddressInUse {
+        at: String,
+        ip: IpAddr,
+        other: String,
+    },
+    #[error("{at}: {field} is required for a workload on this node")]
+    Required { at: String, field: &'static str },
+    #[error("{at}: {field} {}: {problem}", path.display())]
+    Filesystem {
+        at: String,
+        field: &'static str,
+        path: PathBuf,
+        problem: FsProblem,
+    },
+    #[error("{at}: port 0 cannot be skipped")]
+    SkipPortZero { at: String },
+    #[error("{at}: name and namespace must be valid Kubernetes names")]
+    ServiceName { at: String },
+    #[error("{at}: vip {vip} is also the address of workload {workload}")]
+    VipInUse {
+        at: String,
+        vip: IpAddr,
+        workload: String,
+    },
+    #[error("{at}: ports must list at least one port")]
+    NoPorts { at: String },
+    #[error("{at}: port 0 is not a valid service port")]
+    PortZero { at: String },
+    #[error("{at}: {vip}:{port} is defined twice")]
+    DuplicatePort { at: String, vip: IpAddr, port: u16 },
+}
+
+/// Why a path is not the kind of file a field needs.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FsProblem {
+    #[error("does not exist")]
+    Missing,
+    #[error("{}", .0.desc())]
+    Stat(nix::errno::Errno),
+    #[error("is not {0}")]
+    WrongKind(&'static str),
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -211,26 +279,23 @@ impl FileConfig {
                 message,
             }
         })?;
-        config.validate().map_err(|message| ConfigError::Invalid {
+        config.validate().map_err(|source| ConfigError::Invalid {
             path: path.to_owned(),
-            message,
+            source,
         })?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         if self.node.trim().is_empty() {
-            return Err("node: must not be empty".into());
+            return Err(Invalid::EmptyNode);
         }
         if !is_dns_subdomain(&self.trust_domain) {
-            return Err(format!(
-                "trustDomain {:?} is not a DNS name",
-                self.trust_domain
-            ));
+            return Err(Invalid::TrustDomain(self.trust_domain.clone()));
         }
         if let Some(id) = &self.identity {
             if id.certificate_ttl_seconds < 10 {
-                return Err("identity.certificateTtlSeconds must be at least 10".into());
+                return Err(Invalid::CertificateTtl);
             }
             for (field, path) in [
                 ("identity.trustAnchors", &id.trust_anchors),
@@ -238,10 +303,10 @@ impl FileConfig {
                 ("identity.issuerKey", &id.issuer_key),
             ] {
                 if !path.is_file() {
-                    return Err(format!(
-                        "{field}: {} is not a readable file",
-                        path.display()
-                    ));
+                    return Err(Invalid::NotAFile {
+                        field,
+                        path: path.clone(),
+                    });
                 }
             }
         }
@@ -260,42 +325,56 @@ impl FileConfig {
                     is_dns_label(value)
                 };
                 if !valid {
-                    return Err(format!(
-                        "{at}: {field} {value:?} is not a valid Kubernetes name"
-                    ));
+                    return Err(Invalid::Name {
+                        at,
+                        field,
+                        value: value.clone(),
+                    });
                 }
             }
             if !names.insert(w.key()) {
-                return Err(format!("{at}: duplicate workload {}", w.key()));
+                return Err(Invalid::DuplicateWorkload { at, key: w.key() });
             }
             if w.ips.is_empty() {
-                return Err(format!("{at}: ips must list at least one address"));
+                return Err(Invalid::NoAddress { at });
             }
             for ip in &w.ips {
                 if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
-                    return Err(format!("{at}: {ip} cannot be a workload address"));
+                    return Err(Invalid::NotAWorkloadAddress { at, ip: *ip });
                 }
                 if let Some(other) = ips.insert(*ip, w.key()) {
-                    return Err(format!(
-                        "{at}: address {ip} is also used by workload {other}"
-                    ));
+                    return Err(Invalid::AddressInUse { at, ip: *ip, other });
                 }
             }
             if w.is_on(&self.node) {
-                let netns = w.netns.as_ref().ok_or_else(|| {
-                    format!("{at}: netns is required for a workload on this node")
-                })?;
-                check_fs(netns, NSFS_MAGIC, "a network namespace file (nsfs)")
-                    .map_err(|e| format!("{at}: netns {}: {e}", netns.display()))?;
-                let cgroup = w.cgroup.as_ref().ok_or_else(|| {
-                    format!("{at}: cgroup is required for a workload on this node")
-                })?;
-                check_fs(cgroup, CGROUP2_SUPER_MAGIC, "a cgroup v2 directory")
-                    .map_err(|e| format!("{at}: cgroup {}: {e}", cgroup.display()))?;
+                for (field, path, magic, kind) in [
+                    (
+                        "netns",
+                        &w.netns,
+                        NSFS_MAGIC,
+                        "a network namespace file (nsfs)",
+                    ),
+                    (
+                        "cgroup",
+                        &w.cgroup,
+                        CGROUP2_SUPER_MAGIC,
+                        "a cgroup v2 directory",
+                    ),
+                ] {
+                    let Some(path) = path else {
+                        return Err(Invalid::Required { at, field });
+                    };
+                    check_fs(path, magic, kind).map_err(|problem| Invalid::Filesystem {
+                        at: at.clone(),
+                        field,
+                        path: path.clone(),
+                        problem,
+                    })?;
+                }
             }
             for p in w.skip_inbound_ports.iter().chain(&w.skip_outbound_ports) {
                 if *p == 0 {
-                    return Err(format!("{at}: port 0 cannot be skipped"));
+                    return Err(Invalid::SkipPortZero { at });
                 }
             }
         }
@@ -303,25 +382,28 @@ impl FileConfig {
         for (i, s) in self.services.iter().enumerate() {
             let at = format!("services[{i}] ({}/{})", s.namespace, s.name);
             if !is_dns_label(&s.name) || !is_dns_label(&s.namespace) {
-                return Err(format!(
-                    "{at}: name and namespace must be valid Kubernetes names"
-                ));
+                return Err(Invalid::ServiceName { at });
             }
             if let Some(w) = ips.get(&s.vip) {
-                return Err(format!(
-                    "{at}: vip {} is also the address of workload {w}",
-                    s.vip
-                ));
+                return Err(Invalid::VipInUse {
+                    at,
+                    vip: s.vip,
+                    workload: w.clone(),
+                });
             }
             if s.ports.is_empty() {
-                return Err(format!("{at}: ports must list at least one port"));
+                return Err(Invalid::NoPorts { at });
             }
             for p in &s.ports {
                 if p.port == 0 || p.target_port == Some(0) {
-                    return Err(format!("{at}: port 0 is not a valid service port"));
+                    return Err(Invalid::PortZero { at });
                 }
                 if !vips.insert((s.vip, p.port)) {
-                    return Err(format!("{at}: {}:{} is defined twice", s.vip, p.port));
+                    return Err(Invalid::DuplicatePort {
+                        at,
+                        vip: s.vip,
+                        port: p.port,
+                    });
                 }
             }
         }
@@ -332,13 +414,13 @@ impl FileConfig {
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
-fn check_fs(path: &Path, magic: i64, what: &str) -> Result<(), String> {
+fn check_fs(path: &Path, magic: i64, kind: &'static str) -> Result<(), FsProblem> {
     let st = nix::sys::statfs::statfs(path).map_err(|e| match e {
-        nix::errno::Errno::ENOENT => "does not exist".to_string(),
-        e => e.desc().to_string(),
+        nix::errno::Errno::ENOENT => FsProblem::Missing,
+        e => FsProblem::Stat(e),
     })?;
     if st.filesystem_type().0 as i64 != magic {
-        return Err(format!("is not {what}"));
+        return Err(FsProblem::WrongKind(kind));
     }
     Ok(())
 }

@@ -10,16 +10,16 @@ use tokio::net::TcpStream;
 
 use crate::{
     capture::maps::std_ip,
+    conn::{ConnContext, Direction, Tls},
     proxy::{
         connect::connect_in,
+        connections::ConnGuard,
         context::{PodContext, ProxyContext},
         hbone::pool::Tunnel,
-        l7::http::HttpMeta,
         relay::reset,
         session::{self, Session},
     },
     state::{is_opaque, ServicePort, State},
-    telemetry::{Direction, PeerWorkload},
 };
 
 /// The agent's side towards the destination.
@@ -40,19 +40,15 @@ pub(crate) async fn handle(
         reset(&client);
         return;
     };
-    let id = ctx
-        .connections
-        .open(Direction::Outbound, workload, peer, dst);
+    let conn = ConnContext::new(Direction::Outbound, pod.workload.clone(), peer, dst);
+    let guard = ctx.connections.open(conn);
     let state = ctx.state.current();
     match state.service(&dst).cloned() {
-        Some(svc) => to_service(ctx, pod, &state, id, client, &svc).await,
-        None => match connect_upstream(ctx, pod, &state, id, dst).await {
-            Ok(up) => {
-                ctx.connections.routed(id, dst, None);
-                run_session(ctx, pod, &state, id, client, up, dst, None).await;
-            }
+        Some(svc) => to_service(ctx, pod, &state, guard, client, svc).await,
+        None => match connect_upstream(ctx, pod, &state, dst).await {
+            Ok(up) => run_session(ctx, pod, &state, guard, client, up, dst, None).await,
             Err(e) => {
-                ctx.connections.close(id, 0, 0, Some(e));
+                guard.close(0, 0, Some(e));
                 reset(&client);
             }
         },
@@ -64,11 +60,11 @@ async fn to_service(
     ctx: &Arc<ProxyContext>,
     pod: &PodContext,
     state: &Arc<State>,
-    id: u64,
+    guard: ConnGuard,
     client: TcpStream,
-    svc: &ServicePort,
+    svc: Arc<ServicePort>,
 ) {
-    let endpoints = ctx.balancers.get(state, svc);
+    let endpoints = ctx.balancers.get(state, &svc);
     let mut tried = Vec::new();
     let mut last_error = None;
     loop {
@@ -86,16 +82,15 @@ async fn to_service(
                 Some(e) => format!("service {}: every endpoint failed, last: {e}", svc.key()),
             };
             tracing::warn!(workload = %pod.workload.key(), service = %svc.key(), "{msg}");
-            ctx.connections.close(id, 0, 0, Some(msg));
+            guard.close(0, 0, Some(msg));
             reset(&client);
             return;
         };
         let target = lease.addr();
         tried.push(target);
-        match connect_upstream(ctx, pod, state, id, target).await {
+        match connect_upstream(ctx, pod, state, target).await {
             Ok(up) => {
-                ctx.connections.routed(id, target, Some(svc.key()));
-                run_session(ctx, pod, state, id, client, up, target, Some(svc.key())).await;
+                run_session(ctx, pod, state, guard, client, up, target, Some(svc)).await;
                 drop(lease);
                 return;
             }
@@ -112,7 +107,6 @@ async fn connect_upstream(
     ctx: &ProxyContext,
     pod: &PodContext,
     state: &State,
-    id: u64,
     target: SocketAddr,
 ) -> Result<Upstream, String> {
     let workload = pod.workload.key();
@@ -125,11 +119,7 @@ async fn connect_upstream(
             .tunnel(&pod.workload, &pod.netns, local, target, &expected)
             .await
         {
-            Ok(tunnel) => {
-                ctx.connections
-                    .secured(id, Some(local.to_string()), Some(expected.to_string()));
-                Ok(Upstream::Hbone(tunnel))
-            }
+            Ok(tunnel) => Ok(Upstream::Hbone(tunnel)),
             Err(e) => {
                 if let Some(reason) = e.reject_reason() {
                     ctx.telemetry.metrics.reject("outbound", reason);
@@ -150,35 +140,29 @@ async fn connect_upstream(
         })
 }
 
-/// Detection, HTTP or relay, and metrics, for a connection whose upstream is open.
+/// Detection, HTTP or relay, and metrics, for a connection whose upstream is open: the
+/// connection's context learns where it was routed, and with whom.
 #[allow(clippy::too_many_arguments)]
 async fn run_session(
     ctx: &Arc<ProxyContext>,
     pod: &PodContext,
     state: &State,
-    id: u64,
+    guard: ConnGuard,
     client: TcpStream,
     up: Upstream,
     target: SocketAddr,
-    service: Option<String>,
+    service: Option<Arc<ServicePort>>,
 ) {
+    let conn = guard.context();
+    conn.route(target, service);
     let dst = state.workload_by_ip(&target.ip());
+    if let Some(dst) = dst {
+        conn.set_peer_workload(dst.clone());
+    }
     let opaque = is_opaque(dst.map(|w| &**w), target.port());
-    let w = &pod.workload;
-    let mut meta = HttpMeta {
-        direction: Direction::Outbound,
-        namespace: w.namespace.clone(),
-        pod: w.name.clone(),
-        deployment: w.deployment.clone(),
-        peer: dst.map(|d| PeerWorkload::from(&**d)),
-        service,
-        tls: false,
-        client_id: None,
-        server_id: None,
-    };
     match up {
         Upstream::Plain(server) => {
-            session::run(ctx, Session { id, meta, opaque }, client, server).await
+            session::run(ctx, Session { guard, opaque }, client, server).await
         }
         Upstream::Hbone(tunnel) => {
             let Tunnel {
@@ -186,10 +170,11 @@ async fn run_session(
                 slot,
                 server_id,
             } = tunnel;
-            meta.tls = true;
-            meta.client_id = pod.identity.as_ref().map(ToString::to_string);
-            meta.server_id = Some(server_id);
-            session::run(ctx, Session { id, meta, opaque }, client, io).await;
+            conn.secure(Tls {
+                client: pod.identity.clone(),
+                server: server_id,
+            });
+            session::run(ctx, Session { guard, opaque }, client, io).await;
             drop(slot);
         }
     }

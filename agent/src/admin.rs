@@ -20,7 +20,7 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::mpsc;
 
-use crate::{agent::Agent, state::SourceStatus, telemetry::tap::TapFilter};
+use crate::{agent::Agent, conn::Direction, state::SourceStatus, telemetry::tap::TapFilter};
 
 type AdminBody = BoxBody<Bytes, Infallible>;
 
@@ -186,19 +186,20 @@ impl Admin {
                 .unwrap_or_else(|| addr.ip().to_string())
         };
         let mut edges: BTreeMap<(String, String, String, String, bool), u64> = BTreeMap::new();
-        for c in self.agent.proxy.connections.snapshot() {
+        for r in self.agent.proxy.connections.snapshot() {
+            let c = &r.conn;
             let (src, dst) = match c.direction {
-                crate::telemetry::Direction::Outbound => {
-                    (c.workload.clone(), name_of(&c.target.unwrap_or(c.orig_dst)))
+                Direction::Outbound => {
+                    (c.workload.key(), name_of(&c.target().unwrap_or(c.orig_dst)))
                 }
-                crate::telemetry::Direction::Inbound => (name_of(&c.peer), c.workload.clone()),
+                Direction::Inbound => (name_of(&c.peer), c.workload.key()),
             };
             let key = (
                 src,
                 dst,
-                c.client_id.clone().unwrap_or_default(),
-                c.server_id.clone().unwrap_or_default(),
-                c.tls,
+                r.client_id().unwrap_or_default(),
+                r.server_id().unwrap_or_default(),
+                c.tls().is_some(),
             );
             *edges.entry(key).or_default() += 1;
         }

@@ -14,7 +14,8 @@ use crate::{
     sources, state,
 };
 
-/// How long closed connection tasks may take to be gone after the drain deadline.
+/// How long connections cancelled at the drain deadline may take to end (then their tasks
+/// are aborted), and aborted tasks to be gone.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// The proxy's runtime: with one worker, everything on this thread (no work-stealing
@@ -81,8 +82,12 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     // proxied; new ones find no listener and are refused.
     let open = drain.start();
     tracing::info!(connections = open, deadline = ?settings.drain_timeout, "draining: no new connections; waiting for the open ones (a second signal closes them at once)");
+    // At the deadline, the open connections are cancelled through the registry: each
+    // relay resets both of its sides and closes its record.
+    let connections = agent.proxy.connections.clone();
+    let cancel = move || connections.cancel_all();
     match drain
-        .drain(settings.drain_timeout, signals.next(), CLOSE_WAIT)
+        .drain(settings.drain_timeout, signals.next(), cancel, CLOSE_WAIT)
         .await
     {
         DrainOutcome::Drained => tracing::info!("drained: every connection has ended"),

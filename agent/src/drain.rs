@@ -4,10 +4,13 @@
 //! waits until they have all ended, up to a deadline, and closes what is left.
 //!
 //! Every connection task is spawned through [`DrainWatcher::spawn`], which counts it and
-//! keeps a handle to abort it: that is how the open connections are known and closed,
-//! without a cost per read (nothing is polled beside the connection itself). A task that
-//! can end politely (the HBONE server, which sends a GOAWAY) is given a [`Draining`]
-//! signal by [`DrainWatcher::spawn_graceful`].
+//! keeps a handle to abort it: that is how the open connections are known, without a cost
+//! per read (nothing is polled beside the connection itself). A task that can end politely
+//! (the HBONE server, which sends a GOAWAY) is given a [`Draining`] signal by
+//! [`DrainWatcher::spawn_graceful`]. At the deadline, the connections are first cancelled
+//! the way the caller gives (the agent cancels them through its connection registry, so
+//! that each relay resets both of its sides and closes its record); the tasks still open
+//! a moment later are aborted.
 
 use std::{
     collections::HashMap,
@@ -123,12 +126,15 @@ impl DrainTrigger {
     }
 
     /// Starts the drain (if not yet), waits until the open connections have ended, at
-    /// most `deadline` or until `cut_short` resolves, then closes those left, waiting at
-    /// most `close_wait` for their tasks to be gone.
+    /// most `deadline` or until `cut_short` resolves, then closes those left: it refuses
+    /// new ones, calls `cancel` (which closes connections and returns how many) and waits
+    /// at most `close_wait` for the tasks to end; it aborts those still open, waiting at
+    /// most `close_wait` again for them to be gone.
     pub(crate) async fn drain(
         &self,
         deadline: Duration,
         cut_short: impl Future<Output = ()>,
+        cancel: impl FnOnce() -> usize,
         close_wait: Duration,
     ) -> DrainOutcome {
         self.start();
@@ -139,7 +145,11 @@ impl DrainTrigger {
             () = tokio::time::sleep(deadline) => {}
             () = cut_short => {}
         }
-        let connections = self.close();
+        let connections = self.refuse_new();
+        if cancel() > 0 && tokio::time::timeout(close_wait, self.idle()).await.is_ok() {
+            return DrainOutcome::Closed { connections };
+        }
+        self.abort();
         if tokio::time::timeout(close_wait, self.idle()).await.is_err() {
             tracing::warn!(
                 open = self.open(),
@@ -149,18 +159,21 @@ impl DrainTrigger {
         DrainOutcome::Closed { connections }
     }
 
-    /// Closes every open connection task (aborted: its sockets close when it is dropped)
-    /// and refuses new ones; returns how many were open.
-    pub(crate) fn close(&self) -> usize {
+    /// Refuses new connection tasks from now on; returns how many are open.
+    fn refuse_new(&self) -> usize {
         let mut tasks = self.0.tasks();
         tasks.phase = Phase::Closed;
         self.0.phase.send_replace(Phase::Closed);
-        for task in tasks.open.values() {
+        tasks.open.len()
+    }
+
+    /// Aborts every open connection task: its sockets close when it is dropped.
+    fn abort(&self) {
+        for task in self.0.tasks().open.values() {
             if let Some(abort) = &task.abort {
                 abort.abort();
             }
         }
-        tasks.open.len()
     }
 }
 
@@ -318,7 +331,7 @@ mod tests {
             let _ = late_rx.await;
         });
         assert_eq!(trigger.open(), 2);
-        let drain = trigger.drain(LONG, std::future::pending(), CLOSE_WAIT);
+        let drain = trigger.drain(LONG, std::future::pending(), || 0, CLOSE_WAIT);
         tokio::pin!(drain);
         assert!(futures_poll(drain.as_mut()).await.is_none());
         let _ = done_tx.send(());
@@ -338,7 +351,12 @@ mod tests {
         });
         let start = tokio::time::Instant::now();
         let outcome = trigger
-            .drain(Duration::from_secs(2), std::future::pending(), CLOSE_WAIT)
+            .drain(
+                Duration::from_secs(2),
+                std::future::pending(),
+                || 0,
+                CLOSE_WAIT,
+            )
             .await;
         assert_eq!(outcome, DrainOutcome::Closed { connections: 1 });
         assert_eq!(start.elapsed(), Duration::from_secs(2));
@@ -353,13 +371,67 @@ mod tests {
         assert_eq!(trigger.open(), 0);
     }
 
+    /// At the deadline the connections are cancelled first: a task that ends when told
+    /// ends by itself (it is not aborted); one that does not is aborted after `close_wait`.
+    #[tokio::test(start_paused = true)]
+    async fn cancels_before_aborting() {
+        let (trigger, watcher) = channel();
+        let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+        let ended = Arc::new(AtomicBool::new(false));
+        let e = ended.clone();
+        watcher.spawn(async move {
+            let _ = cancel_rx.await;
+            e.store(true, Ordering::SeqCst);
+        });
+        let start = tokio::time::Instant::now();
+        let cancel = move || usize::from(cancel_tx.send(()).is_ok());
+        let outcome = trigger
+            .drain(
+                Duration::from_secs(2),
+                std::future::pending(),
+                cancel,
+                CLOSE_WAIT,
+            )
+            .await;
+        assert_eq!(outcome, DrainOutcome::Closed { connections: 1 });
+        assert!(ended.load(Ordering::SeqCst), "ended by itself, not aborted");
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+
+        // Cancelled, but it does not end: aborted once `close_wait` has passed.
+        let (trigger, watcher) = channel();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let on_drop = DropFlag(dropped.clone());
+        watcher.spawn(async move {
+            let _on_drop = on_drop;
+            std::future::pending::<()>().await;
+        });
+        let start = tokio::time::Instant::now();
+        let outcome = trigger
+            .drain(
+                Duration::from_secs(2),
+                std::future::pending(),
+                || 1,
+                CLOSE_WAIT,
+            )
+            .await;
+        assert_eq!(outcome, DrainOutcome::Closed { connections: 1 });
+        assert!(dropped.load(Ordering::SeqCst), "aborted");
+        assert_eq!(start.elapsed(), Duration::from_secs(2) + CLOSE_WAIT);
+        assert_eq!(trigger.open(), 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn cut_short_skips_the_rest_of_the_wait() {
         let (trigger, watcher) = channel();
         watcher.spawn(std::future::pending());
         let start = tokio::time::Instant::now();
         let outcome = trigger
-            .drain(LONG, tokio::time::sleep(Duration::from_secs(1)), CLOSE_WAIT)
+            .drain(
+                LONG,
+                tokio::time::sleep(Duration::from_secs(1)),
+                || 0,
+                CLOSE_WAIT,
+            )
             .await;
         assert_eq!(outcome, DrainOutcome::Closed { connections: 1 });
         assert_eq!(start.elapsed(), Duration::from_secs(1));
@@ -389,7 +461,7 @@ mod tests {
         told_rx.await.expect("told at once");
         assert_eq!(
             trigger
-                .drain(LONG, std::future::pending(), CLOSE_WAIT)
+                .drain(LONG, std::future::pending(), || 0, CLOSE_WAIT)
                 .await,
             DrainOutcome::Drained
         );
@@ -400,7 +472,7 @@ mod tests {
         let (trigger, _watcher) = channel();
         let start = tokio::time::Instant::now();
         let outcome = trigger
-            .drain(LONG, std::future::pending(), CLOSE_WAIT)
+            .drain(LONG, std::future::pending(), || 0, CLOSE_WAIT)
             .await;
         assert_eq!(outcome, DrainOutcome::Drained);
         assert_eq!(start.elapsed(), Duration::ZERO);

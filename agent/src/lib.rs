@@ -9,6 +9,7 @@ pub(crate) mod agent;
 pub mod app;
 pub mod capture;
 pub mod check;
+pub(crate) mod conn;
 pub mod diagnostics;
 pub(crate) mod drain;
 pub mod identity;

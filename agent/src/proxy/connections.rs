@@ -1,67 +1,41 @@
-//! The agent's own account of the connections it proxies: the open ones and the most recent
-//! closed ones, served at the admin `/connections` endpoint.
+//! The registry of the connections the agent proxies: the open ones, which can be closed
+//! from outside (policy closes those a change no longer allows), and the most recent closed
+//! ones, served at the admin `/connections` endpoint.
+//!
+//! A handler registers a connection with [`Connections::open`] as soon as it is accepted
+//! and gets a [`ConnGuard`]: the connection's relay waits on the guard's
+//! [`ConnGuard::cancelled`] beside its I/O, and closes the record through the guard with
+//! its byte counts and error. A guard dropped without that close (its task was aborted,
+//! as the drain does at its deadline) closes the record as closed by the agent.
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::SystemTime,
 };
 
-use serde::Serialize;
-
-use super::error::Error;
-use crate::telemetry::Direction;
+use super::{
+    cancel::{CancelToken, Cancelled},
+    error::Error,
+};
+use crate::{
+    conn::ConnContext,
+    telemetry::record::{ConnError, ConnRecord, Ended},
+};
 
 const KEEP_CLOSED: usize = 1024;
 
-/// Everything known about one proxied connection: the one place where its workload and
-/// original destination meet (policy, identity and metrics build on this).
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct ConnRecord {
-    pub id: u64,
-    pub direction: Direction,
-    /// `namespace/name` of the enrolled workload this connection belongs to.
-    pub workload: String,
-    /// The client, as the agent's listener saw it.
-    pub peer: SocketAddr,
-    /// Where the client meant to go.
-    pub orig_dst: SocketAddr,
-    /// Where the agent connected (an endpoint when `orig_dst` is a service).
-    pub target: Option<SocketAddr>,
-    /// `namespace/name` of the service `orig_dst` belongs to, if any.
-    pub service: Option<String>,
-    pub opened_unix_ms: u128,
-    /// Mutual TLS (HBONE) on the hop between agents.
-    pub tls: bool,
-    /// The client's identity (inbound, from its certificate).
-    pub client_id: Option<String>,
-    /// The server's identity (outbound: verified; inbound: ours).
-    pub server_id: Option<String>,
-    pub closed: bool,
-    /// Bytes from the client towards the target.
-    pub bytes_sent: u64,
-    /// Bytes from the target back to the client.
-    pub bytes_received: u64,
-    /// Why the connection failed; `None` when it closed normally.
-    #[serde(serialize_with = "as_text")]
-    pub error: Option<Arc<Error>>,
-}
-
-/// The error as its message, the one place it becomes text for `/connections`.
-fn as_text<S: serde::Serializer>(e: &Option<Arc<Error>>, s: S) -> Result<S::Ok, S::Error> {
-    match e {
-        Some(e) => s.collect_str(e),
-        None => s.serialize_none(),
-    }
+/// An open connection: its context and how to close it.
+struct Open {
+    conn: Arc<ConnContext>,
+    cancel: CancelToken,
 }
 
 #[derive(Default)]
 struct Inner {
-    open: BTreeMap<u64, ConnRecord>,
+    open: BTreeMap<u64, Open>,
     closed: VecDeque<ConnRecord>,
 }
 
@@ -72,89 +46,100 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    pub(crate) fn open(
-        &self,
-        direction: Direction,
-        workload: String,
-        peer: SocketAddr,
-        orig_dst: SocketAddr,
-    ) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let rec = ConnRecord {
-            id,
-            direction,
-            workload,
-            peer,
-            orig_dst,
-            target: None,
-            service: None,
-            opened_unix_ms: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or_default(),
-            tls: false,
-            client_id: None,
-            server_id: None,
-            closed: false,
-            bytes_sent: 0,
-            bytes_received: 0,
-            error: None,
-        };
-        self.lock().open.insert(id, rec);
-        id
-    }
-
-    pub(crate) fn routed(&self, id: u64, target: SocketAddr, service: Option<String>) {
-        if let Some(rec) = self.lock().open.get_mut(&id) {
-            rec.target = Some(target);
-            rec.service = service;
+    /// Registers a connection just accepted (it gets the next id) and returns its guard.
+    pub(crate) fn open(self: &Arc<Self>, mut conn: ConnContext) -> ConnGuard {
+        conn.id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let conn = Arc::new(conn);
+        let cancel = CancelToken::default();
+        self.lock().open.insert(
+            conn.id,
+            Open {
+                conn: conn.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        ConnGuard {
+            conn,
+            cancel,
+            registry: self.clone(),
+            open: true,
         }
     }
 
-    /// Records that the connection is carried over mutual TLS between these identities.
-    pub(crate) fn secured(&self, id: u64, client_id: Option<String>, server_id: Option<String>) {
-        if let Some(rec) = self.lock().open.get_mut(&id) {
-            rec.tls = true;
-            rec.client_id = client_id;
-            rec.server_id = server_id;
-        }
+    /// Closes the open connection `id`: its relay stops and closes both sides. Returns
+    /// whether it was open (and not cancelled before).
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "for policy (next issue); tested here")
+    )]
+    pub(crate) fn cancel(&self, id: u64) -> bool {
+        self.lock()
+            .open
+            .get(&id)
+            .is_some_and(|open| open.cancel.cancel())
     }
 
-    pub(crate) fn close(&self, id: u64, sent: u64, received: u64, error: Option<Error>) {
-        let mut inner = self.lock();
-        if let Some(mut rec) = inner.open.remove(&id) {
-            rec.closed = true;
-            rec.bytes_sent = sent;
-            rec.bytes_received = received;
-            rec.error = error.map(Arc::new);
-            tracing::debug!(
-                id,
-                direction = rec.direction.as_str(),
-                workload = %rec.workload,
-                peer = %rec.peer,
-                orig_dst = %rec.orig_dst,
-                target = ?rec.target,
-                sent,
-                received,
-                error = rec.error.as_ref().map(tracing::field::display),
-                "connection closed"
-            );
-            if inner.closed.len() == KEEP_CLOSED {
-                inner.closed.pop_front();
-            }
-            inner.closed.push_back(rec);
-        }
-    }
-
-    /// Open connections first, then the closed ones, newest last.
-    pub(crate) fn snapshot(&self) -> Vec<ConnRecord> {
-        let inner = self.lock();
-        inner
+    /// Closes every open connection whose context matches; returns how many.
+    pub(crate) fn cancel_where(&self, matches: impl Fn(&ConnContext) -> bool) -> usize {
+        self.lock()
             .open
             .values()
-            .chain(inner.closed.iter())
-            .cloned()
-            .collect()
+            .filter(|open| matches(&open.conn))
+            .filter(|open| open.cancel.cancel())
+            .count()
+    }
+
+    /// Closes every open connection; returns how many.
+    pub(crate) fn cancel_all(&self) -> usize {
+        self.cancel_where(|_| true)
+    }
+
+    /// How many connections are open.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "for policy (next issue); tested here")
+    )]
+    pub(crate) fn open_count(&self) -> usize {
+        self.lock().open.len()
+    }
+
+    fn close(&self, id: u64, mut end: Ended) {
+        let mut inner = self.lock();
+        let Some(open) = inner.open.remove(&id) else {
+            return;
+        };
+        end.by_agent |= open.cancel.is_cancelled();
+        let conn = open.conn;
+        tracing::debug!(
+            id,
+            direction = conn.direction.as_str(),
+            workload = %conn.workload.key(),
+            peer = %conn.peer,
+            orig_dst = %conn.orig_dst,
+            target = ?conn.target(),
+            sent = end.bytes_sent,
+            received = end.bytes_received,
+            error = ?end.error,
+            by_agent = end.by_agent,
+            "connection closed"
+        );
+        if inner.closed.len() == KEEP_CLOSED {
+            inner.closed.pop_front();
+        }
+        inner.closed.push_back(ConnRecord {
+            conn,
+            end: Some(end),
+        });
+    }
+
+    /// Open connections first (oldest first), then the closed ones, newest last.
+    pub(crate) fn snapshot(&self) -> Vec<ConnRecord> {
+        let inner = self.lock();
+        let open = inner.open.values().map(|open| ConnRecord {
+            conn: open.conn.clone(),
+            end: None,
+        });
+        open.chain(inner.closed.iter().cloned()).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -162,36 +147,115 @@ impl Connections {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// One open connection's place in the registry, held by its handler: the connection's
+/// context, the signal to stop, and the close of its record.
+pub(crate) struct ConnGuard {
+    conn: Arc<ConnContext>,
+    cancel: CancelToken,
+    registry: Arc<Connections>,
+    open: bool,
+}
 
-    fn err(text: &str) -> Option<Error> {
-        Some(Error::Relay(std::io::Error::other(text.to_string())))
+impl ConnGuard {
+    pub(crate) fn context(&self) -> &Arc<ConnContext> {
+        &self.conn
     }
 
-    fn text(r: &ConnRecord) -> Option<String> {
-        r.error.as_ref().map(|e| e.to_string())
+    /// Resolves once the connection is to be closed (at once if it has been cancelled
+    /// already): the relay then stops and closes both sides.
+    pub(crate) fn cancelled(&self) -> Cancelled {
+        self.cancel.cancelled()
+    }
+
+    /// Closes the record: `sent` bytes from the client towards the target, `received`
+    /// back, and the error the connection ended with, if any.
+    pub(crate) fn close(mut self, sent: u64, received: u64, error: Option<Error>) {
+        self.open = false;
+        self.registry.close(
+            self.conn.id,
+            Ended {
+                bytes_sent: sent,
+                bytes_received: received,
+                error: error.map(|e| Arc::new(e) as ConnError),
+                by_agent: false,
+            },
+        );
+    }
+}
+
+impl Drop for ConnGuard {
+    /// A connection whose handler did not close it was stopped from outside (its task
+    /// aborted): closed by the agent.
+    fn drop(&mut self) {
+        if self.open {
+            self.registry.close(
+                self.conn.id,
+                Ended {
+                    by_agent: true,
+                    ..Ended::default()
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::conn::{testing::*, Direction};
+
+    fn registry() -> Arc<Connections> {
+        Arc::new(Connections::default())
+    }
+
+    fn outbound(peer: SocketAddr) -> ConnContext {
+        ConnContext::new(
+            Direction::Outbound,
+            workload("a", "a", "10.0.0.1"),
+            peer,
+            "10.0.0.2:80".parse().expect("dst"),
+        )
+    }
+
+    /// An end as comparable values: bytes each way, the error's text, closed by the agent.
+    fn summary(end: Option<&Ended>) -> Option<(u64, u64, Option<String>, bool)> {
+        end.map(|e| {
+            (
+                e.bytes_sent,
+                e.bytes_received,
+                e.error.as_ref().map(ToString::to_string),
+                e.by_agent,
+            )
+        })
+    }
+
+    fn ended(sent: u64, received: u64, error: Option<&str>) -> Ended {
+        Ended {
+            bytes_sent: sent,
+            bytes_received: received,
+            error: error.map(|e| Arc::new(std::io::Error::other(e.to_string())) as ConnError),
+            by_agent: false,
+        }
     }
 
     #[test]
     fn open_route_close() {
-        let c = Connections::default();
-        let a = "10.0.0.1:1234".parse().unwrap();
-        let d = "10.0.0.2:80".parse().unwrap();
-        let id = c.open(Direction::Outbound, "default/a".into(), a, d);
-        c.routed(
-            id,
-            "10.0.0.3:8080".parse().unwrap(),
-            Some("default/web".into()),
-        );
-        assert!(!c.snapshot()[0].closed);
-        c.close(id, 10, 20, None);
+        let c = registry();
+        let guard = c.open(outbound("10.0.0.1:1234".parse().unwrap()));
+        guard
+            .context()
+            .route("10.0.0.3:8080".parse().unwrap(), None);
+        assert!(!c.snapshot()[0].closed());
+        guard.close(10, 20, None);
         let s = c.snapshot();
         assert_eq!(s.len(), 1);
-        assert!(s[0].closed);
-        assert_eq!((s[0].bytes_sent, s[0].bytes_received), (10, 20));
-        assert_eq!(s[0].target.unwrap().port(), 8080);
+        assert!(s[0].closed());
+        let end = s[0].end.as_ref().unwrap();
+        assert_eq!((end.bytes_sent, end.bytes_received), (10, 20));
+        assert_eq!(s[0].conn.target().unwrap().port(), 8080);
+        assert!(!end.by_agent);
     }
 
     /// `/connections` lists the open connections first (oldest opened first), then the
@@ -200,48 +264,132 @@ mod tests {
     /// closed records are kept, and a second close of the same connection changes nothing.
     #[test]
     fn open_first_then_closed_in_close_order_and_at_most_1024_closed() {
-        let c = Connections::default();
+        let c = registry();
         let peer = |i: u64| SocketAddr::from(([10, 0, 0, 1], 1000 + i as u16));
-        let dst: SocketAddr = "10.0.0.2:80".parse().unwrap();
-        let ids: Vec<u64> = (0..1100)
-            .map(|i| c.open(Direction::Outbound, "default/a".into(), peer(i), dst))
+        let mut guards: Vec<Option<ConnGuard>> =
+            (0..1100).map(|i| Some(c.open(outbound(peer(i))))).collect();
+        let ids: Vec<u64> = guards
+            .iter()
+            .map(|g| g.as_ref().unwrap().context().id)
             .collect();
         assert_eq!(ids, (1..=1100).collect::<Vec<_>>(), "ids count up from 1");
 
         // Close all but the first three, newest opened first: close order != open order.
-        for (n, &id) in ids[3..].iter().rev().enumerate() {
-            c.close(id, n as u64, 0, None);
+        for (n, guard) in guards[3..].iter_mut().rev().enumerate() {
+            guard.take().unwrap().close(n as u64, 0, None);
         }
-        c.close(ids[5], 999_999, 1, err("again"));
+        c.close(ids[5], ended(999_999, 1, Some("again")));
 
         let s = c.snapshot();
         assert_eq!(s.len(), 3 + 1024);
-        let open: Vec<u64> = s[..3].iter().map(|r| r.id).collect();
+        let open: Vec<u64> = s[..3].iter().map(|r| r.conn.id).collect();
         assert_eq!(open, vec![1, 2, 3]);
-        assert!(s[..3].iter().all(|r| !r.closed));
+        assert!(s[..3].iter().all(|r| !r.closed()));
 
         // 1,097 closed; the first 73 to close (ids 1100 down to 1028) were dropped.
-        let closed: Vec<u64> = s[3..].iter().map(|r| r.id).collect();
+        let closed: Vec<u64> = s[3..].iter().map(|r| r.conn.id).collect();
         assert_eq!(closed, (4..=1027).rev().collect::<Vec<_>>());
-        assert!(s[3..].iter().all(|r| r.closed));
+        assert!(s[3..].iter().all(|r| r.closed()));
         let last = s.last().unwrap();
-        assert_eq!((last.id, last.peer, last.bytes_sent), (4, peer(3), 1096));
-        let fifth = s.iter().find(|r| r.id == ids[5]).unwrap();
-        assert_eq!((fifth.bytes_sent, text(fifth)), (1094, None));
+        let end = last.end.as_ref().unwrap();
+        assert_eq!(
+            (last.conn.id, last.conn.peer, end.bytes_sent),
+            (4, peer(3), 1096)
+        );
+        let fifth = s.iter().find(|r| r.conn.id == ids[5]).unwrap();
+        let end = fifth.end.as_ref().unwrap();
+        assert_eq!((end.bytes_sent, end.error.is_none()), (1094, true));
 
         // A connection that closes now is the new last record; the oldest kept one goes.
-        c.close(ids[0], 7, 8, err("reset"));
+        guards[0]
+            .take()
+            .unwrap()
+            .close(7, 8, Some(Error::Relay(std::io::Error::other("reset"))));
         let s = c.snapshot();
         assert_eq!(s.len(), 2 + 1024);
-        assert_eq!(s[..2].iter().map(|r| r.id).collect::<Vec<_>>(), vec![2, 3]);
+        let open: Vec<u64> = s[..2].iter().map(|r| r.conn.id).collect();
+        assert_eq!(open, vec![2, 3]);
         assert_eq!(
-            s[2].id, 1026,
+            s[2].conn.id, 1026,
             "id 1027, the oldest closed record, was dropped"
         );
         let last = s.last().unwrap();
         assert_eq!(
-            (last.id, last.bytes_sent, last.bytes_received, text(last)),
-            (1, 7, 8, Some("reset".to_string()))
+            (last.conn.id, summary(last.end.as_ref())),
+            (1, Some((7, 8, Some("reset".to_string()), false)))
+        );
+    }
+
+    /// Whether `cancelled` has resolved.
+    fn is_ready(cancelled: &mut Cancelled) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        std::pin::Pin::new(cancelled).poll(&mut cx).is_ready()
+    }
+
+    use std::future::Future;
+
+    #[test]
+    fn cancel_one() {
+        let c = registry();
+        let (a, b) = (
+            c.open(outbound("10.0.0.1:1".parse().unwrap())),
+            c.open(outbound("10.0.0.1:2".parse().unwrap())),
+        );
+        let (mut a_stop, mut b_stop) = (a.cancelled(), b.cancelled());
+        assert!(c.cancel(a.context().id));
+        assert!(!c.cancel(a.context().id), "cancelled once");
+        assert!(!c.cancel(99), "no such connection");
+        assert!(is_ready(&mut a_stop) && !is_ready(&mut b_stop));
+        assert_eq!(c.open_count(), 2, "open until its relay closes it");
+        // The relay stopped: its close is noted as the agent's.
+        a.close(3, 4, None);
+        b.close(5, 6, None);
+        let s = c.snapshot();
+        let by_agent: Vec<(u64, bool)> = s
+            .iter()
+            .map(|r| (r.conn.id, r.end.as_ref().unwrap().by_agent))
+            .collect();
+        assert_eq!(by_agent, vec![(1, true), (2, false)]);
+        assert_eq!(c.open_count(), 0);
+        assert!(!c.cancel(1), "closed already");
+    }
+
+    #[test]
+    fn cancel_where_and_cancel_all() {
+        let c = registry();
+        let guards: Vec<ConnGuard> = (1..=4)
+            .map(|port| c.open(outbound(SocketAddr::from(([10, 0, 0, 1], port)))))
+            .collect();
+        let mut stops: Vec<Cancelled> = guards.iter().map(ConnGuard::cancelled).collect();
+        assert_eq!(c.cancel_where(|conn| conn.peer.port() % 2 == 0), 2);
+        let stopped: Vec<bool> = stops.iter_mut().map(is_ready).collect();
+        assert_eq!(stopped, vec![false, true, false, true]);
+        // Only those not cancelled yet are counted.
+        assert_eq!(c.cancel_all(), 2);
+        assert!(stops.iter_mut().all(is_ready));
+        assert_eq!(c.cancel_all(), 0);
+        // A waiter made after the cancel resolves at once.
+        assert!(is_ready(&mut guards[0].cancelled()));
+        assert_eq!(c.open_count(), 4);
+        drop(guards);
+        assert_eq!(c.open_count(), 0);
+    }
+
+    #[test]
+    fn a_dropped_guard_closes_the_record_as_closed_by_the_agent() {
+        let c = registry();
+        let guard = c.open(outbound("10.0.0.1:1".parse().unwrap()));
+        assert_eq!(c.open_count(), 1);
+        drop(guard);
+        assert_eq!(c.open_count(), 0);
+        let s = c.snapshot();
+        assert_eq!(s.len(), 1);
+        assert_eq!(summary(s[0].end.as_ref()), Some((0, 0, None, true)));
+        let json = serde_json::to_value(&s[0]).unwrap();
+        assert_eq!(
+            (json["closed"].clone(), json["closed_by_agent"].clone()),
+            (true.into(), true.into())
         );
     }
 }

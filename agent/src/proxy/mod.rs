@@ -10,11 +10,15 @@
 //! - [`hbone`]: the HTTP/2 CONNECT tunnels between agents and their client pool.
 //! - [`tls`]: the TLS handshake and the agent's own record layer.
 //! - [`l7`]: protocol detection and HTTP proxying; [`relay`]: moving opaque bytes.
-//! - [`session`]: one connection once both ends exist; [`connections`]: the registry;
-//!   [`error`]: why a connection failed.
+//! - [`session`]: one connection once both ends exist; [`connections`]: the registry, with
+//!   the [`cancel`]lation of one connection from outside it; [`error`]: why a connection
+//!   failed.
 
 pub(crate) mod balance;
 pub(crate) mod buffers;
+pub(crate) mod cancel;
+#[cfg(test)]
+mod cancel_tests;
 pub(crate) mod connect;
 pub(crate) mod connections;
 pub(crate) mod context;

@@ -1,5 +1,6 @@
 //! One proxied connection once both ends exist: protocol detection, then HTTP proxying or
-//! an opaque relay, with the connection's TCP metrics and record.
+//! an opaque relay, with the connection's TCP metrics and record. Either way the connection
+//! ends when it is cancelled through the registry.
 
 use std::{
     io,
@@ -14,20 +15,21 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{
+    connections::ConnGuard,
     context::ProxyContext,
     error::Error,
     l7::{
         detect::{ambiguous_head, detect, Protocol},
-        http::{self, HttpMeta},
+        http,
     },
     relay::{relay, Reset},
 };
+use crate::{conn::ConnContext, telemetry::TrafficLabels};
 
 /// How a connection is to be handled.
 pub(crate) struct Session {
-    /// The connection record's id.
-    pub id: u64,
-    pub meta: HttpMeta,
+    /// The connection's place in the registry (its context, its cancellation, its record).
+    pub guard: ConnGuard,
     /// Skip detection: never parse as HTTP (opaque ports, server-speaks-first).
     pub opaque: bool,
 }
@@ -38,34 +40,37 @@ where
     C: AsyncRead + AsyncWrite + Unpin + Send + Reset + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + Reset + 'static,
 {
-    let tcp = s.meta.traffic_labels();
+    let Session { guard, opaque } = s;
+    let conn = guard.context().clone();
+    let tcp = TrafficLabels::from(&*conn);
     ctx.telemetry.metrics.tcp_open(&tcp);
-    let m = &s.meta;
-    let stats =
-        ctx.telemetry
-            .stats
-            .workload(m.direction.as_str(), &m.namespace, &m.deployment, &m.pod);
+    let stats = ctx.telemetry.stats.connection(&conn);
     stats.tcp(1);
     let client = Counted::new(client);
     let counts = client.counts.clone();
-    if s.opaque {
-        relay(ctx, s.id, client, upstream).await;
+    if opaque {
+        relay(guard, client, upstream).await;
     } else {
         let (protocol, client) = detect(client).await;
         match protocol {
-            Protocol::Opaque => relay(ctx, s.id, client, upstream).await,
+            Protocol::Opaque => relay(guard, client, upstream).await,
             Protocol::Http1 if ambiguous_head(client.prefix()).is_some() => {
                 let why = ambiguous_head(client.prefix()).unwrap_or_default();
-                refuse(ctx, &s.meta, client, why).await;
-                ctx.connections
-                    .close(s.id, 0, 0, Some(Error::AmbiguousFraming(why)));
+                refuse(ctx, &conn, client, why).await;
+                guard.close(0, 0, Some(Error::AmbiguousFraming(why)));
             }
             http => {
                 let reporter = Arc::new(ctx.telemetry.requests(tcp.clone(), stats.clone()));
-                let meta = Arc::new(s.meta);
-                let result = http::proxy(ctx.clone(), meta, reporter, http, client, upstream).await;
+                let cancelled = guard.cancelled();
+                let proxied = http::proxy(ctx.clone(), conn, reporter, http, client, upstream);
+                // Cancelled: the HTTP connections on both sides are dropped, which closes them.
+                let result = tokio::select! {
+                    biased;
+                    result = proxied => result,
+                    () = cancelled => Ok(()),
+                };
                 let (read, written) = counts.get();
-                ctx.connections.close(s.id, read, written, result.err());
+                guard.close(read, written, result.err());
             }
         }
     }
@@ -77,18 +82,13 @@ where
 /// Answers 400 and closes: nothing of the request reaches the upstream.
 async fn refuse<C: AsyncWrite + Unpin>(
     ctx: &ProxyContext,
-    meta: &HttpMeta,
+    conn: &ConnContext,
     mut client: C,
     why: &str,
 ) {
     use tokio::io::AsyncWriteExt;
-    ctx.telemetry.metrics.http_error(
-        meta.direction.as_str(),
-        &meta.namespace,
-        &meta.pod,
-        "invalid_request",
-    );
-    tracing::warn!(direction = meta.direction.as_str(), pod = %meta.pod, reason = why, "refused an HTTP request with ambiguous framing (request smuggling?)");
+    ctx.telemetry.metrics.http_error(conn, "invalid_request");
+    tracing::warn!(direction = conn.direction.as_str(), pod = %conn.workload.name, reason = why, "refused an HTTP request with ambiguous framing (request smuggling?)");
     let _ = client
         .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
         .await;

@@ -10,9 +10,9 @@ use tokio::{
 };
 
 use super::{outbound, Connections, PodContext, ProxyContext};
-use crate::telemetry::Direction;
 use crate::{
     capture::Maps,
+    conn::Direction,
     netns::Netns,
     state::{ServicePort, SourceHandle, State, StateStore, Workload},
     telemetry::Telemetry,
@@ -109,11 +109,14 @@ async fn the_proxy_serves_a_service_published_by_another_source() {
     let records = ctx.connections.snapshot();
     assert_eq!(records.len(), 1, "{records:?}");
     let r = &records[0];
-    assert_eq!(r.direction, Direction::Outbound);
-    assert_eq!(r.orig_dst, vip);
-    assert_eq!(r.target, Some(server));
-    assert_eq!(r.service.as_deref(), Some("default/server"));
-    assert!(r.closed);
+    assert_eq!(r.conn.direction, Direction::Outbound);
+    assert_eq!(r.conn.orig_dst, vip);
+    assert_eq!(r.conn.target(), Some(server));
+    assert_eq!(
+        r.conn.service().map(|s| s.key()).as_deref(),
+        Some("default/server")
+    );
+    assert!(r.closed());
     follower.abort();
     app.abort();
 }

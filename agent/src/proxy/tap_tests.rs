@@ -15,8 +15,12 @@ use super::{
     l7::{detect::Protocol, http},
     ProxyContext,
 };
-use crate::telemetry::Direction;
-use crate::{capture::Maps, state::StateStore, telemetry::Telemetry};
+use crate::{
+    capture::Maps,
+    conn::{testing, ConnContext, Direction},
+    state::StateStore,
+    telemetry::{Telemetry, TrafficLabels},
+};
 
 fn context() -> Arc<ProxyContext> {
     Arc::new(ProxyContext {
@@ -30,18 +34,9 @@ fn context() -> Arc<ProxyContext> {
     })
 }
 
-fn meta() -> Arc<http::HttpMeta> {
-    Arc::new(http::HttpMeta {
-        direction: Direction::Inbound,
-        namespace: "default".into(),
-        pod: "web-1".into(),
-        deployment: "web".into(),
-        peer: None,
-        service: None,
-        tls: false,
-        client_id: None,
-        server_id: None,
-    })
+/// An inbound connection of `default/web-1` (deployment `web`), plaintext.
+fn conn() -> Arc<ConnContext> {
+    Arc::new(testing::context(Direction::Inbound))
 }
 
 /// The app behind the proxy: tells `arrived` the path of each request as it arrives, and
@@ -97,12 +92,9 @@ async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
 #[tokio::test]
 async fn a_request_in_flight_when_the_tap_opens_is_counted_not_shown() {
     let ctx = context();
-    let meta = meta();
+    let conn = conn();
     let t: Arc<Telemetry> = ctx.telemetry.clone();
-    let reporter = Arc::new(t.requests(
-        meta.traffic_labels(),
-        t.stats.workload("inbound", "default", "web", "web-1"),
-    ));
+    let reporter = Arc::new(t.requests(TrafficLabels::from(&*conn), t.stats.connection(&conn)));
     let (arrived_tx, mut arrived) = mpsc::unbounded_channel();
     let (release_tx, release_rx) = oneshot::channel();
     let release = Arc::new(Mutex::new(Some(release_rx)));
@@ -114,7 +106,7 @@ async fn a_request_in_flight_when_the_tap_opens_is_counted_not_shown() {
         tokio::spawn(app(app_side, arrived_tx.clone(), release.clone()));
         tokio::spawn(http::proxy(
             ctx.clone(),
-            meta.clone(),
+            conn.clone(),
             reporter.clone(),
             Protocol::Http1,
             proxy_side,

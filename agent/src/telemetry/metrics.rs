@@ -9,29 +9,14 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use super::labels::{ErrorLabels, TrafficLabels};
+use crate::conn::ConnContext;
+
 /// Linkerd's `response_latency_ms` buckets.
 const LATENCY_BUCKETS_MS: [f64; 25] = [
     1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
     1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
 ];
-
-/// Who a request or connection was for, and with whom. Every value is bounded: workload
-/// names and identities from the mesh's own state, never anything a client sends.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct TrafficLabels {
-    pub direction: &'static str,
-    pub namespace: String,
-    pub pod: String,
-    pub deployment: String,
-    /// `true` for mutual TLS between agents, else `no_identity`.
-    pub tls: &'static str,
-    pub client_id: Option<String>,
-    pub server_id: Option<String>,
-    pub dst_namespace: Option<String>,
-    pub dst_deployment: Option<String>,
-    pub dst_pod: Option<String>,
-    pub dst_service: Option<String>,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ResponseLabels {
@@ -47,16 +32,6 @@ pub(crate) struct LatencyLabels {
     #[prometheus(flatten)]
     pub traffic: TrafficLabels,
     pub status_code: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct ErrorLabels {
-    pub direction: &'static str,
-    pub namespace: String,
-    pub pod: String,
-    /// `invalid_request` (unparseable or ambiguous framing, e.g. request smuggling),
-    /// `upstream_unavailable`.
-    pub error: &'static str,
 }
 
 /// Why a mutual-TLS (HBONE) connection or tunnel was refused.
@@ -208,20 +183,10 @@ impl Metrics {
             .inc_by(written);
     }
 
-    pub(crate) fn http_error(
-        &self,
-        direction: &'static str,
-        namespace: &str,
-        pod: &str,
-        error: &'static str,
-    ) {
+    /// An HTTP request of connection `conn` refused or failed by the proxy.
+    pub(crate) fn http_error(&self, conn: &ConnContext, error: &'static str) {
         self.http_errors
-            .get_or_create(&ErrorLabels {
-                direction,
-                namespace: namespace.to_string(),
-                pod: pod.to_string(),
-                error,
-            })
+            .get_or_create(&ErrorLabels::new(conn, error))
             .inc();
     }
 

@@ -1,19 +1,25 @@
 //! Where proxied requests and connections are reported: Prometheus metrics
-//! ([`metrics`]), the rolling per-workload statistics behind `meshd stat`
-//! ([`stats`]) and the live request stream behind `meshd tap` ([`tap`]).
+//! ([`metrics`], with the label sets of [`labels`]), the rolling per-workload statistics
+//! behind `meshd stat` ([`stats`]), the live request stream behind `meshd tap` ([`tap`],
+//! of [`events`]) and the `/connections` record ([`record`]). Each is derived here, at the
+//! edge where values become text, from the connection's [`ConnContext`].
+//!
+//! [`ConnContext`]: crate::conn::ConnContext
 
-mod direction;
 pub(crate) mod events;
+pub(crate) mod labels;
 pub(crate) mod metrics;
+pub(crate) mod record;
 pub(crate) mod stats;
 pub(crate) mod tap;
 
 use std::sync::Arc;
 
-pub(crate) use direction::Direction;
-pub(crate) use events::{PeerWorkload, RequestEvent};
+pub(crate) use crate::conn::Direction;
+pub(crate) use events::RequestEvent;
+pub(crate) use labels::TrafficLabels;
 
-use metrics::{Metrics, RequestSeries, ResponseClass, TrafficLabels};
+use metrics::{Metrics, RequestSeries, ResponseClass};
 
 pub(crate) struct Telemetry {
     pub metrics: Arc<Metrics>,
@@ -97,35 +103,12 @@ impl RequestReporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::{testing::context, ConnContext};
 
-    fn labels() -> TrafficLabels {
-        TrafficLabels {
-            direction: "inbound",
-            namespace: "default".into(),
-            pod: "web-1".into(),
-            deployment: "web".into(),
-            tls: "no_identity",
-            client_id: None,
-            server_id: None,
-            dst_namespace: None,
-            dst_deployment: None,
-            dst_pod: None,
-            dst_service: None,
-        }
-    }
-
-    fn event(path: &str) -> RequestEvent {
+    fn event(conn: &Arc<ConnContext>, path: &str) -> RequestEvent {
         RequestEvent {
+            conn: conn.clone(),
             at_unix_ms: 0,
-            direction: Direction::Inbound,
-            namespace: "default".into(),
-            pod: "web-1".into(),
-            deployment: "web".into(),
-            peer: None,
-            service: None,
-            tls: false,
-            client_id: None,
-            server_id: None,
             method: "GET".into(),
             authority: "web".into(),
             path: path.into(),
@@ -145,8 +128,9 @@ mod tests {
     #[test]
     fn requests_are_counted_and_tapped_only_while_watched() {
         let t = Arc::new(Telemetry::default());
-        let stats = t.stats.workload("inbound", "default", "web", "web-1");
-        let r = t.requests(labels(), stats);
+        let conn = Arc::new(context(Direction::Inbound));
+        let stats = t.stats.connection(&conn);
+        let r = t.requests(TrafficLabels::from(&*conn), stats);
         let ok = Finished {
             status: 200,
             grpc_status: None,
@@ -157,7 +141,7 @@ mod tests {
         r.finish(&ok, || panic!("an event made with no tap open"));
         let mut tap = t.tap.subscribe();
         assert!(r.tapped());
-        r.finish(&ok, || Some(event("/one")));
+        r.finish(&ok, || Some(event(&conn, "/one")));
         assert_eq!(
             tap.try_recv().map(|e| e.path.clone()).ok().as_deref(),
             Some("/one")

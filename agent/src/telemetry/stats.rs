@@ -10,6 +10,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::conn::ConnContext;
+
 /// The longest window `meshd stat` can ask for.
 pub(crate) const MAX_WINDOW_SECS: u64 = 60;
 /// Latency samples kept per one-second bucket (the rest still counts in the rates).
@@ -140,6 +142,17 @@ impl Stats {
             pod: pod.to_string(),
         };
         lock(&self.inner).entry(key).or_default().clone()
+    }
+
+    /// The row of a connection's workload and direction.
+    pub(crate) fn connection(&self, conn: &ConnContext) -> WorkloadStats {
+        let w = &conn.workload;
+        self.workload(
+            conn.direction.as_str(),
+            &w.namespace,
+            &w.deployment,
+            &w.name,
+        )
     }
 
     /// Every workload seen, over the last `window_secs` (1 to 60).

@@ -9,7 +9,7 @@ use std::sync::{
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::RequestEvent;
+use super::events::RequestEvent;
 
 const CAPACITY: usize = 4096;
 
@@ -84,9 +84,10 @@ pub(crate) struct TapFilter {
 
 impl TapFilter {
     pub(crate) fn matches(&self, ev: &RequestEvent) -> bool {
+        let workload = &ev.conn.workload;
         self.workload.as_deref().is_none_or(|w| {
-            w == format!("{}/{}", ev.namespace, ev.pod)
-                || w == format!("{}/{}", ev.namespace, ev.deployment)
+            w == format!("{}/{}", workload.namespace, workload.name)
+                || w == format!("{}/{}", workload.namespace, workload.deployment)
         }) && self
             .path_prefix
             .as_deref()
@@ -98,6 +99,6 @@ impl TapFilter {
             && self
                 .direction
                 .as_deref()
-                .is_none_or(|d| d == ev.direction.as_str())
+                .is_none_or(|d| d == ev.conn.direction.as_str())
     }
 }

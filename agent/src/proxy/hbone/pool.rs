@@ -108,7 +108,7 @@ pub(crate) struct Tunnel {
     /// Held while the tunnel is open.
     pub slot: StreamSlot,
     /// The identity the server proved.
-    pub server_id: String,
+    pub server_id: Identity,
 }
 
 pub(crate) struct Pool {
@@ -199,7 +199,7 @@ impl Pool {
         Ok(Tunnel {
             io,
             slot,
-            server_id: expected.to_string(),
+            server_id: expected.clone(),
         })
     }
 

@@ -6,6 +6,7 @@
 use std::{
     io,
     pin::Pin,
+    sync::atomic::{AtomicBool, Ordering::Relaxed},
     task::{ready, Context, Poll},
 };
 
@@ -61,6 +62,8 @@ pub(crate) struct TunnelStream {
     /// Received but not yet read (`AsyncRead` only).
     pub(crate) pending: Bytes,
     pub(crate) recv_done: bool,
+    /// Set by [`TunnelStream::reset_on_drop`].
+    reset: AtomicBool,
 }
 
 /// An `h2` error as an I/O error; a stream the peer closed (`NO_ERROR`, `CANCEL`) ends like
@@ -86,7 +89,16 @@ impl TunnelStream {
             recv,
             pending: Bytes::new(),
             recv_done: false,
+            reset: AtomicBool::new(false),
         }
+    }
+
+    /// Makes the coming drop reset the stream with `CONNECT_ERROR` (RFC 9113 §8.5: the TCP
+    /// connection was reset), which the peer's agent passes on to its side as a TCP reset.
+    /// Otherwise a stream dropped before its end is reset with `CANCEL`, which reads as an
+    /// end of stream (see [`is_clean_end`]).
+    pub(crate) fn reset_on_drop(&self) {
+        self.reset.store(true, Relaxed);
     }
 
     /// Why the peer reset the stream, once a write failed.
@@ -97,6 +109,14 @@ impl TunnelStream {
             }
             Ok(reason) => Poll::Ready(io::Error::other(h2::Error::from(reason))),
             Err(e) => Poll::Ready(to_io(e)),
+        }
+    }
+}
+
+impl Drop for TunnelStream {
+    fn drop(&mut self) {
+        if *self.reset.get_mut() {
+            self.send.send_reset(Reason::CONNECT_ERROR);
         }
     }
 }

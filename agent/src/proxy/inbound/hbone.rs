@@ -11,10 +11,10 @@ use h2::{server::SendResponse, RecvStream};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpStream;
 
-use super::{app_addr, inbound_meta};
+use super::{app_addr, inbound_context};
 use crate::{
+    conn::Tls,
     drain::{DrainWatcher, Draining},
-    identity::Identity,
     proxy::{
         connect::connect_in,
         context::{PodContext, ProxyContext},
@@ -26,7 +26,6 @@ use crate::{
             errors::{self as tls_errors, RejectReason},
         },
     },
-    telemetry::Direction,
 };
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,8 +112,12 @@ pub(crate) async fn handle(
         };
         match next {
             Some(Ok((req, respond))) => {
-                let (ctx, pod, client_id) = (ctx.clone(), pod.clone(), client_id.clone());
-                tunnels.spawn(connect(ctx, pod, peer, client_id, req, respond));
+                let (ctx, pod) = (ctx.clone(), pod.clone());
+                let tls = Tls {
+                    client: Some(client_id.clone()),
+                    server: local.clone(),
+                };
+                tunnels.spawn(connect(ctx, pod, peer, tls, req, respond));
             }
             Some(Err(e)) => {
                 tracing::debug!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE connection ended");
@@ -125,12 +128,13 @@ pub(crate) async fn handle(
     }
 }
 
-/// One CONNECT: check the target, reach the app, answer 200 and relay the tunnel.
+/// One CONNECT: check the target, reach the app, answer 200 and relay the tunnel. `tls`
+/// is the mutual TLS of the connection it came on.
 async fn connect(
     ctx: Arc<ProxyContext>,
     pod: Arc<PodContext>,
     peer: SocketAddr,
-    client_id: Identity,
+    tls: Tls,
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
@@ -153,39 +157,35 @@ async fn connect(
         ctx.telemetry
             .metrics
             .reject("inbound", RejectReason::ConnectOtherAddress.as_str());
-        tracing::warn!(workload = %workload, %peer, client = %client_id, %target, "HBONE: refused CONNECT to an address that is not this pod");
+        let client = tls
+            .client
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        tracing::warn!(workload = %workload, %peer, %client, %target, "HBONE: refused CONNECT to an address that is not this pod");
         return refuse(respond, StatusCode::FORBIDDEN);
     }
-    let id = ctx
+    let guard = ctx
         .connections
-        .open(Direction::Inbound, workload.clone(), peer, target);
-    ctx.connections.secured(
-        id,
-        Some(client_id.to_string()),
-        pod.identity.as_ref().map(ToString::to_string),
-    );
+        .open(inbound_context(&ctx, &pod, peer, target).with_tls(tls));
     let app = app_addr(target);
     let server = match connect_in(&pod.netns, app, ctx.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(workload = %workload, %peer, %target, error = %e, "HBONE: delivery to the app failed");
-            ctx.connections.close(id, 0, 0, Some(e.into()));
+            guard.close(0, 0, Some(e.into()));
             return refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
         }
     };
-    ctx.connections.routed(id, app, None);
+    guard.context().route(app, None);
     let send = match respond.send_response(response(StatusCode::OK), false) {
         Ok(s) => s,
         Err(e) => {
-            ctx.connections.close(id, 0, 0, Some(Error::Respond(e)));
+            guard.close(0, 0, Some(Error::Respond(e)));
             return;
         }
     };
     let tunnel = TunnelStream::new(send, req.into_body());
-    let mut meta = inbound_meta(&ctx, &pod, peer);
-    meta.tls = true;
-    meta.client_id = Some(client_id.to_string());
-    meta.server_id = pod.identity.as_ref().map(ToString::to_string);
     let opaque = pod.workload.opaque_ports.contains(&target.port());
-    session::run(&ctx, Session { id, meta, opaque }, tunnel, server).await;
+    session::run(&ctx, Session { guard, opaque }, tunnel, server).await;
 }

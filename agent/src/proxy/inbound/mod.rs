@@ -10,14 +10,13 @@ use std::{
 use tokio::net::TcpStream;
 
 use crate::{
+    conn::{ConnContext, Direction},
     proxy::{
         connect::connect_in,
         context::{PodContext, ProxyContext},
-        l7::http::HttpMeta,
         relay::reset,
         session::{self, Session},
     },
-    telemetry::{Direction, PeerWorkload},
 };
 
 pub(crate) mod hbone;
@@ -30,24 +29,16 @@ pub(crate) fn app_addr(dst: SocketAddr) -> SocketAddr {
     }
 }
 
-/// What is known about an inbound connection from `peer` to `dst` before it is served.
-pub(crate) fn inbound_meta(ctx: &ProxyContext, pod: &PodContext, peer: SocketAddr) -> HttpMeta {
-    let w = &pod.workload;
-    HttpMeta {
-        direction: Direction::Inbound,
-        namespace: w.namespace.clone(),
-        pod: w.name.clone(),
-        deployment: w.deployment.clone(),
-        peer: ctx
-            .state
-            .load()
-            .workload_by_ip(&peer.ip())
-            .map(|p| PeerWorkload::from(&**p)),
-        service: None,
-        tls: false,
-        client_id: None,
-        server_id: None,
-    }
+/// The context of an inbound connection from `peer` to `dst`, as it is accepted: with the
+/// client's workload when the mesh knows its address.
+pub(crate) fn inbound_context(
+    ctx: &ProxyContext,
+    pod: &PodContext,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) -> ConnContext {
+    let client = ctx.state.load().workload_by_ip(&peer.ip()).cloned();
+    ConnContext::new(Direction::Inbound, pod.workload.clone(), peer, dst).with_peer_workload(client)
 }
 
 pub(crate) async fn handle(
@@ -64,20 +55,17 @@ pub(crate) async fn handle(
             return;
         }
     };
-    let id = ctx
-        .connections
-        .open(Direction::Inbound, workload.clone(), peer, dst);
+    let guard = ctx.connections.open(inbound_context(ctx, pod, peer, dst));
     let target = app_addr(dst);
     match connect_in(&pod.netns, target, ctx.connect_timeout).await {
         Ok(server) => {
-            ctx.connections.routed(id, target, None);
-            let meta = inbound_meta(ctx, pod, peer);
+            guard.context().route(target, None);
             let opaque = pod.workload.opaque_ports.contains(&dst.port());
-            session::run(ctx, Session { id, meta, opaque }, client, server).await;
+            session::run(ctx, Session { guard, opaque }, client, server).await;
         }
         Err(e) => {
             tracing::info!(workload = %workload, %peer, %dst, error = %e, "inbound delivery failed");
-            ctx.connections.close(id, 0, 0, Some(e.into()));
+            guard.close(0, 0, Some(e.into()));
             reset(&client);
         }
     }

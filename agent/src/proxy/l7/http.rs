@@ -20,51 +20,21 @@ use hyper::{
     Request, Response, StatusCode, Version,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    task::JoinSet,
+};
 
 use super::detect::Protocol;
 use crate::{
+    conn::ConnContext,
     proxy::{context::ProxyContext, error::Error},
-    telemetry::{
-        metrics::TrafficLabels, Direction, Finished, PeerWorkload, RequestEvent, RequestReporter,
-    },
+    telemetry::{Finished, RequestEvent, RequestReporter},
 };
 
-/// What is known about the connection the requests travel on.
-#[derive(Clone)]
-pub(crate) struct HttpMeta {
-    pub direction: Direction,
-    pub namespace: String,
-    pub pod: String,
-    pub deployment: String,
-    pub peer: Option<PeerWorkload>,
-    pub service: Option<String>,
-    pub tls: bool,
-    pub client_id: Option<String>,
-    pub server_id: Option<String>,
-}
-
-impl HttpMeta {
-    /// The labels of the connection's metrics (Linkerd's: `dst_*` and `server_id` outbound,
-    /// `client_id` inbound).
-    pub(crate) fn traffic_labels(&self) -> TrafficLabels {
-        let outbound = self.direction == Direction::Outbound;
-        let peer = self.peer.as_ref().filter(|_| outbound);
-        TrafficLabels {
-            direction: self.direction.as_str(),
-            namespace: self.namespace.clone(),
-            pod: self.pod.clone(),
-            deployment: self.deployment.clone(),
-            tls: if self.tls { "true" } else { "no_identity" },
-            client_id: self.client_id.clone().filter(|_| !outbound),
-            server_id: self.server_id.clone().filter(|_| outbound),
-            dst_namespace: peer.map(|p| p.namespace.clone()),
-            dst_deployment: peer.map(|p| p.deployment.clone()),
-            dst_pod: peer.map(|p| p.pod.clone()),
-            dst_service: self.service.clone().filter(|_| outbound),
-        }
-    }
-}
+/// The byte streams of upgraded connections (WebSocket): part of the connection, so the
+/// HTTP session lasts until they end, and they stop with it (dropping the set aborts them).
+type Upgrades = Arc<std::sync::Mutex<JoinSet<()>>>;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -90,10 +60,11 @@ impl Sender {
     }
 }
 
-/// Proxies HTTP from `client` to `upstream` until the client connection ends.
+/// Proxies HTTP from `client` to `upstream` until the client connection ends (and the
+/// byte streams it was upgraded to, if any).
 pub(crate) async fn proxy<C, U>(
     ctx: Arc<ProxyContext>,
-    meta: Arc<HttpMeta>,
+    conn: Arc<ConnContext>,
     reporter: Arc<RequestReporter>,
     protocol: Protocol,
     client: C,
@@ -105,7 +76,7 @@ where
 {
     let sender = match protocol {
         Protocol::Http2 => {
-            let (s, conn) = crate::proxy::hbone::client_builder()
+            let (s, connection) = crate::proxy::hbone::client_builder()
                 .handshake(TokioIo::new(upstream))
                 .await
                 .map_err(|source| Error::UpstreamHandshake {
@@ -113,12 +84,12 @@ where
                     source,
                 })?;
             tokio::spawn(async move {
-                let _ = conn.await;
+                let _ = connection.await;
             });
             Sender::H2(s)
         }
         _ => {
-            let (s, conn) = hyper::client::conn::http1::Builder::new()
+            let (s, connection) = hyper::client::conn::http1::Builder::new()
                 .handshake(TokioIo::new(upstream))
                 .await
                 .map_err(|source| Error::UpstreamHandshake {
@@ -126,18 +97,20 @@ where
                     source,
                 })?;
             tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
+                let _ = connection.with_upgrades().await;
             });
             Sender::H1(Arc::new(tokio::sync::Mutex::new(s)))
         }
     };
     let sender = Arc::new(sender);
+    let upgrades = Upgrades::default();
     let service = {
-        let (ctx, meta) = (ctx.clone(), meta.clone());
+        let (ctx, conn, upgrades) = (ctx.clone(), conn.clone(), upgrades.clone());
         hyper::service::service_fn(move |req| {
-            let (ctx, meta) = (ctx.clone(), meta.clone());
+            let (ctx, conn, upgrades) = (ctx.clone(), conn.clone(), upgrades.clone());
             let (reporter, sender) = (reporter.clone(), sender.clone());
-            async move { Ok::<_, Infallible>(forward(ctx, meta, reporter, sender, req).await) }
+            let forwarded = forward(ctx, conn, reporter, sender, upgrades, req);
+            async move { Ok::<_, Infallible>(forwarded.await) }
         })
     };
     let served = match protocol {
@@ -153,16 +126,13 @@ where
                 .await
         }
     };
+    let upgraded = std::mem::take(&mut *upgrades.lock().unwrap_or_else(|p| p.into_inner()));
+    upgraded.join_all().await;
     match served {
         Ok(()) => Ok(()),
         Err(e) if e.is_parse() || e.is_parse_status() => {
-            ctx.telemetry.metrics.http_error(
-                meta.direction.as_str(),
-                &meta.namespace,
-                &meta.pod,
-                "invalid_request",
-            );
-            tracing::warn!(direction = meta.direction.as_str(), pod = %meta.pod, error = %e, "refused an invalid HTTP request");
+            ctx.telemetry.metrics.http_error(&conn, "invalid_request");
+            tracing::warn!(direction = conn.direction.as_str(), pod = %conn.workload.name, error = %e, "refused an invalid HTTP request");
             Err(Error::InvalidHttp(e))
         }
         Err(e) => Err(Error::Http(e)),
@@ -249,7 +219,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 /// The parts of a request's report known before the response.
 struct Pending {
     reporter: Arc<RequestReporter>,
-    meta: Arc<HttpMeta>,
+    conn: Arc<ConnContext>,
     /// Kept only while someone taps.
     tapped: Option<TapFields>,
     started: Instant,
@@ -300,21 +270,13 @@ impl Pending {
             latency_ms,
         };
         self.reporter.finish(&done, || {
-            let (m, t) = (&self.meta, self.tapped.as_ref()?);
+            let t = self.tapped.as_ref()?;
             Some(RequestEvent {
+                conn: self.conn.clone(),
                 at_unix_ms: SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map(|d| d.as_millis())
                     .unwrap_or_default(),
-                direction: m.direction,
-                namespace: m.namespace.clone(),
-                pod: m.pod.clone(),
-                deployment: m.deployment.clone(),
-                peer: m.peer.clone(),
-                service: m.service.clone(),
-                tls: m.tls,
-                client_id: m.client_id.clone(),
-                server_id: m.server_id.clone(),
                 method: t.method.clone(),
                 authority: t.authority.clone(),
                 path: t.path.clone(),
@@ -337,15 +299,16 @@ fn empty(status: StatusCode) -> Response<ProxyBody> {
 
 async fn forward(
     ctx: Arc<ProxyContext>,
-    meta: Arc<HttpMeta>,
+    conn: Arc<ConnContext>,
     reporter: Arc<RequestReporter>,
     sender: Arc<Sender>,
+    upgrades: Upgrades,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let pending = Pending {
         tapped: reporter.tapped().then(|| TapFields::of(&req)),
         reporter,
-        meta: meta.clone(),
+        conn: conn.clone(),
         started: Instant::now(),
         is_grpc: req
             .headers()
@@ -360,13 +323,10 @@ async fn forward(
         Ok(r) => r,
         Err(e) => {
             let latency = pending.started.elapsed().as_secs_f64() * 1000.0;
-            ctx.telemetry.metrics.http_error(
-                meta.direction.as_str(),
-                &meta.namespace,
-                &meta.pod,
-                "upstream_unavailable",
-            );
-            tracing::info!(direction = meta.direction.as_str(), pod = %meta.pod, error = %e, "upstream failed the request");
+            ctx.telemetry
+                .metrics
+                .http_error(&conn, "upstream_unavailable");
+            tracing::info!(direction = conn.direction.as_str(), pod = %conn.workload.name, error = %e, "upstream failed the request");
             pending.finish(502, None, latency, Some(e.to_string()));
             return empty(StatusCode::BAD_GATEWAY);
         }
@@ -376,12 +336,16 @@ async fn forward(
     if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status())
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
+        let copy = async move {
             if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
                 let _ =
                     tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
             }
-        });
+        };
+        upgrades
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .spawn(copy);
         pending.finish(status, None, latency, None);
         let (parts, _) = resp.into_parts();
         return Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed());

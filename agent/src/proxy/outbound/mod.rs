@@ -2,7 +2,7 @@
 //! listener on its loopback. The original destination comes from the kernel's map; a
 //! service address is balanced over its endpoints; a destination in the mesh is reached
 //! over mutual TLS (HBONE), anything else by a plain connection from inside the pod's
-//! namespace.
+//! namespace. The decision is [`route`]'s (pure, unit-tested); this module does the I/O.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -10,18 +10,22 @@ use tokio::net::TcpStream;
 
 use crate::{
     capture::maps::std_ip,
+    conn::{ConnContext, Direction, Tls},
     proxy::{
         connect::connect_in,
+        connections::ConnGuard,
         context::{PodContext, ProxyContext},
         error::Error,
         hbone::pool::Tunnel,
-        l7::http::HttpMeta,
         relay::reset,
         session::{self, Session},
     },
-    state::{is_opaque, ServicePort, State},
-    telemetry::{Direction, PeerWorkload},
+    state::{ServicePort, State},
 };
+
+mod route;
+
+use route::{Destination, Dial, Plan};
 
 /// The agent's side towards the destination.
 enum Upstream {
@@ -41,19 +45,15 @@ pub(crate) async fn handle(
         reset(&client);
         return;
     };
-    let id = ctx
-        .connections
-        .open(Direction::Outbound, workload, peer, dst);
+    let conn = ConnContext::new(Direction::Outbound, pod.workload.clone(), peer, dst);
+    let guard = ctx.connections.open(conn);
     let state = ctx.state.current();
-    match state.service(&dst).cloned() {
-        Some(svc) => to_service(ctx, pod, &state, id, client, &svc).await,
-        None => match connect_upstream(ctx, pod, &state, id, dst).await {
-            Ok(up) => {
-                ctx.connections.routed(id, dst, None);
-                run_session(ctx, pod, &state, id, client, up, dst, None).await;
-            }
+    match route::destination(&state, dst) {
+        Destination::Service(svc) => to_service(ctx, pod, &state, guard, client, svc).await,
+        Destination::Address(dst) => match connect_upstream(ctx, pod, &state, dst).await {
+            Ok((up, plan)) => run_session(ctx, pod, guard, client, up, plan, dst, None).await,
             Err(e) => {
-                ctx.connections.close(id, 0, 0, Some(e));
+                guard.close(0, 0, Some(e));
                 reset(&client);
             }
         },
@@ -65,11 +65,11 @@ async fn to_service(
     ctx: &Arc<ProxyContext>,
     pod: &PodContext,
     state: &Arc<State>,
-    id: u64,
+    guard: ConnGuard,
     client: TcpStream,
-    svc: &ServicePort,
+    svc: Arc<ServicePort>,
 ) {
-    let endpoints = ctx.balancers.get(state, svc);
+    let endpoints = ctx.balancers.get(state, &svc);
     let mut tried = Vec::new();
     let mut last_error = None;
     loop {
@@ -88,16 +88,15 @@ async fn to_service(
                 },
             };
             tracing::warn!(workload = %pod.workload.key(), service = %svc.key(), "{error}");
-            ctx.connections.close(id, 0, 0, Some(error));
+            guard.close(0, 0, Some(error));
             reset(&client);
             return;
         };
         let target = lease.addr();
         tried.push(target);
-        match connect_upstream(ctx, pod, state, id, target).await {
-            Ok(up) => {
-                ctx.connections.routed(id, target, Some(svc.key()));
-                run_session(ctx, pod, state, id, client, up, target, Some(svc.key())).await;
+        match connect_upstream(ctx, pod, state, target).await {
+            Ok((up, plan)) => {
+                run_session(ctx, pod, guard, client, up, plan, target, Some(svc)).await;
                 drop(lease);
                 return;
             }
@@ -109,29 +108,24 @@ async fn to_service(
     }
 }
 
-/// Connects to `target`: HBONE when it is a mesh workload and mutual TLS is on, else plain.
+/// Connects to `target` as [`route::plan`] says: HBONE when it is a mesh workload and
+/// mutual TLS is on, else plain.
 async fn connect_upstream(
     ctx: &ProxyContext,
     pod: &PodContext,
     state: &State,
-    id: u64,
     target: SocketAddr,
-) -> Result<Upstream, Error> {
+) -> Result<(Upstream, Plan), Error> {
     let workload = pod.workload.key();
-    if let (Some(mesh), Some(local), Some(dst_workload)) =
-        (&ctx.mesh, &pod.identity, state.workload_by_ip(&target.ip()))
-    {
-        let expected = mesh.identity_of(dst_workload);
+    let mesh = ctx.mesh.as_ref().zip(pod.identity.as_ref());
+    let plan = route::plan(state, mesh.map(|(m, _)| m.trust_domain.as_str()), target);
+    if let (Dial::Hbone { expected }, Some((mesh, local))) = (&plan.dial, mesh) {
         return match mesh
             .pool
-            .tunnel(&pod.workload, &pod.netns, local, target, &expected)
+            .tunnel(&pod.workload, &pod.netns, local, target, expected)
             .await
         {
-            Ok(tunnel) => {
-                ctx.connections
-                    .secured(id, Some(local.to_string()), Some(expected.to_string()));
-                Ok(Upstream::Hbone(tunnel))
-            }
+            Ok(tunnel) => Ok((Upstream::Hbone(tunnel), plan)),
             Err(e) => {
                 if let Some(reason) = e.reject_reason() {
                     ctx.telemetry.metrics.reject("outbound", reason.as_str());
@@ -145,42 +139,35 @@ async fn connect_upstream(
     }
     connect_in(&pod.netns, target, ctx.connect_timeout)
         .await
-        .map(Upstream::Plain)
+        .map(|tcp| (Upstream::Plain(tcp), plan))
         .map_err(|e| {
             tracing::info!(workload = %workload, %target, error = %e, "outbound connect failed");
             e.into()
         })
 }
 
-/// Detection, HTTP or relay, and metrics, for a connection whose upstream is open.
+/// Detection, HTTP or relay, and metrics, for a connection whose upstream is open: the
+/// connection's context learns where it was routed, and with whom.
 #[allow(clippy::too_many_arguments)]
 async fn run_session(
     ctx: &Arc<ProxyContext>,
     pod: &PodContext,
-    state: &State,
-    id: u64,
+    guard: ConnGuard,
     client: TcpStream,
     up: Upstream,
+    plan: Plan,
     target: SocketAddr,
-    service: Option<String>,
+    service: Option<Arc<ServicePort>>,
 ) {
-    let dst = state.workload_by_ip(&target.ip());
-    let opaque = is_opaque(dst.map(|w| &**w), target.port());
-    let w = &pod.workload;
-    let mut meta = HttpMeta {
-        direction: Direction::Outbound,
-        namespace: w.namespace.clone(),
-        pod: w.name.clone(),
-        deployment: w.deployment.clone(),
-        peer: dst.map(|d| PeerWorkload::from(&**d)),
-        service,
-        tls: false,
-        client_id: None,
-        server_id: None,
-    };
+    let conn = guard.context();
+    conn.route(target, service);
+    if let Some(dst) = plan.peer {
+        conn.set_peer_workload(dst);
+    }
+    let opaque = plan.opaque;
     match up {
         Upstream::Plain(server) => {
-            session::run(ctx, Session { id, meta, opaque }, client, server).await
+            session::run(ctx, Session { guard, opaque }, client, server).await
         }
         Upstream::Hbone(tunnel) => {
             let Tunnel {
@@ -188,10 +175,11 @@ async fn run_session(
                 slot,
                 server_id,
             } = tunnel;
-            meta.tls = true;
-            meta.client_id = pod.identity.as_ref().map(ToString::to_string);
-            meta.server_id = Some(server_id);
-            session::run(ctx, Session { id, meta, opaque }, client, io).await;
+            conn.secure(Tls {
+                client: pod.identity.clone(),
+                server: server_id,
+            });
+            session::run(ctx, Session { guard, opaque }, client, io).await;
             drop(slot);
         }
     }

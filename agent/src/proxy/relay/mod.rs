@@ -14,6 +14,9 @@
 //! - Anything else (a stream with detection bytes in front, TLS): [`buffered`], a copy
 //!   whose buffers are likewise taken from a pool only while data flows, so idle
 //!   connections cost no buffer memory.
+//!
+//! Each way stops when the connection is cancelled ([`ConnGuard::cancelled`]): both sides
+//! are then reset, as when one of them fails.
 
 mod buffered;
 mod splice;
@@ -26,7 +29,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::{context::ProxyContext, error::Error, hbone::tunnel::TunnelStream};
+use super::{cancel::Cancelled, connections::ConnGuard, error::Error, hbone::tunnel::TunnelStream};
 
 /// A side of a relay that can be closed abortively when the other side failed.
 pub(crate) trait Reset {
@@ -62,8 +65,11 @@ impl Reset for TcpStream {
 }
 
 impl Reset for TunnelStream {
-    /// Dropping a tunnel that was not shut down resets its HTTP/2 stream (`CANCEL`).
-    fn reset(&self) {}
+    /// Makes the coming drop reset the HTTP/2 stream with `CONNECT_ERROR`, which the peer's
+    /// agent passes on as a TCP reset.
+    fn reset(&self) {
+        self.reset_on_drop();
+    }
 
     fn tunnel(&mut self) -> Option<&mut TunnelStream> {
         Some(self)
@@ -75,19 +81,51 @@ pub(crate) fn reset(stream: &TcpStream) {
 }
 
 /// Copies both ways until both directions are done, then closes the connection's record.
-/// When either side fails (a reset), the other side is reset too, as if there were no proxy.
-pub(crate) async fn relay<A, B>(ctx: &ProxyContext, id: u64, mut client: A, mut server: B)
+/// When either side fails (a reset), the other side is reset too, as if there were no proxy;
+/// so are both when the connection is cancelled.
+pub(crate) async fn relay<A, B>(guard: ConnGuard, mut client: A, mut server: B)
 where
     A: AsyncRead + AsyncWrite + Unpin + Reset,
     B: AsyncRead + AsyncWrite + Unpin + Reset,
 {
-    let (sent, received, error) = relay_streams(&mut client, &mut server).await;
-    ctx.connections.close(id, sent, received, error);
+    let (sent, received, error) = relay_streams(&mut client, &mut server, guard.cancelled()).await;
+    guard.close(sent, received, error);
 }
 
-/// The copying part of [`relay`]: bytes each way, or the error after resetting both sides.
-/// The sides are closed by the caller (dropped after the record is closed).
-async fn relay_streams<A, B>(client: &mut A, server: &mut B) -> (u64, u64, Option<Error>)
+/// The copying part of [`relay`]: bytes each way, or the error after resetting both sides;
+/// nothing counted and no error when `cancelled` resolved first (both sides reset). The
+/// sides are closed by the caller (dropped after the record is closed).
+async fn relay_streams<A, B>(
+    client: &mut A,
+    server: &mut B,
+    cancelled: Cancelled,
+) -> (u64, u64, Option<Error>)
+where
+    A: AsyncRead + AsyncWrite + Unpin + Reset,
+    B: AsyncRead + AsyncWrite + Unpin + Reset,
+{
+    let copied = tokio::select! {
+        biased;
+        copied = copy(client, server) => Some(copied),
+        () = cancelled => None,
+    };
+    match copied {
+        Some(Ok((a, b))) => (a, b, None),
+        Some(Err(e)) => {
+            client.reset();
+            server.reset();
+            (0, 0, Some(Error::Relay(e)))
+        }
+        None => {
+            client.reset();
+            server.reset();
+            (0, 0, None)
+        }
+    }
+}
+
+/// Moves bytes both ways, the fastest way the two sides allow; bytes each way.
+async fn copy<A, B>(client: &mut A, server: &mut B) -> std::io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin + Reset,
     B: AsyncRead + AsyncWrite + Unpin + Reset,
@@ -103,7 +141,7 @@ where
     } else {
         None
     };
-    let result = match moved {
+    match moved {
         Some(r) => {
             let (sent, received) = (sent.into_inner(), received.into_inner());
             client.spliced(sent, received);
@@ -111,14 +149,6 @@ where
             r.map(|()| (sent, received))
         }
         None => buffered::copy_bidirectional(client, server).await,
-    };
-    match result {
-        Ok((a, b)) => (a, b, None),
-        Err(e) => {
-            client.reset();
-            server.reset();
-            (0, 0, Some(Error::Relay(e)))
-        }
     }
 }
 
@@ -131,6 +161,7 @@ mod tests {
         splice::{splice_bidirectional, SMALL},
         *,
     };
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     thread_local! {
@@ -356,13 +387,60 @@ mod tests {
         spliced: bool,
     ) -> tokio::task::JoinHandle<(u64, u64, Option<Error>)> {
         tokio::spawn(async move {
+            // Never cancelled: its token is gone.
+            let never = crate::proxy::cancel::CancelToken::default().cancelled();
             if spliced {
                 let (mut a, mut b) = (a, b);
-                relay_streams(&mut a, &mut b).await
+                relay_streams(&mut a, &mut b, never).await
             } else {
-                relay_streams(&mut buffered(a), &mut buffered(b)).await
+                relay_streams(&mut buffered(a), &mut buffered(b), never).await
             }
         })
+    }
+
+    /// A connection cancelled through the registry while its relay is live (and idle): the
+    /// relay ends, both peers see a reset, and the record is closed as closed by the agent.
+    /// For the spliced and the buffered relay.
+    #[tokio::test]
+    async fn a_cancelled_relay_resets_both_sides_and_closes_its_record() {
+        use crate::{
+            conn::{testing, Direction},
+            proxy::connections::Connections,
+        };
+        for spliced in [true, false] {
+            let registry = Arc::new(Connections::default());
+            let guard = registry.open(testing::context(Direction::Outbound));
+            let id = guard.context().id;
+            let (mut client, a) = pair().await;
+            let (b, mut server) = pair().await;
+            let relay = tokio::spawn(async move {
+                if spliced {
+                    relay(guard, a, b).await
+                } else {
+                    relay(guard, buffered(a), buffered(b)).await
+                }
+            });
+            ping_pong(&mut client, &mut server, 1000).await;
+            settle().await;
+            assert!(!relay.is_finished(), "spliced={spliced}: open while idle");
+            assert!(registry.cancel(id));
+            tokio::time::timeout(std::time::Duration::from_secs(20), relay)
+                .await
+                .expect("the relay ends when cancelled")
+                .unwrap();
+            for (side, peer) in [("client", &mut client), ("server", &mut server)] {
+                let seen = next_read(peer).await;
+                assert_eq!(
+                    seen.as_ref().map_err(|e| e.kind()),
+                    Err(io::ErrorKind::ConnectionReset),
+                    "spliced={spliced}: the {side} is reset (got {seen:?})"
+                );
+            }
+            let records = registry.snapshot();
+            let end = records[0].end.as_ref().expect("closed");
+            assert!(end.by_agent, "spliced={spliced}");
+            assert!(end.error.is_none(), "spliced={spliced}: {:?}", end.error);
+        }
     }
 
     /// What the peer that did not reset sees next: it must be a reset, not a clean EOF.

@@ -32,6 +32,7 @@ pub(super) async fn relay_tcp(
         recv,
         pending,
         recv_done,
+        ..
     } = tunnel;
     let to_tcp = async {
         if !pending.is_empty() {
@@ -215,6 +216,51 @@ mod tests {
         let resp = resp.await.unwrap();
         assert_eq!(resp.status(), 200);
         (TunnelStream::new(send, resp.into_body()), server)
+    }
+
+    /// Cancelled while live: the relay ends, the socket's peer (the app) is reset, and the
+    /// tunnel's other end sees its stream reset with an error (which its agent passes on as a
+    /// reset), not an end of stream.
+    #[tokio::test]
+    async fn a_cancelled_tunnel_relay_resets_both_sides() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut app = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut proxy_side, _) = listener.accept().await.unwrap();
+        let (mut client, mut server) = tunnel_pair().await;
+        let token = crate::proxy::cancel::CancelToken::default();
+        let cancelled = token.cancelled();
+        let relay = tokio::spawn(async move {
+            let r = super::super::relay_streams(&mut proxy_side, &mut server, cancelled).await;
+            drop((proxy_side, server));
+            r
+        });
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        app.read_exact(&mut got).await.unwrap();
+        app.write_all(b"pong").await.unwrap();
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+
+        assert!(token.cancel());
+        let within = std::time::Duration::from_secs(10);
+        let ended = tokio::time::timeout(within, relay).await;
+        let (sent, received, error) = ended.expect("ends").unwrap();
+        assert_eq!((sent, received), (0, 0));
+        assert!(error.is_none(), "{error:?}");
+        let seen = tokio::time::timeout(within, app.read(&mut got)).await;
+        assert_eq!(
+            seen.expect("app").map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionReset)
+        );
+        let seen = tokio::time::timeout(within, client.read(&mut got)).await;
+        let err = seen.expect("client").expect_err("a reset, not an end");
+        let reason = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<h2::Error>())
+            .and_then(h2::Error::reason);
+        assert_eq!(reason, Some(h2::Reason::CONNECT_ERROR), "{err}");
     }
 
     #[tokio::test]

@@ -1,6 +1,13 @@
 //! The admin server on a node-local address: liveness, readiness, metrics, the agent's view
 //! of its configuration and capture, its account of proxied connections, and the views
 //! behind `meshd stat`, `edges` and `tap`, plus the runtime log level.
+//!
+//! Before routing, [`guard`] refuses what the API must not serve: a `Host` that is not the
+//! admin address (DNS rebinding), a body over its limit, a tap beyond the limit of open
+//! taps. An HTTP/1 client has [`guard::HEADER_READ_TIMEOUT`] to send a request head.
+
+mod guard;
+mod query;
 
 use std::{
     collections::BTreeMap,
@@ -17,15 +24,19 @@ use hyper::{
     body::{Body, Frame, Incoming},
     header, Method, Request, Response, StatusCode,
 };
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::mpsc;
 
 use crate::{agent::Agent, state::SourceStatus, telemetry::tap::TapFilter};
+use guard::{Refused, TapSlots};
 
 type AdminBody = BoxBody<Bytes, Infallible>;
 
 pub(crate) struct Admin {
-    pub agent: Arc<Agent>,
+    agent: Arc<Agent>,
+    /// The address the API listens on (a `Host` naming it is allowed).
+    address: SocketAddr,
+    taps: TapSlots,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
@@ -54,36 +65,26 @@ fn json(value: &impl serde::Serialize) -> Response<AdminBody> {
 
 /// The query string's parameters.
 fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
-    req.uri()
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-        .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.to_string(), percent_decode(v)))
-        .collect()
+    query::parse(req.uri().query().unwrap_or_default())
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(v) => {
-                    out.push(v);
-                    i += 3;
-                    continue;
-                }
-                Err(_) => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
+/// The refusal as a response: its status and what is wrong.
+fn refusal(r: &Refused) -> Response<AdminBody> {
+    let status = match r {
+        Refused::Host { .. } => StatusCode::FORBIDDEN,
+        Refused::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Refused::TooManyTaps => StatusCode::TOO_MANY_REQUESTS,
+    };
+    text(status, format!("{r}\n"))
+}
+
+/// The `Host` a request is addressed to (HTTP/1 `Host`, else the HTTP/2 `:authority`).
+fn host_of(req: &Request<Incoming>) -> Option<&str> {
+    match req.headers().get(header::HOST) {
+        // A Host that is not text cannot be a loopback name: check it as it is.
+        Some(h) => Some(h.to_str().unwrap_or("<not text>")),
+        None => req.uri().authority().map(|a| a.as_str()),
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A streaming response body fed by a channel (for `/tap`).
@@ -102,12 +103,25 @@ impl Body for ChannelBody {
 }
 
 impl Admin {
+    pub(crate) fn new(agent: Arc<Agent>, address: SocketAddr) -> Admin {
+        Admin {
+            agent,
+            address,
+            taps: TapSlots::default(),
+        }
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<AdminBody> {
+        if let Err(r) = guard::check_host(host_of(&req), self.address) {
+            tracing::warn!(error = %r, path = req.uri().path(), "admin API: refused a request");
+            return refusal(&r);
+        }
         match (req.method().clone(), req.uri().path()) {
             (Method::PUT, "/log-level") => {
-                let body = match req.into_body().collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                let body = match read_body(req.into_body()).await {
+                    Ok(b) => b,
+                    Err(Ok(r)) => return refusal(&r),
+                    Err(Err(e)) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
                 };
                 match crate::logging::set(&String::from_utf8_lossy(&body)) {
                     Ok(now) => text(StatusCode::OK, format!("{now}\n")),
@@ -122,6 +136,10 @@ impl Admin {
 
     /// Streams matching requests as JSON lines until `limit` events or the client leaves.
     fn tap(&self, req: &Request<Incoming>) -> Response<AdminBody> {
+        let slot = match self.taps.take() {
+            Ok(slot) => slot,
+            Err(r) => return refusal(&r),
+        };
         let q = query(req);
         let filter = TapFilter {
             workload: q.get("workload").cloned().filter(|s| !s.is_empty()),
@@ -133,6 +151,8 @@ impl Admin {
         let mut events = self.agent.proxy.telemetry.tap.subscribe();
         let (tx, rx) = mpsc::channel::<Bytes>(256);
         tokio::spawn(async move {
+            // The tap holds its place until its stream ends.
+            let _slot = slot;
             let mut sent = 0u64;
             // A first line, so that a client knows the tap is live.
             if tx
@@ -381,7 +401,16 @@ pub(crate) async fn serve(admin: Arc<Admin>, listener: tokio::net::TcpListener) 
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.handle(req).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // Without a timer hyper silently skips the header-read timeout (slowloris).
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(guard::HEADER_READ_TIMEOUT);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(guard::MAX_BODY as u32);
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -389,6 +418,26 @@ pub(crate) async fn serve(admin: Arc<Admin>, listener: tokio::net::TcpListener) 
                 tracing::debug!(error = %e, "admin connection error");
             }
         });
+    }
+}
+
+/// A request body, at most [`guard::MAX_BODY`] bytes (`Err(Ok(_))` beyond, `Err(Err(_))`
+/// when reading it failed).
+async fn read_body(body: Incoming) -> Result<Bytes, Result<Refused, String>> {
+    if body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n > guard::MAX_BODY as u64)
+    {
+        return Err(Ok(Refused::BodyTooLarge));
+    }
+    match http_body_util::Limited::new(body, guard::MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Ok(Refused::BodyTooLarge)),
+        Err(e) => Err(Err(e.to_string())),
     }
 }
 

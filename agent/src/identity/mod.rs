@@ -25,6 +25,6 @@ pub use init::{init, InitOutput};
 pub use issuer::{IssuerFiles, TrustAnchors};
 pub use manager::{CertManager, DEFAULT_LEAF_TTL};
 pub use tls::{
-    client_config, peer_identity, peer_identity_from_certs, server_config, IdentityMismatch,
-    ALPN_H2,
+    client_config, peer_identity, peer_identity_from_certs, server_config, ForeignTrustDomain,
+    IdentityMismatch, ALPN_H2,
 };

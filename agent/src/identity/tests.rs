@@ -643,6 +643,51 @@ async fn client_certificate_from_another_trust_anchor_is_rejected() {
     client_read_fails(c).await;
 }
 
+/// Review case C48 (L6): a client whose certificate chains to the same anchors (one issuer
+/// signing for several trust domains, or anchors shared by two meshes) but names another
+/// trust domain is refused in the handshake, naming both; the same client in this trust
+/// domain is accepted.
+#[tokio::test]
+async fn client_from_another_trust_domain_under_the_same_anchors_is_rejected() {
+    let (_dir, a) = pki();
+    let mgr = manager(&a.issuer_files());
+    let web = id("default", "web");
+    let foreign = Identity::new("other.td", "tools", "curl");
+    let (s, c) = mesh_handshake(&mgr, &web, &mgr, &foreign, &web).await;
+    let e = err_text(&s);
+    assert!(
+        e.contains(
+            "client identity spiffe://other.td/ns/tools/sa/curl is not in this mesh's trust domain cluster.local"
+        ),
+        "{e}"
+    );
+    client_read_fails(c).await;
+    let Err(io) = s else {
+        panic!("the server must fail")
+    };
+    let inner = io
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .expect("rustls error");
+    let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) = inner else {
+        panic!("unexpected {inner:?}");
+    };
+    let refused = other
+        .0
+        .downcast_ref::<ForeignTrustDomain>()
+        .expect("ForeignTrustDomain");
+    assert_eq!(refused.expected, TD);
+    assert_eq!(refused.presented, foreign.to_string());
+
+    let (s, c) = mesh_handshake(&mgr, &web, &mgr, &id("tools", "curl"), &web).await;
+    assert!(
+        s.is_ok() && c.is_ok(),
+        "{} / {}",
+        err_text(&s),
+        err_text(&c)
+    );
+}
+
 #[tokio::test]
 async fn expired_certificates_are_rejected() {
     let (_dir, a) = pki();

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::{
     capture::{Capture, Enrollment, PinPaths},
     drain::DrainWatcher,
-    identity::CertManager,
+    identity::{CertManager, Identity},
     netns::Netns,
     proxy::{
         balance::Balancers, hbone::pool::Pool, Connections, Mesh, PodContext, PodProxy,
@@ -209,6 +209,7 @@ impl Agent {
                 }
             }
         }
+        self.forget_departed(&enrolled);
         if !self.ready.swap(true, std::sync::atomic::Ordering::SeqCst) {
             // First state after start-up: drop what an earlier agent left for workloads that
             // are gone now.
@@ -218,6 +219,23 @@ impl Agent {
                 .flat_map(|e| e.workload.ips.clone())
                 .collect();
             lock(&self.capture).prune(&cookies, &ips);
+        }
+    }
+
+    /// Forgets the certificates of identities no enrolled workload has any more (they
+    /// left the node, or failed to enroll): no more renewals, and their keys are dropped.
+    fn forget_departed(&self, enrolled: &BTreeMap<String, Enrolled>) {
+        let Some(mesh) = &self.proxy.mesh else {
+            return;
+        };
+        let current: BTreeSet<Identity> = enrolled
+            .values()
+            .map(|e| mesh.identity_of(&e.workload))
+            .collect();
+        for (id, _) in mesh.certs.expiries() {
+            if !current.contains(&id) && mesh.certs.forget(&id) {
+                tracing::info!(identity = %id, "no workload on this node has this identity any more: its certificate is forgotten");
+            }
         }
     }
 

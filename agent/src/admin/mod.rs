@@ -37,6 +37,8 @@ pub(crate) struct Admin {
     /// The address the API listens on (a `Host` naming it is allowed).
     address: SocketAddr,
     taps: TapSlots,
+    /// One scrape at a time: a scrape rebuilds the certificate series before encoding.
+    scrape: std::sync::Mutex<()>,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
@@ -108,6 +110,7 @@ impl Admin {
             agent,
             address,
             taps: TapSlots::default(),
+            scrape: std::sync::Mutex::new(()),
         }
     }
 
@@ -274,8 +277,15 @@ impl Admin {
     }
 
     fn metrics(&self) -> String {
+        let _scrape = self
+            .scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let proxy = &self.agent.proxy;
         if let Some(mesh) = &proxy.mesh {
+            let metrics = &proxy.telemetry.metrics;
+            // Only the certificates held now (a forgotten identity's series goes).
+            metrics.cert_expiration.clear();
             for (id, not_after) in mesh.certs.expiries() {
                 let secs = not_after
                     .duration_since(std::time::UNIX_EPOCH)
@@ -295,6 +305,19 @@ impl Admin {
                 .metrics
                 .cert_refresh
                 .set(mesh.certs.renewals() as i64);
+            let now = std::time::SystemTime::now();
+            metrics
+                .issuer_expiry
+                .set(seconds_until(now, mesh.certs.issuer().1));
+            let anchors = mesh.certs.trust_anchors();
+            for (subject, not_after) in anchors.subjects().iter().zip(anchors.expiries()) {
+                metrics
+                    .anchor_expiry
+                    .get_or_create(&crate::telemetry::metrics::AnchorLabels {
+                        subject: subject.clone(),
+                    })
+                    .set(seconds_until(now, *not_after));
+            }
         }
         proxy.telemetry.metrics.encode()
     }
@@ -364,6 +387,14 @@ impl Admin {
                 "attached": self.agent.attachments(),
             },
         })
+    }
+}
+
+/// Whole seconds from `now` to `t`, negative when `t` is past.
+fn seconds_until(now: std::time::SystemTime, t: std::time::SystemTime) -> i64 {
+    match t.duration_since(now) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
     }
 }
 
@@ -443,4 +474,20 @@ async fn read_body(body: Incoming) -> Result<Bytes, Result<Refused, String>> {
 
 pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn seconds_until_is_negative_once_past() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(super::seconds_until(now, now + Duration::from_secs(90)), 90);
+        assert_eq!(
+            super::seconds_until(now, now - Duration::from_secs(90)),
+            -90
+        );
+        assert_eq!(super::seconds_until(now, now), 0);
+    }
 }

@@ -688,6 +688,53 @@ async fn client_from_another_trust_domain_under_the_same_anchors_is_rejected() {
     );
 }
 
+/// A self-signed CA certificate (PEM) valid from `not_before` to `not_after`.
+fn self_signed_ca(name: &str, not_before: SystemTime, not_after: SystemTime) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.not_before = time::OffsetDateTime::from(not_before);
+    params.not_after = time::OffsetDateTime::from(not_after);
+    params.self_signed(&key).expect("self-signed").pem()
+}
+
+/// Review case H105 (L8): a bundle holding an expired anchor is refused at load, naming the
+/// file and the anchor (webpki never checks an anchor's validity).
+#[test]
+fn an_expired_trust_anchor_is_refused_at_load() {
+    let (dir, a) = pki();
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let expired = self_signed_ca("old.cluster.local", now - 400 * day, now - day);
+    let path = dir.path().join("with-expired.crt");
+    let good = std::fs::read_to_string(&a.trust_anchor).expect("read ca.crt");
+    std::fs::write(&path, format!("{good}{expired}")).expect("write bundle");
+    let e = TrustAnchors::load(&path)
+        .expect_err("expired anchor")
+        .to_string();
+    assert!(e.contains(&path.display().to_string()), "{e}");
+    assert!(
+        e.contains("trust anchor \"CN=old.cluster.local\" expired at"),
+        "{e}"
+    );
+    assert!(e.contains("remove it from the bundle"), "{e}");
+    // The manager refuses it too.
+    let files = IssuerFiles {
+        trust_anchors: path,
+        ..a.issuer_files()
+    };
+    assert!(CertManager::load(&files, DEFAULT_LEAF_TTL).is_err());
+    // An anchor valid for another day loads.
+    let fresh = self_signed_ca("new.cluster.local", now - day, now + day);
+    let path = dir.path().join("fresh.crt");
+    std::fs::write(&path, fresh).expect("write");
+    assert!(TrustAnchors::load(&path).is_ok());
+}
+
 #[tokio::test]
 async fn expired_certificates_are_rejected() {
     let (_dir, a) = pki();

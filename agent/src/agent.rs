@@ -113,7 +113,11 @@ impl Agent {
         let mesh = match &settings.identity {
             None => None,
             Some(id) => {
-                let certs = Arc::new(CertManager::load(&id.issuer_files(), id.certificate_ttl)?);
+                let files = id.issuer_files();
+                let certs = Arc::new(CertManager::load(&files, id.certificate_ttl)?);
+                for k in crate::identity::anchor_keys_beside(&files, &certs.trust_anchors()) {
+                    tracing::warn!(key = %k.path.display(), anchor = %k.anchor, "a trust anchor's private key sits beside the issuer files: whoever reads this node's files can make issuers of their own; keep it off the nodes");
+                }
                 certs.spawn_renewal();
                 tracing::info!(trust_domain = %settings.trust_domain, issuer = %certs.issuer().0, "mutual TLS between workloads is on");
                 Some(Mesh {

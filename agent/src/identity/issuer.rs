@@ -390,6 +390,13 @@ fn load_key(path: &Path) -> Result<KeyPair, IdentityError> {
     })
 }
 
+/// The public key (SubjectPublicKeyInfo DER) of the PEM private key in `path`, `None`
+/// when the file holds no usable private key.
+pub(super) fn read_key_quietly(path: &Path) -> Option<Vec<u8>> {
+    let key = load_key(path).ok()?;
+    Some(rcgen::PublicKeyData::subject_public_key_info(&key))
+}
+
 fn parse_cert<'a>(
     path: &Path,
     index: usize,

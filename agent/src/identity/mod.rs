@@ -8,6 +8,7 @@
 //! configurations for the mesh's mutual TLS ([`server_config`], [`client_config`],
 //! [`peer_identity`]).
 
+mod anchor_key;
 mod crypto;
 mod error;
 mod id;
@@ -19,6 +20,7 @@ mod tls;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use anchor_key::{anchor_keys_beside, AnchorKey};
 pub use error::IdentityError;
 pub use id::Identity;
 pub use init::{init, InitOutput};

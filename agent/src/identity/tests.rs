@@ -735,6 +735,31 @@ fn an_expired_trust_anchor_is_refused_at_load() {
     assert!(TrustAnchors::load(&path).is_ok());
 }
 
+/// H3: `init` writes the anchor key beside the issuer files; it is found there (by its
+/// public key, whatever its name), and not once it is gone.
+#[test]
+fn an_anchor_key_beside_the_issuer_files_is_found() {
+    let (dir, a) = pki();
+    let mgr = manager(&a.issuer_files());
+    let anchors = mgr.trust_anchors();
+    let found = anchor_keys_beside(&a.issuer_files(), &anchors);
+    assert_eq!(
+        found,
+        vec![AnchorKey {
+            path: a.trust_anchor_key.clone(),
+            anchor: "CN=root.cluster.local".into()
+        }]
+    );
+    // Under another name too; the issuer key and the certificates are not anchor keys.
+    let renamed = dir.path().join("backup.pem");
+    std::fs::rename(&a.trust_anchor_key, &renamed).expect("rename");
+    let found = anchor_keys_beside(&a.issuer_files(), &anchors);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].path, renamed);
+    std::fs::remove_file(&renamed).expect("remove");
+    assert!(anchor_keys_beside(&a.issuer_files(), &anchors).is_empty());
+}
+
 #[tokio::test]
 async fn expired_certificates_are_rejected() {
     let (_dir, a) = pki();

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{fail, ok, warn, Outcome};
+use super::outcome::{fail, ok, warn, Outcome};
 
 /// With a config file: are the trust anchors and the issuer loadable and valid, and when do
 /// they expire?
@@ -119,7 +119,7 @@ fn issuer_expiry(issuer: &str, days: u64, ttl: Duration) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::Verdict;
+    use crate::check::outcome::Verdict;
 
     fn line(o: &Outcome) -> (char, String) {
         match &o.verdict {

@@ -9,47 +9,10 @@ use aya::EbpfLoader;
 use crate::capture::{programs::OBJECT, Hook};
 
 mod identity;
+mod outcome;
 pub use identity::identity_checks;
-
-pub struct Outcome {
-    pub name: String,
-    pub verdict: Verdict,
-}
-
-/// What a check found: fine; a problem that does not stop the agent (`!`, the checks
-/// still pass); or one that does (`×`).
-pub enum Verdict {
-    Ok(String),
-    Warn { problem: String, fix: String },
-    Fail { problem: String, fix: String },
-}
-
-fn ok(name: &str, detail: impl Into<String>) -> Outcome {
-    Outcome {
-        name: name.into(),
-        verdict: Verdict::Ok(detail.into()),
-    }
-}
-
-fn warn(name: &str, problem: impl Into<String>, fix: impl Into<String>) -> Outcome {
-    Outcome {
-        name: name.into(),
-        verdict: Verdict::Warn {
-            problem: problem.into(),
-            fix: fix.into(),
-        },
-    }
-}
-
-fn fail(name: &str, problem: impl Into<String>, fix: impl Into<String>) -> Outcome {
-    Outcome {
-        name: name.into(),
-        verdict: Verdict::Fail {
-            problem: problem.into(),
-            fix: fix.into(),
-        },
-    }
-}
+use outcome::{fail, ok};
+pub use outcome::{Outcome, Verdict};
 
 /// The minimum kernel: netns cookies in sock_ops and SO_NETNS_COOKIE (5.15).
 pub const MIN_KERNEL: (u32, u32) = (5, 15);

@@ -166,7 +166,12 @@ impl Admin {
                 return;
             }
             loop {
-                let ev = match events.recv().await {
+                // A client that left frees its tap's place at once, not at the next event.
+                let next = tokio::select! {
+                    next = events.recv() => next,
+                    () = tx.closed() => return,
+                };
+                let ev = match next {
                     Ok(ev) => ev,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         let line = format!("{{\"tap\":\"lagged\",\"missed\":{n}}}\n");

@@ -123,8 +123,7 @@ impl Admin {
             (Method::PUT, "/log-level") => {
                 let body = match read_body(req.into_body()).await {
                     Ok(b) => b,
-                    Err(Ok(r)) => return refusal(&r),
-                    Err(Err(e)) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                    Err(response) => return response,
                 };
                 match crate::logging::set(&String::from_utf8_lossy(&body)) {
                     Ok(now) => text(StatusCode::OK, format!("{now}\n")),
@@ -457,23 +456,22 @@ pub(crate) async fn serve(admin: Arc<Admin>, listener: tokio::net::TcpListener) 
     }
 }
 
-/// A request body, at most [`guard::MAX_BODY`] bytes (`Err(Ok(_))` beyond, `Err(Err(_))`
-/// when reading it failed).
-async fn read_body(body: Incoming) -> Result<Bytes, Result<Refused, String>> {
-    if body
-        .size_hint()
-        .exact()
-        .is_some_and(|n| n > guard::MAX_BODY as u64)
-    {
-        return Err(Ok(Refused::BodyTooLarge));
+/// A request body of at most [`guard::MAX_BODY`] bytes, or the response refusing it (`413`
+/// over the limit, `400` when it could not be read).
+async fn read_body(body: Incoming) -> Result<Bytes, Response<AdminBody>> {
+    let announced = body.size_hint().exact();
+    if announced.is_some_and(|n| n > guard::MAX_BODY as u64) {
+        return Err(refusal(&Refused::BodyTooLarge));
     }
     match http_body_util::Limited::new(body, guard::MAX_BODY)
         .collect()
         .await
     {
         Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Ok(Refused::BodyTooLarge)),
-        Err(e) => Err(Err(e.to_string())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(refusal(&Refused::BodyTooLarge))
+        }
+        Err(e) => Err(text(StatusCode::BAD_REQUEST, format!("{e}\n"))),
     }
 }
 

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::{
     capture::{Capture, Enrollment, PinPaths},
     drain::DrainWatcher,
-    identity::CertManager,
+    identity::{CertManager, Identity},
     netns::Netns,
     proxy::{
         balance::Balancers, hbone::pool::Pool, Connections, Mesh, PodContext, PodProxy,
@@ -113,7 +113,11 @@ impl Agent {
         let mesh = match &settings.identity {
             None => None,
             Some(id) => {
-                let certs = Arc::new(CertManager::load(&id.issuer_files(), id.certificate_ttl)?);
+                let files = id.issuer_files();
+                let certs = Arc::new(CertManager::load(&files, id.certificate_ttl)?);
+                for k in crate::identity::anchor_keys_beside(&files, &certs.trust_anchors()) {
+                    tracing::warn!(key = %k.path.display(), anchor = %k.anchor, "a trust anchor's private key sits beside the issuer files: whoever reads this node's files can make issuers of their own; keep it off the nodes");
+                }
                 certs.spawn_renewal();
                 tracing::info!(trust_domain = %settings.trust_domain, issuer = %certs.issuer().0, "mutual TLS between workloads is on");
                 Some(Mesh {
@@ -209,6 +213,7 @@ impl Agent {
                 }
             }
         }
+        self.forget_departed(&enrolled);
         if !self.ready.swap(true, std::sync::atomic::Ordering::SeqCst) {
             // First state after start-up: drop what an earlier agent left for workloads that
             // are gone now.
@@ -218,6 +223,23 @@ impl Agent {
                 .flat_map(|e| e.workload.ips.clone())
                 .collect();
             lock(&self.capture).prune(&cookies, &ips);
+        }
+    }
+
+    /// Forgets the certificates of identities no enrolled workload has any more (they
+    /// left the node, or failed to enroll): no more renewals, and their keys are dropped.
+    fn forget_departed(&self, enrolled: &BTreeMap<String, Enrolled>) {
+        let Some(mesh) = &self.proxy.mesh else {
+            return;
+        };
+        let current: BTreeSet<Identity> = enrolled
+            .values()
+            .map(|e| mesh.identity_of(&e.workload))
+            .collect();
+        for (id, _) in mesh.certs.expiries() {
+            if !current.contains(&id) && mesh.certs.forget(&id) {
+                tracing::info!(identity = %id, "no workload on this node has this identity any more: its certificate is forgotten");
+            }
         }
     }
 

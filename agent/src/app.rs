@@ -67,11 +67,12 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || a.apply(&initial)).await?;
     let reconciler = tokio::spawn(agent.clone().reconcile(updates));
     let source = tokio::spawn(source.watch());
-    let admin = Arc::new(admin::Admin {
-        agent: agent.clone(),
-    });
+    let admin = Arc::new(admin::Admin::new(agent.clone(), settings.admin));
     tokio::spawn(admin::serve(admin, admin_listener));
     tracing::info!(node = %settings.node, admin = %settings.admin, config = %path.display(), "meshd running");
+    if !settings.admin.ip().to_canonical().is_loopback() {
+        tracing::warn!(admin = %settings.admin, "the admin API listens beyond loopback (adminAllowNonLoopback): it has no authentication");
+    }
 
     let mut signals = Signals::new()?;
     signals.next().await;

@@ -82,6 +82,16 @@ pub enum IdentityError {
         /// The certificate's subject.
         subject: String,
     },
+    /// A trust anchor in the bundle has expired (webpki would still accept chains to it).
+    #[error("{}: trust anchor {subject:?} expired at {}; remove it from the bundle (or replace it with a new anchor and re-issue the issuer)", path.display(), fmt_time(*not_after))]
+    AnchorExpired {
+        /// The trust anchor bundle.
+        path: PathBuf,
+        /// The anchor's subject.
+        subject: String,
+        /// When it expired.
+        not_after: SystemTime,
+    },
     /// The issuer certificate has expired.
     #[error("{}: issuer certificate {subject:?} expired at {}", path.display(), fmt_time(*not_after))]
     IssuerExpired {

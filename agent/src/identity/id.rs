@@ -15,6 +15,8 @@ const SPIFFE_SCHEME: &str = "spiffe://";
 /// It is displayed, and written into certificates (URI SAN), as the SPIFFE ID
 /// `spiffe://TRUST_DOMAIN/ns/NS/sa/SA`. [`FromStr`] also accepts the Linkerd form
 /// `SA.NS.serviceaccount.identity.linkerd.TRUST_DOMAIN`, which names the same workload.
+/// Nothing is case-folded: the scheme must be `spiffe://` and the trust domain lowercase, as
+/// SPIFFE requires, so one identity has exactly one spelling.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Identity {
     /// The trust domain, e.g. `cluster.local`.
@@ -87,8 +89,14 @@ impl Identity {
             input: s.to_string(),
             reason: reason.to_string(),
         };
-        let rest = strip_prefix_ignore_case(s, SPIFFE_SCHEME)
-            .ok_or_else(|| invalid("does not start with spiffe://"))?;
+        let rest = match s.strip_prefix(SPIFFE_SCHEME) {
+            Some(rest) => rest,
+            // SPIFFE IDs are compared as they are: no case-folding of the scheme.
+            None if strip_prefix_ignore_case(s, SPIFFE_SCHEME).is_some() => {
+                return Err(invalid("the scheme must be spiffe:// in lowercase"))
+            }
+            None => return Err(invalid("does not start with spiffe://")),
+        };
         let (trust_domain, path) = rest.split_once('/').ok_or_else(|| {
             invalid("expected spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT")
         })?;
@@ -99,11 +107,9 @@ impl Identity {
         if *ns_key != "ns" || *sa_key != "sa" {
             return Err(invalid("the path must be /ns/NAMESPACE/sa/SERVICE_ACCOUNT"));
         }
-        let id = Identity::new(
-            trust_domain.to_ascii_lowercase(),
-            *namespace,
-            *service_account,
-        );
+        // The trust domain as written: SPIFFE allows only lowercase, so an upper-case one is
+        // refused by `validate`, never folded into another identity.
+        let id = Identity::new(trust_domain, *namespace, *service_account);
         id.validate().map_err(|e| match e {
             IdentityError::InvalidIdentity { reason, .. } => IdentityError::InvalidIdentity {
                 input: s.to_string(),
@@ -129,11 +135,7 @@ impl Identity {
         let (service_account, namespace) = sa_ns
             .rsplit_once('.')
             .ok_or_else(|| invalid("expected SERVICE_ACCOUNT.NAMESPACE before .serviceaccount"))?;
-        let id = Identity::new(
-            trust_domain.to_ascii_lowercase(),
-            namespace,
-            service_account,
-        );
+        let id = Identity::new(trust_domain, namespace, service_account);
         id.validate().map_err(|e| match e {
             IdentityError::InvalidIdentity { reason, .. } => IdentityError::InvalidIdentity {
                 input: s.to_string(),
@@ -251,15 +253,44 @@ mod tests {
     }
 
     #[test]
-    fn dotted_service_account_and_case_insensitive_scheme() {
+    fn dotted_service_account() {
         let a: Identity = "my.sa.prod.serviceaccount.identity.linkerd.example.org"
             .parse()
             .expect("dotted sa");
         assert_eq!(a, Identity::new("example.org", "prod", "my.sa"));
-        let b: Identity = "SPIFFE://Example.ORG/ns/prod/sa/my.sa"
+        let b: Identity = "spiffe://example.org/ns/prod/sa/my.sa"
             .parse()
-            .expect("upper-case scheme and domain");
+            .expect("spiffe form");
         assert_eq!(a, b);
+    }
+
+    /// Review case C49 (L6): an upper-case scheme or trust domain is refused, not folded
+    /// into the lowercase identity.
+    #[test]
+    fn scheme_and_trust_domain_are_not_case_folded() {
+        for (input, want) in [
+            (
+                "SPIFFE://cluster.local/ns/a/sa/b",
+                "the scheme must be spiffe:// in lowercase",
+            ),
+            ("Spiffe://cluster.local/ns/a/sa/b", "the scheme must be"),
+            (
+                "spiffe://CLUSTER.LOCAL/ns/a/sa/b",
+                "trust domain: contains 'C'",
+            ),
+            ("spiffe://Cluster.local/ns/a/sa/b", "trust domain"),
+            (
+                "b.a.serviceaccount.identity.linkerd.Cluster.Local",
+                "trust domain",
+            ),
+        ] {
+            let e = input.parse::<Identity>().expect_err(input).to_string();
+            assert!(e.contains(want), "{input}: {e}");
+            let e = Identity::from_spiffe_id(input)
+                .map(|i| i.to_string())
+                .unwrap_or_default();
+            assert_eq!(e, "", "{input} parsed as SPIFFE");
+        }
     }
 
     #[test]

@@ -64,8 +64,10 @@ pub struct TrustAnchors {
 }
 
 impl TrustAnchors {
-    /// Loads a PEM bundle of one or more CA certificates.
+    /// Loads a PEM bundle of one or more CA certificates, none of them expired (webpki does
+    /// not check an anchor's validity: an expired one would go on being trusted).
     pub fn load(path: &Path) -> Result<TrustAnchors, IdentityError> {
+        let now = SystemTime::now();
         let certs = read_certs(path)?;
         let mut roots = RootCertStore::empty();
         let mut subjects = Vec::with_capacity(certs.len());
@@ -81,7 +83,15 @@ impl TrustAnchors {
                     index: i + 1,
                     reason: e.to_string(),
                 })?;
-            not_after.push(asn1_to_system_time(cert.validity().not_after.timestamp()));
+            let expiry = asn1_to_system_time(cert.validity().not_after.timestamp());
+            if expiry < now {
+                return Err(IdentityError::AnchorExpired {
+                    path: path.to_path_buf(),
+                    subject,
+                    not_after: expiry,
+                });
+            }
+            not_after.push(expiry);
             subjects.push(subject);
         }
         Ok(TrustAnchors {
@@ -378,6 +388,13 @@ fn load_key(path: &Path) -> Result<KeyPair, IdentityError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+/// The public key (SubjectPublicKeyInfo DER) of the PEM private key in `path`, `None`
+/// when the file holds no usable private key.
+pub(super) fn read_key_quietly(path: &Path) -> Option<Vec<u8>> {
+    let key = load_key(path).ok()?;
+    Some(rcgen::PublicKeyData::subject_public_key_info(&key))
 }
 
 fn parse_cert<'a>(

@@ -8,6 +8,7 @@
 //! configurations for the mesh's mutual TLS ([`server_config`], [`client_config`],
 //! [`peer_identity`]).
 
+mod anchor_key;
 mod crypto;
 mod error;
 mod id;
@@ -19,12 +20,13 @@ mod tls;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use anchor_key::{anchor_keys_beside, AnchorKey};
 pub use error::IdentityError;
 pub use id::Identity;
 pub use init::{init, InitOutput};
 pub use issuer::{IssuerFiles, TrustAnchors};
 pub use manager::{CertManager, DEFAULT_LEAF_TTL};
 pub use tls::{
-    client_config, peer_identity, peer_identity_from_certs, server_config, IdentityMismatch,
-    ALPN_H2,
+    client_config, peer_identity, peer_identity_from_certs, server_config, ForeignTrustDomain,
+    IdentityMismatch, ALPN_H2,
 };

@@ -643,6 +643,123 @@ async fn client_certificate_from_another_trust_anchor_is_rejected() {
     client_read_fails(c).await;
 }
 
+/// Review case C48 (L6): a client whose certificate chains to the same anchors (one issuer
+/// signing for several trust domains, or anchors shared by two meshes) but names another
+/// trust domain is refused in the handshake, naming both; the same client in this trust
+/// domain is accepted.
+#[tokio::test]
+async fn client_from_another_trust_domain_under_the_same_anchors_is_rejected() {
+    let (_dir, a) = pki();
+    let mgr = manager(&a.issuer_files());
+    let web = id("default", "web");
+    let foreign = Identity::new("other.td", "tools", "curl");
+    let (s, c) = mesh_handshake(&mgr, &web, &mgr, &foreign, &web).await;
+    let e = err_text(&s);
+    assert!(
+        e.contains(
+            "client identity spiffe://other.td/ns/tools/sa/curl is not in this mesh's trust domain cluster.local"
+        ),
+        "{e}"
+    );
+    client_read_fails(c).await;
+    let Err(io) = s else {
+        panic!("the server must fail")
+    };
+    let inner = io
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .expect("rustls error");
+    let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) = inner else {
+        panic!("unexpected {inner:?}");
+    };
+    let refused = other
+        .0
+        .downcast_ref::<ForeignTrustDomain>()
+        .expect("ForeignTrustDomain");
+    assert_eq!(refused.expected, TD);
+    assert_eq!(refused.presented, foreign.to_string());
+
+    let (s, c) = mesh_handshake(&mgr, &web, &mgr, &id("tools", "curl"), &web).await;
+    assert!(
+        s.is_ok() && c.is_ok(),
+        "{} / {}",
+        err_text(&s),
+        err_text(&c)
+    );
+}
+
+/// A self-signed CA certificate (PEM) valid from `not_before` to `not_after`.
+fn self_signed_ca(name: &str, not_before: SystemTime, not_after: SystemTime) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.not_before = time::OffsetDateTime::from(not_before);
+    params.not_after = time::OffsetDateTime::from(not_after);
+    params.self_signed(&key).expect("self-signed").pem()
+}
+
+/// Review case H105 (L8): a bundle holding an expired anchor is refused at load, naming the
+/// file and the anchor (webpki never checks an anchor's validity).
+#[test]
+fn an_expired_trust_anchor_is_refused_at_load() {
+    let (dir, a) = pki();
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let expired = self_signed_ca("old.cluster.local", now - 400 * day, now - day);
+    let path = dir.path().join("with-expired.crt");
+    let good = std::fs::read_to_string(&a.trust_anchor).expect("read ca.crt");
+    std::fs::write(&path, format!("{good}{expired}")).expect("write bundle");
+    let e = TrustAnchors::load(&path)
+        .expect_err("expired anchor")
+        .to_string();
+    assert!(e.contains(&path.display().to_string()), "{e}");
+    assert!(
+        e.contains("trust anchor \"CN=old.cluster.local\" expired at"),
+        "{e}"
+    );
+    assert!(e.contains("remove it from the bundle"), "{e}");
+    // The manager refuses it too.
+    let files = IssuerFiles {
+        trust_anchors: path,
+        ..a.issuer_files()
+    };
+    assert!(CertManager::load(&files, DEFAULT_LEAF_TTL).is_err());
+    // An anchor valid for another day loads.
+    let fresh = self_signed_ca("new.cluster.local", now - day, now + day);
+    let path = dir.path().join("fresh.crt");
+    std::fs::write(&path, fresh).expect("write");
+    assert!(TrustAnchors::load(&path).is_ok());
+}
+
+/// H3: `init` writes the anchor key beside the issuer files; it is found there (by its
+/// public key, whatever its name), and not once it is gone.
+#[test]
+fn an_anchor_key_beside_the_issuer_files_is_found() {
+    let (dir, a) = pki();
+    let mgr = manager(&a.issuer_files());
+    let anchors = mgr.trust_anchors();
+    let found = anchor_keys_beside(&a.issuer_files(), &anchors);
+    assert_eq!(
+        found,
+        vec![AnchorKey {
+            path: a.trust_anchor_key.clone(),
+            anchor: "CN=root.cluster.local".into()
+        }]
+    );
+    // Under another name too; the issuer key and the certificates are not anchor keys.
+    let renamed = dir.path().join("backup.pem");
+    std::fs::rename(&a.trust_anchor_key, &renamed).expect("rename");
+    let found = anchor_keys_beside(&a.issuer_files(), &anchors);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].path, renamed);
+    std::fs::remove_file(&renamed).expect("remove");
+    assert!(anchor_keys_beside(&a.issuer_files(), &anchors).is_empty());
+}
+
 #[tokio::test]
 async fn expired_certificates_are_rejected() {
     let (_dir, a) = pki();

@@ -49,9 +49,30 @@ impl fmt::Debug for IdentityMismatch {
     }
 }
 
+/// A client certificate that chains to the trust anchors but names an identity in another
+/// trust domain (anchors shared by several meshes, or an issuer of another mesh under the
+/// same anchors). Refused in the handshake, like [`IdentityMismatch`] inside
+/// [`CertificateError::Other`]; its `Debug` is its message for the same reason.
+#[derive(Clone, thiserror::Error)]
+#[error("client identity {presented} is not in this mesh's trust domain {expected}")]
+pub struct ForeignTrustDomain {
+    /// This mesh's trust domain.
+    pub expected: String,
+    /// The identity the client's certificate carried.
+    pub presented: String,
+}
+
+impl fmt::Debug for ForeignTrustDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 /// The server configuration for `local`: presents `local`'s current certificate (read from
 /// `mgr` at each handshake, so renewals apply to new connections only) and requires a client
-/// certificate that chains to the trust anchors. TLS 1.3 only, ALPN `h2`, no session
+/// certificate that chains to the trust anchors and whose SPIFFE identity, if it carries
+/// one, is in `local`'s trust domain ([`ForeignTrustDomain`] otherwise; a certificate
+/// without exactly one SPIFFE identity is refused after the handshake). TLS 1.3 only, ALPN `h2`, no session
 /// resumption (every connection re-verifies its peer). Configurations are cached per identity.
 pub fn server_config(
     mgr: Arc<CertManager>,
@@ -72,6 +93,7 @@ pub fn server_config(
         .map_err(tls_err)?
         .with_client_cert_verifier(Arc::new(AnchorClientVerifier {
             mgr: Arc::downgrade(&mgr),
+            trust_domain: local.trust_domain.clone(),
         }))
         .with_cert_resolver(Arc::new(ManagedCert {
             mgr: Arc::downgrade(&mgr),
@@ -213,9 +235,35 @@ impl ResolvesClientCert for ManagedCert {
 }
 
 /// Verifies client certificates against the manager's current trust anchors (so that a new
-/// anchor bundle applies to cached configurations), with rustls' webpki verifier.
+/// anchor bundle applies to cached configurations), with rustls' webpki verifier, then
+/// that the client's SPIFFE identity is in `trust_domain`.
 struct AnchorClientVerifier {
     mgr: Weak<CertManager>,
+    /// The server's own trust domain: the only one whose clients it accepts.
+    trust_domain: String,
+}
+
+/// Refuses a certificate whose single SPIFFE identity is in another trust domain than
+/// `trust_domain` (exact comparison: identities are never case-folded).
+fn check_trust_domain(
+    end_entity: &CertificateDer<'_>,
+    trust_domain: &str,
+) -> Result<(), rustls::Error> {
+    let Ok(uris) = uri_sans(end_entity) else {
+        return Ok(());
+    };
+    let [uri] = uris.as_slice() else {
+        return Ok(());
+    };
+    match Identity::from_spiffe_id(uri) {
+        Ok(id) if id.trust_domain != trust_domain => Err(rustls::Error::InvalidCertificate(
+            CertificateError::Other(OtherError(Arc::new(ForeignTrustDomain {
+                expected: trust_domain.to_string(),
+                presented: id.to_string(),
+            }))),
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl fmt::Debug for AnchorClientVerifier {
@@ -247,8 +295,11 @@ impl ClientCertVerifier for AnchorClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.current()?
-            .verify_client_cert(end_entity, intermediates, now)
+        let verified = self
+            .current()?
+            .verify_client_cert(end_entity, intermediates, now)?;
+        check_trust_domain(end_entity, &self.trust_domain)?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(

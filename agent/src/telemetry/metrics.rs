@@ -49,6 +49,12 @@ pub(crate) struct IdentityLabels {
     pub identity: String,
 }
 
+/// One trust anchor, by its subject (from the agent's own anchor bundle).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AnchorLabels {
+    pub subject: String,
+}
+
 pub(crate) struct Metrics {
     registry: Registry,
     pub request_total: Family<TrafficLabels, Counter>,
@@ -63,6 +69,10 @@ pub(crate) struct Metrics {
     pub hbone_rejected: Family<RejectLabels, Counter>,
     pub cert_expiration: Family<IdentityLabels, Gauge>,
     pub cert_refresh: Gauge,
+    /// Seconds until the issuer certificate expires (negative once expired).
+    pub issuer_expiry: Gauge,
+    /// Seconds until each trust anchor expires.
+    pub anchor_expiry: Family<AnchorLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -134,6 +144,18 @@ impl Default for Metrics {
             "Workload certificates issued or renewed",
             cert_refresh.clone(),
         );
+        let issuer_expiry = Gauge::default();
+        registry.register(
+            "identity_issuer_expiry_seconds",
+            "Seconds until the issuer certificate expires (negative once it has); workload certificates cannot outlive it",
+            issuer_expiry.clone(),
+        );
+        let anchor_expiry = Family::<AnchorLabels, Gauge>::default();
+        registry.register(
+            "identity_trust_anchor_expiry_seconds",
+            "Seconds until each trust anchor expires",
+            anchor_expiry.clone(),
+        );
         Metrics {
             registry,
             request_total,
@@ -148,6 +170,8 @@ impl Default for Metrics {
             hbone_rejected,
             cert_expiration,
             cert_refresh,
+            issuer_expiry,
+            anchor_expiry,
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::identity::IdentityMismatch;
+use crate::identity::{ForeignTrustDomain, IdentityMismatch};
 
 /// Why the agent refused a peer, or a peer refused the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,6 +20,8 @@ pub(crate) enum RejectReason {
     ServerIdentityMismatch,
     /// The client presented no certificate, or one without a SPIFFE identity.
     NoClientCert,
+    /// The client's certificate chains to the anchors but names another trust domain.
+    ForeignTrustDomain,
     /// The bytes were not TLS.
     NotTls,
     /// The peer refused the agent's own certificate (an alert).
@@ -40,6 +42,7 @@ impl RejectReason {
             RejectReason::NotYetValid => "not_yet_valid",
             RejectReason::ServerIdentityMismatch => "server_identity_mismatch",
             RejectReason::NoClientCert => "no_client_cert",
+            RejectReason::ForeignTrustDomain => "foreign_trust_domain",
             RejectReason::NotTls => "not_tls",
             RejectReason::PeerRejectedUs => "peer_rejected_us",
             RejectReason::BadRequest => "bad_request",
@@ -87,6 +90,11 @@ pub(crate) fn classify(err: &rustls::Error) -> RejectReason {
         }
         E::InvalidCertificate(C::Other(o)) if o.0.downcast_ref::<IdentityMismatch>().is_some() => {
             RejectReason::ServerIdentityMismatch
+        }
+        E::InvalidCertificate(C::Other(o))
+            if o.0.downcast_ref::<ForeignTrustDomain>().is_some() =>
+        {
+            RejectReason::ForeignTrustDomain
         }
         E::NoCertificatesPresented => RejectReason::NoClientCert,
         E::InvalidMessage(_)

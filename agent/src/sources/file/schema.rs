@@ -38,6 +38,8 @@ pub(crate) enum ConfigError {
 pub(crate) enum Invalid {
     #[error("node: must not be empty")]
     EmptyNode,
+    #[error("admin: {0} is not a loopback address: whoever can reach it can read every workload's requests (/tap), connections and configuration, and change the log level; use 127.0.0.1:15000 (or another loopback address), or set adminAllowNonLoopback: true to expose it on purpose")]
+    AdminNotLoopback(SocketAddr),
     #[error("trustDomain {0:?} is not a DNS name")]
     TrustDomain(String),
     #[error("identity.certificateTtlSeconds must be at least 10")]
@@ -107,6 +109,10 @@ pub(super) struct FileConfig {
     pub node: String,
     #[serde(default = "default_admin")]
     pub admin: SocketAddr,
+    /// Allows `admin` on an address that is not loopback (refused without it: the API has
+    /// no authentication).
+    #[serde(default)]
+    pub admin_allow_non_loopback: bool,
     #[serde(default = "default_bpffs")]
     pub bpffs: PathBuf,
     #[serde(default = "default_connect_timeout_ms")]
@@ -290,6 +296,9 @@ impl FileConfig {
         if self.node.trim().is_empty() {
             return Err(Invalid::EmptyNode);
         }
+        if !self.admin.ip().to_canonical().is_loopback() && !self.admin_allow_non_loopback {
+            return Err(Invalid::AdminNotLoopback(self.admin));
+        }
         if !is_dns_subdomain(&self.trust_domain) {
             return Err(Invalid::TrustDomain(self.trust_domain.clone()));
         }
@@ -449,6 +458,31 @@ workloads:
         assert_eq!(c.admin.to_string(), DEFAULT_ADMIN);
         assert_eq!(c.bpffs, PathBuf::from(DEFAULT_BPFFS_ROOT));
         assert!(!c.workloads[0].is_on("n1"));
+    }
+
+    /// Review case G102: an admin address other pods can reach is refused unless allowed
+    /// explicitly.
+    #[test]
+    fn a_non_loopback_admin_needs_the_explicit_setting() {
+        for admin in ["0.0.0.0:15000", "10.0.0.5:15000", "\"[::]:15000\""] {
+            let text = REMOTE_ONLY.replace("node: n1\n", &format!("node: n1\nadmin: {admin}\n"));
+            let e = parse(&text).expect_err(admin).to_string();
+            assert!(
+                e.contains("is not a loopback address")
+                    && e.contains("adminAllowNonLoopback: true"),
+                "{e}"
+            );
+            let allowed = text.replace("node: n1\n", "node: n1\nadminAllowNonLoopback: true\n");
+            assert!(parse(&allowed).is_ok(), "{admin}");
+        }
+        for admin in [
+            "127.0.0.2:15000",
+            "\"[::1]:15000\"",
+            "\"[::ffff:127.0.0.1]:15000\"",
+        ] {
+            let text = REMOTE_ONLY.replace("node: n1\n", &format!("node: n1\nadmin: {admin}\n"));
+            assert!(parse(&text).is_ok(), "{admin}");
+        }
     }
 
     #[test]

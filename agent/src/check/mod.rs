@@ -8,24 +8,11 @@ use aya::EbpfLoader;
 
 use crate::capture::{programs::OBJECT, Hook};
 
-pub struct Outcome {
-    pub name: String,
-    pub result: Result<String, (String, String)>,
-}
-
-fn ok(name: &str, detail: impl Into<String>) -> Outcome {
-    Outcome {
-        name: name.into(),
-        result: Ok(detail.into()),
-    }
-}
-
-fn fail(name: &str, problem: impl Into<String>, fix: impl Into<String>) -> Outcome {
-    Outcome {
-        name: name.into(),
-        result: Err((problem.into(), fix.into())),
-    }
-}
+mod identity;
+mod outcome;
+pub use identity::identity_checks;
+use outcome::{fail, ok};
+pub use outcome::{Outcome, Verdict};
 
 /// The minimum kernel: netns cookies in sock_ops and SO_NETNS_COOKIE (5.15).
 pub const MIN_KERNEL: (u32, u32) = (5, 15);
@@ -242,14 +229,17 @@ fn probe_hook(ebpf: &mut aya::Ebpf, hook: Hook, cgroup: Option<&std::path::Path>
     }
 }
 
-/// Prints the report; returns whether every check passed.
+/// Prints the report; returns whether every check passed (warnings do not fail it).
 pub fn print(outcomes: &[Outcome]) -> bool {
     println!("meshd pre-flight checks\n-----------------------");
     let mut good = true;
     for o in outcomes {
-        match &o.result {
-            Ok(d) => println!("√ {}: {d}", o.name),
-            Err((problem, fix)) => {
+        match &o.verdict {
+            Verdict::Ok(d) => println!("√ {}: {d}", o.name),
+            Verdict::Warn { problem, fix } => {
+                println!("! {}: {problem}\n    fix: {fix}", o.name);
+            }
+            Verdict::Fail { problem, fix } => {
                 good = false;
                 println!("× {}: {problem}\n    fix: {fix}", o.name);
             }
@@ -262,74 +252,4 @@ pub fn print(outcomes: &[Outcome]) -> bool {
         println!("Status check results are ×");
     }
     good
-}
-
-/// With a config file: are the trust anchors and the issuer loadable and valid, and when do
-/// they expire?
-pub fn identity_checks(path: &std::path::Path) -> Vec<Outcome> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            return vec![fail(
-                "config",
-                format!("{}: {e}", path.display()),
-                "pass the agent's config file",
-            )]
-        }
-    };
-    let settings = match crate::sources::file::settings_from(path, &text) {
-        Ok(s) => s,
-        Err(e) => return vec![fail("config", e.to_string(), "fix the config file")],
-    };
-    let Some(id) = settings.identity else {
-        return vec![ok(
-            "identity",
-            "not configured: captured traffic is passed through in plaintext",
-        )];
-    };
-    let ttl = id.certificate_ttl;
-    match crate::identity::CertManager::load(&id.issuer_files(), ttl) {
-        Err(e) => vec![fail(
-            "identity",
-            e.to_string(),
-            "meshd identity init --dir DIR, or fix the files",
-        )],
-        Ok(m) => {
-            let days = |t: std::time::SystemTime| {
-                t.duration_since(std::time::SystemTime::now())
-                    .map(|d| d.as_secs() / 86_400)
-                    .unwrap_or(0)
-            };
-            let anchors = m.trust_anchors();
-            let mut out: Vec<Outcome> = anchors
-                .subjects()
-                .iter()
-                .zip(anchors.expiries())
-                .map(|(s, t)| {
-                    ok(
-                        "trust anchor",
-                        format!("{s} valid for {} more days", days(*t)),
-                    )
-                })
-                .collect();
-            let (issuer, t) = m.issuer();
-            let remaining = days(t);
-            if remaining < 30 {
-                out.push(fail(
-                    "issuer",
-                    format!("{issuer} expires in {remaining} days"),
-                    "issue a new issuer certificate from the trust anchor",
-                ));
-            } else {
-                out.push(ok(
-                    "issuer",
-                    format!(
-                        "{issuer} valid for {remaining} more days; workload certificates live {}s",
-                        ttl.as_secs()
-                    ),
-                ));
-            }
-            out
-        }
-    }
 }

@@ -1,6 +1,13 @@
 //! The admin server on a node-local address: liveness, readiness, metrics, the agent's view
 //! of its configuration and capture, its account of proxied connections, and the views
 //! behind `meshd stat`, `edges` and `tap`, plus the runtime log level.
+//!
+//! Before routing, [`guard`] refuses what the API must not serve: a `Host` that is not the
+//! admin address (DNS rebinding), a body over its limit, a tap beyond the limit of open
+//! taps. An HTTP/1 client has [`guard::HEADER_READ_TIMEOUT`] to send a request head.
+
+mod guard;
+mod query;
 
 use std::{
     collections::BTreeMap,
@@ -17,15 +24,21 @@ use hyper::{
     body::{Body, Frame, Incoming},
     header, Method, Request, Response, StatusCode,
 };
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::mpsc;
 
 use crate::{agent::Agent, conn::Direction, state::SourceStatus, telemetry::tap::TapFilter};
+use guard::{Refused, TapSlots};
 
 type AdminBody = BoxBody<Bytes, Infallible>;
 
 pub(crate) struct Admin {
-    pub agent: Arc<Agent>,
+    agent: Arc<Agent>,
+    /// The address the API listens on (a `Host` naming it is allowed).
+    address: SocketAddr,
+    taps: TapSlots,
+    /// One scrape at a time: a scrape rebuilds the certificate series before encoding.
+    scrape: std::sync::Mutex<()>,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
@@ -54,36 +67,26 @@ fn json(value: &impl serde::Serialize) -> Response<AdminBody> {
 
 /// The query string's parameters.
 fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
-    req.uri()
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-        .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.to_string(), percent_decode(v)))
-        .collect()
+    query::parse(req.uri().query().unwrap_or_default())
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(v) => {
-                    out.push(v);
-                    i += 3;
-                    continue;
-                }
-                Err(_) => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
+/// The refusal as a response: its status and what is wrong.
+fn refusal(r: &Refused) -> Response<AdminBody> {
+    let status = match r {
+        Refused::Host { .. } => StatusCode::FORBIDDEN,
+        Refused::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Refused::TooManyTaps => StatusCode::TOO_MANY_REQUESTS,
+    };
+    text(status, format!("{r}\n"))
+}
+
+/// The `Host` a request is addressed to (HTTP/1 `Host`, else the HTTP/2 `:authority`).
+fn host_of(req: &Request<Incoming>) -> Option<&str> {
+    match req.headers().get(header::HOST) {
+        // A Host that is not text cannot be a loopback name: check it as it is.
+        Some(h) => Some(h.to_str().unwrap_or("<not text>")),
+        None => req.uri().authority().map(|a| a.as_str()),
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A streaming response body fed by a channel (for `/tap`).
@@ -102,12 +105,25 @@ impl Body for ChannelBody {
 }
 
 impl Admin {
+    pub(crate) fn new(agent: Arc<Agent>, address: SocketAddr) -> Admin {
+        Admin {
+            agent,
+            address,
+            taps: TapSlots::default(),
+            scrape: std::sync::Mutex::new(()),
+        }
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<AdminBody> {
+        if let Err(r) = guard::check_host(host_of(&req), self.address) {
+            tracing::warn!(error = %r, path = req.uri().path(), "admin API: refused a request");
+            return refusal(&r);
+        }
         match (req.method().clone(), req.uri().path()) {
             (Method::PUT, "/log-level") => {
-                let body = match req.into_body().collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                let body = match read_body(req.into_body()).await {
+                    Ok(b) => b,
+                    Err(response) => return response,
                 };
                 match crate::logging::set(&String::from_utf8_lossy(&body)) {
                     Ok(now) => text(StatusCode::OK, format!("{now}\n")),
@@ -122,6 +138,10 @@ impl Admin {
 
     /// Streams matching requests as JSON lines until `limit` events or the client leaves.
     fn tap(&self, req: &Request<Incoming>) -> Response<AdminBody> {
+        let slot = match self.taps.take() {
+            Ok(slot) => slot,
+            Err(r) => return refusal(&r),
+        };
         let q = query(req);
         let filter = TapFilter {
             workload: q.get("workload").cloned().filter(|s| !s.is_empty()),
@@ -133,6 +153,8 @@ impl Admin {
         let mut events = self.agent.proxy.telemetry.tap.subscribe();
         let (tx, rx) = mpsc::channel::<Bytes>(256);
         tokio::spawn(async move {
+            // The tap holds its place until its stream ends.
+            let _slot = slot;
             let mut sent = 0u64;
             // A first line, so that a client knows the tap is live.
             if tx
@@ -143,7 +165,12 @@ impl Admin {
                 return;
             }
             loop {
-                let ev = match events.recv().await {
+                // A client that left frees its tap's place at once, not at the next event.
+                let next = tokio::select! {
+                    next = events.recv() => next,
+                    () = tx.closed() => return,
+                };
+                let ev = match next {
                     Ok(ev) => ev,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         let line = format!("{{\"tap\":\"lagged\",\"missed\":{n}}}\n");
@@ -255,8 +282,15 @@ impl Admin {
     }
 
     fn metrics(&self) -> String {
+        let _scrape = self
+            .scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let proxy = &self.agent.proxy;
         if let Some(mesh) = &proxy.mesh {
+            let metrics = &proxy.telemetry.metrics;
+            // Only the certificates held now (a forgotten identity's series goes).
+            metrics.cert_expiration.clear();
             for (id, not_after) in mesh.certs.expiries() {
                 let secs = not_after
                     .duration_since(std::time::UNIX_EPOCH)
@@ -276,6 +310,19 @@ impl Admin {
                 .metrics
                 .cert_refresh
                 .set(mesh.certs.renewals() as i64);
+            let now = std::time::SystemTime::now();
+            metrics
+                .issuer_expiry
+                .set(seconds_until(now, mesh.certs.issuer().1));
+            let anchors = mesh.certs.trust_anchors();
+            for (subject, not_after) in anchors.subjects().iter().zip(anchors.expiries()) {
+                metrics
+                    .anchor_expiry
+                    .get_or_create(&crate::telemetry::metrics::AnchorLabels {
+                        subject: subject.clone(),
+                    })
+                    .set(seconds_until(now, *not_after));
+            }
         }
         proxy.telemetry.metrics.encode()
     }
@@ -348,6 +395,14 @@ impl Admin {
     }
 }
 
+/// Whole seconds from `now` to `t`, negative when `t` is past.
+fn seconds_until(now: std::time::SystemTime, t: std::time::SystemTime) -> i64 {
+    match t.duration_since(now) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
+    }
+}
+
 /// Where the standalone file is (`configFile`), when the file feeds the state.
 fn config_file(sources: &[SourceStatus]) -> Option<&str> {
     sources
@@ -382,7 +437,16 @@ pub(crate) async fn serve(admin: Arc<Admin>, listener: tokio::net::TcpListener) 
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.handle(req).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // Without a timer hyper silently skips the header-read timeout (slowloris).
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(guard::HEADER_READ_TIMEOUT);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(guard::MAX_BODY as u32);
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -393,6 +457,41 @@ pub(crate) async fn serve(admin: Arc<Admin>, listener: tokio::net::TcpListener) 
     }
 }
 
+/// A request body of at most [`guard::MAX_BODY`] bytes, or the response refusing it (`413`
+/// over the limit, `400` when it could not be read).
+async fn read_body(body: Incoming) -> Result<Bytes, Response<AdminBody>> {
+    let announced = body.size_hint().exact();
+    if announced.is_some_and(|n| n > guard::MAX_BODY as u64) {
+        return Err(refusal(&Refused::BodyTooLarge));
+    }
+    match http_body_util::Limited::new(body, guard::MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(refusal(&Refused::BodyTooLarge))
+        }
+        Err(e) => Err(text(StatusCode::BAD_REQUEST, format!("{e}\n"))),
+    }
+}
+
 pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn seconds_until_is_negative_once_past() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(super::seconds_until(now, now + Duration::from_secs(90)), 90);
+        assert_eq!(
+            super::seconds_until(now, now - Duration::from_secs(90)),
+            -90
+        );
+        assert_eq!(super::seconds_until(now, now), 0);
+    }
 }

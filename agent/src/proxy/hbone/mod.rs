@@ -21,6 +21,13 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 const MAX_FRAME: u32 = 256 * 1024;
 /// Bytes h2 may queue per stream before a tunnel's writer waits (hyper's default: 400 KiB).
 const MAX_SEND_BUF: usize = 1024 * 1024;
+/// The decoded size of a request's or response's header list that a peer may send (RFC
+/// 9113 `SETTINGS_MAX_HEADER_LIST_SIZE`): a CONNECT needs a few hundred bytes. 64 KiB, as
+/// ztunnel; h2's default of 16 MiB would let a peer's HPACK references (a few bytes each)
+/// make the agent decode megabytes per request.
+pub(crate) const MAX_HEADER_LIST: u32 = 64 * 1024;
+/// How long the TLS and then the HTTP/2 handshake of an HBONE connection may take.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE: Duration = Duration::from_secs(30);
 /// How long a keep-alive PING may go unanswered before the connection is dropped.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +39,7 @@ pub(crate) fn h2_client() -> h2::client::Builder {
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_send_buffer_size(MAX_SEND_BUF)
+        .max_header_list_size(MAX_HEADER_LIST)
         .enable_push(false);
     b
 }
@@ -43,6 +51,7 @@ pub(crate) fn h2_server() -> h2::server::Builder {
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_send_buffer_size(MAX_SEND_BUF)
+        .max_header_list_size(MAX_HEADER_LIST)
         .max_concurrent_streams(MAX_STREAMS);
     b
 }
@@ -120,6 +129,51 @@ pub(crate) fn target_of<B>(req: &Request<B>) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CONNECT whose header list decodes to more than [`MAX_HEADER_LIST`] is refused by
+    /// the HBONE server (h2 answers `431` or resets the stream) and the server's accept
+    /// loop never sees it; one under the limit is accepted. The connection stays usable.
+    #[tokio::test]
+    async fn header_lists_over_64_kib_are_refused() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = accepted.clone();
+        tokio::spawn(async move {
+            let mut conn = h2_server()
+                .handshake::<_, bytes::Bytes>(b)
+                .await
+                .expect("server");
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let ok = hyper::Response::new(());
+                let _ = respond.send_response(ok, true);
+            }
+        });
+        let (client, conn) = h2_client()
+            .handshake::<_, bytes::Bytes>(a)
+            .await
+            .expect("client");
+        tokio::spawn(conn);
+        let send = |pad: usize| {
+            let client = client.clone();
+            async move {
+                let mut req =
+                    connect_request("10.0.0.2:80".parse().expect("addr"), None).expect("request");
+                req.headers_mut()
+                    .insert("x-pad", "a".repeat(pad).parse().expect("value"));
+                let mut client = client.ready().await.expect("ready");
+                let (resp, _) = client.send_request(req, true).expect("send");
+                resp.await.map(|r| r.status())
+            }
+        };
+        assert_eq!(send(60 * 1024).await.expect("under the limit"), 200);
+        match send(70 * 1024).await {
+            Ok(status) => assert_eq!(status, 431),
+            Err(e) => assert!(e.is_reset() || e.is_library(), "{e}"),
+        }
+        assert_eq!(send(100).await.expect("still usable"), 200);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn connect_request_has_authority_only() {

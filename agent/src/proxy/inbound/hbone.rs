@@ -4,12 +4,12 @@
 //! each tunnel to the app over the pod's loopback. When the agent drains, the client is
 //! sent a GOAWAY and the tunnels open go on (see [`crate::drain`]).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use h2::{server::SendResponse, RecvStream};
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::Semaphore, time::timeout};
 
 use super::{app_addr, inbound_context};
 use crate::{
@@ -19,7 +19,7 @@ use crate::{
         connect::connect_in,
         context::{PodContext, ProxyContext},
         error::Error,
-        hbone::{self, tunnel::TunnelStream},
+        hbone::{self, tunnel::TunnelStream, HANDSHAKE_TIMEOUT},
         session::{self, Session},
         tls::{
             self,
@@ -27,8 +27,6 @@ use crate::{
         },
     },
 };
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn response(status: StatusCode) -> Response<()> {
     let mut r = Response::new(());
@@ -65,7 +63,7 @@ pub(crate) async fn handle(
             return;
         }
     };
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::accept(config, tcp)).await {
+    let tls = match timeout(HANDSHAKE_TIMEOUT, tls::accept(config, tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let reason = tls_errors::reason(&e);
@@ -88,13 +86,23 @@ pub(crate) async fn handle(
         tracing::warn!(workload = %workload, %peer, "HBONE: client certificate has no SPIFFE identity");
         return;
     };
-    let mut conn = match hbone::h2_server().handshake(tls).await {
-        Ok(c) => c,
-        Err(e) => {
+    let mut conn = match timeout(HANDSHAKE_TIMEOUT, hbone::h2_server().handshake(tls)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             tracing::debug!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE: no HTTP/2 connection");
             return;
         }
+        Err(_) => {
+            ctx.telemetry
+                .metrics
+                .reject("inbound", RejectReason::Handshake.as_str());
+            tracing::warn!(workload = %workload, %peer, client = %client_id, "HBONE: no HTTP/2 preface within the handshake timeout");
+            return;
+        }
     };
+    // Tunnels being set up or relayed on this connection: h2 bounds the open streams, this
+    // also bounds the work of streams the client reset before their tunnel ended.
+    let in_flight = Arc::new(Semaphore::new(hbone::MAX_STREAMS as usize));
     let keepalive = hbone::keepalive(conn.ping_pong());
     tokio::pin!(keepalive, draining);
     loop {
@@ -111,13 +119,21 @@ pub(crate) async fn handle(
             }
         };
         match next {
-            Some(Ok((req, respond))) => {
+            Some(Ok((req, mut respond))) => {
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    tracing::warn!(workload = %workload, %peer, client = %client_id, "HBONE: too many tunnels in flight on one connection, refused a stream");
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    continue;
+                };
                 let (ctx, pod) = (ctx.clone(), pod.clone());
                 let tls = Tls {
                     client: Some(client_id.clone()),
                     server: local.clone(),
                 };
-                tunnels.spawn(connect(ctx, pod, peer, tls, req, respond));
+                tunnels.spawn(async move {
+                    connect(ctx, pod, peer, tls, req, respond).await;
+                    drop(permit);
+                });
             }
             Some(Err(e)) => {
                 tracing::debug!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE connection ended");

@@ -51,7 +51,9 @@ where
     if opaque {
         relay(guard, client, upstream).await;
     } else {
-        let (protocol, client) = detect(client).await;
+        // Boxed: detection reads into a few KiB of stack buffers, which would otherwise be
+        // part of every connection task's size for as long as the connection lives.
+        let (protocol, client) = Box::pin(detect(client)).await;
         match protocol {
             Protocol::Opaque => relay(guard, client, upstream).await,
             Protocol::Http1 if ambiguous_head(client.prefix()).is_some() => {

@@ -50,7 +50,7 @@ pub(crate) async fn handle(
     let state = ctx.state.current();
     match route::destination(&state, dst) {
         Destination::Service(svc) => to_service(ctx, pod, &state, guard, client, svc).await,
-        Destination::Address(dst) => match connect_upstream(ctx, pod, &state, dst).await {
+        Destination::Address(dst) => match Box::pin(connect_upstream(ctx, pod, &state, dst)).await {
             Ok((up, plan)) => run_session(ctx, pod, guard, client, up, plan, dst, None).await,
             Err(e) => {
                 guard.close(0, 0, Some(e));
@@ -94,7 +94,9 @@ async fn to_service(
         };
         let target = lease.addr();
         tried.push(target);
-        match connect_upstream(ctx, pod, state, target).await {
+        // Boxed (the dial and the TLS handshake are large futures): a connection task keeps
+        // only what the relay needs for the connection's life.
+        match Box::pin(connect_upstream(ctx, pod, state, target)).await {
             Ok((up, plan)) => {
                 run_session(ctx, pod, guard, client, up, plan, target, Some(svc)).await;
                 drop(lease);

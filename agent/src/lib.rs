@@ -11,6 +11,8 @@ pub mod capture;
 pub mod check;
 pub mod diagnostics;
 pub(crate) mod drain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub(crate) mod kube_names;
 pub mod logging;

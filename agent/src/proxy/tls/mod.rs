@@ -7,6 +7,8 @@
 #[cfg(test)]
 mod bad_input_tests;
 pub(crate) mod errors;
+#[doc(hidden)]
+pub(crate) mod fuzzing;
 mod handshake;
 mod record;
 mod stream;

@@ -115,6 +115,16 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
+    /// A peer of a fresh stream (both keys at their first generation).
+    pub(crate) fn new() -> Peer {
+        Peer {
+            tx: key(RX, 0),
+            tx_generation: 0,
+            rx: key(TX, 0),
+            rx_generation: 0,
+        }
+    }
+
     /// A record of real type `typ` with `content` and `padding` zero bytes after the type.
     pub(crate) fn seal_padded(&mut self, typ: u8, content: &[u8], padding: usize) -> Vec<u8> {
         let len = content.len() + 1 + padding;
@@ -229,11 +239,5 @@ pub(crate) fn pair(
         rx: (0, secrets(RX, 0)),
     };
     let stream = TlsStream::new(ours, secrets, Box::new(session), leftover, early, None)?;
-    let peer = Peer {
-        tx: key(RX, 0),
-        tx_generation: 0,
-        rx: key(TX, 0),
-        rx_generation: 0,
-    };
-    Ok((stream, peer, theirs, calls))
+    Ok((stream, Peer::new(), theirs, calls))
 }

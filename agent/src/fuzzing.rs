@@ -19,40 +19,7 @@ use rustls::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::identity::{self, CertManager, Identity, IssuerFiles, DEFAULT_LEAF_TTL};
-use crate::proxy::{hbone, l7, tls};
-
-/// Reads the fuzzer's bytes as small numbers; zeros once they run out.
-pub struct Bytes<'a>(&'a [u8]);
-
-impl<'a> Bytes<'a> {
-    pub fn new(data: &'a [u8]) -> Self {
-        Bytes(data)
-    }
-    pub fn u8(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
-    }
-    pub fn u16(&mut self) -> u16 {
-        u16::from(self.u8()) << 8 | u16::from(self.u8())
-    }
-    /// Up to `n` bytes.
-    pub fn take(&mut self, n: usize) -> &'a [u8] {
-        let (a, b) = self.0.split_at(n.min(self.0.len()));
-        self.0 = b;
-        a
-    }
-    pub fn rest(&mut self) -> &'a [u8] {
-        self.take(usize::MAX)
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
+use crate::proxy::{hbone, l7, tls, tls::testing::Bytes};
 
 fn runtime() -> tokio::runtime::Runtime {
     match tokio::runtime::Builder::new_current_thread()

@@ -9,9 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{
     record::{record_len, HEADER, MAX_CIPHERTEXT, MAX_CONTENT},
     stream::{on_handshake, MAX_EMPTY_IN_A_ROW, MAX_WARNINGS},
-    testing::{key, pair, MockSession, Peer, RX},
+    testing::{key, pair, Bytes, MockSession, Peer, RX},
 };
-use crate::fuzzing::Bytes;
 
 const TAG: usize = 16;
 

@@ -241,3 +241,36 @@ pub(crate) fn pair(
     let stream = TlsStream::new(ours, secrets, Box::new(session), leftover, early, None)?;
     Ok((stream, Peer::new(), theirs, calls))
 }
+
+/// Reads the fuzzer's bytes as small numbers; zeros once they run out.
+pub(crate) struct Bytes<'a>(&'a [u8]);
+
+impl<'a> Bytes<'a> {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
+        Bytes(data)
+    }
+    pub(crate) fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((b, rest)) => {
+                self.0 = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+    pub(crate) fn u16(&mut self) -> u16 {
+        u16::from(self.u8()) << 8 | u16::from(self.u8())
+    }
+    /// Up to `n` bytes.
+    pub(crate) fn take(&mut self, n: usize) -> &'a [u8] {
+        let (a, b) = self.0.split_at(n.min(self.0.len()));
+        self.0 = b;
+        a
+    }
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        self.take(usize::MAX)
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}

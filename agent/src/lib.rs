@@ -12,6 +12,8 @@ pub mod check;
 pub(crate) mod conn;
 pub mod diagnostics;
 pub(crate) mod drain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub(crate) mod kube_names;
 pub mod logging;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -35,10 +36,16 @@ enum Cmd {
         /// Do not run clippy first.
         #[arg(long)]
         skip_clippy: bool,
+        /// Do not run the fuzz targets' quick mode (each for a few seconds).
+        #[arg(long)]
+        skip_fuzz: bool,
         /// Extra arguments for `cargo test` (e.g. `-p meshd-tests`), after `--`.
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Build the cargo-fuzz targets (nightly) and run them from their seed corpora: all,
+    /// one after the other, or the one named; `--time SECONDS` per target.
+    Fuzz(fuzz::FuzzArgs),
     /// Setup, build, then the demo: two nodes, curl to a real HTTP server through meshd with
     /// mutual TLS, a capture of the traffic between the nodes; removes everything afterwards.
     Demo(demo::DemoArgs),
@@ -71,13 +78,15 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Test {
             skip_setup,
             skip_clippy,
+            skip_fuzz,
             cargo_args,
         } => {
             if !skip_setup {
                 setup::run()?;
             }
-            test::run(skip_clippy, &cargo_args)
+            test::run(skip_clippy, skip_fuzz, &cargo_args)
         }
+        Cmd::Fuzz(args) => fuzz::run(args),
         Cmd::Demo(args) => demo::run(args),
         Cmd::Bench(args) => bench::run(args),
     }

@@ -47,6 +47,7 @@ pub fn run() -> anyhow::Result<()> {
     install_packages()?;
     install_rust_src()?;
     install_bpf_linker()?;
+    crate::fuzz::setup()?;
     println!("==> setup: done");
     Ok(())
 }

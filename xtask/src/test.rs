@@ -14,12 +14,16 @@ pub fn build() -> anyhow::Result<()> {
     exec(cargo().args(["build", "--bins"]))
 }
 
-/// Clippy, build, all tests (root), then a check that the tests left nothing behind.
-pub fn run(skip_clippy: bool, cargo_args: &[String]) -> anyhow::Result<()> {
+/// Clippy, build, the fuzz targets' quick mode, all tests (root), then a check that the
+/// tests left nothing behind.
+pub fn run(skip_clippy: bool, skip_fuzz: bool, cargo_args: &[String]) -> anyhow::Result<()> {
     if !skip_clippy {
         exec(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     }
     build()?;
+    if !skip_fuzz {
+        crate::fuzz::quick()?;
+    }
 
     let target = target_dir()?;
     let meshd = target.join("debug").join("meshd");

@@ -7,7 +7,7 @@
 //! taps. An HTTP/1 client has [`guard::HEADER_READ_TIMEOUT`] to send a request head.
 
 mod guard;
-mod query;
+pub(crate) mod query;
 
 use std::{
     collections::BTreeMap,

@@ -26,7 +26,7 @@ fn hex_digit(b: u8) -> Option<u8> {
 
 /// Decodes `%XX` escapes and `+` (a space), over bytes: a `%` not followed by two hex
 /// digits stays a `%`; the result is UTF-8 with invalid sequences replaced by U+FFFD.
-pub(super) fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

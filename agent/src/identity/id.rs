@@ -126,6 +126,13 @@ impl Identity {
             input: s.to_string(),
             reason: reason.to_string(),
         };
+        // The infix may also be inside a service account or a trust domain (both may have
+        // dots): then the name reads two ways, and is refused rather than guessed.
+        if s.matches(LINKERD_INFIX).nth(1).is_some() {
+            return Err(invalid(
+                "ambiguous: .serviceaccount.identity.linkerd. appears more than once",
+            ));
+        }
         let (sa_ns, trust_domain) = s.split_once(LINKERD_INFIX).ok_or_else(|| {
             invalid(
                 "expected SERVICE_ACCOUNT.NAMESPACE.serviceaccount.identity.linkerd.TRUST_DOMAIN",
@@ -291,6 +298,26 @@ mod tests {
                 .unwrap_or_default();
             assert_eq!(e, "", "{input} parsed as SPIFFE");
         }
+    }
+
+    /// Found by the fuzz target `identity_parse`: a trust domain (or a service account)
+    /// holding the Linkerd infix made a Linkerd name read as another identity.
+    #[test]
+    fn an_ambiguous_linkerd_name_is_refused() {
+        let id = Identity::from_spiffe_id(
+            "spiffe://b.a.serviceaccount.identity.linkerd.cluster.local/ns/n/sa/s",
+        )
+        .expect("a valid SPIFFE ID");
+        let name = id.linkerd_name();
+        assert_eq!(
+            name,
+            "s.n.serviceaccount.identity.linkerd.b.a.serviceaccount.identity.linkerd.cluster.local"
+        );
+        assert!(Identity::from_linkerd_name(&name).is_err());
+        assert!(
+            Identity::from_linkerd_name("s.n.serviceaccount.identity.linkerd.cluster.local")
+                .is_ok()
+        );
     }
 
     #[test]

@@ -30,3 +30,4 @@ pub use tls::{
     client_config, peer_identity, peer_identity_from_certs, server_config, ForeignTrustDomain,
     IdentityMismatch, ALPN_H2,
 };
+pub(crate) use tls::{uri_sans, SpiffeServerVerifier};

@@ -162,21 +162,39 @@ pub(crate) async fn detect<T: AsyncRead + Unpin>(mut io: T) -> (Protocol, Prefix
 /// than pass them on. (hyper, which parses every later request, would quietly prefer
 /// Transfer-Encoding.) Returns the reason when the head is ambiguous.
 pub(crate) fn ambiguous_head(head: &[u8]) -> Option<&'static str> {
-    let end = head
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(head.len());
-    let text = String::from_utf8_lossy(&head[..end]);
-    let mut lengths = Vec::new();
+    // As hyper reads it (httparse: leading empty lines skipped, bare LF line ends); a head
+    // httparse does not complete is read line by line (CRLF or LF), so that a partial or
+    // oversized head is checked too.
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut headers);
+    let fields: Vec<(&[u8], &[u8])> = match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => req
+            .headers
+            .iter()
+            .map(|h| (h.name.as_bytes(), h.value))
+            .collect(),
+        _ => {
+            let end = head
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap_or(head.len());
+            head[..end]
+                .split(|b| *b == b'\n')
+                .skip_while(|l| l.trim_ascii().is_empty())
+                .skip(1)
+                .filter_map(|line| {
+                    let at = line.iter().position(|b| *b == b':')?;
+                    Some((line[..at].trim_ascii(), line[at + 1..].trim_ascii()))
+                })
+                .collect()
+        }
+    };
+    let mut lengths: Vec<&[u8]> = Vec::new();
     let mut te = false;
-    for line in text.split("\r\n").skip(1) {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let name = name.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            lengths.extend(value.split(',').map(|v| v.trim().to_string()));
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+    for (name, value) in fields {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengths.extend(value.split(|b| *b == b',').map(<[u8]>::trim_ascii));
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te = true;
         }
     }
@@ -207,6 +225,29 @@ mod tests {
         assert_eq!(classify(b"SSH-2.0-OpenSSH\r\n"), Some(Protocol::Opaque));
         assert_eq!(classify(b"GET / FOO\r\n"), Some(Protocol::Opaque));
         assert_eq!(classify(b"hello world\n"), Some(Protocol::Opaque));
+    }
+
+    #[test]
+    fn ambiguous_framing_as_hyper_reads_the_head() {
+        // Found by the fuzz target `detect` (httparse as the oracle): leading empty lines,
+        // bare LF line ends, bytes that are not UTF-8 before the value.
+        let found = b"\r\n\r\nPOST / HTTP/1.1\r\nContent-Length:\xce\xce 5, 6\r\n\r\n";
+        assert_eq!(
+            ambiguous_head(found),
+            Some("conflicting content-length values")
+        );
+        assert_eq!(
+            ambiguous_head(
+                b"POST / HTTP/1.1\nHost: x\nContent-Length: 5\nTransfer-Encoding: chunked\n\n"
+            ),
+            Some("content-length with transfer-encoding")
+        );
+        // A head that is not complete yet is read line by line, bare LF too.
+        assert_eq!(
+            ambiguous_head(b"POST / HTTP/1.1\nContent-Length: 5\nTransfer-Encoding: chunked\n"),
+            Some("content-length with transfer-encoding")
+        );
+        assert_eq!(ambiguous_head(b"GET / HTTP/1.1\nHost: x\n\n"), None);
     }
 
     #[test]

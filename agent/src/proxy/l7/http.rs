@@ -153,7 +153,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// `Connection: upgrade` and `Upgrade`. `TE: trailers` (gRPC) passes. An HTTP/2 message
 /// has none to remove: `h2` refuses a received message with any of them (RFC 9113
 /// §8.2.2), so it is not searched.
-fn strip_hop_by_hop(version: Version, headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn strip_hop_by_hop(version: Version, headers: &mut HeaderMap, upgrade: bool) {
     // Most messages have none: one pass over the names instead of a lookup per name.
     if version == Version::HTTP_2 || !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
@@ -192,7 +192,7 @@ fn strip_hop_by_hop(version: Version, headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-fn is_upgrade<B>(req: &Request<B>) -> bool {
+pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && req

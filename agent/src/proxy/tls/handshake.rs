@@ -11,10 +11,7 @@ use rustls::{
     unbuffered::{ConnectionState, EncodeError, UnbufferedConnectionCommon, UnbufferedStatus},
     ClientConfig, Error, ExtractedSecrets, ServerConfig,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{
     errors::to_io,
@@ -29,17 +26,20 @@ const READ_SIZE: usize = 16 * 1024;
 
 /// Runs the client side of the handshake on `tcp` (TLS 1.3, the `config`'s verifiers).
 /// Errors are I/O errors wrapping the [`rustls::Error`], as tokio-rustls reports them.
-pub(crate) async fn connect(
+pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
-    tcp: TcpStream,
-) -> io::Result<TlsStream> {
+    tcp: S,
+) -> io::Result<TlsStream<S>> {
     let conn = UnbufferedClientConnection::new(config, name).map_err(to_io)?;
     handshake(conn, tcp).await
 }
 
 /// Runs the server side of the handshake on `tcp`.
-pub(crate) async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
+pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    config: Arc<ServerConfig>,
+    tcp: S,
+) -> io::Result<TlsStream<S>> {
     let conn = UnbufferedServerConnection::new(config).map_err(to_io)?;
     handshake(conn, tcp).await
 }
@@ -131,7 +131,10 @@ where
 /// Drives `conn` through the handshake, then hands the records to a [`TlsStream`]: the
 /// bytes the peer already sent after its last handshake message, and any application data
 /// rustls already decrypted, go with it.
-async fn handshake<C: Handshaking>(mut conn: C, mut tcp: TcpStream) -> io::Result<TlsStream> {
+async fn handshake<C: Handshaking, S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: C,
+    mut tcp: S,
+) -> io::Result<TlsStream<S>> {
     let mut incoming = vec![0u8; READ_SIZE];
     let mut filled = 0;
     let mut outgoing = Vec::new();
@@ -221,11 +224,11 @@ fn state_done(discard: usize, incoming: &mut [u8], filled: &mut usize) {
 /// peer (best effort), so that the peer learns why (for example that its certificate was
 /// refused). rustls is asked once: the queued alert comes before anything else, and a second
 /// call would make it look at the input it already refused.
-async fn send_alert<C: Handshaking>(
+async fn send_alert<C: Handshaking, S: AsyncWrite + Unpin>(
     conn: &mut C,
     incoming: &mut [u8],
     mut outgoing: Vec<u8>,
-    tcp: &mut TcpStream,
+    tcp: &mut S,
 ) {
     if let UnbufferedStatus {
         state: Ok(ConnectionState::EncodeTlsData(mut enc)),

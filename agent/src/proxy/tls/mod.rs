@@ -4,10 +4,16 @@
 //! sender's buffer and opened where it was read, without rustls' intermediate buffers.
 //! rustls still computes every later key (KeyUpdate) and takes session tickets.
 
+#[cfg(test)]
+mod bad_input_tests;
 pub(crate) mod errors;
+#[doc(hidden)]
+pub(crate) mod fuzzing;
 mod handshake;
 mod record;
 mod stream;
+#[doc(hidden)]
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 

@@ -59,9 +59,10 @@ pub(super) trait Session: Send + Sync {
     fn suite(&self) -> SupportedCipherSuite;
 }
 
-/// A mutually authenticated TLS 1.3 session on a TCP socket (see the module docs).
-pub(crate) struct TlsStream {
-    tcp: TcpStream,
+/// A mutually authenticated TLS 1.3 session on a TCP socket (see the module docs); any
+/// other byte stream for the tests and the fuzz targets.
+pub(crate) struct TlsStream<S = TcpStream> {
+    tcp: S,
     session: Box<dyn Session>,
     rx: Receiver,
     tx: Sender,
@@ -80,16 +81,25 @@ struct Receiver {
     plain: Range<usize>,
     /// Application data rustls decrypted during the handshake.
     early: Vec<u8>,
-    /// close_notify received, or the socket ended at a record boundary.
+    /// close_notify received: the end of the stream.
     closed: bool,
-    /// KeyUpdates since the last application data (a peer may not send them endlessly).
+    /// KeyUpdates since the last non-empty application data (a peer may not send them
+    /// endlessly; an empty record does not count as data).
     updates_in_a_row: u8,
+    /// Records with no content in a row (each costs an AEAD open and delivers nothing).
+    empty_in_a_row: u8,
+    /// Warning-level alerts received (user_canceled), in all.
+    warnings: u8,
     /// KeyUpdates received and followed (our receiving key replaced), in all.
     updates: u64,
 }
 
 /// KeyUpdates a peer may send without data between them (as rustls and BoringSSL allow).
 const MAX_UPDATES_IN_A_ROW: u8 = 32;
+/// Empty records a peer may send in a row (rustls' `ALLOWED_CONSECUTIVE_EMPTY_FRAGMENTS_MAX`).
+pub(super) const MAX_EMPTY_IN_A_ROW: u8 = 32;
+/// Warning alerts a peer may send on a session (rustls and BoringSSL's `kMaxWarningAlerts`).
+pub(super) const MAX_WARNINGS: u8 = 4;
 
 struct Sender {
     key: RecordKey,
@@ -111,15 +121,15 @@ struct Sender {
     updates: u64,
 }
 
-impl TlsStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     pub(super) fn new(
-        tcp: TcpStream,
+        tcp: S,
         secrets: ExtractedSecrets,
         session: Box<dyn Session>,
         leftover: &[u8],
         early: Vec<u8>,
         peer: Option<Identity>,
-    ) -> Result<TlsStream, Error> {
+    ) -> Result<TlsStream<S>, Error> {
         let Some(suite) = session.suite().tls13() else {
             return Err(Error::General("TLS 1.3 only".into()));
         };
@@ -132,6 +142,8 @@ impl TlsStream {
             early,
             closed: false,
             updates_in_a_row: 0,
+            empty_in_a_row: 0,
+            warnings: 0,
             updates: 0,
         };
         if !leftover.is_empty() {
@@ -173,19 +185,16 @@ impl TlsStream {
     }
 
     /// Replaces the sending key every `records` records (tests: the limit is millions).
-    #[cfg(test)]
     pub(super) fn rekey_every(&mut self, records: u64) {
         self.tx.key_records = records;
         self.tx.rekey_at = self.tx.key.seq() + records;
     }
 
     /// KeyUpdates (sent, received) on this session so far.
-    #[cfg(test)]
     pub(super) fn key_updates(&self) -> (u64, u64) {
         (self.tx.updates, self.rx.updates)
     }
 
-    #[cfg(test)]
     pub(super) fn holds_no_buffers(&self) -> bool {
         self.rx.buf.is_none() && self.tx.buf.is_none()
     }
@@ -238,13 +247,26 @@ impl TlsStream {
                         rx.key.open(&mut buf[at..at + len]).map_err(ReadFail::Tls)?;
                     rx.start += len;
                     let content = at + range.start..at + range.end;
+                    if content.is_empty() {
+                        rx.empty_in_a_row += 1;
+                        if rx.empty_in_a_row > MAX_EMPTY_IN_A_ROW {
+                            return Poll::Ready(Err(ReadFail::Tls(
+                                PeerMisbehaved::TooManyEmptyFragments.into(),
+                            )));
+                        }
+                    } else {
+                        rx.empty_in_a_row = 0;
+                    }
                     match typ {
                         ContentType::ApplicationData => {
+                            if !content.is_empty() {
+                                rx.updates_in_a_row = 0;
+                            }
                             rx.plain = content;
-                            rx.updates_in_a_row = 0;
                         }
                         ContentType::Alert => {
-                            rx.closed = on_alert(&buf[content]).map_err(ReadFail::Tls)?;
+                            rx.closed =
+                                on_alert(&buf[content], &mut rx.warnings).map_err(ReadFail::Tls)?;
                         }
                         ContentType::Handshake => {
                             let update = on_handshake(&buf[content], &mut *self.session)
@@ -298,14 +320,18 @@ impl TlsStream {
                     }
                     let n = read.filled().len();
                     if n == 0 {
-                        if rx.start != rx.end {
-                            return Poll::Ready(Err(ReadFail::Io(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "the peer closed the connection in the middle of a TLS record",
-                            ))));
-                        }
+                        // Only close_notify ends the stream: an end of the socket without it
+                        // may be a truncation (as rustls reports it).
+                        let msg = if rx.start != rx.end {
+                            "the peer closed the connection in the middle of a TLS record"
+                        } else {
+                            "peer closed connection without sending TLS close_notify"
+                        };
                         rx.release();
-                        rx.closed = true;
+                        return Poll::Ready(Err(ReadFail::Io(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            msg,
+                        ))));
                     }
                     rx.end += n;
                 }
@@ -338,7 +364,7 @@ impl TlsStream {
     }
 }
 
-impl Drop for TlsStream {
+impl<S> Drop for TlsStream<S> {
     fn drop(&mut self) {
         self.rx.release();
         self.tx.release();
@@ -375,7 +401,11 @@ impl Sender {
     }
 
     /// Writes what is sealed to the socket; the buffer goes back to the pool when empty.
-    fn poll_drain(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_drain<S: AsyncWrite + Unpin>(
+        &mut self,
+        tcp: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         if let Some(buf) = &self.buf {
             while self.written < self.filled {
                 let n =
@@ -399,9 +429,9 @@ impl Sender {
     }
 
     /// Ready when `need` bytes can be sealed (after writing out what is there, if not).
-    fn poll_room(
+    fn poll_room<S: AsyncWrite + Unpin>(
         &mut self,
-        tcp: &mut TcpStream,
+        tcp: &mut S,
         cx: &mut Context<'_>,
         need: usize,
     ) -> Poll<io::Result<()>> {
@@ -455,23 +485,43 @@ impl Sender {
     }
 }
 
-/// An alert's meaning: `Ok(true)` for close_notify (no more data), `Ok(false)` for one to
-/// ignore (user_canceled, which close_notify follows), the alert as an error otherwise (TLS
-/// 1.3: every other alert is fatal).
-fn on_alert(content: &[u8]) -> Result<bool, Error> {
-    let [_level, desc] = content else {
+/// Alert levels (RFC 8446, section 6).
+const WARNING: u8 = 1;
+const FATAL: u8 = 2;
+
+/// An alert's meaning, as rustls reads it: `Ok(true)` for close_notify (no more data, at
+/// either level), `Ok(false)` for a warning-level user_canceled (close_notify follows), at
+/// most [`MAX_WARNINGS`] of them (`warnings` counts); the alert as an error otherwise (TLS
+/// 1.3: every other alert is fatal, a fatal-level user_canceled included).
+pub(super) fn on_alert(content: &[u8], warnings: &mut u8) -> Result<bool, Error> {
+    let [level, desc] = content else {
         return Err(Error::InvalidMessage(InvalidMessage::MessageTooShort));
     };
-    match AlertDescription::from(*desc) {
-        AlertDescription::CloseNotify => Ok(true),
-        AlertDescription::UserCanceled => Ok(false),
-        other => Err(Error::AlertReceived(other)),
+    let desc = AlertDescription::from(*desc);
+    if !matches!(*level, WARNING | FATAL) {
+        return Err(Error::AlertReceived(desc));
     }
+    if desc == AlertDescription::CloseNotify {
+        return Ok(true);
+    }
+    if *level == WARNING {
+        if *warnings >= MAX_WARNINGS {
+            return Err(PeerMisbehaved::TooManyWarningAlertsReceived.into());
+        }
+        *warnings += 1;
+        if desc == AlertDescription::UserCanceled {
+            return Ok(false);
+        }
+    }
+    Err(Error::AlertReceived(desc))
 }
 
 /// Handshake messages after the handshake: session tickets go to rustls; a KeyUpdate
 /// returns whether the peer asked for ours in return (`Some(requested)`).
-fn on_handshake(mut msgs: &[u8], session: &mut dyn Session) -> Result<Option<bool>, Error> {
+pub(super) fn on_handshake(
+    mut msgs: &[u8],
+    session: &mut dyn Session,
+) -> Result<Option<bool>, Error> {
     if msgs.is_empty() {
         return Err(Error::InvalidMessage(InvalidMessage::MessageTooShort));
     }
@@ -510,7 +560,7 @@ fn on_handshake(mut msgs: &[u8], session: &mut dyn Session) -> Result<Option<boo
     }
 }
 
-impl AsyncRead for TlsStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -550,7 +600,7 @@ impl AsyncRead for TlsStream {
     }
 }
 
-impl AsyncWrite for TlsStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,0 +1,6 @@
+#![no_main]
+//! See docs/fuzzing.md and `meshd::fuzzing::cert_identity` for the properties.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| meshd::fuzzing::cert_identity(data));

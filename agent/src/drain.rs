@@ -246,10 +246,9 @@ impl DrainWatcher {
             id,
             shared: self.0.clone(),
         };
-        let fut = task(draining);
-        let handle = tokio::spawn(async move {
-            let _guard = guard;
-            fut.await;
+        let handle = tokio::spawn(Tracked {
+            task: task(draining),
+            _guard: guard,
         });
         let mut tasks = self.0.tasks();
         // Not there when it has ended already.
@@ -260,6 +259,26 @@ impl DrainWatcher {
         if tasks.phase == Phase::Closed {
             handle.abort();
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection task with its [`Counted`] guard, dropped with it. A struct, not an
+    /// `async` block awaiting the task: such a block keeps the moved task's space twice in
+    /// its state (the captured value and the awaited one), which doubled every connection
+    /// task's memory.
+    struct Tracked<F> {
+        #[pin]
+        task: F,
+        _guard: Counted,
+    }
+}
+
+impl<F: Future> Future for Tracked<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().task.poll(cx)
     }
 }
 

@@ -23,6 +23,8 @@ pub(crate) mod connect;
 pub(crate) mod connections;
 pub(crate) mod context;
 pub(crate) mod error;
+#[cfg(test)]
+mod framing_tests;
 pub(crate) mod hbone;
 pub(crate) mod inbound;
 pub(crate) mod l7;

@@ -50,13 +50,15 @@ pub(crate) async fn handle(
     let state = ctx.state.current();
     match route::destination(&state, dst) {
         Destination::Service(svc) => to_service(ctx, pod, &state, guard, client, svc).await,
-        Destination::Address(dst) => match Box::pin(connect_upstream(ctx, pod, &state, dst)).await {
-            Ok((up, plan)) => run_session(ctx, pod, guard, client, up, plan, dst, None).await,
-            Err(e) => {
-                guard.close(0, 0, Some(e));
-                reset(&client);
+        Destination::Address(dst) => {
+            match Box::pin(connect_upstream(ctx, pod, &state, dst)).await {
+                Ok((up, plan)) => run_session(ctx, pod, guard, client, up, plan, dst, None).await,
+                Err(e) => {
+                    guard.close(0, 0, Some(e));
+                    reset(&client);
+                }
             }
-        },
+        }
     }
 }
 

@@ -16,29 +16,18 @@ use tokio::{
 };
 
 use super::{
-    connections::Connections,
     session::{self, Session},
     ProxyContext,
 };
 use crate::{
-    capture::Maps,
     conn::{testing, Direction},
     state::StateStore,
-    telemetry::Telemetry,
 };
 
 const WITHIN: Duration = Duration::from_secs(20);
 
 fn context() -> Arc<ProxyContext> {
-    Arc::new(ProxyContext {
-        state: StateStore::new(),
-        balancers: Default::default(),
-        maps: Arc::new(Maps::standalone().expect("standalone BPF maps (needs root)")),
-        connections: Arc::new(Connections::default()),
-        telemetry: Arc::new(Telemetry::default()),
-        connect_timeout: Duration::from_secs(5),
-        mesh: None,
-    })
+    ProxyContext::for_tests(StateStore::new())
 }
 
 /// The app: `GET /upgrade` with `Upgrade: echo` answers 101 and echoes what follows;

@@ -49,3 +49,20 @@ pub(crate) struct PodContext {
     /// Its identity, when mutual TLS is on.
     pub identity: Option<Identity>,
 }
+
+#[cfg(test)]
+impl ProxyContext {
+    /// A context for tests that drive handlers directly: the agent's maps without pins
+    /// (needs root), a fresh registry and telemetry, no mutual TLS.
+    pub(crate) fn for_tests(state: Arc<StateStore>) -> Arc<ProxyContext> {
+        Arc::new(ProxyContext {
+            state,
+            balancers: Default::default(),
+            maps: Arc::new(Maps::standalone().expect("standalone BPF maps (needs root)")),
+            connections: Arc::new(super::connections::Connections::default()),
+            telemetry: Arc::new(Telemetry::default()),
+            connect_timeout: Duration::from_secs(5),
+            mesh: None,
+        })
+    }
+}

@@ -17,15 +17,13 @@ use tokio::{
 };
 
 use super::{
-    connections::Connections,
     l7::{detect::Protocol, http},
     ProxyContext,
 };
 use crate::{
-    capture::Maps,
     conn::{testing, Direction},
     state::StateStore,
-    telemetry::{Telemetry, TrafficLabels},
+    telemetry::TrafficLabels,
 };
 
 /// The app: reports each request that reaches it (path, `Content-Length`, body), answers
@@ -68,15 +66,7 @@ async fn a_later_request_with_length_and_chunked_is_framed_by_chunked_and_ends_t
         "POST /two HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /three HTTP/1.1\r\nHost: web\r\n\r\n",
     ];
     for (i, second) in smuggled.iter().enumerate() {
-        let ctx = Arc::new(ProxyContext {
-            state: StateStore::new(),
-            balancers: Default::default(),
-            maps: Arc::new(Maps::standalone().expect("standalone BPF maps (needs root)")),
-            connections: Arc::new(Connections::default()),
-            telemetry: Arc::new(Telemetry::default()),
-            connect_timeout: Duration::from_secs(5),
-            mesh: None,
-        });
+        let ctx = ProxyContext::for_tests(StateStore::new());
         let conn = Arc::new(testing::context(Direction::Inbound));
         let t = ctx.telemetry.clone();
         let reporter = Arc::new(t.requests(TrafficLabels::from(&*conn), t.stats.connection(&conn)));

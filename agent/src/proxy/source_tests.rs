@@ -9,13 +9,11 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use super::{outbound, Connections, PodContext, ProxyContext};
+use super::{outbound, PodContext, ProxyContext};
 use crate::{
-    capture::Maps,
     conn::Direction,
     netns::Netns,
     state::{ServicePort, SourceHandle, State, StateStore, Workload},
-    telemetry::Telemetry,
 };
 
 fn workload(name: &str, ip: &str) -> Workload {
@@ -58,15 +56,7 @@ async fn echo(listener: TcpListener) {
 #[tokio::test]
 async fn the_proxy_serves_a_service_published_by_another_source() {
     let store = StateStore::new();
-    let ctx = Arc::new(ProxyContext {
-        state: store.clone(),
-        balancers: Default::default(),
-        maps: Arc::new(Maps::standalone().expect("standalone BPF maps (needs root)")),
-        connections: Arc::new(Connections::default()),
-        telemetry: Arc::new(Telemetry::default()),
-        connect_timeout: Duration::from_secs(5),
-        mesh: None,
-    });
+    let ctx = ProxyContext::for_tests(store.clone());
     let follower = tokio::spawn(ctx.balancers.clone().follow(store.subscribe()));
     let app = TcpListener::bind("127.0.0.1:0").await.expect("app");
     let server = app.local_addr().expect("app address");

@@ -11,27 +11,17 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::{
-    connections::Connections,
     l7::{detect::Protocol, http},
     ProxyContext,
 };
 use crate::{
-    capture::Maps,
     conn::{testing, ConnContext, Direction},
     state::StateStore,
     telemetry::{Telemetry, TrafficLabels},
 };
 
 fn context() -> Arc<ProxyContext> {
-    Arc::new(ProxyContext {
-        state: StateStore::new(),
-        balancers: Default::default(),
-        maps: Arc::new(Maps::standalone().expect("standalone BPF maps (needs root)")),
-        connections: Arc::new(Connections::default()),
-        telemetry: Arc::new(Telemetry::default()),
-        connect_timeout: Duration::from_secs(5),
-        mesh: None,
-    })
+    ProxyContext::for_tests(StateStore::new())
 }
 
 /// An inbound connection of `default/web-1` (deployment `web`), plaintext.

@@ -185,10 +185,15 @@ const PLAINTEXT: &[u8] = b"GET /plaintext-to-15008 HTTP/1.1\r\nHost: b\r\n\r\n";
 /// Sends [`PLAINTEXT`] to b:15008 from node 1's namespace (outside the mesh, across the
 /// network) and reads until the end: `{"end": "eof"|"reset"|"timeout", "reply": HEX}`.
 fn plaintext_to_15008(t: &TwoNodes) -> Value {
+    plaintext_to(t, 15008)
+}
+
+/// [`plaintext_to_15008`] to another port of b.
+fn plaintext_to(t: &TwoNodes, port: u16) -> Value {
     let script = format!(
         r#"
 import json, socket
-s = socket.create_connection(("{ip}", 15008), timeout=15)
+s = socket.create_connection(("{ip}", {port}), timeout=15)
 s.sendall({payload:?}.encode())
 reply, end = b"", "timeout"
 try:
@@ -205,6 +210,7 @@ except socket.timeout:
 print(json.dumps({{"end": end, "reply": reply.hex()}}))
 "#,
         ip = t.b.ip,
+        port = port,
         payload = String::from_utf8_lossy(PLAINTEXT),
     );
     let mut cmd = Command::new("/usr/bin/python3");
@@ -298,6 +304,37 @@ fn peers_are_refused_for_every_kind_of_bad_identity() {
     let r = probe(&t, &t.ca, &anchors, "probe", &["--authority", &a_dst]);
     assert_eq!(r["status"], 403, "{r}");
     assert_eq!(rejected(&agent2, "inbound", "connect_other_address"), 1);
+
+    // Review H2: a CONNECT to one of the agent's ports on this pod's address is refused
+    // (15006 would loop into the agent's inbound listener, 15001 reach the pod's outbound
+    // listener as the pod): 403, counted apart.
+    for port in [15001, 15006, 15008] {
+        let dst = format!("{}:{port}", t.b.ip);
+        let r = probe(&t, &t.ca, &anchors, "probe", &["--authority", &dst]);
+        assert_eq!(r["status"], 403, "{port}: {r}");
+    }
+    assert_eq!(rejected(&agent2, "inbound", "connect_agent_port"), 3);
+    assert_eq!(rejected(&agent2, "inbound", "connect_other_address"), 1);
+    // And in plaintext, from outside the mesh: one connection to b:15006 costs one
+    // refused record and a reset, not a chain of connections to 127.0.0.1:15006.
+    let r = plaintext_to(&t, 15006);
+    assert_eq!(r["end"], "reset", "{r}");
+    let dst = format!("{}:15006", t.b.ip);
+    let recs = closed_records(&agent2, "inbound", &dst, 1);
+    assert_eq!(recs.len(), 1, "{recs:#?}");
+    assert!(
+        recs[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("agent's own ports")),
+        "{recs:#?}"
+    );
+    let all = agent2.connections().unwrap();
+    assert!(
+        all.iter().all(|r| !r["orig_dst"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("127.0.0.1:") || d.starts_with("[::1]:"))),
+        "nothing was delivered to the agent's own loopback listener: {all:#?}"
+    );
 
     // Plaintext to 15008 from a client outside the mesh, across the network (node 1's
     // namespace, so not captured): refused, and the client gets nothing but a TLS alert and

@@ -4,7 +4,7 @@
 
 use std::io;
 
-use super::{connect::ConnectError, hbone::pool::TunnelError};
+use super::{connect::ConnectError, hbone::pool::TunnelError, inbound::Refusal};
 
 /// A failure of one proxied connection. A connection that ends normally has none: a clean
 /// close by either side is not an error.
@@ -16,6 +16,9 @@ pub(crate) enum Error {
     /// The HBONE tunnel to the target's agent failed (TLS, HTTP/2 or the CONNECT).
     #[error(transparent)]
     Tunnel(#[from] TunnelError),
+    /// An inbound destination that must not be delivered (an agent port, not the pod).
+    #[error("refused inbound destination: {0}")]
+    Destination(#[from] Refusal),
     /// A service address with no endpoints at all.
     #[error("service {service} has no endpoints")]
     NoEndpoints { service: String },

@@ -11,7 +11,7 @@ use h2::{server::SendResponse, RecvStream};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::{net::TcpStream, sync::Semaphore, time::timeout};
 
-use super::{app_addr, inbound_context};
+use super::{app_addr, check_destination, inbound_context, Refusal};
 use crate::{
     conn::Tls,
     drain::{DrainWatcher, Draining},
@@ -169,16 +169,18 @@ async fn connect(
         tracing::warn!(workload = %workload, %peer, uri = %req.uri(), "HBONE: CONNECT without an ip:port authority");
         return refuse(respond, StatusCode::BAD_REQUEST);
     };
-    if !pod.workload.ips.contains(&target.ip()) {
-        ctx.telemetry
-            .metrics
-            .reject("inbound", RejectReason::ConnectOtherAddress.as_str());
+    if let Err(why) = check_destination(&pod.workload.ips, target) {
+        let reason = match why {
+            Refusal::AgentPort(_) => RejectReason::ConnectAgentPort,
+            Refusal::NotThePod(_) => RejectReason::ConnectOtherAddress,
+        };
+        ctx.telemetry.metrics.reject("inbound", reason.as_str());
         let client = tls
             .client
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default();
-        tracing::warn!(workload = %workload, %peer, %client, %target, "HBONE: refused CONNECT to an address that is not this pod");
+        tracing::warn!(workload = %workload, %peer, %client, %target, %why, "HBONE: refused CONNECT to an address that is not this pod's, or to an agent port");
         return refuse(respond, StatusCode::FORBIDDEN);
     }
     let guard = ctx

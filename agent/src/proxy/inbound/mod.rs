@@ -1,11 +1,16 @@
 //! Inbound: a connection to one of the pod's addresses, steered by sk_lookup to the inbound
 //! listener in the pod's namespace. The original destination is the accepted socket's local
 //! address; the agent delivers to the app over the pod's loopback, which sk_lookup skips.
+//! A destination that is not the pod's own address, or is one of the agent's ports, is
+//! refused before anything is dialed ([`check_destination`]): delivering it would reach the
+//! agent's own listeners again (a loop) or the pod's outbound listener.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
+
+use meshd_common::AGENT_PORTS;
 
 use tokio::net::TcpStream;
 
@@ -20,6 +25,29 @@ use crate::{
 };
 
 pub(crate) mod hbone;
+
+/// Why an inbound destination is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("port {0} is one of the agent's own ports")]
+    AgentPort(u16),
+    #[error("{0} is not an address of this pod")]
+    NotThePod(IpAddr),
+}
+
+/// Whether a connection to `dst` may be delivered to the pod whose addresses are `pod_ips`:
+/// only to the pod's own addresses (not loopback, not another address of its namespace),
+/// and never to an agent port (15001, 15006, 15008).
+pub(crate) fn check_destination(pod_ips: &[IpAddr], dst: SocketAddr) -> Result<(), Refusal> {
+    if AGENT_PORTS.contains(&dst.port()) {
+        return Err(Refusal::AgentPort(dst.port()));
+    }
+    let ip = dst.ip().to_canonical();
+    if !pod_ips.iter().any(|p| p.to_canonical() == ip) {
+        return Err(Refusal::NotThePod(ip));
+    }
+    Ok(())
+}
 
 /// The app's address for a connection to `dst`: the same port on the pod's loopback.
 pub(crate) fn app_addr(dst: SocketAddr) -> SocketAddr {
@@ -56,6 +84,12 @@ pub(crate) async fn handle(
         }
     };
     let guard = ctx.connections.open(inbound_context(ctx, pod, peer, dst));
+    if let Err(why) = check_destination(&pod.workload.ips, dst) {
+        tracing::warn!(workload = %workload, %peer, %dst, reason = %why, "refused an inbound connection");
+        guard.close(0, 0, Some(why.into()));
+        reset(&client);
+        return;
+    }
     let target = app_addr(dst);
     match connect_in(&pod.netns, target, ctx.connect_timeout).await {
         Ok(server) => {
@@ -67,6 +101,40 @@ pub(crate) async fn handle(
             tracing::info!(workload = %workload, %peer, %dst, error = %e, "inbound delivery failed");
             guard.close(0, 0, Some(e.into()));
             reset(&client);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review H2: the agent's ports and addresses that are not the pod's are refused
+    /// (a connection to `podIP:15006` would otherwise be delivered to the agent's own
+    /// inbound listener, again and again); the pod's own address and any other port are not.
+    #[test]
+    fn only_the_pods_own_addresses_and_no_agent_port() {
+        let ips: Vec<IpAddr> = vec!["10.244.1.2".parse().unwrap(), "fd00::2".parse().unwrap()];
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        for ok in ["10.244.1.2:8080", "[fd00::2]:80", "[::ffff:10.244.1.2]:443"] {
+            assert_eq!(check_destination(&ips, at(ok)), Ok(()), "{ok}");
+        }
+        for port in [15001, 15006, 15008] {
+            assert_eq!(
+                check_destination(&ips, SocketAddr::new(ips[0], port)),
+                Err(Refusal::AgentPort(port))
+            );
+        }
+        for (dst, ip) in [
+            ("127.0.0.1:8080", "127.0.0.1"),
+            ("[::1]:8080", "::1"),
+            ("10.244.1.3:8080", "10.244.1.3"),
+        ] {
+            assert_eq!(
+                check_destination(&ips, at(dst)),
+                Err(Refusal::NotThePod(ip.parse().unwrap())),
+                "{dst}"
+            );
         }
     }
 }

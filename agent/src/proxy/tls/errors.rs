@@ -30,6 +30,8 @@ pub(crate) enum RejectReason {
     BadRequest,
     /// A CONNECT to an address that is not the pod's own.
     ConnectOtherAddress,
+    /// A CONNECT to one of the agent's ports (15001, 15006, 15008).
+    ConnectAgentPort,
 }
 
 impl RejectReason {
@@ -47,6 +49,7 @@ impl RejectReason {
             RejectReason::PeerRejectedUs => "peer_rejected_us",
             RejectReason::BadRequest => "bad_request",
             RejectReason::ConnectOtherAddress => "connect_other_address",
+            RejectReason::ConnectAgentPort => "connect_agent_port",
         }
     }
 }

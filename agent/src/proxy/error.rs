@@ -2,9 +2,19 @@
 //! last byte. It becomes text only at the edges (a log line, the `error` of a
 //! `/connections` record); the proxy matches on it.
 
-use std::io;
+use std::{io, net::IpAddr};
 
-use super::{connect::ConnectError, hbone::pool::TunnelError, inbound::Refusal};
+use super::{connect::ConnectError, hbone::pool::TunnelError};
+
+/// Why an inbound destination is refused before anything is dialed
+/// ([`super::inbound::check_destination`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("port {0} is one of the agent's own ports")]
+    AgentPort(u16),
+    #[error("{0} is not an address of this pod")]
+    NotThePod(IpAddr),
+}
 
 /// A failure of one proxied connection. A connection that ends normally has none: a clean
 /// close by either side is not an error.

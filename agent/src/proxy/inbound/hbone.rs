@@ -11,14 +11,14 @@ use h2::{server::SendResponse, RecvStream};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::{net::TcpStream, sync::Semaphore, time::timeout};
 
-use super::{app_addr, check_destination, inbound_context, Refusal};
+use super::{app_addr, check_destination, inbound_context};
 use crate::{
     conn::Tls,
     drain::{DrainWatcher, Draining},
     proxy::{
         connect::connect_in,
         context::{PodContext, ProxyContext},
-        error::Error,
+        error::{Error, Refusal},
         hbone::{self, tunnel::TunnelStream, HANDSHAKE_TIMEOUT},
         session::{self, Session},
         tls::{

@@ -19,21 +19,13 @@ use crate::{
     proxy::{
         connect::connect_in,
         context::{PodContext, ProxyContext},
+        error::Refusal,
         relay::reset,
         session::{self, Session},
     },
 };
 
 pub(crate) mod hbone;
-
-/// Why an inbound destination is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Refusal {
-    #[error("port {0} is one of the agent's own ports")]
-    AgentPort(u16),
-    #[error("{0} is not an address of this pod")]
-    NotThePod(IpAddr),
-}
 
 /// Whether a connection to `dst` may be delivered to the pod whose addresses are `pod_ips`:
 /// only to the pod's own addresses (not loopback, not another address of its namespace),

@@ -362,12 +362,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn closes_what_is_left_at_the_deadline() {
         let (trigger, watcher) = channel();
-        let dropped = Arc::new(AtomicBool::new(false));
-        let on_drop = DropFlag(dropped.clone());
-        watcher.spawn(async move {
-            let _on_drop = on_drop;
-            std::future::pending::<()>().await;
-        });
+        let dropped = spawn_never_ending(&watcher);
         let start = tokio::time::Instant::now();
         let outcome = trigger
             .drain(
@@ -418,12 +413,7 @@ mod tests {
 
         // Cancelled, but it does not end: aborted once `close_wait` has passed.
         let (trigger, watcher) = channel();
-        let dropped = Arc::new(AtomicBool::new(false));
-        let on_drop = DropFlag(dropped.clone());
-        watcher.spawn(async move {
-            let _on_drop = on_drop;
-            std::future::pending::<()>().await;
-        });
+        let dropped = spawn_never_ending(&watcher);
         let start = tokio::time::Instant::now();
         let outcome = trigger
             .drain(
@@ -498,6 +488,17 @@ mod tests {
     }
 
     struct DropFlag(Arc<AtomicBool>);
+
+    /// Spawns a task that never ends by itself; the flag says when it was dropped.
+    fn spawn_never_ending(watcher: &DrainWatcher) -> Arc<AtomicBool> {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let on_drop = DropFlag(dropped.clone());
+        watcher.spawn(async move {
+            let _on_drop = on_drop;
+            std::future::pending::<()>().await;
+        });
+        dropped
+    }
 
     impl Drop for DropFlag {
         fn drop(&mut self) {

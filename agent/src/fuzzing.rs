@@ -19,7 +19,13 @@ use rustls::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::identity::{self, CertManager, Identity, IssuerFiles, DEFAULT_LEAF_TTL};
-use crate::proxy::{hbone, l7, tls, tls::testing::Bytes};
+use crate::proxy::{
+    hbone, l7, tls,
+    tls::{
+        fuzzing::{drain, write_in_chunks},
+        testing::Bytes,
+    },
+};
 
 fn runtime() -> tokio::runtime::Runtime {
     match tokio::runtime::Builder::new_current_thread()
@@ -147,20 +153,9 @@ where
     let chunk = usize::from(b.u8()).max(1);
     let input = b.rest().to_vec();
     let (ours, theirs) = tokio::io::duplex(1 << 20);
-    let (mut r, mut w) = tokio::io::split(theirs);
-    let peer = async move {
-        for piece in input.chunks(chunk) {
-            if w.write_all(piece).await.is_err() {
-                return;
-            }
-        }
-        let _ = w.shutdown().await;
-    };
-    let drain = async move {
-        let mut sink = Vec::new();
-        let _ = r.read_to_end(&mut sink).await;
-    };
-    let run = async { tokio::join!(side(ours), peer, drain) };
+    let (r, w) = tokio::io::split(theirs);
+    let peer = write_in_chunks(w, &input, chunk);
+    let run = async { tokio::join!(side(ours), peer, drain(r)) };
     if tokio::time::timeout(std::time::Duration::from_secs(10), run)
         .await
         .is_err()
@@ -264,20 +259,12 @@ pub fn hbone_server(data: &[u8]) -> Vec<std::net::SocketAddr> {
     let input = b.rest().to_vec();
     runtime().block_on(async move {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
-        let (mut r, mut w) = tokio::io::split(theirs);
+        let (r, mut w) = tokio::io::split(theirs);
         let feed = async move {
             let _ = w.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
-            for piece in input.chunks(chunk) {
-                if w.write_all(piece).await.is_err() {
-                    return;
-                }
-            }
-            let _ = w.shutdown().await;
+            write_in_chunks(w, &input, chunk).await;
         };
-        let drain = async move {
-            let mut sink = Vec::new();
-            let _ = r.read_to_end(&mut sink).await;
-        };
+        let drain = drain(r);
         let serve = async move {
             let mut admitted = Vec::new();
             let Ok(mut conn) = hbone::h2_server().handshake::<_, bytes::Bytes>(ours).await else {
@@ -342,13 +329,7 @@ pub fn http_hop_by_hop(data: &[u8]) {
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers.clone();
     let upgrade = l7::http::is_upgrade(&req);
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+    let named = l7::http::named_in_connection(&headers);
     let mut out = headers.clone();
     l7::http::strip_hop_by_hop(Version::HTTP_11, &mut out, upgrade);
     for name in [
@@ -485,5 +466,43 @@ pub fn admin_query(data: &[u8]) {
     let out = crate::admin::query::percent_decode(s);
     if !s.contains(['%', '+']) {
         assert_eq!(out, s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A fuzz target's entry point.
+    type Target = fn(&[u8]);
+
+    /// The committed seed corpora (regression inputs of earlier findings among them) go
+    /// through their targets' entry points with every property holding, in the unit tests
+    /// too, not only under `cargo xtask fuzz`.
+    #[test]
+    fn the_seed_corpora_hold_their_properties() {
+        let targets: [(&str, Target); 12] = [
+            ("record_open", super::record_open),
+            ("record_inner", super::record_inner),
+            ("tls_rx_sequence", super::tls_rx_sequence),
+            ("tls_tx_vectored", super::tls_tx_vectored),
+            ("post_handshake_msgs", super::post_handshake_msgs),
+            ("handshake_accept", super::handshake_accept),
+            ("handshake_connect", super::handshake_connect),
+            ("hbone_server", |d| drop(super::hbone_server(d))),
+            ("http_hop_by_hop", super::http_hop_by_hop),
+            ("identity_parse", super::identity_parse),
+            ("cert_identity", super::cert_identity),
+            ("admin_query", super::admin_query),
+        ];
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+        for (target, run) in targets {
+            let dir = corpus.join(target);
+            let mut inputs = 0;
+            for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{target}: {e}")) {
+                let path = entry.expect("corpus entry").path();
+                run(&std::fs::read(&path).expect("corpus file"));
+                inputs += 1;
+            }
+            assert!(inputs > 0, "{target}: an empty corpus");
+        }
     }
 }

@@ -149,6 +149,17 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// The header names a message's `Connection` header lists (hop by hop for this message).
+pub(crate) fn named_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
+}
+
 /// Removes hop-by-hop headers, and those named by `Connection`; an upgrade keeps
 /// `Connection: upgrade` and `Upgrade`. `TE: trailers` (gRPC) passes. An HTTP/2 message
 /// has none to remove: `h2` refuses a received message with any of them (RFC 9113
@@ -158,13 +169,7 @@ pub(crate) fn strip_hop_by_hop(version: Version, headers: &mut HeaderMap, upgrad
     if version == Version::HTTP_2 || !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+    let named = named_in_connection(headers);
     let te_trailers = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())

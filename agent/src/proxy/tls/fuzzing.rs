@@ -199,15 +199,8 @@ pub(crate) async fn rx_sequence(data: &[u8]) {
         }
     }
     let end = end.unwrap_or(End::Failed(None));
-    let (mut r, mut w) = tokio::io::split(theirs);
-    let writer = async move {
-        for piece in wire.chunks(chunk) {
-            if w.write_all(piece).await.is_err() {
-                return;
-            }
-        }
-        let _ = w.shutdown().await;
-    };
+    let (r, w) = tokio::io::split(theirs);
+    let writer = write_in_chunks(w, &wire, chunk);
     let reader = async move {
         let mut got = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
@@ -221,10 +214,7 @@ pub(crate) async fn rx_sequence(data: &[u8]) {
         drop(stream);
         (got, result)
     };
-    let drain = async move {
-        let mut sink = Vec::new();
-        let _ = r.read_to_end(&mut sink).await;
-    };
+    let drain = drain(r);
     let ((), (got, result)) = tokio::join!(writer, async {
         let out = reader.await;
         drain.await;
@@ -377,4 +367,25 @@ pub(crate) fn post_handshake(data: &[u8]) {
         Err(Error::InvalidMessage(InvalidMessage::MessageTooShort)) => {}
         Err(_) => assert!(calls.tickets.load(Ordering::Relaxed) <= nst),
     }
+}
+
+/// Writes `data` to `w` in pieces of `chunk` bytes (stopping at the first failed write),
+/// then shuts `w` down: a peer sending with arbitrary boundaries.
+pub(crate) async fn write_in_chunks<W: tokio::io::AsyncWrite + Unpin>(
+    mut w: W,
+    data: &[u8],
+    chunk: usize,
+) {
+    for piece in data.chunks(chunk) {
+        if w.write_all(piece).await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+/// Reads `r` to its end and throws the bytes away (keeps the other side's writes flowing).
+pub(crate) async fn drain<R: tokio::io::AsyncRead + Unpin>(mut r: R) {
+    let mut sink = Vec::new();
+    let _ = r.read_to_end(&mut sink).await;
 }

@@ -209,12 +209,14 @@ fn malformed_http_heads_are_refused_before_the_app() {
     m.agent2.stop().unwrap();
 }
 
-/// Proves the review's class E cases 75 and 79: a pod that connects straight to the agent's
-/// ports on its own loopback (not captured: connect4 leaves 127/8 alone) gets nothing: to
-/// the outbound listener (`127.0.0.1:15001`) the connection has no recorded original
-/// destination and is reset, to the inbound listener (`127.0.0.1:15006`) the destination
-/// is refused and reset, one record each, no chain of connections; the agent stays
-/// bounded and the pod's own traffic still flows.
+/// Proves the review's class E cases 75, 76 and 79: a pod that connects straight to the
+/// agent's ports on its own loopback (not captured: connect4 leaves 127/8 alone) gets
+/// nothing: to the outbound listener (`127.0.0.1:15001`) the connection has no recorded
+/// original destination and is reset, to the inbound listener (`127.0.0.1:15006`) the
+/// destination is refused and reset; `0.0.0.0:15006` is captured, dialed as a destination
+/// outside the mesh and refused the same way when it lands on the inbound listener. At most
+/// two records each, no chain of connections; the agent stays bounded and the pod's own
+/// traffic still flows.
 #[test]
 fn a_pod_reaching_the_agents_ports_directly_gets_nothing() {
     require_root().unwrap();
@@ -230,27 +232,38 @@ fn a_pod_reaching_the_agents_ports_directly_gets_nothing() {
     after.baseline_fds = fds(&m.agent1);
     let records_before = m.agent1.connections().unwrap().len();
 
-    for (case, port) in [
-        ("E79 the outbound listener", 15001),
-        ("E75 the inbound listener", 15006),
-    ] {
+    // What the pod gets: nothing but the end; E76 (HTTP to a captured destination that the
+    // agent dials and whose far end refuses it) a reset, or a 502 from its own agent when
+    // the request was already on its way upstream when the refusal came.
+    let cases: [(&str, &str, u16, &[&str]); 3] = [
+        ("E79 the outbound listener", "127.0.0.1", 15001, &[""]),
+        ("E75 the inbound listener", "127.0.0.1", 15006, &[""]),
+        (
+            "E76 the inbound port by 0.0.0.0 (captured)",
+            "0.0.0.0",
+            15006,
+            &["", "HTTP/1.1 502 Bad Gateway"],
+        ),
+    ];
+    for (case, ip, port, answers) in cases {
         let r = raw_client(
             c,
             &m.client,
-            "127.0.0.1",
+            ip,
             port,
-            "GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+            "GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n",
             false,
         );
-        assert_eq!(r["reply"], "", "{case}: {r}");
+        assert!(answers.contains(&status_line(&r)), "{case}: {r}");
         assert_ne!(r["end"], "timeout", "{case}: {r}");
         assert!(r["secs"].as_f64().unwrap_or(99.0) < 5.0, "{case}: {r}");
         after.check(case);
     }
-    // At most one record per attempt (plus the checks' own): no loop through 15006.
+    // At most two records per attempt (the captured one is an outbound and an inbound
+    // connection), plus one per check: no loop through 15006.
     let records = m.agent1.connections().unwrap();
     let new = records.len() - records_before;
-    assert!(new <= 2 + 2, "{new} new records: {records:#?}");
+    assert!(new <= 3 * cases.len(), "{new} new records: {records:#?}");
     assert!(
         !records
             .iter()

@@ -7,13 +7,13 @@
 //! other classes are unit tests (`proxy/tls/bad_input_tests.rs`, `identity/tests.rs`, ...)
 //! or live in the file of their feature (docs/security.md lists them all).
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use meshd_tests::{
     mesh::{Agent, ClientServer},
     metrics::{metrics, settle, sum_metric},
     require_root,
-    traffic::{raw_client, start_app},
+    traffic::{curl_output, raw_client, start_app},
     wait_until,
 };
 use serde_json::Value;
@@ -265,11 +265,58 @@ fn a_pod_reaching_the_agents_ports_directly_gets_nothing() {
     let new = records.len() - records_before;
     assert!(new <= 3 * cases.len(), "{new} new records: {records:#?}");
     assert!(
-        !records
-            .iter()
-            .any(|r| r["target"].as_str().is_some_and(|t| t.ends_with(":15006"))),
-        "a connection was delivered to 15006: {records:#?}"
+        !records.iter().any(|r| r["direction"] == "inbound"
+            && r["target"].as_str().is_some_and(|t| t.ends_with(":15006"))),
+        "an inbound connection was delivered to 15006: {records:#?}"
     );
+    m.agent1.stop().unwrap();
+    m.agent2.stop().unwrap();
+}
+
+/// Proves the review's case G101: with the agents' log level raised to `trace` at run
+/// time (`PUT /log-level`), a request carrying a bearer token, a cookie and a body through
+/// both agents leaves none of them in either agent's log: header values and bodies are
+/// never logged, at any level.
+#[test]
+fn trace_logs_carry_no_header_values_or_bodies() {
+    require_root().unwrap();
+    let m = ClientServer::start("bad-input-logs").unwrap();
+    let c = &m.cluster;
+    let _app = start_app(c, &m.web, "python3", "http_app.py", 8000);
+    for (agent, node) in [(&m.agent1, &m.n1), (&m.agent2, &m.n2)] {
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "-X", "PUT", "--data", "trace"])
+            .arg("http://127.0.0.1:15000/log-level");
+        let out = c.run_in_node(node, curl).unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(agent.get("/log-level").unwrap().1.trim(), "trace");
+    }
+    let url = format!("http://{}:8000/sha256", m.web.ip);
+    let out = curl_output(
+        c,
+        &m.client,
+        20,
+        &[
+            "-sS",
+            "-H",
+            "Authorization: Bearer tok-9f3a1c-secret",
+            "-H",
+            "Cookie: session=ck-77d2e0-secret",
+            "--data",
+            "body-5b8e44-secret",
+            &url,
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    settle(&m.agent2, "request_total", &[("direction", "inbound")], 1.0);
+    for agent in [&m.agent1, &m.agent2] {
+        let log = agent.proc.stderr();
+        assert!(log.contains("TRACE"), "trace did not apply");
+        for secret in ["tok-9f3a1c", "ck-77d2e0", "body-5b8e44"] {
+            let line = log.lines().find(|l| l.contains(secret));
+            assert!(line.is_none(), "{secret} in the log: {line:?}");
+        }
+    }
     m.agent1.stop().unwrap();
     m.agent2.stop().unwrap();
 }

@@ -175,7 +175,7 @@ fn framing_after(head: &httparse::Request<'_, '_>) -> Framing {
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
             .map(|h| std::str::from_utf8(h.value).unwrap_or("\u{0}"))
     };
-    if let Some(te) = value("transfer-encoding").last() {
+    if let Some(te) = value("transfer-encoding").next_back() {
         let chunked = te
             .rsplit(',')
             .next()

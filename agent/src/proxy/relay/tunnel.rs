@@ -348,11 +348,10 @@ mod tests {
                 server_app.read_exact(&mut got).await.unwrap();
                 (server_app, &mut client_app)
             };
-            let (wrote, (read, ended)) = tokio::join!(
+            let ((), (read, ended)) = tokio::join!(
                 write_then_reset(resetter, 1 << 20),
                 read_to_end_or_error(other)
             );
-            let _ = wrote;
             assert_eq!(
                 ended.map_err(|e| e.kind()),
                 Err(io::ErrorKind::ConnectionReset),

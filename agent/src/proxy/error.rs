@@ -47,6 +47,14 @@ pub(crate) enum Error {
     /// The HTTP/1 request head had ambiguous framing; answered 400, nothing forwarded.
     #[error("refused: {0}")]
     AmbiguousFraming(&'static str),
+    /// A later HTTP/1 request head was refused (ambiguous framing, too large); answered
+    /// 400, nothing of it forwarded.
+    #[error("refused: {0}")]
+    RefusedHead(super::l7::heads::HeadRefusal),
+    /// A started HTTP/1 request head did not arrive whole in time; the connection was
+    /// closed.
+    #[error("request head not complete within {}s", .0.as_secs())]
+    HeadTimeout(std::time::Duration),
     /// The client's HTTP could not be parsed; answered 400 by the server side.
     #[error("invalid HTTP request: {0}")]
     InvalidHttp(#[source] hyper::Error),

@@ -1,7 +1,8 @@
 //! HTTP proxying of one client connection over one upstream connection, with hyper on both
 //! sides: HTTP/1.1 (keep-alive, upgrades such as WebSocket) or HTTP/2 (streams, trailers,
-//! gRPC). hyper refuses ambiguous framing (Content-Length with Transfer-Encoding, differing
-//! lengths) with 400 before anything reaches the upstream; such refusals are counted.
+//! gRPC). Every HTTP/1 request head is checked before hyper reads it ([`super::heads`]):
+//! ambiguous framing (Content-Length with Transfer-Encoding, differing lengths) is answered
+//! 400 and nothing of it reaches the upstream; such refusals are counted.
 //! Each request is reported to [`crate::telemetry`] when its response ends.
 
 use std::{
@@ -25,7 +26,10 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::detect::Protocol;
+use super::{
+    detect::Protocol,
+    heads::{CheckedHeads, HeadCheck, HeadTimedOut, HEAD_TIMEOUT},
+};
 use crate::{
     conn::ConnContext,
     proxy::{context::ProxyContext, error::Error},
@@ -104,6 +108,7 @@ where
     };
     let sender = Arc::new(sender);
     let upgrades = Upgrades::default();
+    let heads = Arc::new(HeadCheck::default());
     let service = {
         let (ctx, conn, upgrades) = (ctx.clone(), conn.clone(), upgrades.clone());
         hyper::service::service_fn(move |req| {
@@ -120,6 +125,7 @@ where
                 .await
         }
         _ => {
+            let client = CheckedHeads::new(client, HEAD_TIMEOUT, heads.clone());
             hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(client), service)
                 .with_upgrades()
@@ -128,15 +134,32 @@ where
     };
     let upgraded = std::mem::take(&mut *upgrades.lock().unwrap_or_else(|p| p.into_inner()));
     upgraded.join_all().await;
-    match served {
-        Ok(()) => Ok(()),
-        Err(e) if e.is_parse() || e.is_parse_status() => {
-            ctx.telemetry.metrics.http_error(&conn, "invalid_request");
-            tracing::warn!(direction = conn.direction.as_str(), pod = %conn.workload.name, error = %e, "refused an invalid HTTP request");
-            Err(Error::InvalidHttp(e))
-        }
-        Err(e) => Err(Error::Http(e)),
+    let Err(e) = served else {
+        return Ok(());
+    };
+    if let (true, Some(why)) = (e.is_parse(), heads.refused()) {
+        ctx.telemetry.metrics.http_error(&conn, "invalid_request");
+        tracing::warn!(direction = conn.direction.as_str(), pod = %conn.workload.name, reason = %why, "refused an HTTP request with ambiguous framing (request smuggling?)");
+        return Err(Error::RefusedHead(why));
     }
+    if head_timed_out(&e) {
+        tracing::info!(direction = conn.direction.as_str(), pod = %conn.workload.name, "closed a connection whose request head did not arrive in time");
+        return Err(Error::HeadTimeout(HEAD_TIMEOUT));
+    }
+    if e.is_parse() || e.is_parse_status() {
+        ctx.telemetry.metrics.http_error(&conn, "invalid_request");
+        tracing::warn!(direction = conn.direction.as_str(), pod = %conn.workload.name, error = %e, "refused an invalid HTTP request");
+        return Err(Error::InvalidHttp(e));
+    }
+    Err(Error::Http(e))
+}
+
+/// Whether hyper failed because a started request head did not arrive in time.
+fn head_timed_out(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| inner.is::<HeadTimedOut>())
 }
 
 const HOP_BY_HOP: [HeaderName; 7] = [

@@ -2,4 +2,5 @@
 //! proxying it request by request with golden metrics and tap events ([`http`]).
 
 pub(crate) mod detect;
+pub(crate) mod heads;
 pub(crate) mod http;

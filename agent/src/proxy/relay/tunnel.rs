@@ -14,13 +14,16 @@ use tokio::net::TcpStream;
 
 use super::splice::{read_until_drained, write_all};
 use crate::proxy::hbone::tunnel::{
-    give_back, is_clean_end, take_chunk, to_io, ReadChunk, TunnelStream, CHUNK,
+    end_failed, give_back, reset_error, send_failure, take_chunk, to_io, ReadChunk,
+    TunnelStream, CHUNK,
 };
 
 /// Relays between a TCP socket and a tunnel until both directions end: what the socket
 /// sends goes into the stream as the buffers it was read into, and what the stream
 /// receives is written to the socket from h2's own buffers. `up` counts bytes from the
-/// socket into the tunnel, `down` the other way.
+/// socket into the tunnel, `down` the other way. Only the stream's end is a FIN to the
+/// socket; a reset stream (any reason, `CANCEL` included) fails the relay, which then
+/// resets the socket.
 pub(super) async fn relay_tcp(
     tcp: &TcpStream,
     tunnel: &mut TunnelStream,
@@ -32,6 +35,7 @@ pub(super) async fn relay_tcp(
         recv,
         pending,
         recv_done,
+        sent_end,
         ..
     } = tunnel;
     let to_tcp = async {
@@ -41,15 +45,17 @@ pub(super) async fn relay_tcp(
         }
         if !*recv_done {
             tunnel_to_tcp(recv, tcp, down).await?;
+            *recv_done = true;
         }
         socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write)
     };
-    tokio::try_join!(tcp_to_tunnel(tcp, send, up), to_tcp).map(|_| ())
+    tokio::try_join!(tcp_to_tunnel(tcp, send, sent_end, up), to_tcp).map(|_| ())
 }
 
 async fn tcp_to_tunnel(
     src: &TcpStream,
     send: &mut SendStream<Bytes>,
+    sent_end: &mut bool,
     moved: &AtomicU64,
 ) -> io::Result<()> {
     loop {
@@ -61,7 +67,7 @@ async fn tcp_to_tunnel(
                 0 => match poll_fn(|cx| send.poll_capacity(cx)).await {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(to_io(e)),
-                    None => return Err(io::ErrorKind::BrokenPipe.into()),
+                    None => return Err(sending_failed(send)),
                 },
                 cap => break cap.min(CHUNK),
             }
@@ -70,13 +76,18 @@ async fn tcp_to_tunnel(
         match read_until_drained(src, &mut buf, cap) {
             Ok((0, _)) => {
                 give_back(buf);
-                send.send_data(Bytes::new(), true).map_err(to_io)?;
+                if send.send_data(Bytes::new(), true).is_err() {
+                    return end_failed(send);
+                }
+                *sent_end = true;
                 return Ok(());
             }
             Ok((n, drained)) => {
                 moved.fetch_add(n as u64, Relaxed);
                 let data = Bytes::from_owner(ReadChunk(Some(buf)));
-                send.send_data(data, false).map_err(to_io)?;
+                if send.send_data(data, false).is_err() {
+                    return Err(sending_failed(send));
+                }
                 if drained {
                     give_back_capacity(send);
                 }
@@ -90,6 +101,15 @@ async fn tcp_to_tunnel(
                 }
             }
         }
+    }
+}
+
+/// The error of a send that failed: the peer's reset, whatever its reason (the socket's
+/// bytes cannot be delivered).
+fn sending_failed(send: &mut SendStream<Bytes>) -> io::Error {
+    match send_failure(send) {
+        Ok(reason) => reset_error(reason),
+        Err(e) => e,
     }
 }
 
@@ -109,7 +129,6 @@ async fn tunnel_to_tcp(
         let data = match poll_fn(|cx| recv.poll_data(cx)).await {
             None => return Ok(()),
             Some(Ok(data)) => data,
-            Some(Err(e)) if is_clean_end(&e) => return Ok(()),
             Some(Err(e)) => return Err(to_io(e)),
         };
         let n = data.len();
@@ -261,6 +280,181 @@ mod tests {
             .and_then(|e| e.downcast_ref::<h2::Error>())
             .and_then(h2::Error::reason);
         assert_eq!(reason, Some(h2::Reason::CONNECT_ERROR), "{err}");
+    }
+
+    /// A TCP pair: (the app's end, the relay's end).
+    async fn app_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = TcpStream::connect(listener.local_addr().unwrap());
+        let (app, accepted) = tokio::join!(app, listener.accept());
+        (app.unwrap(), accepted.unwrap().0)
+    }
+
+    /// Relays `tcp` and `tunnel` as a connection task does (never cancelled; both sides
+    /// dropped when it returns): bytes each way and the error.
+    fn spawn_relay(
+        mut tcp: TcpStream,
+        mut tunnel: TunnelStream,
+    ) -> tokio::task::JoinHandle<(u64, u64, Option<crate::proxy::error::Error>)> {
+        tokio::spawn(async move {
+            let never = crate::proxy::cancel::CancelToken::default().cancelled();
+            let r = super::super::relay_streams(&mut tunnel, &mut tcp, never).await;
+            drop((tcp, tunnel));
+            r
+        })
+    }
+
+    /// Reads until the end or an error: the bytes read and how it ended.
+    async fn read_to_end_or_error(s: &mut TcpStream) -> (usize, io::Result<()>) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut n = 0;
+        let within = std::time::Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout(within, s.read(&mut buf)).await {
+                Err(_) => panic!("neither ended nor reset after {n} bytes"),
+                Ok(Ok(0)) => return (n, Ok(())),
+                Ok(Ok(k)) => n += k,
+                Ok(Err(e)) => return (n, Err(e)),
+            }
+        }
+    }
+
+    /// Writes `len` bytes, then resets (`SO_LINGER` 0 and close).
+    async fn write_then_reset(mut s: TcpStream, len: usize) {
+        s.write_all(&pattern(len, 3)).await.unwrap();
+        crate::proxy::relay::reset(&s);
+        drop(s);
+    }
+
+    /// Across a tunnel, a reset stays a reset (review M3): app A <-> relay <-> tunnel <->
+    /// relay <-> app B, as through two agents. The client app writes 1 MiB then resets: the
+    /// server app gets ECONNRESET, never a clean end (`Ok(0)`). And the mirror: the server
+    /// app resets in the middle of its answer, and the client app gets ECONNRESET. Each
+    /// relay reports the error.
+    #[tokio::test]
+    async fn a_reset_on_either_side_reaches_the_other_app_as_a_reset() {
+        for client_resets in [true, false] {
+            let case = format!("client_resets={client_resets}");
+            let (mut client_app, client_side) = app_pair().await;
+            let (mut server_app, server_side) = app_pair().await;
+            let (client_tunnel, server_tunnel) = tunnel_pair().await;
+            let outbound = spawn_relay(client_side, client_tunnel);
+            let inbound = spawn_relay(server_side, server_tunnel);
+            let (resetter, other) = if client_resets {
+                (client_app, &mut server_app)
+            } else {
+                client_app.write_all(b"request").await.unwrap();
+                let mut got = [0u8; 7];
+                server_app.read_exact(&mut got).await.unwrap();
+                (server_app, &mut client_app)
+            };
+            let ((), (read, ended)) = tokio::join!(
+                write_then_reset(resetter, 1 << 20),
+                read_to_end_or_error(other)
+            );
+            assert_eq!(
+                ended.map_err(|e| e.kind()),
+                Err(io::ErrorKind::ConnectionReset),
+                "{case}: after {read} bytes"
+            );
+            for (name, relay) in [("outbound", outbound), ("inbound", inbound)] {
+                let (_, _, error) = relay.await.unwrap();
+                assert!(error.is_some(), "{case}: the {name} relay reports the error");
+            }
+        }
+    }
+
+    /// A peer that resets its stream with `CANCEL` (what h2 sends for a stream dropped
+    /// before its end) in the middle of a transfer: the app gets a reset, not an end of
+    /// stream, whichever direction was still open.
+    #[tokio::test]
+    async fn a_cancelled_stream_is_a_reset_not_an_end() {
+        for peer_sent_all in [false, true] {
+            let case = format!("peer_sent_all={peer_sent_all}");
+            let (mut app, side) = app_pair().await;
+            let (mut peer, tunnel) = tunnel_pair().await;
+            let relay = spawn_relay(side, tunnel);
+            peer.write_all(&pattern(100_000, 5)).await.unwrap();
+            if peer_sent_all {
+                peer.shutdown().await.unwrap();
+            }
+            let mut got = vec![0u8; 100_000];
+            app.read_exact(&mut got).await.unwrap();
+            peer.send.send_reset(h2::Reason::CANCEL);
+            let (_, ended) = read_to_end_or_error(&mut app).await;
+            if peer_sent_all {
+                // The end came first (a FIN); the reset then resets the app's socket.
+                assert!(ended.is_ok(), "{case}: {ended:?}");
+                let mut buf = [0u8; 8];
+                let seen = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+                    loop {
+                        match app.write(&buf).await {
+                            Ok(_) => buf[0] = buf[0].wrapping_add(1),
+                            Err(e) => return e.kind(),
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                })
+                .await
+                .expect("the app's socket is reset");
+                assert!(
+                    matches!(
+                        seen,
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    ),
+                    "{case}: {seen:?}"
+                );
+            } else {
+                assert_eq!(
+                    ended.map_err(|e| e.kind()),
+                    Err(io::ErrorKind::ConnectionReset),
+                    "{case}"
+                );
+            }
+            let (_, _, error) = relay.await.unwrap();
+            assert!(error.is_some(), "{case}: the relay reports the reset");
+        }
+    }
+
+    /// A normal close through two relays is clean on both apps and both relays: the
+    /// client app writes and closes, the server app reads to the end, answers and closes.
+    /// And a tunnel whose own side ended and is dropped before the peer's end (an HTTP
+    /// client connection closing after its last response) does not reset the peer: its
+    /// app sees the end, closes, and its relay ends without an error.
+    #[tokio::test]
+    async fn a_close_through_a_tunnel_is_clean() {
+        let (mut client_app, client_side) = app_pair().await;
+        let (mut server_app, server_side) = app_pair().await;
+        let (client_tunnel, server_tunnel) = tunnel_pair().await;
+        let outbound = spawn_relay(client_side, client_tunnel);
+        let inbound = spawn_relay(server_side, server_tunnel);
+        client_app.write_all(b"request").await.unwrap();
+        client_app.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server_app.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request");
+        server_app.write_all(b"answer").await.unwrap();
+        drop(server_app);
+        let mut back = Vec::new();
+        client_app.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"answer");
+        for relay in [outbound, inbound] {
+            let (_, _, error) = relay.await.unwrap();
+            assert!(error.is_none(), "{error:?}");
+        }
+
+        let (mut app, side) = app_pair().await;
+        let (mut peer, tunnel) = tunnel_pair().await;
+        let relay = spawn_relay(side, tunnel);
+        peer.write_all(b"last request").await.unwrap();
+        peer.shutdown().await.unwrap();
+        drop(peer);
+        let mut got = Vec::new();
+        app.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last request");
+        drop(app);
+        let (_, _, error) = relay.await.unwrap();
+        assert!(error.is_none(), "a lingering close is clean: {error:?}");
     }
 
     #[tokio::test]

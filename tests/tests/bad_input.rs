@@ -13,7 +13,7 @@ use meshd_tests::{
     mesh::{Agent, ClientServer},
     metrics::{metrics, settle, sum_metric},
     require_root,
-    traffic::{curl_output, raw_client, start_app},
+    traffic::{curl_output, last_json_line, raw_client, start_app},
     wait_until,
 };
 use serde_json::Value;
@@ -82,7 +82,39 @@ impl Afterwards<'_> {
     }
 }
 
-/// Proves the review's class F cases 86 and 89 to 93 and 96: each malformed head is
+/// Sends `first`, waits 600 ms, sends `second` to web:8000 from the client pod; the reply
+/// until the end, as `raw_client` reports it.
+fn split_head(m: &ClientServer, first: &str, second: &str) -> Value {
+    let script = format!(
+        r#"
+import json, socket, time
+s = socket.create_connection(("{ip}", 8000), timeout=10)
+s.sendall({first:?}.encode())
+time.sleep(0.6)
+s.sendall({second:?}.encode())
+reply, end = b"", "timeout"
+try:
+    while True:
+        d = s.recv(65536)
+        if not d:
+            end = "eof"
+            break
+        reply += d
+except ConnectionResetError:
+    end = "reset"
+except socket.timeout:
+    pass
+print(json.dumps({{"reply": reply.decode("latin-1"), "end": end}}))
+"#,
+        ip = m.web.ip,
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script]);
+    let out = m.cluster.run_in_pod(&m.client, cmd).unwrap();
+    last_json_line("split head", &out)
+}
+
+/// Proves the review's class F cases 86, 87 and 89 to 93 and 96: each malformed head is
 /// refused by the client's agent with `400 Bad Request` and the connection closed, counted
 /// as an invalid request, and never reaches the server's agent or the app; the odd but
 /// valid ones (an absolute-form target, two `Host` headers) reach the original destination
@@ -143,6 +175,22 @@ fn malformed_http_heads_are_refused_before_the_app() {
         settle(&m.agent1, "http_errors_total", &invalid, (i + 1) as f64);
         after.check(case);
     }
+    // F87: the head split in two TCP segments 600 ms apart, Content-Length in the first and
+    // Transfer-Encoding in the second: the framing check waits for the whole head.
+    let r = split_head(
+        &m,
+        "POST /sha256 HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n",
+        "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert_eq!(status_line(&r), "HTTP/1.1 400 Bad Request", "F87: {r}");
+    settle(
+        &m.agent1,
+        "http_errors_total",
+        &invalid,
+        (refused.len() + 1) as f64,
+    );
+    after.check("F87 a head split across a pause");
+
     // None of them reached the server's agent: it counted only the checks' requests.
     let t2 = metrics(&m.agent2);
     assert_eq!(

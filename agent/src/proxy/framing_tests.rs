@@ -91,7 +91,9 @@ async fn through_the_proxy(
     });
     // The proxy may stop reading (a refused head): what it did not read is not an error.
     let _ = written;
-    let replies = read.expect("the proxy closes the connection").expect("read");
+    let replies = read
+        .expect("the proxy closes the connection")
+        .expect("read");
     let replies = String::from_utf8_lossy(&replies).into_owned();
     let statuses = replies
         .match_indices("HTTP/1.1 ")
@@ -122,8 +124,8 @@ fn invalid_requests(metrics: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Review cases F85/F86 (and differing lengths, and the review's head over 16 KiB with
-/// both headers) on the second request of a keep-alive connection: answered `400` after
+/// Review cases F85/F86 (and differing lengths, the review's head over 16 KiB with both
+/// headers, and a head over the 64 KiB limit) on the second request of a keep-alive connection: answered `400` after
 /// the first request's `200`, nothing of it (nor what follows it) reaches the app, the
 /// refusal is counted once as `invalid_request` and is the connection's error.
 #[tokio::test]
@@ -134,18 +136,27 @@ async fn a_later_request_with_ambiguous_framing_is_refused_and_never_reaches_the
         ("chunked then length", "POST /two HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /three HTTP/1.1\r\nHost: web\r\n\r\n".to_string(), "content-length with transfer-encoding"),
         ("two lengths", "POST /two HTTP/1.1\r\nHost: web\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde".to_string(), "conflicting content-length values"),
         ("after 16 KiB", format!("POST /two HTTP/1.1\r\nHost: web\r\nContent-Length: 3\r\n{filler}Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), "content-length with transfer-encoding"),
+        ("a head over 64 KiB", format!("GET /two HTTP/1.1\r\nHost: web\r\n{big}\r\n", big = filler.repeat(4)), "request head over 65536 bytes"),
     ];
     for (case, second, why) in cases {
         // The first request has a body by length, so that the check follows the framing.
         let first = "POST /one HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\nhello";
         let (statuses, got, error, metrics) = through_the_proxy(first, second.as_bytes()).await;
-        assert_eq!(statuses, ["HTTP/1.1 200 OK", "HTTP/1.1 400 Bad Request"], "{case}");
+        assert_eq!(
+            statuses,
+            ["HTTP/1.1 200 OK", "HTTP/1.1 400 Bad Request"],
+            "{case}"
+        );
         assert_eq!(
             got,
             [("/one".to_string(), Some("5".to_string()), b"hello".to_vec())],
             "{case}: only the first request reaches the app"
         );
-        assert_eq!(error.as_deref(), Some(&*format!("refused: {why}")), "{case}");
+        assert_eq!(
+            error.as_deref(),
+            Some(&*format!("refused: {why}")),
+            "{case}"
+        );
         let counted = invalid_requests(&metrics);
         assert_eq!(counted.len(), 1, "{case}: {counted:?}");
         assert!(counted[0].ends_with(" 1"), "{case}: {counted:?}");
@@ -161,7 +172,10 @@ async fn well_framed_requests_pass_in_order() {
     let first = "POST /one HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\nhello";
     let (statuses, got, error, metrics) = through_the_proxy(first, second.as_bytes()).await;
     assert_eq!(statuses, ["HTTP/1.1 200 OK"; 3]);
-    let paths: Vec<(&str, &[u8])> = got.iter().map(|(p, _, b)| (p.as_str(), b.as_slice())).collect();
+    let paths: Vec<(&str, &[u8])> = got
+        .iter()
+        .map(|(p, _, b)| (p.as_str(), b.as_slice()))
+        .collect();
     assert_eq!(
         paths,
         [
@@ -191,7 +205,10 @@ async fn a_trickled_head_is_cut_off_and_an_idle_connection_is_not() {
     // Idle three times the timeout, then the next request, whole.
     let mut buf = [0u8; 64];
     let idle = tokio::time::timeout(3 * timeout, checked.read(&mut buf)).await;
-    assert!(idle.is_err(), "still waiting for the next request: {idle:?}");
+    assert!(
+        idle.is_err(),
+        "still waiting for the next request: {idle:?}"
+    );
     client.write_all(request).await.unwrap();
     checked.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, request);
@@ -214,5 +231,8 @@ async fn a_trickled_head_is_cut_off_and_an_idle_connection_is_not() {
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
     assert_eq!(err.to_string(), "request head not complete within 0s");
     let took = started.elapsed();
-    assert!(took >= timeout && took < 10 * timeout, "cut off after {took:?}");
+    assert!(
+        took >= timeout && took < 10 * timeout,
+        "cut off after {took:?}"
+    );
 }

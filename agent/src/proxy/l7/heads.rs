@@ -80,15 +80,26 @@ enum Framing {
 /// Where a chunked body is (RFC 9112 §7.1, as hyper reads it: CRLF line ends).
 #[derive(Debug, Clone, Copy)]
 enum Chunk {
-    Size { size: u64, digits: bool },
-    Extension { size: u64 },
-    SizeLf { size: u64 },
+    Size {
+        size: u64,
+        digits: bool,
+    },
+    Extension {
+        size: u64,
+    },
+    SizeLf {
+        size: u64,
+    },
     Data(u64),
     DataCr,
     DataLf,
     /// After the last chunk: a trailer line (`empty` while nothing is on it yet).
-    Trailer { empty: bool },
-    TrailerLf { empty: bool },
+    Trailer {
+        empty: bool,
+    },
+    TrailerLf {
+        empty: bool,
+    },
 }
 
 fn bad_chunk(what: &str) -> io::Error {
@@ -209,10 +220,19 @@ enum Parsed {
     Partial,
 }
 
+/// Whether `bytes` hold the empty line that ends a head (CRLF CRLF, or bare LFs as
+/// hyper accepts them).
+fn ends_a_head(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
+}
+
 fn parse(head: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+            Parsed::Refused(HeadRefusal::TooLarge)
+        }
         Ok(httparse::Status::Complete(len)) => match ambiguous_head(&head[..len]) {
             Some(why) => Parsed::Refused(HeadRefusal::Ambiguous(why)),
             None => Parsed::Complete(len, framing_after(&req)),
@@ -267,7 +287,9 @@ impl<T> CheckedHeads<T> {
                 }
                 Framing::Refused => bytes = &[],
                 Framing::Length(left) => {
-                    let n = bytes.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    let n = bytes
+                        .len()
+                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
                     out.extend_from_slice(&bytes[..n]);
                     bytes = &bytes[n..];
                     *left -= n as u64;
@@ -284,12 +306,23 @@ impl<T> CheckedHeads<T> {
                     }
                 }
                 Framing::Head => {
+                    // A head can only be complete where a line ends on an empty line: look
+                    // for that in what is new (and the 3 bytes before it), so that a head
+                    // trickled in small reads is parsed once, not once per read.
+                    let from = self.head.len().saturating_sub(3);
                     self.head.extend_from_slice(bytes);
                     bytes = &[];
                     if self.deadline.is_none() && !self.head.trim_ascii_start().is_empty() {
                         self.deadline = Some(Box::pin(tokio::time::sleep(self.timeout)));
                     }
-                    match parse(&self.head) {
+                    let parsed = if ends_a_head(&self.head[from..]) {
+                        parse(&self.head)
+                    } else if self.head.len() > MAX_HEAD {
+                        Parsed::Refused(HeadRefusal::TooLarge)
+                    } else {
+                        Parsed::Partial
+                    };
+                    match parsed {
                         Parsed::Partial => {}
                         Parsed::Refused(why) => {
                             let _ = self.check.refused.set(why);
@@ -336,7 +369,38 @@ impl<T> CheckedHeads<T> {
     }
 }
 
+impl<T> CheckedHeads<T> {
+    /// How many of `bytes` (read after a complete head) belong to its body, or pass
+    /// unchecked; the framing moves on to the next head when the body ends.
+    fn body_bytes(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match &mut self.framing {
+            Framing::PassThrough => Ok(bytes.len()),
+            Framing::Length(left) => {
+                let n = bytes
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= n as u64;
+                if *left == 0 {
+                    self.framing = Framing::Head;
+                }
+                Ok(n)
+            }
+            Framing::Chunked(chunk) => {
+                let (n, done) = chunk.advance(bytes)?;
+                if done {
+                    self.framing = Framing::Head;
+                }
+                Ok(n)
+            }
+            Framing::Head | Framing::Refused => Ok(0),
+        }
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for CheckedHeads<T> {
+    /// Heads are read into the head buffer and handed on once checked; bodies (and what
+    /// passes unchecked) are read straight into hyper's buffer, with no copy, up to the end
+    /// of the body: what follows it is the next head.
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -352,6 +416,25 @@ impl<T: AsyncRead + Unpin> AsyncRead for CheckedHeads<T> {
             }
             if this.eof || matches!(this.framing, Framing::Refused) {
                 return Poll::Ready(Ok(()));
+            }
+            if !matches!(this.framing, Framing::Head) {
+                let before = buf.filled().len();
+                ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                let read = buf.filled().len() - before;
+                if read == 0 {
+                    this.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+                let body = this.body_bytes(&buf.filled()[before..])?;
+                if body < read {
+                    let next_head = buf.filled()[before + body..].to_vec();
+                    buf.set_filled(before + body);
+                    this.feed(&next_head)?;
+                }
+                if body > 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
             }
             let mut chunk = [0u8; 8 * 1024];
             let mut read = ReadBuf::new(&mut chunk);
@@ -374,8 +457,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for CheckedHeads<T> {
                     this.push_out(partial);
                 }
                 Poll::Ready(Ok(())) => {
-                    let filled = read.filled().to_vec();
-                    this.feed(&filled)?;
+                    let n = read.filled().len();
+                    this.feed(&chunk[..n])?;
                 }
             }
         }
@@ -410,5 +493,69 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CheckedHeads<T> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// What hyper reads from `CheckedHeads` for `input` (the client then closes), and the
+    /// refusal recorded.
+    async fn checked(input: &[u8]) -> (Vec<u8>, Option<HeadRefusal>) {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let check = Arc::new(HeadCheck::default());
+        let mut heads = CheckedHeads::new(server, Duration::from_secs(5), check.clone());
+        client.write_all(input).await.expect("write");
+        drop(client);
+        let mut out = Vec::new();
+        heads.read_to_end(&mut out).await.expect("read");
+        (out, check.refused())
+    }
+
+    /// A head over [`MAX_HEAD`] is refused whether its end arrived in the same read as the
+    /// bytes past the limit or never arrives; one just under the limit passes whole.
+    #[tokio::test]
+    async fn heads_over_64_kib_are_refused() {
+        let line = format!("X-Filler: {}\r\n", "a".repeat(1000));
+        let head =
+            |lines: usize| format!("GET / HTTP/1.1\r\nHost: web\r\n{}\r\n", line.repeat(lines));
+        let over = head(66);
+        assert!(over.len() > MAX_HEAD);
+        assert_eq!(
+            checked(over.as_bytes()).await,
+            (UNPARSEABLE.to_vec(), Some(HeadRefusal::TooLarge))
+        );
+        let unended = &over.as_bytes()[..over.len() - 2];
+        assert_eq!(
+            checked(unended).await,
+            (UNPARSEABLE.to_vec(), Some(HeadRefusal::TooLarge))
+        );
+        let under = head(64);
+        assert!(under.len() <= MAX_HEAD);
+        assert_eq!(checked(under.as_bytes()).await, (under.into_bytes(), None));
+    }
+
+    /// A head trickled a byte at a time is checked once complete (the empty line that ends
+    /// it is looked for in each new byte, the head parsed once) and passes whole, with the
+    /// body by length after it and the next head checked too.
+    #[tokio::test]
+    async fn a_trickled_head_and_body_pass_whole() {
+        let input = b"\r\nPOST /a HTTP/1.1\r\nHost: web\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\nHost: web\n\n";
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let check = Arc::new(HeadCheck::default());
+        let mut heads = CheckedHeads::new(server, Duration::from_secs(5), check.clone());
+        let writer = tokio::spawn(async move {
+            for b in input {
+                client.write_all(&[*b]).await.expect("write");
+                tokio::task::yield_now().await;
+            }
+        });
+        let mut out = Vec::new();
+        heads.read_to_end(&mut out).await.expect("read");
+        writer.await.expect("writer");
+        assert_eq!(out, input);
+        assert_eq!(check.refused(), None);
     }
 }

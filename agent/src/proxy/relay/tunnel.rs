@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 
 use super::splice::{read_until_drained, write_all};
 use crate::proxy::hbone::tunnel::{
-    end_failed, give_back, reset_error, send_failure, take_chunk, to_io, ReadChunk,
-    TunnelStream, CHUNK,
+    end_failed, give_back, reset_error, send_failure, take_chunk, to_io, ReadChunk, TunnelStream,
+    CHUNK,
 };
 
 /// Relays between a TCP socket and a tunnel until both directions end: what the socket
@@ -359,7 +359,10 @@ mod tests {
             );
             for (name, relay) in [("outbound", outbound), ("inbound", inbound)] {
                 let (_, _, error) = relay.await.unwrap();
-                assert!(error.is_some(), "{case}: the {name} relay reports the error");
+                assert!(
+                    error.is_some(),
+                    "{case}: the {name} relay reports the error"
+                );
             }
         }
     }

@@ -72,11 +72,15 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
     assert_eq!(out[0]["error"], Value::Null);
 
     // Non-enrolled client -> enrolled server: inbound capture only; the agent saw the
-    // client's address and the original destination, and delivered over loopback.
+    // client's address and the original destination, and delivered to that destination
+    // from inside the server's pod: the app sees the pod's own address as the client.
     let server_dst = format!("{}:8080", server.ip);
     let r = echo_ok(&c, &plain, &server_dst, 16 * MIB);
     assert!(
-        r["greeting"].as_str().unwrap().contains("peer=127.0.0.1:"),
+        r["greeting"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("peer={}:", server.ip)),
         "{r}"
     );
     let inb = wait_closed(&agent, "inbound", &server_dst, 1);
@@ -88,7 +92,7 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
             .starts_with(&format!("{}:", plain.ip)),
         "{inb:?}"
     );
-    assert_eq!(inb[0]["target"], "127.0.0.1:8080");
+    assert_eq!(inb[0]["target"], server_dst.as_str());
     assert_eq!(inb[0]["bytes_sent"].as_u64(), Some(16 * MIB));
 
     // Enrolled -> enrolled: both sides, exactly one record each (no loops).
@@ -327,7 +331,7 @@ fn never_captured_loopback_udp_excluded_ports_and_unenrolled_pods() {
 /// Resets cross the relays both ways, on both plain TCP relay paths: the outbound
 /// pass-through (enrolled client -> non-enrolled server, relayed by the agent from inside
 /// the client's netns) and the inbound delivery (non-enrolled client -> enrolled server,
-/// relayed to 127.0.0.1 inside the server's netns). A server that closes with SO_LINGER 0
+/// relayed to the server's address from inside the server's netns). A server that closes with SO_LINGER 0
 /// makes the client read ECONNRESET (not a clean end), and a client that does so makes the
 /// server read ECONNRESET.
 #[test]

@@ -97,7 +97,7 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
     // Nothing of the client is left attached, and no map entry of it remains.
     assert!(cgroup_programs(&client.cgroup).unwrap().is_empty());
     assert!(netns_programs(&client.netns_path).unwrap().is_empty());
-    assert!(!agent.pin_root.join("v1/links/default_client").exists());
+    assert!(!agent.pin_root.join("v2/links/default_client").exists());
     assert_eq!(map_count(&agent, "MESHD_PODS"), 1);
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 1);
     assert_eq!(map_count(&agent, "MESHD_ORIG_DST"), 0);
@@ -128,7 +128,7 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
     assert_eq!(applied_state(&agent), good, "the bad edit changed nothing");
     assert!(enrolled(&agent, "default/client"));
     assert!(cgroup_programs(&extra.cgroup).unwrap().is_empty());
-    assert!(!agent.pin_root.join("v1/links/default_extra").exists());
+    assert!(!agent.pin_root.join("v2/links/default_extra").exists());
     // The client is still captured: its loop's next connections go through the agent.
     let before = outbound(&agent);
     traffic.wait_more_ok(10, "after the bad edit");
@@ -166,7 +166,7 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
 }
 
 fn pinned_prog_id(agent: &Agent, name: &str) -> u64 {
-    let path = agent.pin_root.join("v1/progs").join(name);
+    let path = agent.pin_root.join("v2/progs").join(name);
     bpftool_json(&["prog", "show", "pinned", path.to_str().unwrap()]).unwrap()["id"]
         .as_u64()
         .unwrap()
@@ -238,7 +238,7 @@ fn restarted_agent_adopts_its_pins() {
     assert_eq!(old_ids.len(), 3);
     assert!(agent
         .pin_root
-        .join("v1/links/default_client/connect4")
+        .join("v2/links/default_client/connect4")
         .exists());
 
     // Restart with a config in which one workload is gone.
@@ -267,7 +267,7 @@ fn restarted_agent_adopts_its_pins() {
         attached_ids(&gone.cgroup).is_empty(),
         "links of a removed workload are dropped"
     );
-    assert!(!agent2.pin_root.join("v1/links/default_gone").exists());
+    assert!(!agent2.pin_root.join("v2/links/default_gone").exists());
     assert_eq!(map_count(&agent2, "MESHD_PODS"), 2);
     // /config_dump names what is attached where: the adopted links run the new programs.
     let dump = agent2.config_dump().unwrap();

@@ -209,6 +209,7 @@ fn changed_skip_ports_or_addresses_re_enroll_the_workload() {
         key,
     );
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 1);
+    assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 1);
     assert_eq!(map_count(&agent, "MESHD_PODS"), 1);
     assert_captured_at(&a.cgroup, &a.netns_path);
     assert!(inbound_captured(&c, &peer, &format!("{new_ip}:8080")));
@@ -287,6 +288,7 @@ fn changed_cgroup_or_netns_re_enrolls_the_workload() {
     assert_ne!(new_cookie, cookie);
     assert_eq!(map_count(&agent, "MESHD_PODS"), 1);
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 1);
+    assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 1);
     assert!(outbound_captured(&c, &b, &to_peer));
     assert!(!outbound_captured(&c, &a_cg2, &to_peer));
     assert!(inbound_captured(&c, &peer, &format!("{}:8080", b.ip)));
@@ -400,6 +402,7 @@ fn enroll_unenroll_churn_under_traffic_fails_nothing_and_leaks_nothing() {
     );
     assert_eq!(map_count(&agent, "MESHD_PODS"), 2);
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 2);
+    assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 2);
     assert!(wait_until(Duration::from_secs(10), || {
         map_count(&agent, "MESHD_ORIG_DST") == 0 && map_count(&agent, "MESHD_SOCK_DST") == 0
     }));
@@ -448,6 +451,7 @@ fn a_workload_that_cannot_be_enrolled_is_reported_and_the_others_work() {
     assert!(!agent.pin_root.join("v2/links/default_busy").exists());
     assert_eq!(map_count(&agent, "MESHD_PODS"), 2);
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 2);
+    assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 2);
     // The others work: client -> server is captured on both sides.
     assert!(enrolled(&agent, "default/client") && enrolled(&agent, "default/server"));
     assert!(outbound_captured(&c, &client, &dst));
@@ -553,6 +557,7 @@ fn a_vanished_namespace_is_reported_and_a_recreated_one_is_re_enrolled() {
     assert_eq!(netns_programs(&x.netns_path).unwrap(), ["meshd_sk_lookup"]);
     assert_eq!(map_count(&agent, "MESHD_PODS"), 3);
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 3);
+    assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 3);
     // A connection from the new namespace is redirected to the agent's listener there
     // (which then cannot reach the server: the new namespace has no network).
     let mut lo = Command::new("ip");

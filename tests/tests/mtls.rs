@@ -10,7 +10,8 @@ use std::{
 use meshd_tests::{
     mesh::{
         config_yaml, contains_bytes, echo_payload, identity_init, issue_cert, meshd_bin, serve,
-        served_certificates, testapp_json, with_identity, Agent, WireCapture, WorkloadSpec,
+        serve_at, served_certificates, testapp_json, with_identity, Agent, WireCapture,
+        WorkloadSpec,
     },
     metrics::{metric, rejected},
     require_root,
@@ -221,6 +222,56 @@ print(json.dumps({{"end": end, "reply": reply.hex()}}))
     cmd.args(["-c", &script]);
     let out = t.c.run_in_node(&t.n1, cmd).unwrap();
     last_json_line("plaintext client", &out)
+}
+
+/// Review H1: a service that listens only on b's loopback (`127.0.0.1:6060`, a debug port
+/// say) stays unreachable from other pods, as without the mesh: the agent delivers to the
+/// original destination (b's address) from inside b, never to loopback. In plaintext from
+/// outside the mesh (node 1's namespace) the client is reset; from the mesh pod a (over
+/// HBONE) its connection fails; a tunnel opened by hand (`meshd diagnostics hbone`) gets
+/// `503`. Each is one inbound record with the refused dial, and the server accepts only
+/// the connection b makes to it over its own loopback.
+#[test]
+fn loopback_only_services_are_not_exposed() {
+    require_root().unwrap();
+    let (t, _agent1, agent2) = two_nodes("mtls-h1", &[]);
+    let c = &t.c;
+    let local_only = serve_at(c, &t.b, "127.0.0.1:6060").unwrap();
+    let dst = format!("{}:6060", t.b.ip);
+
+    // Plaintext, from outside the mesh: steered to the agent, whose dial is refused.
+    let r = plaintext_to(&t, 6060);
+    assert_eq!(r["end"], "reset", "{r}");
+    assert_eq!(r["reply"], "", "{r}");
+    // From the mesh pod a, over HBONE.
+    let r = echo(c, &t.a, &dst, 1000);
+    assert_eq!(r["ok"], false, "{r}");
+    // A CONNECT by hand.
+    let anchors = t.ca.join("ca.crt");
+    let r = probe(&t, &t.ca, &anchors, "probe", &["--authority", &dst]);
+    assert_eq!(r["status"], 503, "{r}");
+
+    let recs = closed(&agent2, "inbound", &dst, 3);
+    assert_eq!(recs.len(), 3, "{recs:#?}");
+    for r in &recs {
+        assert_eq!(r["target"], dst.as_str(), "delivered to b's address: {r}");
+        assert!(
+            r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Connection refused")),
+            "{r}"
+        );
+    }
+    // The server saw none of them: only b's own connection over loopback, afterwards.
+    assert!(!local_only.stdout().contains("accepted"), "{}", local_only.stdout());
+    let r = echo(c, &t.b, "127.0.0.1:6060", 1000);
+    assert_eq!(r["ok"], true, "{r}");
+    local_only
+        .wait_for_output("accepted", Duration::from_secs(5))
+        .unwrap();
+    let out = local_only.stdout();
+    let accepted = out.lines().filter(|l| l.starts_with("accepted")).count();
+    assert_eq!(accepted, 1, "{out}");
 }
 
 #[test]

@@ -5,13 +5,19 @@
 //! Attached to each enrolled pod's network namespace. Needs kernel 5.17+ for
 //! `ingress_ifindex` (sk_lookup itself is 5.9+). Not steered, left to the normal socket
 //! lookup:
-//! - what arrives on the loopback device (ifindex 1 in every namespace): the agent's own
-//!   delivery to the app (it connects to the pod's address from inside the pod, so without
-//!   this check the delivery would be steered back to the agent, a loop), a pod's
-//!   connections to its own address, and any SYN a pod generates locally for an address it
-//!   put on its own `lo` (review M5: it must never be steered into another pod's listener,
-//!   which the IP-keyed [`MESHD_LISTENERS`] would do: `bpf_sk_lookup_assign` does not check
-//!   the socket's namespace, and `bpf_get_netns_cookie` is not allowed in this program type);
+//! - a connection whose source address is its destination address: the agent's own
+//!   delivery to the app (it connects to the pod's address from inside the pod, and the
+//!   kernel picks the destination itself as the source of a connection to a local
+//!   address; without this check the delivery would be steered back to the agent, a loop)
+//!   and a pod's connections to its own address. A packet from outside with a local source
+//!   address is dropped by the kernel as a martian (`accept_local` is off by default), so
+//!   this cannot be used from another host or pod to go around the agent;
+//! - what is addressed to an address on the loopback device (`ingress_ifindex` 1: for a
+//!   locally delivered packet the kernel reports the device that holds the destination
+//!   address, not `lo`): review M5, a pod that put another pod's address on its own `lo`
+//!   and connects to it locally must never be steered into that pod's listener, which the
+//!   IP-keyed [`MESHD_LISTENERS`] would do (`bpf_sk_lookup_assign` does not check the
+//!   socket's namespace, and `bpf_get_netns_cookie` is not allowed in this program type);
 //! - loopback destinations, UDP, the agent's own ports and the pod's skipped inbound ports;
 //! - addresses that are not enrolled ([`MESHD_POD_ADDRS`]).
 //!
@@ -40,7 +46,7 @@ pub fn meshd_sk_lookup(ctx: SkLookupContext) -> u32 {
     let port = lk.local_port as u16;
     let ip = match lk.family {
         2 => {
-            if u32::from_be(lk.local_ip4) >> 24 == 127 {
+            if u32::from_be(lk.local_ip4) >> 24 == 127 || lk.remote_ip4 == lk.local_ip4 {
                 return SK_PASS;
             }
             IpAddr {
@@ -56,7 +62,13 @@ pub fn meshd_sk_lookup(ctx: SkLookupContext) -> u32 {
                 unsafe { core::ptr::read_volatile(&lk.local_ip6[2]) },
                 unsafe { core::ptr::read_volatile(&lk.local_ip6[3]) },
             ];
-            if addr == [0, 0, 0, 1u32.to_be()] {
+            let remote = [
+                unsafe { core::ptr::read_volatile(&lk.remote_ip6[0]) },
+                unsafe { core::ptr::read_volatile(&lk.remote_ip6[1]) },
+                unsafe { core::ptr::read_volatile(&lk.remote_ip6[2]) },
+                unsafe { core::ptr::read_volatile(&lk.remote_ip6[3]) },
+            ];
+            if addr == [0, 0, 0, 1u32.to_be()] || remote == addr {
                 return SK_PASS;
             }
             IpAddr {

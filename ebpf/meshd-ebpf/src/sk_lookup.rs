@@ -6,10 +6,10 @@
 //! `ingress_ifindex` (sk_lookup itself is 5.9+). Not steered, left to the normal socket
 //! lookup:
 //! - a connection whose source address is its destination address: the agent's own
-//!   delivery to the app (it connects to the pod's address from inside the pod, and the
-//!   kernel picks the destination itself as the source of a connection to a local
-//!   address; without this check the delivery would be steered back to the agent, a loop)
-//!   and a pod's connections to its own address. A packet from outside with a local source
+//!   delivery to the app (it connects to the pod's address from that same address, bound
+//!   explicitly, inside the pod; without this check the delivery would be steered back to
+//!   the agent, a loop) and a pod's connections to its own address (the kernel's choice of
+//!   source for a local destination, but for a secondary address of the same device). A packet from outside with a local source
 //!   address is dropped by the kernel as a martian (`accept_local` is off by default), so
 //!   this cannot be used from another host or pod to go around the agent;
 //! - what is addressed to an address on the loopback device (`ingress_ifindex` 1: for a

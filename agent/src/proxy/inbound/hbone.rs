@@ -17,7 +17,7 @@ use crate::{
     conn::Tls,
     drain::{DrainWatcher, Draining},
     proxy::{
-        connect::connect_in,
+        connect::deliver_in,
         context::{PodContext, ProxyContext},
         error::{Error, Refusal},
         hbone::{self, tunnel::TunnelStream, HANDSHAKE_TIMEOUT},
@@ -188,7 +188,7 @@ async fn connect(
         .connections
         .open(inbound_context(&ctx, &pod, peer, target).with_tls(tls));
     // The pod's own address and port, from inside the pod (never loopback: review H1).
-    let server = match connect_in(&pod.netns, target, ctx.connect_timeout).await {
+    let server = match deliver_in(&pod.netns, target, ctx.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(workload = %workload, %peer, %target, error = %e, "HBONE: delivery to the app failed");

@@ -2,9 +2,9 @@
 //! listener in the pod's namespace. The original destination is the accepted socket's local
 //! address; the agent delivers to that same address (the pod's address and port) from inside
 //! the pod's namespace, never to loopback: a service that listens only on `127.0.0.1` stays
-//! unreachable from other pods, as without the mesh (review H1). The delivery arrives on the
-//! pod's loopback device, which sk_lookup leaves alone (no loop), and the app sees it come
-//! from the pod's own address. A destination that is not the pod's own address, or is one
+//! unreachable from other pods, as without the mesh (review H1). The delivery comes from
+//! that same address ([`deliver_in`]), which sk_lookup leaves alone (no loop), and the app
+//! sees it come from the pod's own address. A destination that is not the pod's own address, or is one
 //! of the agent's ports, is refused before anything is dialed ([`check_destination`]):
 //! delivering it would reach the agent's own listeners again or the pod's outbound listener.
 
@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use crate::{
     conn::{ConnContext, Direction},
     proxy::{
-        connect::connect_in,
+        connect::deliver_in,
         context::{PodContext, ProxyContext},
         error::Refusal,
         relay::reset,
@@ -78,7 +78,7 @@ pub(crate) async fn handle(
         return;
     }
     // The original destination itself, dialed from inside the pod (checked above).
-    match connect_in(&pod.netns, dst, ctx.connect_timeout).await {
+    match deliver_in(&pod.netns, dst, ctx.connect_timeout).await {
         Ok(server) => {
             guard.context().route(dst, None);
             let opaque = pod.workload.opaque_ports.contains(&dst.port());

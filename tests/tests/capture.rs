@@ -9,7 +9,7 @@ use std::{
 use meshd_tests::{
     mesh::{config_yaml, serve, testapp_bin, testapp_json, Agent, ServiceSpec, WorkloadSpec},
     require_root,
-    traffic::{echo_ok, spawn_listening, wait_closed},
+    traffic::{echo, echo_ok, spawn_listening, wait_closed},
     Cluster, Pod,
 };
 use serde_json::Value;
@@ -72,11 +72,15 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
     assert_eq!(out[0]["error"], Value::Null);
 
     // Non-enrolled client -> enrolled server: inbound capture only; the agent saw the
-    // client's address and the original destination, and delivered over loopback.
+    // client's address and the original destination, and delivered to that destination
+    // from inside the server's pod: the app sees the pod's own address as the client.
     let server_dst = format!("{}:8080", server.ip);
     let r = echo_ok(&c, &plain, &server_dst, 16 * MIB);
     assert!(
-        r["greeting"].as_str().unwrap().contains("peer=127.0.0.1:"),
+        r["greeting"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("peer={}:", server.ip)),
         "{r}"
     );
     let inb = wait_closed(&agent, "inbound", &server_dst, 1);
@@ -88,7 +92,7 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
             .starts_with(&format!("{}:", plain.ip)),
         "{inb:?}"
     );
-    assert_eq!(inb[0]["target"], "127.0.0.1:8080");
+    assert_eq!(inb[0]["target"], server_dst.as_str());
     assert_eq!(inb[0]["bytes_sent"].as_u64(), Some(16 * MIB));
 
     // Enrolled -> enrolled: both sides, exactly one record each (no loops).
@@ -327,7 +331,7 @@ fn never_captured_loopback_udp_excluded_ports_and_unenrolled_pods() {
 /// Resets cross the relays both ways, on both plain TCP relay paths: the outbound
 /// pass-through (enrolled client -> non-enrolled server, relayed by the agent from inside
 /// the client's netns) and the inbound delivery (non-enrolled client -> enrolled server,
-/// relayed to 127.0.0.1 inside the server's netns). A server that closes with SO_LINGER 0
+/// relayed to the server's address from inside the server's netns). A server that closes with SO_LINGER 0
 /// makes the client read ECONNRESET (not a clean end), and a client that does so makes the
 /// server read ECONNRESET.
 #[test]
@@ -382,5 +386,150 @@ fn resets_cross_the_outbound_and_inbound_relays() {
         };
         wait_closed(&agent, direction, &dst, 2);
     }
+    agent.stop().unwrap();
+}
+
+/// How many connections a greeting server accepted (its `accepted peer=...` lines).
+fn accepted(app: &meshd_tests::ProcHandle) -> usize {
+    app.stdout()
+        .lines()
+        .filter(|l| l.starts_with("accepted "))
+        .count()
+}
+
+/// Review H2: the inbound listener is bound to `127.0.0.1:15006` (sk_lookup assigns it
+/// whatever its bound address), so a connection from another pod to `serverIP:15006` is
+/// refused by the server's kernel, with no record; a process inside the server's pod that
+/// connects to `127.0.0.1:15006` reaches the listener and gets one refused record and a
+/// reset (the destination check), never a delivery.
+#[test]
+fn the_inbound_listener_is_reached_only_through_sk_lookup() {
+    require_root().unwrap();
+    let (c, agent, _client, server, plain) = client_server_plain("capture-15006");
+    let app = serve(&c, &server, 8080).unwrap();
+    let direct = format!("{}:15006", server.ip);
+    let r = echo(&c, &plain, &direct, 1000);
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Connection refused")),
+        "refused by the kernel: {r}"
+    );
+    let r = echo(&c, &server, "127.0.0.1:15006", 1000);
+    assert_eq!(r["ok"], false, "{r}");
+    let refused = wait_closed(&agent, "inbound", "127.0.0.1:15006", 1);
+    assert!(
+        refused[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("port 15006 is one of the agent's own ports")),
+        "{refused:?}"
+    );
+    // Captured inbound still works (sk_lookup assigns the loopback-bound listener), once.
+    let dst = format!("{}:8080", server.ip);
+    echo_ok(&c, &plain, &dst, 4096);
+    wait_closed(&agent, "inbound", &dst, 1);
+    let all = agent.connections().unwrap();
+    assert_eq!(all.len(), 2, "no record for {direct}: {all:#?}");
+    assert_eq!(accepted(&app), 1);
+    agent.stop().unwrap();
+}
+
+/// Review M5: pod a (root in its namespace, so NET_ADMIN) puts pod b's address on its own
+/// `lo` and connects to it on a port its outbound capture skips, from that address (the
+/// kernel's choice) and from its own address (bound first). The SYN is delivered locally
+/// in a's namespace, where sk_lookup steers nothing (source = destination, or a
+/// destination on `lo`): it must not reach b's listener (keyed by address only). a's
+/// connections are refused by its own kernel, b's agent records nothing and b's app sees
+/// nothing. Before that, the same connect without the address trick reaches b through b's
+/// inbound capture, once.
+#[test]
+fn a_pod_cannot_steer_into_another_pods_listener() {
+    require_root().unwrap();
+    let c = Cluster::new("capture-m5").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let b = c.add_pod(&n1, "b").unwrap();
+    let yaml = config_yaml(
+        &c,
+        &n1,
+        &[
+            WorkloadSpec::new(&a).skip_outbound(&[8080]),
+            WorkloadSpec::new(&b),
+        ],
+        &[],
+    );
+    let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    let app = serve(&c, &b, 8080).unwrap();
+    let dst = format!("{}:8080", b.ip);
+
+    // The contrast: not captured by a's agent side, captured inbound by b's.
+    let r = echo_ok(&c, &a, &dst, 4096);
+    assert!(
+        r["local"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", a.ip)),
+        "{r}"
+    );
+    let inb = wait_closed(&agent, "inbound", &dst, 1);
+    assert!(
+        inb[0]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", a.ip)),
+        "{inb:?}"
+    );
+    assert_eq!(accepted(&app), 1);
+
+    let mut ip = Command::new("ip");
+    ip.args(["addr", "add", &format!("{}/32", b.ip), "dev", "lo"]);
+    let out = c.run_in_pod(&a, ip).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for _ in 0..3 {
+        let r = echo(&c, &a, &dst, 4096);
+        assert_eq!(r["ok"], false, "{r}");
+        assert!(
+            r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Connection refused")),
+            "refused in a's own namespace: {r}"
+        );
+    }
+    let script = format!(
+        "import socket\ns = socket.socket()\ns.bind(('{}', 0))\ns.settimeout(5)\n\
+         try:\n    s.connect(('{}', 8080))\n    print('connected')\n\
+         except ConnectionRefusedError:\n    print('refused')\n",
+        a.ip, b.ip
+    );
+    let mut py = Command::new("python3");
+    py.args(["-c", &script]);
+    let out = c.run_in_pod(&a, py).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "refused",
+        "from a's own address: {out:?}"
+    );
+    // A marker through b's capture afterwards (from the node, not from a): once it is
+    // recorded, a steered connection would have been recorded before it.
+    let marker = format!("{}:8080", b.ip);
+    let out = c
+        .run_in_node(&n1, {
+            let mut cmd = Command::new(testapp_bin());
+            cmd.args(["echo", "--greet", "--connect", &marker, "--bytes", "100"]);
+            cmd
+        })
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let inb = wait_closed(&agent, "inbound", &dst, 2);
+    assert_eq!(inb.len(), 2, "{inb:#?}");
+    assert!(
+        inb.iter().all(|r| !r["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", b.ip))),
+        "nothing from a with b's address reached b's agent: {inb:#?}"
+    );
+    assert_eq!(accepted(&app), 2, "{}", app.stdout());
     agent.stop().unwrap();
 }

@@ -234,7 +234,7 @@ fn sigint_is_a_clean_shutdown() {
         netns_programs(&client.netns_path).unwrap(),
         ["meshd_sk_lookup"]
     );
-    assert!(agent.pin_root.join("v1/links/default_client").is_dir());
+    assert!(agent.pin_root.join("v2/links/default_client").is_dir());
 
     agent.proc.signal(Signal::SIGINT).unwrap();
     let status = agent.proc.wait(Duration::from_secs(15)).unwrap();
@@ -427,9 +427,9 @@ fn startup_only_settings_need_a_restart() {
     let dump = agent.config_dump().unwrap();
     assert_eq!(
         dump["capture"]["pins"],
-        old_root.join("v1").display().to_string().as_str()
+        old_root.join("v2").display().to_string().as_str()
     );
-    assert!(old_root.join("v1/links/default_extra").is_dir());
+    assert!(old_root.join("v2/links/default_extra").is_dir());
     assert!(!new_root.exists(), "{} was created", new_root.display());
     assert_eq!(dump["identity"]["trustDomain"], "cluster.local");
     let now = SystemTime::now()

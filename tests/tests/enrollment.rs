@@ -64,16 +64,19 @@ fn outbound_captured(c: &Cluster, pod: &Pod, dst: &str) -> bool {
     r["local"].as_str().unwrap().starts_with("127.0.0.1:")
 }
 
-/// Inbound capture, seen by the server: the agent delivers over loopback, a direct
-/// connection comes from the client's address.
+/// Inbound capture, seen by the server: the agent delivers from inside the server's pod
+/// (the connection comes from the pod's own address, `dst`'s), a direct connection comes
+/// from the client's address.
 fn inbound_captured(c: &Cluster, from: &Pod, dst: &str) -> bool {
     let r = echo(c, from, dst);
     let greeting = r["greeting"].as_str().unwrap();
+    let (own_ip, _) = dst.rsplit_once(':').unwrap();
+    let delivered = format!("peer={own_ip}:");
     assert!(
-        greeting.contains("peer=127.0.0.1:") || greeting.contains(&format!("peer={}:", from.ip)),
+        greeting.contains(&delivered) || greeting.contains(&format!("peer={}:", from.ip)),
         "{greeting}"
     );
-    greeting.contains("peer=127.0.0.1:")
+    greeting.contains(&delivered)
 }
 
 /// The capture of one enrolled workload: its cgroup runs the three programs once, its
@@ -206,6 +209,7 @@ fn changed_skip_ports_or_addresses_re_enroll_the_workload() {
         key,
     );
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 1);
+    assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 1);
     assert_eq!(map_count(&agent, "MESHD_PODS"), 1);
     assert_captured_at(&a.cgroup, &a.netns_path);
     assert!(inbound_captured(&c, &peer, &format!("{new_ip}:8080")));
@@ -284,6 +288,7 @@ fn changed_cgroup_or_netns_re_enrolls_the_workload() {
     assert_ne!(new_cookie, cookie);
     assert_eq!(map_count(&agent, "MESHD_PODS"), 1);
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 1);
+    assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 1);
     assert!(outbound_captured(&c, &b, &to_peer));
     assert!(!outbound_captured(&c, &a_cg2, &to_peer));
     assert!(inbound_captured(&c, &peer, &format!("{}:8080", b.ip)));
@@ -387,7 +392,7 @@ fn enroll_unenroll_churn_under_traffic_fails_nothing_and_leaks_nothing() {
 
     // Nothing of the churned workload is left; the others are intact.
     assert_nothing_at(&churn.cgroup, Some(&churn.netns_path));
-    assert!(!agent.pin_root.join("v1/links/default_churn").exists());
+    assert!(!agent.pin_root.join("v2/links/default_churn").exists());
     assert_captured_at(&steady.cgroup, &steady.netns_path);
     assert_captured_at(&server.cgroup, &server.netns_path);
     assert_eq!(
@@ -397,6 +402,7 @@ fn enroll_unenroll_churn_under_traffic_fails_nothing_and_leaks_nothing() {
     );
     assert_eq!(map_count(&agent, "MESHD_PODS"), 2);
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 2);
+    assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 2);
     assert!(wait_until(Duration::from_secs(10), || {
         map_count(&agent, "MESHD_ORIG_DST") == 0 && map_count(&agent, "MESHD_SOCK_DST") == 0
     }));
@@ -442,9 +448,10 @@ fn a_workload_that_cannot_be_enrolled_is_reported_and_the_others_work() {
     );
     assert!(agent.proc.stderr().contains("cannot enroll workload"));
     assert_nothing_at(&busy.cgroup, Some(&busy.netns_path));
-    assert!(!agent.pin_root.join("v1/links/default_busy").exists());
+    assert!(!agent.pin_root.join("v2/links/default_busy").exists());
     assert_eq!(map_count(&agent, "MESHD_PODS"), 2);
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 2);
+    assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 2);
     // The others work: client -> server is captured on both sides.
     assert!(enrolled(&agent, "default/client") && enrolled(&agent, "default/server"));
     assert!(outbound_captured(&c, &client, &dst));
@@ -550,6 +557,7 @@ fn a_vanished_namespace_is_reported_and_a_recreated_one_is_re_enrolled() {
     assert_eq!(netns_programs(&x.netns_path).unwrap(), ["meshd_sk_lookup"]);
     assert_eq!(map_count(&agent, "MESHD_PODS"), 3);
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 3);
+    assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 3);
     // A connection from the new namespace is redirected to the agent's listener there
     // (which then cannot reach the server: the new namespace has no network).
     let mut lo = Command::new("ip");

@@ -89,10 +89,14 @@ fn ipv6_outbound_and_inbound_capture_carry_bytes_intact() {
     assert_eq!(out[0]["bytes_sent"].as_u64(), Some(16 * MIB));
     assert_eq!(out[0]["error"], Value::Null);
 
-    // Inbound (sk_lookup on the IPv6 address): delivered to the app over [::1].
+    // Inbound (sk_lookup on the IPv6 address): delivered to the app's IPv6 address from
+    // inside its pod (never to [::1]), so the app sees its own address as the client.
     let server_dst = v6(&server, 8080);
     let r = echo_ok(&c, &plain, &server_dst, 8 * MIB);
-    assert!(greeting(&r).contains("peer=[::1]:"), "{r}");
+    assert!(
+        greeting(&r).contains(&format!("peer={}", v6_host(&server))),
+        "{r}"
+    );
     assert!(
         r["local"].as_str().unwrap().starts_with(&v6_host(&plain)),
         "not captured on the client side: {r}"
@@ -106,7 +110,7 @@ fn ipv6_outbound_and_inbound_capture_carry_bytes_intact() {
             .starts_with(&v6_host(&plain)),
         "{inb:?}"
     );
-    assert_eq!(inb[0]["target"], "[::1]:8080");
+    assert_eq!(inb[0]["target"], server_dst.as_str());
     assert_eq!(inb[0]["bytes_sent"].as_u64(), Some(8 * MIB));
 
     // Enrolled to enrolled over IPv6: once per side, nothing captured twice.
@@ -168,7 +172,7 @@ fn ipv4_mapped_captured_as_ipv4_loopback_and_skipped_ports_never() {
         "{r}"
     );
     // Skipped inbound port, from a non-enrolled pod: the app sees the client itself (an
-    // inbound capture would deliver it from [::1]).
+    // inbound capture would deliver it from the server's own address).
     let r = echo_ok(&c, &plain, &v6(&server, 9091), 4096);
     assert!(
         greeting(&r).contains(&format!("peer={}", v6_host(&plain))),
@@ -208,7 +212,7 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
     let b_dst = v6(b, 8080);
     for _ in 0..3 {
         let r = echo_ok(c, a, &b_dst, 2 * MIB);
-        assert!(greeting(&r).contains("peer=[::1]:"), "{r}");
+        assert!(greeting(&r).contains(&format!("peer={}", v6_host(b))), "{r}");
     }
     let out = wait_closed(&agent1, "outbound", &b_dst, 3);
     let inb = wait_closed(&agent2, "inbound", &b_dst, 3);
@@ -225,7 +229,7 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
         assert_eq!(r["client_id"], spiffe("a").as_str(), "{r}");
         assert_eq!(r["server_id"], spiffe("b").as_str(), "{r}");
         assert!(r["peer"].as_str().unwrap().starts_with(&v6_host(a)), "{r}");
-        assert_eq!(r["target"], "[::1]:8080", "{r}");
+        assert_eq!(r["target"], b_dst.as_str(), "{r}");
     }
 
     // The wire: IPv6 only, TLS 1.3 from [b]:15008, no plaintext, one pooled connection.
@@ -280,7 +284,10 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
     // The other address of the same dual-stack workload: same identities, over IPv4.
     let b4_dst = format!("{}:8080", b.ip);
     let r = echo_ok(c, a, &b4_dst, MIB);
-    assert!(greeting(&r).contains("peer=[::ffff:127.0.0.1]:"), "{r}");
+    assert!(
+        greeting(&r).contains(&format!("peer=[::ffff:{}]:", b.ip)),
+        "{r}"
+    );
     let out = wait_closed(&agent1, "outbound", &b4_dst, 1);
     assert_eq!(out[0]["tls"], true, "{out:?}");
     assert_eq!(out[0]["server_id"], spiffe("b").as_str(), "{out:?}");
@@ -324,7 +331,7 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
         r["reply"]
             .as_str()
             .unwrap_or_default()
-            .starts_with("hello peer=[::1]:"),
+            .starts_with(&format!("hello peer={}", v6_host(b))),
         "{r}"
     );
     let r = probe(&v6(a, 8080));

@@ -9,7 +9,9 @@ use meshd_tests::{
         bpftool_json, cgroup_programs, config_yaml, meshd_bin, netns_programs, serve, testapp_json,
         Agent, WorkloadSpec,
     },
-    require_root, wait_until, Cluster,
+    require_root,
+    traffic::{echo, echo_ok, wait_closed},
+    wait_until, Cluster,
 };
 use serde_json::Value;
 
@@ -40,6 +42,7 @@ fn applied_state(agent: &Agent) -> Value {
         "capture.attached": d["capture"]["attached"],
         "MESHD_PODS": d["capture"]["maps"]["MESHD_PODS"],
         "MESHD_LISTENERS": d["capture"]["maps"]["MESHD_LISTENERS"],
+        "MESHD_POD_ADDRS": d["capture"]["maps"]["MESHD_POD_ADDRS"],
     })
 }
 
@@ -97,8 +100,9 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
     // Nothing of the client is left attached, and no map entry of it remains.
     assert!(cgroup_programs(&client.cgroup).unwrap().is_empty());
     assert!(netns_programs(&client.netns_path).unwrap().is_empty());
-    assert!(!agent.pin_root.join("v1/links/default_client").exists());
+    assert!(!agent.pin_root.join("v2/links/default_client").exists());
     assert_eq!(map_count(&agent, "MESHD_PODS"), 1);
+    assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 1);
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 1);
     assert_eq!(map_count(&agent, "MESHD_ORIG_DST"), 0);
     assert_eq!(map_count(&agent, "MESHD_SOCK_DST"), 0);
@@ -128,7 +132,7 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
     assert_eq!(applied_state(&agent), good, "the bad edit changed nothing");
     assert!(enrolled(&agent, "default/client"));
     assert!(cgroup_programs(&extra.cgroup).unwrap().is_empty());
-    assert!(!agent.pin_root.join("v1/links/default_extra").exists());
+    assert!(!agent.pin_root.join("v2/links/default_extra").exists());
     // The client is still captured: its loop's next connections go through the agent.
     let before = outbound(&agent);
     traffic.wait_more_ok(10, "after the bad edit");
@@ -166,7 +170,7 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
 }
 
 fn pinned_prog_id(agent: &Agent, name: &str) -> u64 {
-    let path = agent.pin_root.join("v1/progs").join(name);
+    let path = agent.pin_root.join("v2/progs").join(name);
     bpftool_json(&["prog", "show", "pinned", path.to_str().unwrap()]).unwrap()["id"]
         .as_u64()
         .unwrap()
@@ -238,7 +242,7 @@ fn restarted_agent_adopts_its_pins() {
     assert_eq!(old_ids.len(), 3);
     assert!(agent
         .pin_root
-        .join("v1/links/default_client/connect4")
+        .join("v2/links/default_client/connect4")
         .exists());
 
     // Restart with a config in which one workload is gone.
@@ -267,7 +271,7 @@ fn restarted_agent_adopts_its_pins() {
         attached_ids(&gone.cgroup).is_empty(),
         "links of a removed workload are dropped"
     );
-    assert!(!agent2.pin_root.join("v1/links/default_gone").exists());
+    assert!(!agent2.pin_root.join("v2/links/default_gone").exists());
     assert_eq!(map_count(&agent2, "MESHD_PODS"), 2);
     // /config_dump names what is attached where: the adopted links run the new programs.
     let dump = agent2.config_dump().unwrap();
@@ -345,6 +349,82 @@ fn restarted_agent_adopts_its_pins() {
     assert!(agent2.stop().unwrap().success());
     assert!(attached_ids(&client.cgroup).is_empty());
     assert!(!agent2.pin_root.exists());
+}
+
+/// Issue 16, "fail closed": while the agent is down (SIGKILL: the pins stay), a plaintext
+/// connection from another pod to an enrolled pod's captured port is refused by sk_lookup
+/// (the address is in `MESHD_POD_ADDRS`, its listener gone from `MESHD_LISTENERS`) and the
+/// app never sees it, while a skipped inbound port still reaches the app directly. After the
+/// restart both work again, the captured one through the new agent.
+#[test]
+fn inbound_fails_closed_while_the_agent_is_down() {
+    require_root().unwrap();
+    let c = Cluster::new("failclosed").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let server = c.add_pod(&n1, "server").unwrap();
+    let plain = c.add_pod(&n1, "plain").unwrap();
+    let yaml = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&server).skip_inbound(&[9091])],
+        &[],
+    );
+    let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    let captured_app = serve(&c, &server, 8080).unwrap();
+    let skipped_app = serve(&c, &server, 9091).unwrap();
+    let (captured, skipped) = (format!("{}:8080", server.ip), format!("{}:9091", server.ip));
+    // The apps' own account: who connected to them.
+    let accepted = |app: &meshd_tests::ProcHandle| {
+        app.stdout()
+            .lines()
+            .filter(|l| l.starts_with("accepted "))
+            .count()
+    };
+    let from_plain = format!("peer={}:", plain.ip);
+
+    echo_ok(&c, &plain, &captured, 4096);
+    wait_closed(&agent, "inbound", &captured, 1);
+    assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 1);
+    assert_eq!(accepted(&captured_app), 1);
+
+    agent.crash().unwrap();
+    for _ in 0..3 {
+        let r = echo(&c, &plain, &captured, 4096);
+        assert_eq!(r["ok"], false, "while the agent is down: {r}");
+        assert!(
+            r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Connection refused")),
+            "refused by the kernel: {r}"
+        );
+    }
+    let r = echo_ok(&c, &plain, &skipped, 4096);
+    assert!(
+        r["greeting"].as_str().unwrap().contains(&from_plain),
+        "the skipped port reaches the app directly: {r}"
+    );
+    assert_eq!(
+        accepted(&captured_app),
+        1,
+        "the app saw nothing while the agent was down:\n{}",
+        captured_app.stdout()
+    );
+
+    let agent2 = Agent::start_with(&c, &n1, agent.config_path.clone()).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || enrolled(
+        &agent2,
+        "default/server"
+    )));
+    let r = echo_ok(&c, &plain, &captured, 4096);
+    assert!(
+        !r["greeting"].as_str().unwrap().contains(&from_plain),
+        "delivered by the agent, not directly: {r}"
+    );
+    wait_closed(&agent2, "inbound", &captured, 1);
+    echo_ok(&c, &plain, &skipped, 4096);
+    assert_eq!(accepted(&captured_app), 2);
+    assert_eq!(accepted(&skipped_app), 2);
+    assert!(agent2.stop().unwrap().success());
 }
 
 /// Runs `meshd run` on a bad file; it must fail fast (within 20 s: an accepted file would

@@ -10,7 +10,8 @@ use std::{
 use meshd_tests::{
     mesh::{
         config_yaml, contains_bytes, echo_payload, identity_init, issue_cert, meshd_bin, serve,
-        served_certificates, testapp_json, with_identity, Agent, WireCapture, WorkloadSpec,
+        serve_at, served_certificates, testapp_json, with_identity, Agent, WireCapture,
+        WorkloadSpec,
     },
     metrics::{metric, rejected},
     require_root,
@@ -183,7 +184,7 @@ const DECODE_ERROR_ALERT: &str = "15030300020232";
 const PLAINTEXT: &[u8] = b"GET /plaintext-to-15008 HTTP/1.1\r\nHost: b\r\n\r\n";
 
 /// Sends [`PLAINTEXT`] to b:15008 from node 1's namespace (outside the mesh, across the
-/// network) and reads until the end: `{"end": "eof"|"reset"|"timeout", "reply": HEX}`.
+/// network) and reads until the end: `{"end": "eof"|"reset"|"refused"|"timeout", "reply": HEX}`.
 fn plaintext_to_15008(t: &TwoNodes) -> Value {
     plaintext_to(t, 15008)
 }
@@ -192,9 +193,16 @@ fn plaintext_to_15008(t: &TwoNodes) -> Value {
 fn plaintext_to(t: &TwoNodes, port: u16) -> Value {
     let script = format!(
         r#"
-import json, socket
-s = socket.create_connection(("{ip}", {port}), timeout=15)
-s.sendall({payload:?}.encode())
+import json, socket, sys
+try:
+    s = socket.create_connection(("{ip}", {port}), timeout=15)
+    s.sendall({payload:?}.encode())
+except ConnectionRefusedError:
+    print(json.dumps({{"end": "refused", "reply": ""}}))
+    sys.exit(0)
+except ConnectionResetError:
+    print(json.dumps({{"end": "reset", "reply": ""}}))
+    sys.exit(0)
 reply, end = b"", "timeout"
 try:
     while True:
@@ -219,6 +227,55 @@ print(json.dumps({{"end": end, "reply": reply.hex()}}))
     last_json_line("plaintext client", &out)
 }
 
+/// Review H1: a service that listens only on b's loopback (`127.0.0.1:6060`, a debug port
+/// say) stays unreachable from other pods, as without the mesh: the agent delivers to the
+/// original destination (b's address) from inside b, never to loopback. In plaintext from
+/// outside the mesh (node 1's namespace) the client is reset; from the mesh pod a (over
+/// HBONE) its connection fails; a tunnel opened by hand (`meshd diagnostics hbone`) gets
+/// `503`. Each is one inbound record with the refused dial, and the server accepts only
+/// the connection b makes to it over its own loopback.
+#[test]
+fn loopback_only_services_are_not_exposed() {
+    require_root().unwrap();
+    let (t, _agent1, agent2) = two_nodes("mtls-h1", &[]);
+    let c = &t.c;
+    let local_only = serve_at(c, &t.b, "127.0.0.1:6060").unwrap();
+    let dst = format!("{}:6060", t.b.ip);
+
+    // Plaintext, from outside the mesh: steered to the agent, whose dial is refused.
+    let r = plaintext_to(&t, 6060);
+    assert_eq!(r["end"], "reset", "{r}");
+    assert_eq!(r["reply"], "", "{r}");
+    // From the mesh pod a, over HBONE.
+    let r = echo(c, &t.a, &dst, 1000);
+    assert_eq!(r["ok"], false, "{r}");
+    // A CONNECT by hand.
+    let anchors = t.ca.join("ca.crt");
+    let r = probe(&t, &t.ca, &anchors, "probe", &["--authority", &dst]);
+    assert_eq!(r["status"], 503, "{r}");
+
+    let recs = closed(&agent2, "inbound", &dst, 3);
+    assert_eq!(recs.len(), 3, "{recs:#?}");
+    // Each dialed b's address (not loopback) and was refused there.
+    let refused = format!("connect {dst}: Connection refused");
+    for r in &recs {
+        assert!(
+            r["error"].as_str().is_some_and(|e| e.contains(&refused)),
+            "{r}"
+        );
+    }
+    // The server saw none of them: only b's own connection over loopback, afterwards.
+    assert!(!local_only.stdout().contains("accepted"), "{}", local_only.stdout());
+    let r = echo(c, &t.b, "127.0.0.1:6060", 1000);
+    assert_eq!(r["ok"], true, "{r}");
+    local_only
+        .wait_for_output("accepted", Duration::from_secs(5))
+        .unwrap();
+    let out = local_only.stdout();
+    let accepted = out.lines().filter(|l| l.starts_with("accepted")).count();
+    assert_eq!(accepted, 1, "{out}");
+}
+
 #[test]
 fn peers_are_refused_for_every_kind_of_bad_identity() {
     require_root().unwrap();
@@ -237,7 +294,7 @@ fn peers_are_refused_for_every_kind_of_bad_identity() {
         ok["reply"]
             .as_str()
             .unwrap()
-            .starts_with("hello peer=127.0.0.1:"),
+            .starts_with(&format!("hello peer={}:", t.b.ip)),
         "{ok}"
     );
 
@@ -315,20 +372,17 @@ fn peers_are_refused_for_every_kind_of_bad_identity() {
     }
     assert_eq!(rejected(&agent2, "inbound", "connect_agent_port"), 3);
     assert_eq!(rejected(&agent2, "inbound", "connect_other_address"), 1);
-    // And in plaintext, from outside the mesh: one connection to b:15006 costs one
-    // refused record and a reset, not a chain of connections to 127.0.0.1:15006.
+    // And in plaintext, from outside the mesh: the inbound listener is bound to
+    // 127.0.0.1:15006 (only sk_lookup reaches it), so b:15006 is refused by b's kernel: no
+    // record, no chain of connections to 127.0.0.1:15006.
     let r = plaintext_to(&t, 15006);
-    assert_eq!(r["end"], "reset", "{r}");
-    let dst = format!("{}:15006", t.b.ip);
-    let recs = closed_records(&agent2, "inbound", &dst, 1);
-    assert_eq!(recs.len(), 1, "{recs:#?}");
-    assert!(
-        recs[0]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("agent's own ports")),
-        "{recs:#?}"
-    );
+    assert_eq!(r["end"], "refused", "{r}");
     let all = agent2.connections().unwrap();
+    let dst = format!("{}:15006", t.b.ip);
+    assert!(
+        all.iter().all(|r| r["orig_dst"] != dst.as_str()),
+        "no record for {dst}: {all:#?}"
+    );
     assert!(
         all.iter().all(|r| !r["orig_dst"]
             .as_str()

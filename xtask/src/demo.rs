@@ -267,7 +267,7 @@ fn demo(c: &Cluster) -> anyhow::Result<()> {
     section("what bpftool sees (both nodes run on this one kernel)");
     let cgroups = c.cgroup_root().to_str().unwrap_or_default();
     show(&bpftool(&["cgroup", "tree", cgroups])?);
-    let pins = agent1.pin_root.join("v1");
+    let pins = agent1.pin_root.join("v2");
     let link = pins.join("links/default_client/sk_lookup");
     show(&bpftool(&[
         "link",
@@ -279,7 +279,7 @@ fn demo(c: &Cluster) -> anyhow::Result<()> {
     section("stopping meshd (SIGTERM): programs detached, pins removed");
     for agent in [&agent1, &agent2] {
         let status = agent.stop()?;
-        let root = agent.pin_root.join("v1");
+        let root = agent.pin_root.join("v2");
         println!(
             "meshd on {} exited with {status}; {} exists: {}",
             agent.node.name,

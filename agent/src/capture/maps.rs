@@ -23,6 +23,7 @@ pub struct Maps {
     skip_out: Hash<OutPortKey, u8>,
     skip_in: Hash<InPortKey, u8>,
     listeners: Mutex<SockHash<MapData, IpAddr>>,
+    pod_addrs: Hash<IpAddr, u64>,
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Map, CaptureError> {
@@ -92,6 +93,7 @@ impl Maps {
             skip_out: typed(ebpf, names::SKIP_OUT)?,
             skip_in: typed(ebpf, names::SKIP_IN)?,
             listeners: typed(ebpf, names::LISTENERS)?,
+            pod_addrs: typed(ebpf, names::POD_ADDRS)?,
         })
     }
 
@@ -162,7 +164,21 @@ impl Maps {
             })
     }
 
-    /// Removes every entry that belongs to a pod: its config, skip ports, listeners and any
+    /// Marks a pod's addresses as enrolled (their namespace is `netns_cookie`): from then on
+    /// sk_lookup refuses connections to them while their listener is missing.
+    pub fn set_pod_addrs(&self, netns_cookie: u64, ips: &[StdIpAddr]) -> Result<(), CaptureError> {
+        let mut map = lock(&self.pod_addrs);
+        for ip in ips {
+            map.insert(ip_key(*ip), netns_cookie, 0)
+                .map_err(|source| CaptureError::Map {
+                    map: names::POD_ADDRS,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Removes every entry that belongs to a pod: its config, addresses, skip ports, listeners and any
     /// original destinations still recorded for its connections.
     pub fn remove_pod(&self, netns_cookie: u64, ips: &[StdIpAddr]) -> Result<(), CaptureError> {
         let ips: Vec<IpAddr> = ips.iter().map(|ip| ip_key(*ip)).collect();
@@ -206,6 +222,13 @@ impl Maps {
             let stale: Vec<_> = map.keys().flatten().filter(|k| !keep_ip(k)).collect();
             for k in stale {
                 removed(map.remove(&k)).map_err(err(names::LISTENERS))?;
+            }
+        }
+        {
+            let mut map = lock(&self.pod_addrs);
+            let stale: Vec<_> = map.keys().flatten().filter(|k| !keep_ip(k)).collect();
+            for k in stale {
+                removed(map.remove(&k)).map_err(err(names::POD_ADDRS))?;
             }
         }
         {
@@ -280,6 +303,7 @@ impl Maps {
             skip_out: hash()?,
             skip_in: hash()?,
             listeners: Mutex::new(SockHash::try_from(Map::SockHash(listeners))?),
+            pod_addrs: hash()?,
         })
     }
 
@@ -292,6 +316,7 @@ impl Maps {
             names::SKIP_OUT: lock(&self.skip_out).keys().count(),
             names::SKIP_IN: lock(&self.skip_in).keys().count(),
             names::LISTENERS: lock(&self.listeners).keys().count(),
+            names::POD_ADDRS: lock(&self.pod_addrs).keys().count(),
         })
     }
 }

@@ -179,6 +179,8 @@ impl Capture {
         for (ip, fd) in &e.listeners {
             self.maps.set_listener(*ip, *fd)?;
         }
+        // After the listeners: an enrolled address without its listener is refused.
+        self.maps.set_pod_addrs(e.netns_cookie, e.ips)?;
         let dir = self.pins.workload_links(e.key);
         std::fs::create_dir_all(&dir).map_err(pin_err(&dir))?;
         for hook in ATTACH_ORDER {

@@ -14,8 +14,9 @@ pub use identity::identity_checks;
 use outcome::{fail, ok};
 pub use outcome::{Outcome, Verdict};
 
-/// The minimum kernel: netns cookies in sock_ops and SO_NETNS_COOKIE (5.15).
-pub const MIN_KERNEL: (u32, u32) = (5, 15);
+/// The minimum kernel: netns cookies in sock_ops and SO_NETNS_COOKIE (5.15), and
+/// `ingress_ifindex` in sk_lookup (5.17: the agent's delivery on loopback is not steered).
+pub const MIN_KERNEL: (u32, u32) = (5, 17);
 
 fn mounts() -> Vec<(String, String)> {
     std::fs::read_to_string("/proc/mounts")

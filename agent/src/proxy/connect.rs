@@ -14,6 +14,11 @@ pub(crate) enum ConnectError {
     Netns(#[from] crate::netns::NetnsError),
     #[error("socket: {0}")]
     Socket(std::io::Error),
+    #[error("bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("connect {addr}: {source}")]
     Connect {
         addr: SocketAddr,
@@ -29,6 +34,29 @@ pub(crate) async fn connect_in(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<TcpStream, ConnectError> {
+    connect(socket_in(netns, addr)?, addr, timeout).await
+}
+
+/// Opens a TCP connection to the pod's own address `addr` from that same address, inside
+/// `netns`: inbound delivery. sk_lookup leaves a connection whose source is its
+/// destination to the normal lookup (else the delivery would be steered back to the
+/// agent); the kernel would pick the pod's primary address as the source of a connection
+/// to a secondary one, so the source is bound explicitly.
+pub(crate) async fn deliver_in(
+    netns: &Netns,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let socket = socket_in(netns, addr)?;
+    let from = SocketAddr::new(addr.ip(), 0);
+    socket
+        .bind(from)
+        .map_err(|source| ConnectError::Bind { addr: from, source })?;
+    connect(socket, addr, timeout).await
+}
+
+/// A non-blocking TCP socket of `addr`'s family, created inside `netns`.
+fn socket_in(netns: &Netns, addr: SocketAddr) -> Result<TcpSocket, ConnectError> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -40,7 +68,16 @@ pub(crate) async fn connect_in(
             crate::netns::NetnsError::Socket { source, .. } => ConnectError::Socket(source),
             e => ConnectError::Netns(e),
         })?;
-    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+    Ok(TcpSocket::from_std_stream(std::net::TcpStream::from(
+        socket,
+    )))
+}
+
+async fn connect(
+    socket: TcpSocket,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
     let stream = tokio::time::timeout(timeout, socket.connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout { addr, timeout })?

@@ -110,15 +110,18 @@ impl PodProxy {
                 tracing::debug!(workload = %pod.workload.key(), error = %e, "no IPv6 outbound listener")
             }
         }
+        // The inbound listener is on loopback: sk_lookup assigns it whatever its bound
+        // address, and nothing else reaches it (`podIP:15006` is answered with a reset by
+        // the kernel, review H2).
         let in4 = bind_in(
             &pod.netns,
-            SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND_PORT)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, INBOUND_PORT)),
         )?;
         proxy.inbound_v4 = Some(proxy.spawn(ctx, &pod, in4, Direction::Inbound)?);
         if has_v6 {
             let in6 = bind_in(
                 &pod.netns,
-                SocketAddr::from((Ipv6Addr::UNSPECIFIED, INBOUND_PORT)),
+                SocketAddr::from((Ipv6Addr::LOCALHOST, INBOUND_PORT)),
             )?;
             proxy.inbound_v6 = Some(proxy.spawn(ctx, &pod, in6, Direction::Inbound)?);
         }

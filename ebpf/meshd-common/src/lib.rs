@@ -6,11 +6,14 @@
 #![no_std]
 
 /// Version of the bpffs layout (`/sys/fs/bpf/meshd/v<N>`), bumped on any map ABI change.
-pub const PIN_VERSION: u32 = 1;
+///
+/// v2: `MESHD_POD_ADDRS` (enrolled pod addresses, for sk_lookup's fail-closed refusal).
+pub const PIN_VERSION: u32 = 2;
 
 /// Port of the agent's outbound listener inside each enrolled pod (on loopback).
 pub const OUTBOUND_PORT: u16 = 15001;
-/// Port of the agent's inbound plaintext listener inside each enrolled pod.
+/// Port of the agent's inbound plaintext listener inside each enrolled pod (on loopback:
+/// only sk_lookup reaches it).
 pub const INBOUND_PORT: u16 = 15006;
 /// Port of the agent's inbound HBONE (mTLS) listener inside each enrolled pod.
 pub const HBONE_PORT: u16 = 15008;
@@ -29,6 +32,7 @@ pub mod maps {
     pub const SKIP_OUT: &str = "MESHD_SKIP_OUT";
     pub const SKIP_IN: &str = "MESHD_SKIP_IN";
     pub const LISTENERS: &str = "MESHD_LISTENERS";
+    pub const POD_ADDRS: &str = "MESHD_POD_ADDRS";
 }
 
 /// Program names (the Rust function names in `meshd-ebpf`, at most 15 bytes).
@@ -309,6 +313,7 @@ mod tests {
             maps::SKIP_OUT,
             maps::SKIP_IN,
             maps::LISTENERS,
+            maps::POD_ADDRS,
             programs::CONNECT4,
             programs::CONNECT6,
             programs::SOCKOPS,

@@ -27,6 +27,11 @@ pub static MESHD_SKIP_OUT: HashMap<OutPortKey, u8> = HashMap::pinned(16384, 0);
 #[map(name = "MESHD_SKIP_IN")]
 pub static MESHD_SKIP_IN: HashMap<InPortKey, u8> = HashMap::pinned(16384, 0);
 
+/// Enrolled pod addresses, to the network namespace cookie of their pod. sk_lookup
+/// refuses (fails closed) a connection to one of these whose listener is missing.
+#[map(name = "MESHD_POD_ADDRS")]
+pub static MESHD_POD_ADDRS: HashMap<IpAddr, u64> = HashMap::pinned(8192, 0);
+
 /// The agent's inbound listening socket in each enrolled pod, by pod address.
 #[map(name = "MESHD_LISTENERS")]
 pub static MESHD_LISTENERS: SockHash<IpAddr> = SockHash::pinned(8192, 0);

@@ -1,28 +1,52 @@
 //! `sk_lookup`: steers inbound TCP connections for an enrolled pod's addresses to the
-//! agent's inbound listener in the pod's network namespace.
+//! agent's inbound listener in the pod's network namespace, and refuses them while that
+//! listener is missing (fail closed).
 //!
-//! Attached to each enrolled pod's network namespace (kernel 5.9+). Loopback (how the agent
-//! delivers to the app), UDP, the agent's own ports and excluded ports are not steered.
+//! Attached to each enrolled pod's network namespace. Needs kernel 5.17+ for
+//! `ingress_ifindex` (sk_lookup itself is 5.9+). Not steered, left to the normal socket
+//! lookup:
+//! - a connection whose source address is its destination address: the agent's own
+//!   delivery to the app (it connects to the pod's address from that same address, bound
+//!   explicitly, inside the pod; without this check the delivery would be steered back to
+//!   the agent, a loop) and a pod's connections to its own address (the kernel's choice of
+//!   source for a local destination, but for a secondary address of the same device). A packet from outside with a local source
+//!   address is dropped by the kernel as a martian (`accept_local` is off by default), so
+//!   this cannot be used from another host or pod to go around the agent;
+//! - what is addressed to an address on the loopback device (`ingress_ifindex` 1: for a
+//!   locally delivered packet the kernel reports the device that holds the destination
+//!   address, not `lo`): review M5, a pod that put another pod's address on its own `lo`
+//!   and connects to it locally must never be steered into that pod's listener, which the
+//!   IP-keyed [`MESHD_LISTENERS`] would do (`bpf_sk_lookup_assign` does not check the
+//!   socket's namespace, and `bpf_get_netns_cookie` is not allowed in this program type);
+//! - loopback destinations, UDP, the agent's own ports and the pod's skipped inbound ports;
+//! - addresses that are not enrolled ([`MESHD_POD_ADDRS`]).
+//!
+//! An enrolled address whose listener is not in [`MESHD_LISTENERS`] (the agent crashed, is
+//! restarting or draining) is dropped: the client's SYN is answered with a reset, and the
+//! app never sees a connection that bypassed the agent.
 
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
 use aya_log_ebpf::warn;
 use meshd_common::{InPortKey, IpAddr, AF_INET, AF_INET6, AGENT_PORTS};
 
-use crate::maps::{MESHD_LISTENERS, MESHD_SKIP_IN};
+use crate::maps::{MESHD_LISTENERS, MESHD_POD_ADDRS, MESHD_SKIP_IN};
 
 const IPPROTO_TCP: u32 = 6;
+const SK_DROP: u32 = 0;
 const SK_PASS: u32 = 1;
+/// The loopback device's index: `lo` is the first device of every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 #[sk_lookup]
 pub fn meshd_sk_lookup(ctx: SkLookupContext) -> u32 {
     let lk = unsafe { &*ctx.lookup };
-    if lk.protocol != IPPROTO_TCP {
+    if lk.protocol != IPPROTO_TCP || lk.ingress_ifindex == LOOPBACK_IFINDEX {
         return SK_PASS;
     }
     let port = lk.local_port as u16;
     let ip = match lk.family {
         2 => {
-            if u32::from_be(lk.local_ip4) >> 24 == 127 {
+            if u32::from_be(lk.local_ip4) >> 24 == 127 || lk.remote_ip4 == lk.local_ip4 {
                 return SK_PASS;
             }
             IpAddr {
@@ -38,7 +62,13 @@ pub fn meshd_sk_lookup(ctx: SkLookupContext) -> u32 {
                 unsafe { core::ptr::read_volatile(&lk.local_ip6[2]) },
                 unsafe { core::ptr::read_volatile(&lk.local_ip6[3]) },
             ];
-            if addr == [0, 0, 0, 1u32.to_be()] {
+            let remote = [
+                unsafe { core::ptr::read_volatile(&lk.remote_ip6[0]) },
+                unsafe { core::ptr::read_volatile(&lk.remote_ip6[1]) },
+                unsafe { core::ptr::read_volatile(&lk.remote_ip6[2]) },
+                unsafe { core::ptr::read_volatile(&lk.remote_ip6[3]) },
+            ];
+            if addr == [0, 0, 0, 1u32.to_be()] || remote == addr {
                 return SK_PASS;
             }
             IpAddr {
@@ -64,12 +94,18 @@ pub fn meshd_sk_lookup(ctx: SkLookupContext) -> u32 {
     if MESHD_SKIP_IN.get_ptr(skip).is_some() {
         return SK_PASS;
     }
+    if MESHD_POD_ADDRS.get_ptr(ip).is_none() {
+        // Not an enrolled address of this namespace.
+        return SK_PASS;
+    }
     match MESHD_LISTENERS.redirect_sk_lookup(&ctx, ip, 0) {
-        // -ENOENT: not an enrolled address of this namespace (or the agent is restarting).
-        Ok(()) | Err(-2) => SK_PASS,
+        Ok(()) => SK_PASS,
+        // -ENOENT: enrolled, but the agent's listener is gone (crashed, restarting,
+        // draining): refused, never delivered around the agent.
+        Err(-2) => SK_DROP,
         Err(e) => {
             warn!(&ctx, "sk_lookup: assign to agent listener failed: {}", e);
-            SK_PASS
+            SK_DROP
         }
     }
 }

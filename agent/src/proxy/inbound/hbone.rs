@@ -1,7 +1,8 @@
 //! Inbound HBONE: the mutual-TLS listener on port 15008 in each enrolled pod's namespace.
 //! It verifies the client's certificate chain to the trust anchors, learns the client's
 //! identity, accepts CONNECT only to this pod's own addresses (no open relay), and delivers
-//! each tunnel to the app over the pod's loopback. When the agent drains, the client is
+//! each tunnel to that address and port from inside the pod's namespace (never to loopback:
+//! a refused dial is answered `503`). When the agent drains, the client is
 //! sent a GOAWAY and the tunnels open go on (see [`crate::drain`]).
 
 use std::{net::SocketAddr, sync::Arc};
@@ -11,12 +12,12 @@ use h2::{server::SendResponse, RecvStream};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::{net::TcpStream, sync::Semaphore, time::timeout};
 
-use super::{app_addr, check_destination, inbound_context};
+use super::{check_destination, inbound_context};
 use crate::{
     conn::Tls,
     drain::{DrainWatcher, Draining},
     proxy::{
-        connect::connect_in,
+        connect::deliver_in,
         context::{PodContext, ProxyContext},
         error::{Error, Refusal},
         hbone::{self, tunnel::TunnelStream, HANDSHAKE_TIMEOUT},
@@ -186,8 +187,8 @@ async fn connect(
     let guard = ctx
         .connections
         .open(inbound_context(&ctx, &pod, peer, target).with_tls(tls));
-    let app = app_addr(target);
-    let server = match connect_in(&pod.netns, app, ctx.connect_timeout).await {
+    // The pod's own address and port, from inside the pod (never loopback: review H1).
+    let server = match deliver_in(&pod.netns, target, ctx.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(workload = %workload, %peer, %target, error = %e, "HBONE: delivery to the app failed");
@@ -195,7 +196,7 @@ async fn connect(
             return refuse(respond, StatusCode::SERVICE_UNAVAILABLE);
         }
     };
-    guard.context().route(app, None);
+    guard.context().route(target, None);
     let send = match respond.send_response(response(StatusCode::OK), false) {
         Ok(s) => s,
         Err(e) => {

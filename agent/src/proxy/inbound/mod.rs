@@ -1,12 +1,15 @@
 //! Inbound: a connection to one of the pod's addresses, steered by sk_lookup to the inbound
 //! listener in the pod's namespace. The original destination is the accepted socket's local
-//! address; the agent delivers to the app over the pod's loopback, which sk_lookup skips.
-//! A destination that is not the pod's own address, or is one of the agent's ports, is
-//! refused before anything is dialed ([`check_destination`]): delivering it would reach the
-//! agent's own listeners again (a loop) or the pod's outbound listener.
+//! address; the agent delivers to that same address (the pod's address and port) from inside
+//! the pod's namespace, never to loopback: a service that listens only on `127.0.0.1` stays
+//! unreachable from other pods, as without the mesh (review H1). The delivery comes from
+//! that same address ([`deliver_in`]), which sk_lookup leaves alone (no loop), and the app
+//! sees it come from the pod's own address. A destination that is not the pod's own address, or is one
+//! of the agent's ports, is refused before anything is dialed ([`check_destination`]):
+//! delivering it would reach the agent's own listeners again or the pod's outbound listener.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
@@ -17,7 +20,7 @@ use tokio::net::TcpStream;
 use crate::{
     conn::{ConnContext, Direction},
     proxy::{
-        connect::connect_in,
+        connect::deliver_in,
         context::{PodContext, ProxyContext},
         error::Refusal,
         relay::reset,
@@ -39,14 +42,6 @@ pub(crate) fn check_destination(pod_ips: &[IpAddr], dst: SocketAddr) -> Result<(
         return Err(Refusal::NotThePod(ip));
     }
     Ok(())
-}
-
-/// The app's address for a connection to `dst`: the same port on the pod's loopback.
-pub(crate) fn app_addr(dst: SocketAddr) -> SocketAddr {
-    match dst {
-        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::LOCALHOST, dst.port())),
-        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::LOCALHOST, dst.port())),
-    }
 }
 
 /// The context of an inbound connection from `peer` to `dst`, as it is accepted: with the
@@ -82,10 +77,10 @@ pub(crate) async fn handle(
         reset(&client);
         return;
     }
-    let target = app_addr(dst);
-    match connect_in(&pod.netns, target, ctx.connect_timeout).await {
+    // The original destination itself, dialed from inside the pod (checked above).
+    match deliver_in(&pod.netns, dst, ctx.connect_timeout).await {
         Ok(server) => {
-            guard.context().route(target, None);
+            guard.context().route(dst, None);
             let opaque = pod.workload.opaque_ports.contains(&dst.port());
             session::run(ctx, Session { guard, opaque }, client, server).await;
         }

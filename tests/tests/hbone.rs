@@ -341,9 +341,13 @@ fn agent_restarts_under_traffic_refuse_then_resume_over_hbone() {
         .map(String::from)
         .collect();
     assert!(accepted.len() > 15, "{accepted:?}");
+    // `peer=?`: reset before the app asked who it was (a tunnel reset during the restart
+    // reaches the app as a reset); every peer the app saw is its agent's delivery.
     let delivered = format!("accepted peer={}:", m.b.ip);
     assert!(
-        accepted.iter().all(|l| l.starts_with(&delivered)),
+        accepted
+            .iter()
+            .all(|l| l.starts_with(&delivered) || l.starts_with("accepted peer=? ")),
         "{accepted:?}"
     );
     let inb = agents[1].closed_to("inbound", &dst).unwrap();

@@ -212,7 +212,10 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
     let b_dst = v6(b, 8080);
     for _ in 0..3 {
         let r = echo_ok(c, a, &b_dst, 2 * MIB);
-        assert!(greeting(&r).contains(&format!("peer={}", v6_host(b))), "{r}");
+        assert!(
+            greeting(&r).contains(&format!("peer={}", v6_host(b))),
+            "{r}"
+        );
     }
     let out = wait_closed(&agent1, "outbound", &b_dst, 3);
     let inb = wait_closed(&agent2, "inbound", &b_dst, 3);

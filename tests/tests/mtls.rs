@@ -265,7 +265,11 @@ fn loopback_only_services_are_not_exposed() {
         );
     }
     // The server saw none of them: only b's own connection over loopback, afterwards.
-    assert!(!local_only.stdout().contains("accepted"), "{}", local_only.stdout());
+    assert!(
+        !local_only.stdout().contains("accepted"),
+        "{}",
+        local_only.stdout()
+    );
     let r = echo(c, &t.b, "127.0.0.1:6060", 1000);
     assert_eq!(r["ok"], true, "{r}");
     local_only
@@ -361,6 +365,12 @@ fn peers_are_refused_for_every_kind_of_bad_identity() {
     let r = probe(&t, &t.ca, &anchors, "probe", &["--authority", &a_dst]);
     assert_eq!(r["status"], 403, "{r}");
     assert_eq!(rejected(&agent2, "inbound", "connect_other_address"), 1);
+    // Review D64: this pod's own address written as an IPv4-mapped IPv6 address is not one
+    // of its addresses: 403 too (no second spelling of an address gets through).
+    let mapped = format!("[::ffff:{}]:8080", t.b.ip);
+    let r = probe(&t, &t.ca, &anchors, "probe", &["--authority", &mapped]);
+    assert_eq!(r["status"], 403, "{r}");
+    assert_eq!(rejected(&agent2, "inbound", "connect_other_address"), 2);
 
     // Review H2: a CONNECT to one of the agent's ports on this pod's address is refused
     // (15006 would loop into the agent's inbound listener, 15001 reach the pod's outbound
@@ -371,7 +381,7 @@ fn peers_are_refused_for_every_kind_of_bad_identity() {
         assert_eq!(r["status"], 403, "{port}: {r}");
     }
     assert_eq!(rejected(&agent2, "inbound", "connect_agent_port"), 3);
-    assert_eq!(rejected(&agent2, "inbound", "connect_other_address"), 1);
+    assert_eq!(rejected(&agent2, "inbound", "connect_other_address"), 2);
     // And in plaintext, from outside the mesh: the inbound listener is bound to
     // 127.0.0.1:15006 (only sk_lookup reaches it), so b:15006 is refused by b's kernel: no
     // record, no chain of connections to 127.0.0.1:15006.

@@ -12,7 +12,7 @@ use h2::{server::SendResponse, RecvStream};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::{net::TcpStream, sync::Semaphore, time::timeout};
 
-use super::{check_destination, inbound_context};
+use super::{check_authority, inbound_context};
 use crate::{
     conn::Tls,
     drain::{DrainWatcher, Draining},
@@ -170,7 +170,7 @@ async fn connect(
         tracing::warn!(workload = %workload, %peer, uri = %req.uri(), "HBONE: CONNECT without an ip:port authority");
         return refuse(respond, StatusCode::BAD_REQUEST);
     };
-    if let Err(why) = check_destination(&pod.workload.ips, target) {
+    if let Err(why) = check_authority(&pod.workload.ips, target) {
         let reason = match why {
             Refusal::AgentPort(_) => RejectReason::ConnectAgentPort,
             Refusal::NotThePod(_) => RejectReason::ConnectOtherAddress,

@@ -44,6 +44,19 @@ pub(crate) fn check_destination(pod_ips: &[IpAddr], dst: SocketAddr) -> Result<(
     Ok(())
 }
 
+/// Whether an HBONE `CONNECT` to `target` may be delivered: as [`check_destination`], and
+/// the authority must name one of the pod's addresses as it is: an IPv4 address written as
+/// an IPv4-mapped IPv6 address (`[::ffff:a.b.c.d]`) is a second spelling of it (review D64)
+/// and is refused like another address. (A plaintext connection's destination is what the
+/// kernel reports, IPv4-mapped on a dual-stack socket; that one is compared canonically.)
+pub(crate) fn check_authority(pod_ips: &[IpAddr], target: SocketAddr) -> Result<(), Refusal> {
+    check_destination(pod_ips, target)?;
+    if !pod_ips.contains(&target.ip()) {
+        return Err(Refusal::NotThePod(target.ip()));
+    }
+    Ok(())
+}
+
 /// The context of an inbound connection from `peer` to `dst`, as it is accepted: with the
 /// client's workload when the mesh knows its address.
 pub(crate) fn inbound_context(
@@ -123,5 +136,23 @@ mod tests {
                 "{dst}"
             );
         }
+    }
+
+    #[test]
+    fn a_connect_authority_names_the_pods_address_as_it_is() {
+        let ips: Vec<IpAddr> = vec!["10.244.1.2".parse().unwrap(), "fd00::2".parse().unwrap()];
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        for ok in ["10.244.1.2:8080", "[fd00::2]:80"] {
+            assert_eq!(check_authority(&ips, at(ok)), Ok(()), "{ok}");
+        }
+        let mapped = at("[::ffff:10.244.1.2]:443");
+        assert_eq!(
+            check_authority(&ips, mapped),
+            Err(Refusal::NotThePod(mapped.ip()))
+        );
+        assert_eq!(
+            check_authority(&ips, at("10.244.1.2:15006")),
+            Err(Refusal::AgentPort(15006))
+        );
     }
 }

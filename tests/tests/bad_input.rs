@@ -10,10 +10,10 @@
 use std::{process::Command, time::Duration};
 
 use meshd_tests::{
-    mesh::{Agent, ClientServer},
+    mesh::{testapp_bin, testapp_json, Agent, ClientServer},
     metrics::{metrics, settle, sum_metric},
     require_root,
-    traffic::{curl_output, last_json_line, raw_client, start_app},
+    traffic::{curl_output, last_json_line, raw_client, spawn_listening, start_app, wait_closed},
     wait_until,
 };
 use serde_json::Value;
@@ -114,7 +114,7 @@ print(json.dumps({{"reply": reply.decode("latin-1"), "end": end}}))
     last_json_line("split head", &out)
 }
 
-/// Proves the review's class F cases 86, 87 and 89 to 93 and 96: each malformed head is
+/// Proves the review's class F cases 85 (on a later request), 86, 87 and 89 to 93 and 96: each malformed head is
 /// refused by the client's agent with `400 Bad Request` and the connection closed, counted
 /// as an invalid request, and never reaches the server's agent or the app; the odd but
 /// valid ones (an absolute-form target, two `Host` headers) reach the original destination
@@ -190,6 +190,31 @@ fn malformed_http_heads_are_refused_before_the_app() {
         (refused.len() + 1) as f64,
     );
     after.check("F87 a head split across a pause");
+
+    // F85 on a later request: the first request of the keep-alive connection is answered,
+    // the second (Content-Length with Transfer-Encoding) refused with 400, and the bytes
+    // behind it (a smuggled request) never reach the server's agent.
+    let later = "GET /status/200 HTTP/1.1\\r\\nHost: web\\r\\n\\r\\nPOST /sha256 HTTP/1.1\\r\\nHost: web\\r\\nContent-Length: 5\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\nGET /status/500 HTTP/1.1\\r\\nHost: web\\r\\n\\r\\n";
+    let r = raw_client(c, &m.client, &ip, 8000, later, false);
+    let reply = r["reply"].as_str().unwrap_or_default();
+    let statuses: Vec<&str> = reply
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| reply[at..].lines().next())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["HTTP/1.1 200 OK", "HTTP/1.1 400 Bad Request"],
+        "F85 later: {r}"
+    );
+    assert_eq!(r["end"], "eof", "F85 later: {r}");
+    after.served += 1.0;
+    settle(
+        &m.agent1,
+        "http_errors_total",
+        &invalid,
+        (refused.len() + 2) as f64,
+    );
+    after.check("F85 on a later request");
 
     // None of them reached the server's agent: it counted only the checks' requests.
     let t2 = metrics(&m.agent2);
@@ -365,6 +390,56 @@ fn trace_logs_carry_no_header_values_or_bodies() {
             assert!(line.is_none(), "{secret} in the log: {line:?}");
         }
     }
+    m.agent1.stop().unwrap();
+    m.agent2.stop().unwrap();
+}
+
+/// Proves the review's case D73 (M3) through two agents: an HBONE tunnel carries a reset as
+/// a reset both ways. A server that resets mid-answer makes the client (on another node)
+/// read `ECONNRESET`, not a clean end; a client that resets makes the server read a reset.
+/// Both agents record the connections.
+#[test]
+fn a_reset_crosses_an_hbone_tunnel_as_a_reset() {
+    require_root().unwrap();
+    let m = ClientServer::start("bad-input-reset").unwrap();
+    let c = &m.cluster;
+    let mut cmd = Command::new(testapp_bin());
+    cmd.args(["reset-serve", "--listen", "0.0.0.0:8080"]);
+    let app = spawn_listening(c, &m.web, cmd);
+    let dst = format!("{}:8080", m.web.ip);
+    let r = testapp_json(
+        c,
+        &m.client,
+        &["reset-client", "--connect", &dst, "--mode", "server"],
+    )
+    .unwrap();
+    assert_eq!(r["outcome"], "reset", "the server resets: {r}");
+    let r = testapp_json(
+        c,
+        &m.client,
+        &["reset-client", "--connect", &dst, "--mode", "client"],
+    )
+    .unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    let ended = app
+        .wait_for_output("ended peer=", Duration::from_secs(10))
+        .unwrap();
+    let ends: Vec<&str> = app
+        .stdout()
+        .lines()
+        .filter(|l| l.starts_with("ended peer="))
+        .map(|l| l.rsplit(' ').next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|s| if s == "reset" { "reset" } else { "other" })
+        .collect();
+    assert!(
+        !ends.is_empty() && ends.iter().all(|e| *e == "reset"),
+        "the client resets: {ended}\n{}",
+        app.stdout()
+    );
+    wait_closed(&m.agent1, "outbound", &dst, 2);
+    wait_closed(&m.agent2, "inbound", &dst, 2);
     m.agent1.stop().unwrap();
     m.agent2.stop().unwrap();
 }

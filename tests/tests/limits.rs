@@ -12,13 +12,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::process::Command;
+
 use meshd_tests::{
     in_netns,
-    mesh::{config_yaml, identity_init, serve, with_identity, Agent, WorkloadSpec},
-    metrics::{metrics, settle, sum_metric},
+    mesh::{config_yaml, identity_init, issue_cert, serve, with_identity, Agent, WorkloadSpec},
+    metrics::{metrics, rejected, settle, sum_metric},
     require_root,
-    traffic::echo,
-    two_nodes::remote,
+    traffic::{apps_dir, echo, last_json_line},
+    two_nodes::{remote, spiffe},
     wait_until, Cluster,
 };
 
@@ -28,15 +30,19 @@ const FLOOD: usize = 10_000;
 const PER_POD: usize = 200;
 const HANDSHAKES_PER_POD: usize = 50;
 /// The longest a request to the other pod may take while the floods run. Measured on the
-/// 2-core test VM (shared with other jobs): typically 1-5 ms, at most about 60 ms.
-const REQUEST_BOUND: Duration = Duration::from_millis(250);
+/// 2-core test VM, shared with other jobs: the slowest of each run's 25-45 requests was
+/// 15-250 ms (median of those about 45 ms); a request without the floods takes 1-5 ms.
+const REQUEST_BOUND: Duration = Duration::from_millis(500);
 
 /// Raises this process's soft open-files limit to the hard one (the floods hold up to
 /// 10,000 sockets at once here; the hard limit cannot be raised in every container).
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    assert!(hard >= 12_000, "the open-files hard limit {hard} is too low for the floods");
+    assert!(
+        hard >= 12_000,
+        "the open-files hard limit {hard} is too low for the floods"
+    );
     if soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
     }
@@ -53,7 +59,9 @@ fn still_open(s: &TcpStream) -> bool {
 }
 
 fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -155,10 +163,17 @@ fn ten_thousand_idle_connections_to_one_pod_do_not_starve_another() {
     let y1 = config_yaml(
         &c,
         &n1,
-        &[WorkloadSpec::new(&a), WorkloadSpec::new(&probed), remote(&b)],
+        &[
+            WorkloadSpec::new(&a),
+            WorkloadSpec::new(&probed),
+            remote(&b),
+        ],
         &[],
     )
-    .replace("connectTimeoutMs: 2000\n", &format!("connectTimeoutMs: 2000\n{limits}"));
+    .replace(
+        "connectTimeoutMs: 2000\n",
+        &format!("connectTimeoutMs: 2000\n{limits}"),
+    );
     let y2 = config_yaml(
         &c,
         &n2,
@@ -195,9 +210,6 @@ fn ten_thousand_idle_connections_to_one_pod_do_not_starve_another() {
     let hbone: SocketAddr = format!("{}:15008", a.ip).parse().unwrap();
     let (mut held_tls, _) = flood(&outside, hbone, FLOOD, &trickle);
     let tls_secs = started.elapsed().as_secs_f64();
-    let plain: SocketAddr = format!("{}:8080", a.ip).parse().unwrap();
-    let (mut held_plain, _) = flood(&outside, plain, FLOOD, b"");
-    let flood_secs = started.elapsed().as_secs_f64();
     let refused = |reason: &str, want: usize| {
         settle(
             &agent1,
@@ -206,7 +218,12 @@ fn ten_thousand_idle_connections_to_one_pod_do_not_starve_another() {
             want as f64,
         )
     };
+    // The agent may still be accepting the last of them (the listen backlog): the
+    // plaintext flood starts when it has refused them all, so the counts are exact.
     refused("pod_handshakes", FLOOD - HANDSHAKES_PER_POD);
+    let plain: SocketAddr = format!("{}:8080", a.ip).parse().unwrap();
+    let (mut held_plain, _) = flood(&outside, plain, FLOOD, b"");
+    let flood_secs = started.elapsed().as_secs_f64();
     let text = refused("pod_connections", FLOOD - (PER_POD - HANDSHAKES_PER_POD));
     assert_eq!(
         sum_metric(&text, "connections_refused_total", &[]),
@@ -239,12 +256,18 @@ fn ten_thousand_idle_connections_to_one_pod_do_not_starve_another() {
     assert!(failed.is_empty(), "requests to c failed: {failed:?}");
     let took: Vec<Duration> = took.into_iter().map(Result::unwrap).collect();
     let slowest = took.iter().max().copied().unwrap_or_default();
+    let mut sorted = took.clone();
+    sorted.sort();
     eprintln!(
-        "floods: 15008 in {tls_secs:.1} s, both in {flood_secs:.1} s; {} requests to c, slowest {slowest:?}; agent fds {fds_before} -> {fds_peak}, RSS {rss_before} -> {rss_peak} KiB",
+        "median request to c {:?}; floods: 15008 in {tls_secs:.1} s, both in {flood_secs:.1} s; {} requests to c, slowest {slowest:?}; agent fds {fds_before} -> {fds_peak}, RSS {rss_before} -> {rss_peak} KiB",
+        sorted[sorted.len() / 2],
         took.len()
     );
     assert!(took.len() >= 5, "c was probed {} times", took.len());
-    assert!(slowest <= REQUEST_BOUND, "slowest request to c: {slowest:?}");
+    assert!(
+        slowest <= REQUEST_BOUND,
+        "slowest request to c: {slowest:?}"
+    );
     // Held: 50 handshakes (one socket each), 150 deliveries (two each), c's and b's few.
     assert!(
         fds_peak <= fds_before + HANDSHAKES_PER_POD + 2 * 150 + 20,
@@ -284,6 +307,62 @@ fn ten_thousand_idle_connections_to_one_pod_do_not_starve_another() {
     assert!(
         (1..=4).contains(&lines),
         "refusals are logged at most every 10 s per pod: {lines} lines"
+    );
+    c.cleanup().unwrap();
+}
+
+/// Review M1: a peer with a valid certificate that completes TLS on port 15008 and never
+/// sends the HTTP/2 preface is dropped at the handshake timeout (`handshakeTimeoutMs`,
+/// here 1 s; TLS and HTTP/2 together), counted as
+/// `hbone_rejected_total{reason="handshake"}` and logged.
+#[test]
+fn a_peer_that_never_sends_the_http2_preface_is_dropped_at_the_handshake_timeout() {
+    require_root().unwrap();
+    let c = Cluster::new("limits-preface").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let ca = identity_init(&c, "ca").unwrap();
+    let y = config_yaml(&c, &n1, &[WorkloadSpec::new(&a)], &[]).replace(
+        "connectTimeoutMs: 2000\n",
+        "connectTimeoutMs: 2000\nhandshakeTimeoutMs: 1000\n",
+    );
+    let agent = Agent::start(&c, &n1, &with_identity(&y, &ca.join("ca.crt"), &ca, 3600)).unwrap();
+    let (crt, key) = issue_cert(&c, &ca, "peer", Some(&spiffe("peer")));
+    let mut cmd = Command::new("python3");
+    cmd.arg(apps_dir().join("tls_idle.py"))
+        .arg(a.ip.to_string())
+        .arg("15008")
+        .arg(&crt)
+        .arg(&key);
+    let out = c.run_in_node(&n1, cmd).unwrap();
+    let r = last_json_line("tls_idle.py", &out);
+    assert_eq!(r["handshake"], true, "{r}");
+    assert!(
+        r["end"] == "eof" || r["end"] == "reset",
+        "the agent ends the connection: {r}"
+    );
+    // The deadline runs from the accept; the client's clock starts after TLS.
+    let secs = r["secs"].as_f64().unwrap();
+    assert!((0.5..3.0).contains(&secs), "dropped after {secs} s: {r}");
+    assert!(
+        wait_until(Duration::from_secs(10), || rejected(
+            &agent,
+            "inbound",
+            "handshake"
+        ) == 1),
+        "hbone_rejected_total{{reason=\"handshake\"}}: {}",
+        rejected(&agent, "inbound", "handshake")
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .proc
+            .stderr()
+            .contains("no HTTP/2 preface within the handshake timeout")
+            || agent
+                .proc
+                .stdout()
+                .contains("no HTTP/2 preface within the handshake timeout")),
+        "the log says why"
     );
     c.cleanup().unwrap();
 }

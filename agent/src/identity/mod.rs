@@ -18,6 +18,8 @@ mod manager;
 mod tls;
 
 #[cfg(test)]
+mod bad_cert_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 
 pub use anchor_key::{anchor_keys_beside, AnchorKey};

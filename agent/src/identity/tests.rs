@@ -49,18 +49,18 @@ impl Drop for TempDir {
     }
 }
 
-fn id(ns: &str, sa: &str) -> Identity {
+pub(super) fn id(ns: &str, sa: &str) -> Identity {
     Identity::new(TD, ns, sa)
 }
 
 /// A fresh trust anchor and issuer in a temp dir.
-fn pki() -> (TempDir, InitOutput) {
+pub(super) fn pki() -> (TempDir, InitOutput) {
     let dir = TempDir::new();
     let out = init(dir.path(), TD, false).expect("init");
     (dir, out)
 }
 
-fn manager(files: &IssuerFiles) -> Arc<CertManager> {
+pub(super) fn manager(files: &IssuerFiles) -> Arc<CertManager> {
     Arc::new(CertManager::load(files, DEFAULT_LEAF_TTL).expect("load"))
 }
 
@@ -141,7 +141,7 @@ type Handshake = (
 );
 
 /// Runs a real handshake over an in-memory stream.
-async fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> Handshake {
+pub(super) async fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> Handshake {
     let (c, s) = tokio::io::duplex(64 * 1024);
     let name = ServerName::try_from("hbone.meshd.local").expect("server name");
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -169,7 +169,7 @@ async fn mesh_handshake(
     handshake(server, client).await
 }
 
-fn err_text<T>(r: &io::Result<T>) -> String {
+pub(super) fn err_text<T>(r: &io::Result<T>) -> String {
     match r {
         Ok(_) => "Ok".to_string(),
         Err(e) => e.to_string(),
@@ -195,7 +195,7 @@ async fn exchange(
 
 /// After the server rejected the client (TLS 1.3: the client may already consider the
 /// handshake done), the client's first read fails.
-async fn client_read_fails(client: io::Result<client::TlsStream<DuplexStream>>) {
+pub(super) async fn client_read_fails(client: io::Result<client::TlsStream<DuplexStream>>) {
     if let Ok(mut c) = client {
         let mut buf = [0u8; 1];
         let r = c.read(&mut buf).await;

@@ -10,6 +10,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub(crate) use meshd_common::HBONE_PORT;
 
+#[cfg(test)]
+mod flood_tests;
 pub(crate) mod pool;
 pub(crate) mod server;
 pub(crate) mod tunnel;

@@ -441,7 +441,10 @@ async fn failed_handshakes_are_reported_as_tokio_rustls_reported_them() {
 #[tokio::test]
 async fn the_largest_handshake_message_fits_the_buffer_and_rustls_judges_it() {
     let ca = pki();
-    for (len, want) in [(0xffff_usize, "InvalidMessage"), (0x1_0000, "HandshakePayloadTooLarge")] {
+    for (len, want) in [
+        (0xffff_usize, "InvalidMessage"),
+        (0x1_0000, "HandshakePayloadTooLarge"),
+    ] {
         let mut message = vec![0x01, (len >> 16) as u8, (len >> 8) as u8, len as u8];
         message.extend(std::iter::repeat_n(0x41, len.min(0xffff)));
         let mut wire = Vec::new();

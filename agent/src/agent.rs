@@ -21,7 +21,7 @@ use crate::{
     proxy::{
         balance::Balancers,
         hbone::pool::Pool,
-        limits::{default_max_connections, Budgets, Limits},
+        limits::{default_max_sockets, Budgets, Limits},
         Connections, Mesh, PodContext, PodProxy, ProxyContext,
     },
     settings::{LimitSettings, Settings},
@@ -100,23 +100,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The budgets' sizes: `maxConnections` derived from the open-files limit (which `meshd
-/// run` raised already) when the file does not set it.
+/// The budgets' sizes: `maxSockets` derived from the open-files limit (which `meshd run`
+/// raised already) when the file does not set it.
 fn limits(settings: &LimitSettings) -> Limits {
-    let max_connections = settings.max_connections.unwrap_or_else(|| {
+    let max_sockets = settings.max_sockets.unwrap_or_else(|| {
         let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_or(20_000, |(soft, _)| soft);
         let reserved = FD_RESERVE + settings.max_handshakes as u64;
-        default_max_connections(nofile, reserved)
+        default_max_sockets(nofile, reserved)
     });
     let limits = Limits {
-        max_connections,
+        max_sockets,
         max_connections_per_pod: settings.max_connections_per_pod,
         max_handshakes: settings.max_handshakes,
         max_handshakes_per_pod: settings.max_handshakes_per_pod,
     };
-    if limits.max_connections_per_pod >= limits.max_connections {
-        tracing::warn!(?limits, "limits.maxConnectionsPerPod is not below the node's budget (limits.maxConnections, or what the open-files limit allows): one pod can take every connection; raise the open-files limit or lower limits.maxConnectionsPerPod");
+    if limits.max_connections_per_pod >= limits.max_sockets {
+        tracing::warn!(?limits, "limits.maxConnectionsPerPod is not below the node's socket budget (limits.maxSockets, or what the open-files limit allows): one pod can take every socket; raise the open-files limit or lower limits.maxConnectionsPerPod");
     }
     tracing::info!(?limits, "connection and handshake budgets");
     limits

@@ -54,8 +54,9 @@ pub struct Settings {
 /// The budgets of proxied connections and TLS handshakes (review M2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitSettings {
-    /// Every pod's connections together; `None`: derived from the open-files limit at start.
-    pub max_connections: Option<usize>,
+    /// Sockets of every pod's connections together; `None`: derived from the open-files
+    /// limit at start.
+    pub max_sockets: Option<usize>,
     /// One pod's connections in one direction.
     pub max_connections_per_pod: usize,
     pub max_handshakes: usize,
@@ -65,7 +66,7 @@ pub struct LimitSettings {
 impl Default for LimitSettings {
     fn default() -> Self {
         LimitSettings {
-            max_connections: None,
+            max_sockets: None,
             max_connections_per_pod: DEFAULT_MAX_CONNECTIONS_PER_POD,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             max_handshakes_per_pod: DEFAULT_MAX_HANDSHAKES_PER_POD,

@@ -158,7 +158,7 @@ fn ten_thousand_idle_connections_to_one_pod_do_not_starve_another() {
     let ca = identity_init(&c, "ca").unwrap();
     let anchors = ca.join("ca.crt");
     let limits = format!(
-        "handshakeTimeoutMs: 120000\nlimits:\n  maxConnections: 2000\n  maxConnectionsPerPod: {PER_POD}\n  maxHandshakes: 100\n  maxHandshakesPerPod: {HANDSHAKES_PER_POD}\n"
+        "handshakeTimeoutMs: 120000\nlimits:\n  maxSockets: 2000\n  maxConnectionsPerPod: {PER_POD}\n  maxHandshakes: 100\n  maxHandshakesPerPod: {HANDSHAKES_PER_POD}\n"
     );
     let y1 = config_yaml(
         &c,

@@ -75,7 +75,7 @@ impl ProxyContext {
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: crate::settings::DEFAULT_HANDSHAKE_TIMEOUT,
             budgets: Budgets::new(super::limits::Limits {
-                max_connections: 1024,
+                max_sockets: 1024,
                 max_connections_per_pod: 1024,
                 max_handshakes: 16,
                 max_handshakes_per_pod: 16,

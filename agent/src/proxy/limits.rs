@@ -1,11 +1,14 @@
 //! Connection and handshake budgets (review M2): every pod on the node shares one agent
 //! process, its file descriptors and its memory, so a pod (or one remote client hitting
 //! one pod) gets a bounded share of them. A connection takes a slot of its pod's budget
-//! for its direction and one of the global budget when it is accepted, and gives both back
-//! when it ends; a TLS handshake on port 15008 also takes a handshake slot of its pod and
-//! of the node until the HTTP/2 connection is set up. When a budget is full the new
-//! connection is refused at once (a reset, or `REFUSED_STREAM` for an HBONE tunnel) and
-//! counted; nothing waits in a queue.
+//! for its direction and a socket of the node's budget when it is accepted (an HBONE
+//! tunnel: for the socket to the app), and one more socket when it dials a plain upstream;
+//! it gives them back when it ends. The node's budget counts sockets, not connections,
+//! because that is what runs out: a relayed connection holds two, one over HBONE one. A
+//! TLS handshake on port 15008 also takes a handshake slot of its pod and of the node
+//! until the HTTP/2 connection is set up. When a budget is full the new connection is
+//! refused at once (a reset, or `REFUSED_STREAM` for an HBONE tunnel) and counted; nothing
+//! waits in a queue.
 //!
 //! Budgets are per direction: a flood of a pod's inbound (plaintext connections, HBONE
 //! connections and their tunnels together: what reaches its apps) cannot stop the pod's
@@ -30,8 +33,8 @@ use crate::{
 /// The sizes of the budgets (see `docs/configuration.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
-    /// Proxied connections of every pod and direction together.
-    pub max_connections: usize,
+    /// Sockets of proxied connections, every pod and direction together.
+    pub max_sockets: usize,
     /// Proxied connections of one pod in one direction.
     pub max_connections_per_pod: usize,
     /// TLS handshakes in progress on port 15008, every pod together.
@@ -45,8 +48,8 @@ pub(crate) struct Limits {
 pub(crate) enum Exhausted {
     #[error("the pod's connection budget is full")]
     PodConnections,
-    #[error("the node's connection budget is full")]
-    Connections,
+    #[error("the node's socket budget is full")]
+    Sockets,
     #[error("the pod's TLS handshake budget is full")]
     PodHandshakes,
     #[error("the node's TLS handshake budget is full")]
@@ -57,9 +60,9 @@ impl Exhausted {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Exhausted::PodConnections => "pod_connections",
-            Exhausted::Connections => "connections",
+            Exhausted::Sockets => "node_sockets",
             Exhausted::PodHandshakes => "pod_handshakes",
-            Exhausted::Handshakes => "handshakes",
+            Exhausted::Handshakes => "node_handshakes",
         }
     }
 }
@@ -114,7 +117,7 @@ impl Budget {
 #[derive(Debug)]
 pub(crate) struct Budgets {
     pub limits: Limits,
-    connections: Budget,
+    sockets: Budget,
     handshakes: Budget,
 }
 
@@ -130,7 +133,8 @@ pub(crate) struct PodBudgets {
     epoch: Instant,
 }
 
-/// A connection's slots: its pod's and the node's.
+/// A connection's slots: its pod's, and the node's socket for the accepted connection (or,
+/// for an HBONE tunnel, for its socket to the app).
 #[derive(Debug)]
 pub(crate) struct ConnSlot {
     _pod: Slot,
@@ -151,7 +155,7 @@ impl Budgets {
     pub(crate) fn new(limits: Limits) -> Budgets {
         Budgets {
             limits,
-            connections: Budget::new(limits.max_connections),
+            sockets: Budget::new(limits.max_sockets),
             handshakes: Budget::new(limits.max_handshakes),
         }
     }
@@ -179,11 +183,16 @@ impl Budgets {
             Direction::Outbound => &pod.outbound,
         };
         let pod_slot = budget.take().ok_or(Exhausted::PodConnections)?;
-        let node = self.connections.take().ok_or(Exhausted::Connections)?;
+        let node = self.socket()?;
         Ok(ConnSlot {
             _pod: pod_slot,
             _node: node,
         })
+    }
+
+    /// A socket of the node's budget, for a connection's plain upstream.
+    pub(crate) fn socket(&self) -> Result<Slot, Exhausted> {
+        self.sockets.take().ok_or(Exhausted::Sockets)
     }
 
     /// Slots for a TLS handshake on `pod`'s port 15008.
@@ -196,10 +205,10 @@ impl Budgets {
         })
     }
 
-    /// Connections and handshakes of every pod now.
+    /// Sockets and handshakes of every pod now.
     #[cfg(test)]
     pub(crate) fn used(&self) -> (usize, usize) {
-        (self.connections.used(), self.handshakes.used())
+        (self.sockets.used(), self.handshakes.used())
     }
 }
 
@@ -217,15 +226,16 @@ impl PodBudgets {
     }
 }
 
-/// Counts a refusal of `workload`'s connection from `peer` (its caller resets the
-/// connection or the stream) and logs it, at most once per [`LOG_EVERY`] per pod.
+/// Counts a refusal of `workload`'s connection with `remote` (the client inbound, the
+/// destination outbound; its caller resets the connection or the stream) and logs it, at
+/// most once per [`LOG_EVERY`] per pod.
 pub(crate) fn report(
     metrics: &Metrics,
     workload: &Workload,
     budgets: &PodBudgets,
     direction: Direction,
     why: Exhausted,
-    peer: SocketAddr,
+    remote: SocketAddr,
 ) {
     metrics.refused(&RefusedLabels {
         direction: direction.as_str(),
@@ -234,17 +244,16 @@ pub(crate) fn report(
         reason: why.as_str(),
     });
     if budgets.should_log() {
-        tracing::warn!(workload = %workload.key(), direction = direction.as_str(), %peer, reason = why.as_str(), "refused a connection: {why} (connections_refused_total counts each; this line is logged at most every {}s per pod)", LOG_EVERY.as_secs());
+        tracing::warn!(workload = %workload.key(), direction = direction.as_str(), %remote, reason = why.as_str(), "refused a connection: {why} (connections_refused_total counts each; this line is logged at most every {}s per pod)", LOG_EVERY.as_secs());
     } else {
-        tracing::trace!(workload = %workload.key(), direction = direction.as_str(), %peer, reason = why.as_str(), "refused a connection: {why}");
+        tracing::trace!(workload = %workload.key(), direction = direction.as_str(), %remote, reason = why.as_str(), "refused a connection: {why}");
     }
 }
 
-/// The default of `maxConnections`: what the open-files limit `nofile` allows when every
-/// connection holds two sockets, after `reserved` descriptors for handshakes, listeners,
-/// the pool's connections, the maps and the admin API. At least 1,024.
-pub(crate) fn default_max_connections(nofile: u64, reserved: u64) -> usize {
-    let usable = nofile.saturating_sub(reserved) / 2;
+/// The default of `maxSockets`: the open-files limit `nofile` less `reserved` descriptors
+/// for listeners, the HBONE pool's connections, the maps and the admin API. At least 1,024.
+pub(crate) fn default_max_sockets(nofile: u64, reserved: u64) -> usize {
+    let usable = nofile.saturating_sub(reserved);
     usize::try_from(usable).unwrap_or(usize::MAX).max(1024)
 }
 
@@ -254,7 +263,7 @@ mod tests {
 
     fn limits(per_pod: usize, global: usize) -> Limits {
         Limits {
-            max_connections: global,
+            max_sockets: global,
             max_connections_per_pod: per_pod,
             max_handshakes: global,
             max_handshakes_per_pod: per_pod,
@@ -279,7 +288,7 @@ mod tests {
         assert_eq!(budgets.used(), (5, 0));
         assert_eq!(
             budgets.connection(&b, Direction::Inbound).unwrap_err(),
-            Exhausted::Connections
+            Exhausted::Sockets
         );
         // The refused attempt gave its pod slot back.
         assert_eq!(b.inbound.used(), 1);
@@ -289,14 +298,21 @@ mod tests {
             .map(|_| budgets.connection(&b, Direction::Inbound).unwrap())
             .collect();
         assert_eq!(budgets.used(), (4, 0));
-        drop((out, b1, again));
+        // A plain upstream takes one more socket.
+        let upstream = budgets.socket().unwrap();
+        assert_eq!(budgets.socket().unwrap_err(), Exhausted::Sockets);
+        assert_eq!(
+            budgets.connection(&b, Direction::Outbound).unwrap_err(),
+            Exhausted::Sockets
+        );
+        drop((out, b1, again, upstream));
         assert_eq!(budgets.used(), (0, 0));
     }
 
     #[test]
     fn handshakes_have_their_own_budgets() {
         let budgets = Budgets::new(Limits {
-            max_connections: 100,
+            max_sockets: 100,
             max_connections_per_pod: 100,
             max_handshakes: 3,
             max_handshakes_per_pod: 2,
@@ -325,9 +341,9 @@ mod tests {
     }
 
     #[test]
-    fn the_default_global_budget_follows_the_open_files_limit() {
-        assert_eq!(default_max_connections(1_048_576, 4096), 522_240);
-        assert_eq!(default_max_connections(65_536, 4096), 30_720);
-        assert_eq!(default_max_connections(2048, 4096), 1024);
+    fn the_default_socket_budget_follows_the_open_files_limit() {
+        assert_eq!(default_max_sockets(1_048_576, 4608), 1_043_968);
+        assert_eq!(default_max_sockets(20_000, 4608), 15_392);
+        assert_eq!(default_max_sockets(2048, 4608), 1024);
     }
 }

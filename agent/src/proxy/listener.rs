@@ -250,9 +250,9 @@ async fn accept_loop(
                 }
             }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning. The connection budget
-                // keeps the agent's descriptors below its open-files limit (see
-                // `limits::default_max_connections`), so one pod cannot cause this.
+                // EMFILE and friends: back off instead of spinning. The node's socket
+                // budget keeps the agent's descriptors below its open-files limit (see
+                // `limits::default_max_sockets`), so no pod's connections cause this.
                 tracing::warn!(workload = %pod.workload.key(), error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

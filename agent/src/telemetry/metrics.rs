@@ -50,7 +50,7 @@ pub(crate) struct RefusedLabels {
     pub direction: &'static str,
     pub namespace: String,
     pub pod: String,
-    /// `pod_connections`, `connections` (the node's), `pod_handshakes`, `handshakes`.
+    /// `pod_connections`, `node_sockets`, `pod_handshakes`, `node_handshakes`.
     pub reason: &'static str,
 }
 

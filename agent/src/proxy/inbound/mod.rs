@@ -20,6 +20,7 @@ use crate::{
         connect::connect_in,
         context::{PodContext, ProxyContext},
         error::Refusal,
+        limits,
         relay::reset,
         session::{self, Session},
     },
@@ -82,6 +83,23 @@ pub(crate) async fn handle(
         reset(&client);
         return;
     }
+    // The socket to the app is the connection's second: the node's budget must allow it.
+    let _upstream = match ctx.budgets.socket() {
+        Ok(slot) => slot,
+        Err(why) => {
+            limits::report(
+                &ctx.telemetry.metrics,
+                &pod.workload,
+                &pod.budgets,
+                Direction::Inbound,
+                why,
+                peer,
+            );
+            guard.close(0, 0, Some(why.into()));
+            reset(&client);
+            return;
+        }
+    };
     let target = app_addr(dst);
     match connect_in(&pod.netns, target, ctx.connect_timeout).await {
         Ok(server) => {

@@ -156,10 +156,10 @@ pub(super) struct FileConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct LimitsConfig {
-    /// Every pod's proxied connections together; derived from the open-files limit when
-    /// absent.
+    /// Sockets of every pod's proxied connections together (a relayed connection holds
+    /// two, one over HBONE one); derived from the open-files limit when absent.
     #[serde(default)]
-    pub max_connections: Option<usize>,
+    pub max_sockets: Option<usize>,
     /// One pod's proxied connections in one direction (inbound: plaintext, HBONE
     /// connections and tunnels; outbound: the pod's own).
     #[serde(default = "default_max_connections_per_pod")]
@@ -176,7 +176,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         let d = LimitSettings::default();
         LimitsConfig {
-            max_connections: d.max_connections,
+            max_sockets: d.max_sockets,
             max_connections_per_pod: d.max_connections_per_pod,
             max_handshakes: d.max_handshakes,
             max_handshakes_per_pod: d.max_handshakes_per_pod,
@@ -187,7 +187,7 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     fn validate(&self) -> Result<(), Invalid> {
         for (field, value) in [
-            ("limits.maxConnections", self.max_connections.unwrap_or(1)),
+            ("limits.maxSockets", self.max_sockets.unwrap_or(1)),
             ("limits.maxConnectionsPerPod", self.max_connections_per_pod),
             ("limits.maxHandshakes", self.max_handshakes),
             ("limits.maxHandshakesPerPod", self.max_handshakes_per_pod),
@@ -196,12 +196,12 @@ impl LimitsConfig {
                 return Err(Invalid::ZeroLimit { field });
             }
         }
-        if let Some(whole) = self.max_connections {
+        if let Some(whole) = self.max_sockets {
             if self.max_connections_per_pod > whole {
                 return Err(Invalid::PodLimitAboveNode {
                     field: "limits.maxConnectionsPerPod",
                     value: self.max_connections_per_pod,
-                    whole: "limits.maxConnections",
+                    whole: "limits.maxSockets",
                     whole_value: whole,
                 });
             }
@@ -356,7 +356,7 @@ impl FileConfig {
             drain_timeout: std::time::Duration::from_secs(self.drain_timeout_seconds),
             handshake_timeout: std::time::Duration::from_millis(self.handshake_timeout_ms),
             limits: LimitSettings {
-                max_connections: self.limits.max_connections,
+                max_sockets: self.limits.max_sockets,
                 max_connections_per_pod: self.limits.max_connections_per_pod,
                 max_handshakes: self.limits.max_handshakes,
                 max_handshakes_per_pod: self.limits.max_handshakes_per_pod,
@@ -608,7 +608,7 @@ workloads:
         assert_eq!(settings.limits, LimitSettings::default());
         assert_eq!(settings.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
         let with = |extra: &str| REMOTE_ONLY.replace("node: n1\n", &format!("node: n1\n{extra}"));
-        let text = with("handshakeTimeoutMs: 1500\nlimits:\n  maxConnections: 1000\n  maxConnectionsPerPod: 100\n  maxHandshakes: 20\n  maxHandshakesPerPod: 5\n");
+        let text = with("handshakeTimeoutMs: 1500\nlimits:\n  maxSockets: 1000\n  maxConnectionsPerPod: 100\n  maxHandshakes: 20\n  maxHandshakesPerPod: 5\n");
         let settings = parse(&text).unwrap().settings();
         assert_eq!(
             settings.handshake_timeout,
@@ -617,7 +617,7 @@ workloads:
         assert_eq!(
             settings.limits,
             LimitSettings {
-                max_connections: Some(1000),
+                max_sockets: Some(1000),
                 max_connections_per_pod: 100,
                 max_handshakes: 20,
                 max_handshakes_per_pod: 5,
@@ -629,16 +629,16 @@ workloads:
                 "limits.maxConnectionsPerPod must be at least 1",
             ),
             (
-                "limits:\n  maxConnections: 0\n",
-                "limits.maxConnections must be at least 1",
+                "limits:\n  maxSockets: 0\n",
+                "limits.maxSockets must be at least 1",
             ),
             (
                 "limits:\n  maxHandshakes: 0\n",
                 "limits.maxHandshakes must be at least 1",
             ),
             (
-                "limits:\n  maxConnections: 10\n  maxConnectionsPerPod: 11\n",
-                "limits.maxConnectionsPerPod (11) is more than limits.maxConnections (10)",
+                "limits:\n  maxSockets: 10\n  maxConnectionsPerPod: 11\n",
+                "limits.maxConnectionsPerPod (11) is more than limits.maxSockets (10)",
             ),
             (
                 "limits:\n  maxHandshakes: 10\n  maxHandshakesPerPod: 11\n",

@@ -366,3 +366,84 @@ fn a_peer_that_never_sends_the_http2_preface_is_dropped_at_the_handshake_timeout
     );
     c.cleanup().unwrap();
 }
+
+/// Connects from `netns` to the echo server at `to`, sends a line and reads it back: the
+/// connection, delivered and open; `Err` when the agent refused it (a reset or an end).
+fn delivered(netns: &std::path::Path, to: SocketAddr) -> Result<TcpStream, String> {
+    in_netns(netns, || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        s.write_all(b"hi\n").map_err(|e| format!("write: {e}"))?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while !got.ends_with(b"hi\n") {
+            match s.read(&mut buf) {
+                Ok(0) => return Err("closed".to_string()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        Ok(s)
+    })
+    .unwrap()
+}
+
+/// Review M2: the node's socket budget is shared by every pod. With `maxSockets: 10`, five
+/// plaintext connections delivered to pod `a` hold all ten sockets (the client's and the
+/// app's); a sixth to `a` and one to pod `c` are reset and each counted once as
+/// `connections_refused_total{reason="node_sockets"}`; when one of `a`'s ends, `c` is
+/// served again.
+#[test]
+fn the_nodes_socket_budget_is_shared_by_every_pod() {
+    require_root().unwrap();
+    let c = Cluster::new("limits-sockets").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let other = c.add_pod(&n1, "c").unwrap();
+    let y = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&a), WorkloadSpec::new(&other)],
+        &[],
+    )
+    .replace(
+        "connectTimeoutMs: 2000\n",
+        "connectTimeoutMs: 2000\nlimits:\n  maxSockets: 10\n  maxConnectionsPerPod: 10\n",
+    );
+    let agent = Agent::start(&c, &n1, &y).unwrap();
+    serve(&c, &a, 8080).unwrap();
+    serve(&c, &other, 8080).unwrap();
+    let node = n1.netns_path.clone();
+    let to_a: SocketAddr = format!("{}:8080", a.ip).parse().unwrap();
+    let to_c: SocketAddr = format!("{}:8080", other.ip).parse().unwrap();
+    let mut held: Vec<TcpStream> = (0..5)
+        .map(|i| delivered(&node, to_a).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    assert!(delivered(&node, to_a).is_err(), "a sixth to a is refused");
+    assert!(delivered(&node, to_c).is_err(), "c is refused too");
+    for pod in ["a", "c"] {
+        settle(
+            &agent,
+            "connections_refused_total",
+            &[("pod", pod), ("reason", "node_sockets")],
+            1.0,
+        );
+    }
+    held.pop();
+    settle(
+        &agent,
+        "tcp_open_connections",
+        &[("direction", "inbound"), ("pod", "a")],
+        4.0,
+    );
+    delivered(&node, to_c).expect("c is served again");
+    let text = metrics(&agent);
+    assert_eq!(
+        sum_metric(&text, "connections_refused_total", &[]),
+        2.0,
+        "{text}"
+    );
+    drop(held);
+    c.cleanup().unwrap();
+}

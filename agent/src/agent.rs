@@ -19,10 +19,12 @@ use crate::{
     identity::{CertManager, Identity},
     netns::Netns,
     proxy::{
-        balance::Balancers, hbone::pool::Pool, Connections, Mesh, PodContext, PodProxy,
-        ProxyContext,
+        balance::Balancers,
+        hbone::pool::Pool,
+        limits::{default_max_sockets, Budgets, Limits},
+        Connections, Mesh, PodContext, PodProxy, ProxyContext,
     },
-    settings::Settings,
+    settings::{LimitSettings, Settings},
     state::{LocalWorkload, State, StateStore, Workload},
     telemetry::Telemetry,
 };
@@ -98,6 +100,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The budgets' sizes: `maxSockets` derived from the open-files limit (which `meshd run`
+/// raised already) when the file does not set it.
+fn limits(settings: &LimitSettings) -> Limits {
+    let max_sockets = settings.max_sockets.unwrap_or_else(|| {
+        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(20_000, |(soft, _)| soft);
+        let reserved = FD_RESERVE + settings.max_handshakes as u64;
+        default_max_sockets(nofile, reserved)
+    });
+    let limits = Limits {
+        max_sockets,
+        max_connections_per_pod: settings.max_connections_per_pod,
+        max_handshakes: settings.max_handshakes,
+        max_handshakes_per_pod: settings.max_handshakes_per_pod,
+    };
+    if limits.max_connections_per_pod >= limits.max_sockets {
+        tracing::warn!(?limits, "limits.maxConnectionsPerPod is not below the node's socket budget (limits.maxSockets, or what the open-files limit allows): one pod can take every socket; raise the open-files limit or lower limits.maxConnectionsPerPod");
+    }
+    tracing::info!(?limits, "connection and handshake budgets");
+    limits
+}
+
+/// Descriptors kept out of the connection budget's default: listeners (five per pod),
+/// the HBONE pool's connections, the maps and programs, the admin API.
+const FD_RESERVE: u64 = 4096;
+
 impl Agent {
     /// Loads the identity issuer (when configured) and the programs (adopting earlier pins)
     /// and prepares an empty agent. Must run inside the tokio runtime.
@@ -137,6 +165,8 @@ impl Agent {
             connections: Arc::new(Connections::default()),
             telemetry: Arc::new(Telemetry::default()),
             connect_timeout,
+            handshake_timeout: settings.handshake_timeout,
+            budgets: Budgets::new(limits(&settings.limits)),
             mesh,
         });
         Ok(Agent {
@@ -256,6 +286,7 @@ impl Agent {
             workload: workload.clone(),
             netns: netns.clone(),
             identity,
+            budgets: self.proxy.budgets.pod(),
         });
         let proxy = PodProxy::start(&self.proxy, pod, &self.drain)?;
         let listeners = workload

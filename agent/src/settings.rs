@@ -18,6 +18,16 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(5000);
 /// (30 s) less 5 s, as ztunnel derives its own, so that the agent closes what is left,
 /// detaches and removes its pins before the kubelet's SIGKILL.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+/// Default time a TLS and then HTTP/2 handshake on port 15008 may take, together.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default budget of one pod's proxied connections in one direction: above the
+/// benchmark's 10,000 held connections between two pods.
+pub const DEFAULT_MAX_CONNECTIONS_PER_POD: usize = 16_384;
+/// Default budget of TLS handshakes in progress on port 15008, every pod together: each
+/// holds at most an 80 KiB buffer and rustls' state, so about 45 MiB at most.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 512;
+/// Default budget of TLS handshakes in progress on one pod's port 15008.
+pub const DEFAULT_MAX_HANDSHAKES_PER_POD: usize = 128;
 /// Default lifetime of workload certificates.
 pub const DEFAULT_CERTIFICATE_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -30,11 +40,38 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// On SIGTERM, how long open connections may go on before they are closed.
     pub drain_timeout: Duration,
+    /// How long the TLS and HTTP/2 handshakes of an HBONE connection may take together.
+    pub handshake_timeout: Duration,
+    /// The connection and handshake budgets.
+    pub limits: LimitSettings,
     /// The trust domain of workload identities (`spiffe://<trust_domain>/ns/NS/sa/SA`).
     pub trust_domain: String,
     /// Mutual TLS between workloads; without it captured connections are passed through
     /// in plaintext.
     pub identity: Option<IdentitySettings>,
+}
+
+/// The budgets of proxied connections and TLS handshakes (review M2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitSettings {
+    /// Sockets of every pod's connections together; `None`: derived from the open-files
+    /// limit at start.
+    pub max_sockets: Option<usize>,
+    /// One pod's connections in one direction.
+    pub max_connections_per_pod: usize,
+    pub max_handshakes: usize,
+    pub max_handshakes_per_pod: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_sockets: None,
+            max_connections_per_pod: DEFAULT_MAX_CONNECTIONS_PER_POD,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_pod: DEFAULT_MAX_HANDSHAKES_PER_POD,
+        }
+    }
 }
 
 /// Where the trust anchors and the issuer are, and how long workload certificates live.

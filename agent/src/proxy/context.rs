@@ -12,7 +12,12 @@ use crate::{
     telemetry::Telemetry,
 };
 
-use super::{balance::Balancers, connections::Connections, hbone::pool::Pool};
+use super::{
+    balance::Balancers,
+    connections::Connections,
+    hbone::pool::Pool,
+    limits::{Budgets, PodBudgets},
+};
 
 /// What every connection handler shares.
 pub(crate) struct ProxyContext {
@@ -24,6 +29,10 @@ pub(crate) struct ProxyContext {
     pub connections: Arc<Connections>,
     pub telemetry: Arc<Telemetry>,
     pub connect_timeout: Duration,
+    /// How long the TLS and HTTP/2 handshakes on port 15008 may take together.
+    pub handshake_timeout: Duration,
+    /// The node's connection and handshake budgets.
+    pub budgets: Budgets,
     /// Mutual TLS between workloads; `None` runs plain pass-through.
     pub mesh: Option<Mesh>,
 }
@@ -48,6 +57,8 @@ pub(crate) struct PodContext {
     pub netns: Arc<Netns>,
     /// Its identity, when mutual TLS is on.
     pub identity: Option<Identity>,
+    /// Its share of the node's connections and handshakes.
+    pub budgets: PodBudgets,
 }
 
 #[cfg(test)]
@@ -62,6 +73,13 @@ impl ProxyContext {
             connections: Arc::new(super::connections::Connections::default()),
             telemetry: Arc::new(Telemetry::default()),
             connect_timeout: Duration::from_secs(5),
+            handshake_timeout: crate::settings::DEFAULT_HANDSHAKE_TIMEOUT,
+            budgets: Budgets::new(super::limits::Limits {
+                max_sockets: 1024,
+                max_connections_per_pod: 1024,
+                max_handshakes: 16,
+                max_handshakes_per_pod: 16,
+            }),
             mesh: None,
         })
     }

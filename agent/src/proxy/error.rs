@@ -4,7 +4,7 @@
 
 use std::{io, net::IpAddr};
 
-use super::{connect::ConnectError, hbone::pool::TunnelError};
+use super::{connect::ConnectError, hbone::pool::TunnelError, limits::Exhausted};
 
 /// Why an inbound destination is refused before anything is dialed
 /// ([`super::inbound::check_destination`]).
@@ -29,6 +29,9 @@ pub(crate) enum Error {
     /// An inbound destination that must not be delivered (an agent port, not the pod).
     #[error("refused inbound destination: {0}")]
     Destination(#[from] Refusal),
+    /// A budget was full (the node's sockets, for the upstream): refused, nothing dialed.
+    #[error("refused: {0}")]
+    Budget(#[from] Exhausted),
     /// A service address with no endpoints at all.
     #[error("service {service} has no endpoints")]
     NoEndpoints { service: String },

@@ -17,7 +17,10 @@ use crate::{drain::DrainWatcher, netns::Netns, telemetry::Direction};
 
 use super::{
     context::{PodContext, ProxyContext},
-    inbound, outbound,
+    inbound,
+    limits::{self, Exhausted},
+    outbound,
+    relay::reset,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -206,30 +209,78 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let direction = match kind {
+                    Listener::Outbound => Direction::Outbound,
+                    Listener::Inbound | Listener::Hbone => Direction::Inbound,
+                };
+                // Refused at once when the pod's or the node's budget is full: the pod's
+                // listener keeps accepting (and refusing), the other pods' are untouched.
+                let slot = match ctx.budgets.connection(&pod.budgets, direction) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        refuse(&ctx, &pod, direction, why, peer, &stream);
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let (ctx, pod) = (ctx.clone(), pod.clone());
                 match kind {
-                    Listener::Outbound => {
-                        drain.spawn(async move { outbound::handle(&ctx, &pod, stream, peer).await })
-                    }
-                    Listener::Inbound => {
-                        drain.spawn(async move { inbound::handle(&ctx, &pod, stream, peer).await })
-                    }
+                    Listener::Outbound => drain.spawn(async move {
+                        outbound::handle(&ctx, &pod, stream, peer).await;
+                        drop(slot);
+                    }),
+                    Listener::Inbound => drain.spawn(async move {
+                        inbound::handle(&ctx, &pod, stream, peer).await;
+                        drop(slot);
+                    }),
                     Listener::Hbone => {
+                        let handshake = match ctx.budgets.handshake(&pod.budgets) {
+                            Ok(h) => h,
+                            Err(why) => {
+                                refuse(&ctx, &pod, direction, why, peer, &stream);
+                                continue;
+                            }
+                        };
                         let tunnels = drain.clone();
-                        drain.spawn_graceful(move |draining| {
-                            inbound::hbone::handle(ctx, pod, stream, peer, tunnels, draining)
+                        drain.spawn_graceful(move |draining| async move {
+                            inbound::hbone::handle(
+                                ctx, pod, stream, peer, tunnels, draining, handshake,
+                            )
+                            .await;
+                            drop(slot);
                         })
                     }
                 }
             }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
+                // EMFILE and friends: back off instead of spinning. The node's socket
+                // budget keeps the agent's descriptors below its open-files limit (see
+                // `limits::default_max_sockets`), so no pod's connections cause this.
                 tracing::warn!(workload = %pod.workload.key(), error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
+}
+
+/// Refuses an accepted connection: a reset, counted and (rate-limited) logged.
+fn refuse(
+    ctx: &ProxyContext,
+    pod: &PodContext,
+    direction: Direction,
+    why: Exhausted,
+    peer: SocketAddr,
+    stream: &tokio::net::TcpStream,
+) {
+    reset(stream);
+    limits::report(
+        &ctx.telemetry.metrics,
+        &pod.workload,
+        &pod.budgets,
+        direction,
+        why,
+        peer,
+    );
 }
 
 impl PodProxy {

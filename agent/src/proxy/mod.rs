@@ -28,6 +28,7 @@ mod framing_tests;
 pub(crate) mod hbone;
 pub(crate) mod inbound;
 pub(crate) mod l7;
+pub(crate) mod limits;
 pub(crate) mod listener;
 pub(crate) mod outbound;
 pub(crate) mod relay;

@@ -44,6 +44,16 @@ pub(crate) struct RejectLabels {
     pub reason: &'static str,
 }
 
+/// A connection (or HBONE tunnel) refused because a budget was full.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RefusedLabels {
+    pub direction: &'static str,
+    pub namespace: String,
+    pub pod: String,
+    /// `pod_connections`, `node_sockets`, `pod_handshakes`, `node_handshakes`.
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct IdentityLabels {
     pub identity: String,
@@ -67,6 +77,7 @@ pub(crate) struct Metrics {
     pub tcp_read_bytes_total: Family<TrafficLabels, Counter>,
     pub tcp_write_bytes_total: Family<TrafficLabels, Counter>,
     pub hbone_rejected: Family<RejectLabels, Counter>,
+    pub connections_refused: Family<RefusedLabels, Counter>,
     pub cert_expiration: Family<IdentityLabels, Gauge>,
     pub cert_refresh: Gauge,
     /// Seconds until the issuer certificate expires (negative once expired).
@@ -132,6 +143,12 @@ impl Default for Metrics {
             "Mutual-TLS connections and HBONE tunnels refused, by reason",
             hbone_rejected.clone(),
         );
+        let connections_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections and HBONE tunnels refused because a connection or handshake budget was full",
+            connections_refused.clone(),
+        );
         let cert_expiration = Family::<IdentityLabels, Gauge>::default();
         registry.register(
             "identity_cert_expiration_timestamp_seconds",
@@ -168,6 +185,7 @@ impl Default for Metrics {
             tcp_read_bytes_total,
             tcp_write_bytes_total,
             hbone_rejected,
+            connections_refused,
             cert_expiration,
             cert_refresh,
             issuer_expiry,
@@ -181,6 +199,11 @@ impl Metrics {
         self.hbone_rejected
             .get_or_create(&RejectLabels { direction, reason })
             .inc();
+    }
+
+    /// A connection refused for a full budget.
+    pub(crate) fn refused(&self, labels: &RefusedLabels) {
+        self.connections_refused.get_or_create(labels).inc();
     }
 
     /// The request series of one connection's traffic labels, looked up once.

@@ -13,6 +13,7 @@ pub(crate) use meshd_common::HBONE_PORT;
 #[cfg(test)]
 mod flood_tests;
 pub(crate) mod pool;
+pub(crate) mod server;
 pub(crate) mod tunnel;
 
 /// Streams (tunnels) per HBONE connection before the pool opens another connection.
@@ -28,8 +29,6 @@ const MAX_SEND_BUF: usize = 1024 * 1024;
 /// ztunnel; h2's default of 16 MiB would let a peer's HPACK references (a few bytes each)
 /// make the agent decode megabytes per request.
 pub(crate) const MAX_HEADER_LIST: u32 = 64 * 1024;
-/// How long the TLS and then the HTTP/2 handshake of an HBONE connection may take.
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE: Duration = Duration::from_secs(30);
 /// How long a keep-alive PING may go unanswered before the connection is dropped.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);

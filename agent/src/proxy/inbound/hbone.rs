@@ -10,17 +10,25 @@ use std::{net::SocketAddr, sync::Arc};
 use bytes::Bytes;
 use h2::{server::SendResponse, RecvStream};
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::{net::TcpStream, sync::Semaphore, time::timeout};
+use tokio::{
+    net::TcpStream,
+    time::{timeout_at, Instant},
+};
 
 use super::{check_authority, inbound_context};
 use crate::{
-    conn::Tls,
+    conn::{Direction, Tls},
     drain::{DrainWatcher, Draining},
     proxy::{
         connect::deliver_in,
         context::{PodContext, ProxyContext},
         error::{Error, Refusal},
-        hbone::{self, tunnel::TunnelStream, HANDSHAKE_TIMEOUT},
+        hbone::{
+            self,
+            server::{self, Ended, ServeError},
+            tunnel::TunnelStream,
+        },
+        limits::{self, HandshakeSlot},
         session::{self, Session},
         tls::{
             self,
@@ -42,6 +50,8 @@ fn refuse(mut respond: SendResponse<Bytes>, status: StatusCode) {
 
 /// Serves one accepted TCP connection on the HBONE port; its tunnels are spawned through
 /// `tunnels`, and `draining` starts a graceful shutdown of the HTTP/2 connection.
+/// `handshake` (its place in the handshake budgets) is given back once the TLS and HTTP/2
+/// handshakes are done, which must be within the handshake timeout.
 pub(crate) async fn handle(
     ctx: Arc<ProxyContext>,
     pod: Arc<PodContext>,
@@ -49,7 +59,9 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     tunnels: DrainWatcher,
     draining: Draining,
+    handshake: HandshakeSlot,
 ) {
+    let deadline = Instant::now() + ctx.handshake_timeout;
     let workload = pod.workload.key();
     let Some(mesh) = ctx.mesh.as_ref() else {
         return;
@@ -64,7 +76,7 @@ pub(crate) async fn handle(
             return;
         }
     };
-    let tls = match timeout(HANDSHAKE_TIMEOUT, tls::accept(config, tcp)).await {
+    let tls = match timeout_at(deadline, tls::accept(config, tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let reason = tls_errors::reason(&e);
@@ -87,60 +99,58 @@ pub(crate) async fn handle(
         tracing::warn!(workload = %workload, %peer, "HBONE: client certificate has no SPIFFE identity");
         return;
     };
-    let mut conn = match timeout(HANDSHAKE_TIMEOUT, hbone::h2_server().handshake(tls)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            tracing::debug!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE: no HTTP/2 connection");
-            return;
+    let who = format!("{workload} from {peer} ({client_id})");
+    let tls_of_tunnels = Tls {
+        client: Some(client_id.clone()),
+        server: local,
+    };
+    let served = server::serve(
+        tls,
+        deadline,
+        handshake,
+        draining,
+        &who,
+        |req, respond, place| {
+            let slot = match ctx.budgets.connection(&pod.budgets, Direction::Inbound) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    let mut respond = respond;
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    limits::report(
+                        &ctx.telemetry.metrics,
+                        &pod.workload,
+                        &pod.budgets,
+                        Direction::Inbound,
+                        why,
+                        peer,
+                    );
+                    return;
+                }
+            };
+            let (ctx, pod, tls) = (ctx.clone(), pod.clone(), tls_of_tunnels.clone());
+            tunnels.spawn(async move {
+                connect(ctx, pod, peer, tls, req, respond).await;
+                drop((place, slot));
+            });
+        },
+    )
+    .await;
+    match served {
+        Ok(Ended::Closed) => {}
+        Ok(Ended::Error(e)) => {
+            tracing::debug!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE connection ended")
         }
-        Err(_) => {
+        Ok(Ended::Keepalive(e)) => {
+            tracing::info!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE connection dropped by keep-alive")
+        }
+        Err(e @ ServeError::HandshakeTimeout) => {
             ctx.telemetry
                 .metrics
                 .reject("inbound", RejectReason::Handshake.as_str());
-            tracing::warn!(workload = %workload, %peer, client = %client_id, "HBONE: no HTTP/2 preface within the handshake timeout");
-            return;
+            tracing::warn!(workload = %workload, %peer, client = %client_id, "HBONE: {e}");
         }
-    };
-    // Tunnels being set up or relayed on this connection: h2 bounds the open streams, this
-    // also bounds the work of streams the client reset before their tunnel ended.
-    let in_flight = Arc::new(Semaphore::new(hbone::MAX_STREAMS as usize));
-    let keepalive = hbone::keepalive(conn.ping_pong());
-    tokio::pin!(keepalive, draining);
-    loop {
-        let next = tokio::select! {
-            next = conn.accept() => next,
-            e = &mut keepalive => {
-                tracing::info!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE connection dropped by keep-alive");
-                return;
-            }
-            // GOAWAY: no new tunnels; the open ones go on and `accept` ends after them.
-            () = &mut draining => {
-                conn.graceful_shutdown();
-                continue;
-            }
-        };
-        match next {
-            Some(Ok((req, mut respond))) => {
-                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                    tracing::warn!(workload = %workload, %peer, client = %client_id, "HBONE: too many tunnels in flight on one connection, refused a stream");
-                    respond.send_reset(h2::Reason::REFUSED_STREAM);
-                    continue;
-                };
-                let (ctx, pod) = (ctx.clone(), pod.clone());
-                let tls = Tls {
-                    client: Some(client_id.clone()),
-                    server: local.clone(),
-                };
-                tunnels.spawn(async move {
-                    connect(ctx, pod, peer, tls, req, respond).await;
-                    drop(permit);
-                });
-            }
-            Some(Err(e)) => {
-                tracing::debug!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE connection ended");
-                return;
-            }
-            None => return,
+        Err(e @ ServeError::Handshake(_)) => {
+            tracing::debug!(workload = %workload, %peer, client = %client_id, error = %e, "HBONE: no HTTP/2 connection");
         }
     }
 }

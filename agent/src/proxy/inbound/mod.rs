@@ -23,6 +23,7 @@ use crate::{
         connect::deliver_in,
         context::{PodContext, ProxyContext},
         error::Refusal,
+        limits,
         relay::reset,
         session::{self, Session},
     },
@@ -90,6 +91,23 @@ pub(crate) async fn handle(
         reset(&client);
         return;
     }
+    // The socket to the app is the connection's second: the node's budget must allow it.
+    let _upstream = match ctx.budgets.socket() {
+        Ok(slot) => slot,
+        Err(why) => {
+            limits::report(
+                &ctx.telemetry.metrics,
+                &pod.workload,
+                &pod.budgets,
+                Direction::Inbound,
+                why,
+                peer,
+            );
+            guard.close(0, 0, Some(why.into()));
+            reset(&client);
+            return;
+        }
+    };
     // The original destination itself, dialed from inside the pod (checked above).
     match deliver_in(&pod.netns, dst, ctx.connect_timeout).await {
         Ok(server) => {

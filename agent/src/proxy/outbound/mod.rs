@@ -17,6 +17,7 @@ use crate::{
         context::{PodContext, ProxyContext},
         error::Error,
         hbone::pool::Tunnel,
+        limits::{self, Slot},
         relay::reset,
         session::{self, Session},
     },
@@ -27,9 +28,10 @@ mod route;
 
 use route::{Destination, Dial, Plan};
 
-/// The agent's side towards the destination.
+/// The agent's side towards the destination: a plain connection holds a socket of the
+/// node's budget (an HBONE tunnel shares the pool's connection).
 enum Upstream {
-    Plain(TcpStream),
+    Plain(TcpStream, Slot),
     Hbone(Tunnel),
 }
 
@@ -104,6 +106,12 @@ async fn to_service(
                 drop(lease);
                 return;
             }
+            // A full budget says nothing of the endpoint: refused, not tried further.
+            Err(e @ Error::Budget(_)) => {
+                guard.close(0, 0, Some(e));
+                reset(&client);
+                return;
+            }
             Err(e) => {
                 lease.failed();
                 last_error = Some(e);
@@ -141,9 +149,20 @@ async fn connect_upstream(
             }
         };
     }
+    let socket = ctx.budgets.socket().map_err(|why| {
+        limits::report(
+            &ctx.telemetry.metrics,
+            &pod.workload,
+            &pod.budgets,
+            Direction::Outbound,
+            why,
+            target,
+        );
+        Error::from(why)
+    })?;
     connect_in(&pod.netns, target, ctx.connect_timeout)
         .await
-        .map(|tcp| (Upstream::Plain(tcp), plan))
+        .map(|tcp| (Upstream::Plain(tcp, socket), plan))
         .map_err(|e| {
             tracing::info!(workload = %workload, %target, error = %e, "outbound connect failed");
             e.into()
@@ -170,8 +189,9 @@ async fn run_session(
     }
     let opaque = plan.opaque;
     match up {
-        Upstream::Plain(server) => {
-            session::run(ctx, Session { guard, opaque }, client, server).await
+        Upstream::Plain(server, socket) => {
+            session::run(ctx, Session { guard, opaque }, client, server).await;
+            drop(socket);
         }
         Upstream::Hbone(tunnel) => {
             let Tunnel {

@@ -18,11 +18,21 @@ use super::{
     stream::{Session, TlsStream},
 };
 
-/// The most handshake bytes buffered from a peer at once (rustls limits each message; this
-/// bounds what a peer that never completes one can make us hold).
-const MAX_HANDSHAKE_BUFFER: usize = 256 * 1024;
-/// Bytes read from the socket per `read(2)` during the handshake.
-const READ_SIZE: usize = 16 * 1024;
+/// The most handshake bytes buffered from a peer at once: what a peer that never
+/// completes a message can make us hold. rustls limits a handshake message to 64 KiB
+/// (`MAX_HANDSHAKE_SIZE`) and its own buffered connections hold at most 64 KiB and one
+/// 4 KiB read of one; 80 KiB also holds the end of a record that carried the message
+/// before (review M2: was 256 KiB).
+const MAX_HANDSHAKE_BUFFER: usize = 80 * 1024;
+/// The buffer a handshake starts with: a ClientHello, or the client's certificate flight,
+/// is a few KiB; the buffer doubles (up to [`MAX_HANDSHAKE_BUFFER`]) when it is nearly
+/// full. A handshake that never gets its bytes (a flood of idle connections to port 15008)
+/// holds this much.
+const INITIAL_BUFFER: usize = 4 * 1024;
+/// Free space below which the buffer grows before the next read.
+const MIN_FREE: usize = 1024;
+/// Room made for an encoded flight at a time.
+const ENCODE_SIZE: usize = 16 * 1024;
 
 /// Runs the client side of the handshake on `tcp` (TLS 1.3, the `config`'s verifiers).
 /// Errors are I/O errors wrapping the [`rustls::Error`], as tokio-rustls reports them.
@@ -135,7 +145,7 @@ async fn handshake<C: Handshaking, S: AsyncRead + AsyncWrite + Unpin>(
     mut conn: C,
     mut tcp: S,
 ) -> io::Result<TlsStream<S>> {
-    let mut incoming = vec![0u8; READ_SIZE];
+    let mut incoming = vec![0u8; INITIAL_BUFFER];
     let mut filled = 0;
     let mut outgoing = Vec::new();
     let mut early = Vec::new();
@@ -150,7 +160,7 @@ async fn handshake<C: Handshaking, S: AsyncRead + AsyncWrite + Unpin>(
             }
             Ok(ConnectionState::EncodeTlsData(mut enc)) => {
                 let at = outgoing.len();
-                outgoing.resize(at + READ_SIZE, 0);
+                outgoing.resize(at + ENCODE_SIZE, 0);
                 let n = match enc.encode(&mut outgoing[at..]) {
                     Err(EncodeError::InsufficientSize(e)) => {
                         outgoing.resize(at + e.required_size, 0);
@@ -191,11 +201,11 @@ async fn handshake<C: Handshaking, S: AsyncRead + AsyncWrite + Unpin>(
         }
         state_done(discard, &mut incoming, &mut filled);
         if need_read {
-            if incoming.len() - filled < READ_SIZE / 4 {
+            if incoming.len() - filled < MIN_FREE {
                 if incoming.len() >= MAX_HANDSHAKE_BUFFER {
                     return Err(to_io(Error::General("handshake message too large".into())));
                 }
-                incoming.resize(incoming.len() + READ_SIZE, 0);
+                incoming.resize((incoming.len() * 2).min(MAX_HANDSHAKE_BUFFER), 0);
             }
             let n = tcp.read(&mut incoming[filled..]).await?;
             if n == 0 {

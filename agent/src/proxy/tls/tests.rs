@@ -432,3 +432,42 @@ async fn failed_handshakes_are_reported_as_tokio_rustls_reported_them() {
         "{err}"
     );
 }
+
+/// Review M2: the handshake buffer (4 KiB, doubling up to 80 KiB) holds the largest
+/// handshake message rustls accepts (64 KiB, in five records), so rustls, not the buffer,
+/// judges it: a ClientHello of 65,535 bytes of garbage is refused as undecodable (never as
+/// "handshake message too large"), and one announced larger than rustls' limit is refused
+/// by rustls at its header, before its body arrives.
+#[tokio::test]
+async fn the_largest_handshake_message_fits_the_buffer_and_rustls_judges_it() {
+    let ca = pki();
+    for (len, want) in [
+        (0xffff_usize, "InvalidMessage"),
+        (0x1_0000, "HandshakePayloadTooLarge"),
+    ] {
+        let mut message = vec![0x01, (len >> 16) as u8, (len >> 8) as u8, len as u8];
+        message.extend(std::iter::repeat_n(0x41, len.min(0xffff)));
+        let mut wire = Vec::new();
+        for record in message.chunks(16_384) {
+            wire.extend_from_slice(&[0x16, 0x03, 0x01]);
+            wire.extend_from_slice(&(record.len() as u16).to_be_bytes());
+            wire.extend_from_slice(record);
+        }
+        let (mut c, s) = tcp_pair().await;
+        let sc = server_config(ca.mgr.clone(), server_id()).expect("server config");
+        // Written while the server reads; the server may stop reading early.
+        let writer = tokio::spawn(async move {
+            for piece in wire.chunks(1000) {
+                if c.write_all(piece).await.is_err() {
+                    break;
+                }
+            }
+            c
+        });
+        let err = within(accept(sc, s)).await.err().expect("refused");
+        let text = format!("{err:?}");
+        assert!(!text.contains("handshake message too large"), "{text}");
+        assert!(text.contains(want), "{len}: {text}");
+        drop(writer);
+    }
+}

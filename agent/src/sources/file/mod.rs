@@ -142,5 +142,11 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
     if old.drain_timeout != new.drain_timeout {
         fields.push("drainTimeoutSeconds");
     }
+    if old.handshake_timeout != new.handshake_timeout {
+        fields.push("handshakeTimeoutMs");
+    }
+    if old.limits != new.limits {
+        fields.push("limits");
+    }
     fields
 }

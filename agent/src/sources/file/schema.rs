@@ -18,8 +18,10 @@ use serde::Deserialize;
 use crate::{
     kube_names::{is_dns_label, is_dns_subdomain},
     settings::{
-        IdentitySettings, Settings, DEFAULT_ADMIN, DEFAULT_BPFFS_ROOT, DEFAULT_CERTIFICATE_TTL,
-        DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_TRUST_DOMAIN,
+        IdentitySettings, LimitSettings, Settings, DEFAULT_ADMIN, DEFAULT_BPFFS_ROOT,
+        DEFAULT_CERTIFICATE_TTL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
+        DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_POD, DEFAULT_MAX_HANDSHAKES,
+        DEFAULT_MAX_HANDSHAKES_PER_POD, DEFAULT_TRUST_DOMAIN,
     },
     state::DEFAULT_OPAQUE_PORTS,
 };
@@ -44,6 +46,17 @@ pub(crate) enum Invalid {
     TrustDomain(String),
     #[error("identity.certificateTtlSeconds must be at least 10")]
     CertificateTtl,
+    #[error("handshakeTimeoutMs must be at least 100")]
+    HandshakeTimeout,
+    #[error("{field} must be at least 1")]
+    ZeroLimit { field: &'static str },
+    #[error("{field} ({value}) is more than {whole} ({whole_value}): one pod could take the whole node's budget")]
+    PodLimitAboveNode {
+        field: &'static str,
+        value: usize,
+        whole: &'static str,
+        whole_value: usize,
+    },
     #[error("{field}: {} is not a readable file", path.display())]
     NotAFile { field: &'static str, path: PathBuf },
     #[error("{at}: {field} {value:?} is not a valid Kubernetes name")]
@@ -120,6 +133,12 @@ pub(super) struct FileConfig {
     /// On SIGTERM, how long open connections may go on before they are closed.
     #[serde(default = "default_drain_timeout_seconds")]
     pub drain_timeout_seconds: u64,
+    /// How long the TLS and HTTP/2 handshakes of an HBONE connection may take together.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Budgets of proxied connections and TLS handshakes.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// The trust domain of workload identities (`spiffe://<trustDomain>/ns/NS/sa/SA`).
     #[serde(default = "default_trust_domain")]
     pub trust_domain: String,
@@ -131,6 +150,72 @@ pub(super) struct FileConfig {
     pub workloads: Vec<WorkloadConfig>,
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+}
+
+/// `limits:` (see `docs/configuration.md`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct LimitsConfig {
+    /// Sockets of every pod's proxied connections together (a relayed connection holds
+    /// two, one over HBONE one); derived from the open-files limit when absent.
+    #[serde(default)]
+    pub max_sockets: Option<usize>,
+    /// One pod's proxied connections in one direction (inbound: plaintext, HBONE
+    /// connections and tunnels; outbound: the pod's own).
+    #[serde(default = "default_max_connections_per_pod")]
+    pub max_connections_per_pod: usize,
+    /// TLS handshakes in progress on port 15008, every pod together.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress on one pod's port 15008.
+    #[serde(default = "default_max_handshakes_per_pod")]
+    pub max_handshakes_per_pod: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = LimitSettings::default();
+        LimitsConfig {
+            max_sockets: d.max_sockets,
+            max_connections_per_pod: d.max_connections_per_pod,
+            max_handshakes: d.max_handshakes,
+            max_handshakes_per_pod: d.max_handshakes_per_pod,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        for (field, value) in [
+            ("limits.maxSockets", self.max_sockets.unwrap_or(1)),
+            ("limits.maxConnectionsPerPod", self.max_connections_per_pod),
+            ("limits.maxHandshakes", self.max_handshakes),
+            ("limits.maxHandshakesPerPod", self.max_handshakes_per_pod),
+        ] {
+            if value == 0 {
+                return Err(Invalid::ZeroLimit { field });
+            }
+        }
+        if let Some(whole) = self.max_sockets {
+            if self.max_connections_per_pod > whole {
+                return Err(Invalid::PodLimitAboveNode {
+                    field: "limits.maxConnectionsPerPod",
+                    value: self.max_connections_per_pod,
+                    whole: "limits.maxSockets",
+                    whole_value: whole,
+                });
+            }
+        }
+        if self.max_handshakes_per_pod > self.max_handshakes {
+            return Err(Invalid::PodLimitAboveNode {
+                field: "limits.maxHandshakesPerPod",
+                value: self.max_handshakes_per_pod,
+                whole: "limits.maxHandshakes",
+                whole_value: self.max_handshakes,
+            });
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -217,6 +302,18 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_drain_timeout_seconds() -> u64 {
     DEFAULT_DRAIN_TIMEOUT.as_secs()
 }
+fn default_handshake_timeout_ms() -> u64 {
+    DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64
+}
+fn default_max_connections_per_pod() -> usize {
+    DEFAULT_MAX_CONNECTIONS_PER_POD
+}
+fn default_max_handshakes() -> usize {
+    DEFAULT_MAX_HANDSHAKES
+}
+fn default_max_handshakes_per_pod() -> usize {
+    DEFAULT_MAX_HANDSHAKES_PER_POD
+}
 fn default_trust_domain() -> String {
     DEFAULT_TRUST_DOMAIN.into()
 }
@@ -257,6 +354,13 @@ impl FileConfig {
             bpffs: self.bpffs.clone(),
             connect_timeout: std::time::Duration::from_millis(self.connect_timeout_ms),
             drain_timeout: std::time::Duration::from_secs(self.drain_timeout_seconds),
+            handshake_timeout: std::time::Duration::from_millis(self.handshake_timeout_ms),
+            limits: LimitSettings {
+                max_sockets: self.limits.max_sockets,
+                max_connections_per_pod: self.limits.max_connections_per_pod,
+                max_handshakes: self.limits.max_handshakes,
+                max_handshakes_per_pod: self.limits.max_handshakes_per_pod,
+            },
             trust_domain: self.trust_domain.clone(),
             identity: self.identity.as_ref().map(|id| IdentitySettings {
                 trust_anchors: id.trust_anchors.clone(),
@@ -302,6 +406,10 @@ impl FileConfig {
         if !is_dns_subdomain(&self.trust_domain) {
             return Err(Invalid::TrustDomain(self.trust_domain.clone()));
         }
+        if self.handshake_timeout_ms < 100 {
+            return Err(Invalid::HandshakeTimeout);
+        }
+        self.limits.validate()?;
         if let Some(id) = &self.identity {
             if id.certificate_ttl_seconds < 10 {
                 return Err(Invalid::CertificateTtl);
@@ -492,6 +600,59 @@ workloads:
         let text = REMOTE_ONLY.replace("node: n1\n", "node: n1\ndrainTimeoutSeconds: 2\n");
         let settings = parse(&text).unwrap().settings();
         assert_eq!(settings.drain_timeout, std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn limits_default_and_are_validated_naming_the_field() {
+        let settings = parse(REMOTE_ONLY).unwrap().settings();
+        assert_eq!(settings.limits, LimitSettings::default());
+        assert_eq!(settings.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
+        let with = |extra: &str| REMOTE_ONLY.replace("node: n1\n", &format!("node: n1\n{extra}"));
+        let text = with("handshakeTimeoutMs: 1500\nlimits:\n  maxSockets: 1000\n  maxConnectionsPerPod: 100\n  maxHandshakes: 20\n  maxHandshakesPerPod: 5\n");
+        let settings = parse(&text).unwrap().settings();
+        assert_eq!(
+            settings.handshake_timeout,
+            std::time::Duration::from_millis(1500)
+        );
+        assert_eq!(
+            settings.limits,
+            LimitSettings {
+                max_sockets: Some(1000),
+                max_connections_per_pod: 100,
+                max_handshakes: 20,
+                max_handshakes_per_pod: 5,
+            }
+        );
+        for (extra, want) in [
+            (
+                "limits:\n  maxConnectionsPerPod: 0\n",
+                "limits.maxConnectionsPerPod must be at least 1",
+            ),
+            (
+                "limits:\n  maxSockets: 0\n",
+                "limits.maxSockets must be at least 1",
+            ),
+            (
+                "limits:\n  maxHandshakes: 0\n",
+                "limits.maxHandshakes must be at least 1",
+            ),
+            (
+                "limits:\n  maxSockets: 10\n  maxConnectionsPerPod: 11\n",
+                "limits.maxConnectionsPerPod (11) is more than limits.maxSockets (10)",
+            ),
+            (
+                "limits:\n  maxHandshakes: 10\n  maxHandshakesPerPod: 11\n",
+                "limits.maxHandshakesPerPod (11) is more than limits.maxHandshakes (10)",
+            ),
+            (
+                "handshakeTimeoutMs: 5\n",
+                "handshakeTimeoutMs must be at least 100",
+            ),
+            ("limits:\n  maxConection: 5\n", "maxConection"),
+        ] {
+            let e = parse(&with(extra)).unwrap_err().to_string();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub(crate) enum Error {
     /// A later HTTP/1 request head was refused (ambiguous framing, too large); answered
     /// 400, nothing of it forwarded.
     #[error("refused: {0}")]
-    RefusedHead(super::l7::heads::HeadRefusal),
+    RefusedHead(HeadRefusal),
     /// A started HTTP/1 request head did not arrive whole in time; the connection was
     /// closed.
     #[error("request head not complete within {}s", .0.as_secs())]
@@ -80,4 +80,16 @@ pub(crate) enum Error {
     #[allow(dead_code)] // enforced by the authorization policy (next)
     #[error("unauthorized: {reason}")]
     Unauthorized { reason: String },
+}
+
+/// Why an HTTP/1 request head was refused (`proxy/l7/heads.rs`), reported once hyper has
+/// answered `400`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HeadRefusal {
+    /// Content-Length with Transfer-Encoding, or differing lengths.
+    #[error("{0}")]
+    Ambiguous(&'static str),
+    /// Longer than the limit (bytes).
+    #[error("request head over {0} bytes")]
+    TooLarge(usize),
 }

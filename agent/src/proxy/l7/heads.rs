@@ -33,6 +33,7 @@ use tokio::{
 };
 
 use super::detect::ambiguous_head;
+pub(crate) use crate::proxy::error::HeadRefusal;
 
 /// The largest request head let through (as HBONE's HTTP/2 header lists, 64 KiB).
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
@@ -41,15 +42,6 @@ pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// What hyper reads in place of a refused head: not a request (the method is not a
 /// token), so hyper answers `400 Bad Request` and closes.
 const UNPARSEABLE: &[u8] = b"\0 / HTTP/1.1\r\n\r\n";
-
-/// Why a head was refused, for the proxy to report once hyper has answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum HeadRefusal {
-    #[error("{0}")]
-    Ambiguous(&'static str),
-    #[error("request head over {MAX_HEAD} bytes")]
-    TooLarge,
-}
 
 /// What the check found, shared with the proxy.
 #[derive(Debug, Default)]
@@ -231,14 +223,14 @@ fn parse(head: &[u8]) -> Parsed {
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
         Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
-            Parsed::Refused(HeadRefusal::TooLarge)
+            Parsed::Refused(HeadRefusal::TooLarge(MAX_HEAD))
         }
         Ok(httparse::Status::Complete(len)) => match ambiguous_head(&head[..len]) {
             Some(why) => Parsed::Refused(HeadRefusal::Ambiguous(why)),
             None => Parsed::Complete(len, framing_after(&req)),
         },
         Ok(httparse::Status::Partial) if head.len() > MAX_HEAD => {
-            Parsed::Refused(HeadRefusal::TooLarge)
+            Parsed::Refused(HeadRefusal::TooLarge(MAX_HEAD))
         }
         Ok(httparse::Status::Partial) => Parsed::Partial,
         // hyper refuses it too (400 or 431), with its own reason; ambiguous framing in a
@@ -318,7 +310,7 @@ impl<T> CheckedHeads<T> {
                     let parsed = if ends_a_head(&self.head[from..]) {
                         parse(&self.head)
                     } else if self.head.len() > MAX_HEAD {
-                        Parsed::Refused(HeadRefusal::TooLarge)
+                        Parsed::Refused(HeadRefusal::TooLarge(MAX_HEAD))
                     } else {
                         Parsed::Partial
                     };
@@ -525,12 +517,12 @@ mod tests {
         assert!(over.len() > MAX_HEAD);
         assert_eq!(
             checked(over.as_bytes()).await,
-            (UNPARSEABLE.to_vec(), Some(HeadRefusal::TooLarge))
+            (UNPARSEABLE.to_vec(), Some(HeadRefusal::TooLarge(MAX_HEAD)))
         );
         let unended = &over.as_bytes()[..over.len() - 2];
         assert_eq!(
             checked(unended).await,
-            (UNPARSEABLE.to_vec(), Some(HeadRefusal::TooLarge))
+            (UNPARSEABLE.to_vec(), Some(HeadRefusal::TooLarge(MAX_HEAD)))
         );
         let under = head(64);
         assert!(under.len() <= MAX_HEAD);

@@ -344,7 +344,8 @@ impl Agent {
         }
     }
 
-    /// Un-enrolls everything and removes all pins (clean shutdown).
+    /// Un-enrolls everything and removes all pins (`meshd run --uninstall-on-exit`; a
+    /// plain stop leaves the capture for the next agent).
     pub(crate) fn shutdown(&self) {
         let leaving = std::mem::take(&mut *lock(&self.enrolled))
             .into_iter()

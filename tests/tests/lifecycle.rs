@@ -1,5 +1,6 @@
 //! The agent's life cycle: hot reload of the config file while traffic runs, restart with
-//! live pins, clean shutdown, bad config files, and the pre-flight check.
+//! live pins (after a crash, and after SIGTERM, which leaves the capture for the next
+//! agent), the restart gap, bad config files, `uninstall`, and the pre-flight check.
 
 use std::{process::Command, time::Duration};
 
@@ -9,7 +10,7 @@ use meshd_tests::{
         bpftool_json, cgroup_programs, config_yaml, meshd_bin, netns_programs, serve, testapp_json,
         Agent, WorkloadSpec,
     },
-    require_root, wait_until, Cluster,
+    require_root, wait_until, Cluster, Pod,
 };
 use serde_json::Value;
 
@@ -153,7 +154,7 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
     assert_eq!(summary["failed"], 0, "{summary}");
     assert!(summary["ok"].as_u64().unwrap() >= ok as u64, "{summary}");
 
-    // A clean shutdown removes every program, link and pin.
+    // Stopped and uninstalled: no program, link or pin is left.
     assert!(agent.stop().unwrap().success());
     assert!(cgroup_programs(&server.cgroup).unwrap().is_empty());
     assert!(cgroup_programs(&client.cgroup).unwrap().is_empty());
@@ -665,4 +666,119 @@ fn check_with_config_names_the_broken_identity_file() {
     // A trust anchor file that does not exist.
     let missing = c.dir().join("missing.crt");
     fails_naming(&missing, &ca, &[&missing]);
+}
+
+/// The names of the programs attached to `pod`'s cgroup, and to its network namespace, are
+/// meshd's: the pod is captured.
+fn captured(pod: &Pod) -> bool {
+    sorted(cgroup_programs(&pod.cgroup).unwrap()) == PROGRAMS
+        && netns_programs(&pod.netns_path).unwrap() == ["meshd_sk_lookup"]
+}
+
+/// The lines of a `meshd-testapp serve` that record an accepted connection.
+fn accepted(app: &meshd_tests::ProcHandle) -> usize {
+    app.stdout()
+        .lines()
+        .filter(|l| l.starts_with("accepted peer="))
+        .count()
+}
+
+/// A stopped agent (SIGTERM) leaves the capture in place, as a rolling update needs: the
+/// programs stay attached through their pinned links, the programs and maps stay pinned,
+/// and an enrolled pod's new connection is refused (redirected to the agent's closed port)
+/// rather than sent around the mesh in plaintext. The next agent adopts the capture and
+/// serves; `meshd uninstall` then removes everything.
+#[test]
+fn sigterm_leaves_the_capture_for_the_next_agent() {
+    require_root().unwrap();
+    let c = Cluster::new("keepcap").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let client = c.add_pod(&n1, "client").unwrap();
+    let server = c.add_pod(&n1, "server").unwrap();
+    let yaml = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&client), WorkloadSpec::new(&server)],
+        &[],
+    );
+    let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    let app = serve(&c, &server, 8080).unwrap();
+    let dst = format!("{}:8080", server.ip);
+    let echo = || {
+        testapp_json(
+            &c,
+            &client,
+            &[
+                "echo",
+                "--greet",
+                "--connect",
+                &dst,
+                "--bytes",
+                "1000",
+                "--timeout-secs",
+                "5",
+            ],
+        )
+        .unwrap()
+    };
+    assert_eq!(echo()["ok"], true);
+    assert_eq!(accepted(&app), 1);
+
+    agent.terminate().unwrap();
+    assert!(
+        agent
+            .proc
+            .stderr()
+            .contains("shutting down: the capture stays in place for the next agent"),
+        "{}",
+        agent.proc.output_tail()
+    );
+    let v1 = agent.pin_root.join("v1");
+    for pod in [&client, &server] {
+        assert!(captured(pod), "{} still captured", pod.name);
+        for hook in ["connect4", "connect6", "sockops", "sk_lookup"] {
+            let link = v1.join(format!("links/default_{}/{hook}", pod.name));
+            assert!(link.exists(), "{} kept", link.display());
+        }
+    }
+    for pin in ["progs/meshd_connect4", "progs/meshd_sk_lookup", "maps/MESHD_PODS"] {
+        assert!(v1.join(pin).exists(), "{pin} kept");
+    }
+    // No agent: the client's connection is refused, and nothing reaches the server.
+    let r = echo();
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("Connection refused"),
+        "{r}"
+    );
+    assert_eq!(accepted(&app), 1, "{}", app.stdout());
+
+    // The next agent adopts the links and serves at once.
+    let agent2 = Agent::start_with(&c, &n1, agent.config_path.clone()).unwrap();
+    let log = agent2.proc.stderr();
+    assert!(
+        log.contains("adopted pinned capture links") && log.contains("default/client"),
+        "{log}"
+    );
+    assert_eq!(echo()["ok"], true);
+    assert!(wait_until(Duration::from_secs(10), || {
+        agent2.closed_to("outbound", &dst).unwrap().len() == 1
+            && agent2.closed_to("inbound", &dst).unwrap().len() == 1
+    }));
+    assert_eq!(accepted(&app), 2);
+    assert!(
+        !app.stdout().contains(&format!("peer={}:", client.ip)),
+        "the server never saw the client directly:\n{}",
+        app.stdout()
+    );
+
+    // Stopped again, the capture stays; `meshd uninstall` removes all of it.
+    agent2.terminate().unwrap();
+    assert!(captured(&client) && captured(&server));
+    agent2.uninstall().unwrap();
+    for pod in [&client, &server] {
+        assert!(cgroup_programs(&pod.cgroup).unwrap().is_empty());
+        assert!(netns_programs(&pod.netns_path).unwrap().is_empty());
+    }
+    assert!(!agent2.pin_root.exists(), "{} removed", v1.display());
 }

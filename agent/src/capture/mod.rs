@@ -3,7 +3,9 @@
 //! The kernel side is described in `ebpf/meshd-ebpf`. Here the agent keeps the bpffs layout
 //! of [`pins`] true: a link pinned under `links/<namespace>_<name>/` exists exactly while a
 //! workload is enrolled. On start-up the agent adopts the links an earlier instance pinned
-//! (pointing them at the programs it just loaded); on a clean shutdown it removes everything.
+//! (pointing them at the programs it just loaded). A stopping agent leaves them in place for
+//! the next one (as a crash does); `meshd uninstall` or `--uninstall-on-exit` removes
+//! everything.
 
 pub mod link;
 pub mod maps;
@@ -300,7 +302,7 @@ impl Capture {
     }
 
     /// Removes everything under the versioned pin directory: links (detaching them), programs
-    /// and maps. Used on clean shutdown and by `meshd uninstall`.
+    /// and maps. Used by `meshd uninstall` and on shutdown with `--uninstall-on-exit`.
     pub fn uninstall(pins: &PinPaths) -> Result<(), CaptureError> {
         uninstall(pins)
     }

@@ -901,7 +901,7 @@ fn restart_gap_refuses_then_flows_again() {
     );
     assert!(captured(&t.a) && captured(s));
     let spawned_at = unix_now();
-    let _agent1 = Agent::start_with(c, &t.n1, agent1.config_path.clone()).unwrap();
+    let agent1 = Agent::start_with(c, &t.n1, agent1.config_path.clone()).unwrap();
     let ready_at = unix_now();
     let oks_since = |p: &meshd_tests::ProcHandle| {
         rounds(p)
@@ -919,6 +919,16 @@ fn restart_gap_refuses_then_flows_again() {
     std::fs::write(&stop, "").unwrap();
     out.wait(Duration::from_secs(20)).unwrap();
     inb.wait(Duration::from_secs(20)).unwrap();
+    // The connections refused during the gap left no original destination behind (sockops
+    // forgets a redirected socket's destination when it closes without being established).
+    assert!(
+        wait_until(Duration::from_secs(10), || map_count(&agent1, "MESHD_SOCK_DST") == 0
+            && map_count(&agent1, "MESHD_ORIG_DST") == 0),
+        "SOCK_DST {}, ORIG_DST {}",
+        map_count(&agent1, "MESHD_SOCK_DST"),
+        map_count(&agent1, "MESHD_ORIG_DST")
+    );
+
     // Every connection a server accepted came through both agents, with mutual TLS.
     let from_a = "client_id=\"spiffe://cluster.local/ns/default/sa/a\"";
     let to_s = "server_id=\"spiffe://cluster.local/ns/default/sa/s\"";

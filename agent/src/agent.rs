@@ -68,6 +68,15 @@ impl EnrollError {
     }
 }
 
+/// How an attempt to enroll a workload ended.
+enum Attempt {
+    Enrolled(Enrolled),
+    /// Captured without listeners (the pod holds one of their ports): its connections
+    /// are refused; retried later.
+    HeldClosed(Enrolled, EnrollError),
+    Failed(EnrollError),
+}
+
 struct Enrolled {
     workload: Arc<Workload>,
     netns: Arc<Netns>,
@@ -241,9 +250,17 @@ impl Agent {
             let result = if held {
                 self.release(key, &mut enrolled)
             } else {
-                self.enroll(workload).map(|e| {
-                    enrolled.insert(key.clone(), e);
-                })
+                match self.enroll(workload) {
+                    Attempt::Enrolled(e) => {
+                        enrolled.insert(key.clone(), e);
+                        Ok(())
+                    }
+                    Attempt::HeldClosed(e, err) => {
+                        enrolled.insert(key.clone(), e);
+                        Err(err)
+                    }
+                    Attempt::Failed(err) => Err(err),
+                }
             };
             match result {
                 Ok(()) => {
@@ -251,7 +268,7 @@ impl Agent {
                     tracing::info!(workload = %key, netns_cookie = ?cookie, "workload enrolled");
                     errors.remove(key);
                 }
-                Err((err, held_closed)) => {
+                Err(err) => {
                     self.proxy.telemetry.metrics.enroll_failure(err.reason());
                     let message = err.to_string();
                     if errors.get(key) == Some(&message) {
@@ -260,9 +277,6 @@ impl Agent {
                         tracing::error!(workload = %key, error = %err, "cannot enroll workload");
                     }
                     errors.insert(key.clone(), message);
-                    if let Some(e) = held_closed {
-                        enrolled.insert(key.clone(), e);
-                    }
                 }
             }
         }
@@ -305,17 +319,20 @@ impl Agent {
 
     /// Enrolls a workload: its listeners, then its capture. When the listeners cannot be
     /// bound (the pod holds one of the agent's ports), the pod is captured all the same,
-    /// without listeners, so that its connections are refused: the error comes with the
-    /// held-closed workload.
-    fn enroll(&self, workload: &Arc<Workload>) -> Result<Enrolled, (EnrollError, Option<Enrolled>)> {
-        let no_hold = |e: EnrollError| (e, None);
-        let local: &LocalWorkload = workload
-            .local
-            .as_ref()
-            .ok_or((EnrollError::NotLocal, None))?;
-        let netns = Arc::new(Netns::open(&local.netns).map_err(|e| no_hold(e.into()))?);
+    /// without listeners, so that its connections are refused.
+    fn enroll(&self, workload: &Arc<Workload>) -> Attempt {
+        let Some(local) = workload.local.as_ref() else {
+            return Attempt::Failed(EnrollError::NotLocal);
+        };
+        let netns = match Netns::open(&local.netns) {
+            Ok(n) => Arc::new(n),
+            Err(e) => return Attempt::Failed(e.into()),
+        };
         let netns_id = namespace_id(&local.netns);
-        let pod = self.pod_context(workload, &netns).map_err(no_hold)?;
+        let pod = match self.pod_context(workload, &netns) {
+            Ok(p) => p,
+            Err(e) => return Attempt::Failed(e),
+        };
         let mut e = Enrolled {
             workload: workload.clone(),
             netns,
@@ -323,14 +340,16 @@ impl Agent {
             proxy: None,
         };
         match PodProxy::start(&self.proxy, pod, &self.drain) {
-            Ok(proxy) => {
-                self.capture(&e, Some(&proxy)).map_err(no_hold)?;
-                e.proxy = Some(proxy);
-                Ok(e)
-            }
+            Ok(proxy) => match self.capture(&e, Some(&proxy)) {
+                Ok(()) => {
+                    e.proxy = Some(proxy);
+                    Attempt::Enrolled(e)
+                }
+                Err(err) => Attempt::Failed(err),
+            },
             Err(listen) => match self.capture(&e, None) {
-                Ok(()) => Err((EnrollError::HeldClosed(listen), Some(e))),
-                Err(capture) => Err((capture, None)),
+                Ok(()) => Attempt::HeldClosed(e, EnrollError::HeldClosed(listen)),
+                Err(err) => Attempt::Failed(err),
             },
         }
     }
@@ -340,15 +359,14 @@ impl Agent {
         &self,
         key: &str,
         enrolled: &mut BTreeMap<String, Enrolled>,
-    ) -> Result<(), (EnrollError, Option<Enrolled>)> {
+    ) -> Result<(), EnrollError> {
         let Some(e) = enrolled.get_mut(key) else {
             return Ok(());
         };
-        let held = |err: EnrollError| (err, None);
-        let pod = self.pod_context(&e.workload, &e.netns).map_err(held)?;
-        let proxy = PodProxy::start(&self.proxy, pod, &self.drain)
-            .map_err(|l| held(EnrollError::HeldClosed(l)))?;
-        self.capture(e, Some(&proxy)).map_err(held)?;
+        let pod = self.pod_context(&e.workload, &e.netns)?;
+        let proxy =
+            PodProxy::start(&self.proxy, pod, &self.drain).map_err(EnrollError::HeldClosed)?;
+        self.capture(e, Some(&proxy))?;
         e.proxy = Some(proxy);
         Ok(())
     }
@@ -454,8 +472,7 @@ impl Agent {
             let (cookie, ips) = (e.netns.cookie(), e.workload.ips.clone());
             // Listeners closed before returning: a workload re-enrolled in the same
             // namespace (changed addresses, cgroup or skip ports) binds the same ports.
-            if e
-                .proxy
+            if e.proxy
                 .is_some_and(|p| !p.close_blocking(LISTENER_CLOSE_TIMEOUT))
             {
                 tracing::warn!(workload = %key, "listeners still open after {LISTENER_CLOSE_TIMEOUT:?}");

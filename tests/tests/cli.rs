@@ -230,8 +230,7 @@ fn sigint_is_a_clean_stop_and_uninstall_on_exit_removes_the_capture() {
     let captured = || {
         let mut attached = cgroup_programs(&client.cgroup).unwrap();
         attached.sort();
-        attached == PROGRAMS
-            && netns_programs(&client.netns_path).unwrap() == ["meshd_sk_lookup"]
+        attached == PROGRAMS && netns_programs(&client.netns_path).unwrap() == ["meshd_sk_lookup"]
     };
     let sigint = |agent: &Agent| {
         agent.proc.signal(Signal::SIGINT).unwrap();

@@ -120,7 +120,9 @@ fn capture_left_for_the_next_agent(agent: &Agent, pod: &Pod) {
         netns_programs(&pod.netns_path).unwrap(),
         ["meshd_sk_lookup"]
     );
-    let links = agent.pin_root.join(format!("v1/links/default_{}", pod.name));
+    let links = agent
+        .pin_root
+        .join(format!("v1/links/default_{}", pod.name));
     assert!(links.is_dir(), "{} kept", links.display());
     agent.uninstall().unwrap();
     assert!(cgroup_programs(&pod.cgroup).unwrap().is_empty());

@@ -444,7 +444,10 @@ fn a_workload_that_cannot_be_enrolled_is_held_closed_and_the_others_work() {
     let app = serve(&c, &server, 8080).unwrap();
     let dst = format!("{}:8080", server.ip);
 
-    for (key, addr) in [("default/busy", "127.0.0.1:15001"), ("default/busy6", "0.0.0.0:15006")] {
+    for (key, addr) in [
+        ("default/busy", "127.0.0.1:15001"),
+        ("default/busy6", "0.0.0.0:15006"),
+    ] {
         let st = workload_status(&agent, key);
         assert_eq!(st["enrolled"], false, "{st}");
         assert_eq!(st["captured"], true, "{st}");
@@ -470,7 +473,9 @@ fn a_workload_that_cannot_be_enrolled_is_held_closed_and_the_others_work() {
     // Held closed: captured, with their links pinned, but no listener in the map.
     for pod in [&busy, &busy6] {
         assert_captured_at(&pod.cgroup, &pod.netns_path);
-        let links = agent.pin_root.join(format!("v1/links/default_{}", pod.name));
+        let links = agent
+            .pin_root
+            .join(format!("v1/links/default_{}", pod.name));
         assert!(links.is_dir(), "{}", links.display());
     }
     assert_eq!(map_count(&agent, "MESHD_PODS"), 4);
@@ -488,24 +493,52 @@ fn a_workload_that_cannot_be_enrolled_is_held_closed_and_the_others_work() {
     let r = testapp_json(
         &c,
         &busy6,
-        &["echo", "--greet", "--connect", &dst, "--bytes", "10", "--timeout-secs", "5"],
+        &[
+            "echo",
+            "--greet",
+            "--connect",
+            &dst,
+            "--bytes",
+            "10",
+            "--timeout-secs",
+            "5",
+        ],
     )
     .unwrap();
     assert_eq!(r["ok"], false, "{r}");
-    assert!(r["error"].as_str().unwrap().contains("Connection refused"), "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("Connection refused"),
+        "{r}"
+    );
     // ...and busy's lands on its own listener: the redirect goes where the pod put it.
     let r = testapp_json(
         &c,
         &busy,
-        &["echo", "--connect", &dst, "--bytes", "10", "--timeout-secs", "5"],
+        &[
+            "echo",
+            "--connect",
+            &dst,
+            "--bytes",
+            "10",
+            "--timeout-secs",
+            "5",
+        ],
     )
     .unwrap();
-    assert_eq!(r["local"].as_str().unwrap().split(':').next(), Some("127.0.0.1"), "{r}");
+    assert_eq!(
+        r["local"].as_str().unwrap().split(':').next(),
+        Some("127.0.0.1"),
+        "{r}"
+    );
     assert!(wait_until(Duration::from_secs(5), || blocker_out
         .stdout()
         .contains("accepted peer=127.0.0.1:")));
     // Nothing of either reached the server.
-    assert_eq!(app.stdout(), seen, "the server saw a connection of a pod held closed");
+    assert_eq!(
+        app.stdout(),
+        seen,
+        "the server saw a connection of a pod held closed"
+    );
     assert!(agent.closed_to("outbound", &dst).unwrap().len() == 1);
 
     // The ports freed, the retry (no config edit) enrolls both and clears their errors.
@@ -514,7 +547,10 @@ fn a_workload_that_cannot_be_enrolled_is_held_closed_and_the_others_work() {
     assert!(wait_until(Duration::from_secs(15), || enrolled(
         &agent,
         "default/busy"
-    ) && enrolled(&agent, "default/busy6")));
+    ) && enrolled(
+        &agent,
+        "default/busy6"
+    )));
     for key in ["default/busy", "default/busy6"] {
         assert_eq!(workload_status(&agent, key)["error"], Value::Null);
     }

@@ -741,7 +741,11 @@ fn sigterm_leaves_the_capture_for_the_next_agent() {
             assert!(link.exists(), "{} kept", link.display());
         }
     }
-    for pin in ["progs/meshd_connect4", "progs/meshd_sk_lookup", "maps/MESHD_PODS"] {
+    for pin in [
+        "progs/meshd_connect4",
+        "progs/meshd_sk_lookup",
+        "maps/MESHD_PODS",
+    ] {
         assert!(v1.join(pin).exists(), "{pin} kept");
     }
     // No agent: the client's connection is refused, and nothing reaches the server.
@@ -883,7 +887,8 @@ fn restart_gap_refuses_then_flows_again() {
     let oks = |p: &meshd_tests::ProcHandle| rounds(p).iter().filter(|r| r.ok).count();
     let fails = |p: &meshd_tests::ProcHandle| rounds(p).iter().filter(|r| !r.ok).count();
     assert!(
-        wait_until(Duration::from_secs(30), || oks(&out) >= 20 && oks(&inb) >= 20),
+        wait_until(Duration::from_secs(30), || oks(&out) >= 20
+            && oks(&inb) >= 20),
         "{}{}",
         out.output_tail(),
         inb.output_tail()
@@ -894,7 +899,8 @@ fn restart_gap_refuses_then_flows_again() {
     let exited_at = unix_now();
     // No agent on node 1: both loops fail (refused) while its capture stays.
     assert!(
-        wait_until(Duration::from_secs(30), || fails(&out) >= 5 && fails(&inb) >= 5),
+        wait_until(Duration::from_secs(30), || fails(&out) >= 5
+            && fails(&inb) >= 5),
         "{}{}",
         out.output_tail(),
         inb.output_tail()
@@ -922,7 +928,10 @@ fn restart_gap_refuses_then_flows_again() {
     // The connections refused during the gap left no original destination behind (sockops
     // forgets a redirected socket's destination when it closes without being established).
     assert!(
-        wait_until(Duration::from_secs(10), || map_count(&agent1, "MESHD_SOCK_DST") == 0
+        wait_until(Duration::from_secs(10), || map_count(
+            &agent1,
+            "MESHD_SOCK_DST"
+        ) == 0
             && map_count(&agent1, "MESHD_ORIG_DST") == 0),
         "SOCK_DST {}, ORIG_DST {}",
         map_count(&agent1, "MESHD_SOCK_DST"),

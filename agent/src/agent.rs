@@ -494,7 +494,7 @@ impl Agent {
             .collect();
         self.unenroll(leaving);
         let capture = lock(&self.capture);
-        match Capture::uninstall(capture.pins()) {
+        match capture.uninstall_own() {
             Ok(()) => {
                 tracing::info!(pins = %capture.pins().root().display(), "removed pinned programs, maps and links")
             }

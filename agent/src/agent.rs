@@ -264,8 +264,9 @@ impl Agent {
             };
             match result {
                 Ok(()) => {
-                    let cookie = enrolled.get(key).map(|e| e.netns.cookie());
-                    tracing::info!(workload = %key, netns_cookie = ?cookie, "workload enrolled");
+                    if let Some(e) = enrolled.get(key) {
+                        tracing::info!(workload = %key, netns_cookie = e.netns.cookie(), "workload enrolled");
+                    }
                     errors.remove(key);
                 }
                 Err(err) => {
@@ -280,7 +281,9 @@ impl Agent {
                 }
             }
         }
-        let not_enrolled = desired.len() - enrolled.values().filter(|e| e.proxy.is_some()).count();
+        let not_enrolled = desired
+            .len()
+            .saturating_sub(enrolled.values().filter(|e| e.proxy.is_some()).count());
         self.proxy
             .telemetry
             .metrics

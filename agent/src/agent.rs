@@ -51,6 +51,32 @@ enum EnrollError {
     Proxy(#[from] crate::proxy::listener::ProxyError),
     #[error(transparent)]
     Capture(#[from] crate::capture::CaptureError),
+    /// The agent's listeners could not be bound (the pod holds one of their ports): the
+    /// pod is captured all the same, so that its traffic is refused, not sent in plaintext.
+    #[error("{0}; its connections are refused until the agent can listen (the capture stays)")]
+    HeldClosed(crate::proxy::listener::ProxyError),
+}
+
+impl EnrollError {
+    /// The `reason` label of `workload_enroll_failures_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            EnrollError::NotLocal => "not_local",
+            EnrollError::Netns(_) => "netns",
+            EnrollError::Identity(_) => "identity",
+            EnrollError::Proxy(_) | EnrollError::HeldClosed(_) => "listen",
+            EnrollError::Capture(_) => "capture",
+        }
+    }
+}
+
+/// How an attempt to enroll a workload ended.
+enum Attempt {
+    Enrolled(Enrolled),
+    /// Captured without listeners (the pod holds one of their ports): its connections
+    /// are refused; retried later.
+    HeldClosed(Enrolled, EnrollError),
+    Failed(EnrollError),
 }
 
 struct Enrolled {
@@ -58,7 +84,9 @@ struct Enrolled {
     netns: Arc<Netns>,
     /// The namespace found at the workload's netns path when it was enrolled.
     netns_id: Option<(u64, u64)>,
-    proxy: PodProxy,
+    /// The pod's listeners; `None` while it is held closed: captured without them, so
+    /// that its connections are refused (its enrollment is retried).
+    proxy: Option<PodProxy>,
 }
 
 /// Status of one local workload, for `/config_dump`.
@@ -66,6 +94,9 @@ struct Enrolled {
 pub(crate) struct WorkloadStatus {
     pub workload: String,
     pub enrolled: bool,
+    /// The programs are attached: true when enrolled, and for a workload held closed
+    /// (not enrolled, its connections refused).
+    pub captured: bool,
     pub netns_cookie: Option<u64>,
     pub error: Option<String>,
 }
@@ -88,6 +119,8 @@ pub(crate) struct Agent {
 const UNENROLL_GRACE: Duration = Duration::from_millis(100);
 /// How long un-enrolling waits for a workload's listeners to close.
 const LISTENER_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often workloads that failed to enroll are retried while the state does not change.
+const RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The namespace a netns path refers to now (device and inode of the nsfs file), `None`
 /// when the path is gone.
@@ -182,13 +215,19 @@ impl Agent {
     }
 
     /// Applies every snapshot the store publishes (the latest, when several come while one
-    /// is applied), until the store is gone. Enrollment does blocking set-up work
+    /// is applied), until the store is gone; while a workload is not enrolled, applies the
+    /// current one again every [`RETRY_INTERVAL`]. Enrollment does blocking set-up work
     /// (namespaces, bpf syscalls), so each runs on a blocking thread.
     pub(crate) async fn reconcile(
         self: Arc<Self>,
         mut updates: tokio::sync::watch::Receiver<Arc<State>>,
     ) {
-        while updates.changed().await.is_ok() {
+        loop {
+            let retry = !lock(&self.errors).is_empty();
+            tokio::select! {
+                changed = updates.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(RETRY_INTERVAL), if retry => {}
+            }
             let state = updates.borrow_and_update().clone();
             let agent = self.clone();
             if let Err(e) = tokio::task::spawn_blocking(move || agent.apply(&state)).await {
@@ -227,22 +266,59 @@ impl Agent {
         self.unenroll(leaving);
         errors.retain(|k, _| desired.contains_key(k));
         for (key, workload) in &desired {
-            if let Some(e) = enrolled.get_mut(key) {
-                e.workload = workload.clone();
-                continue;
-            }
-            match self.enroll(workload) {
-                Ok(e) => {
-                    tracing::info!(workload = %key, netns_cookie = e.netns.cookie(), "workload enrolled");
+            let held = match enrolled.get_mut(key) {
+                Some(e) if e.proxy.is_some() => {
+                    e.workload = workload.clone();
+                    continue;
+                }
+                Some(e) => {
+                    e.workload = workload.clone();
+                    true
+                }
+                None => false,
+            };
+            let result = if held {
+                self.release(key, &mut enrolled)
+            } else {
+                match self.enroll(workload) {
+                    Attempt::Enrolled(e) => {
+                        enrolled.insert(key.clone(), e);
+                        Ok(())
+                    }
+                    Attempt::HeldClosed(e, err) => {
+                        enrolled.insert(key.clone(), e);
+                        Err(err)
+                    }
+                    Attempt::Failed(err) => Err(err),
+                }
+            };
+            match result {
+                Ok(()) => {
+                    if let Some(e) = enrolled.get(key) {
+                        tracing::info!(workload = %key, netns_cookie = e.netns.cookie(), "workload enrolled");
+                    }
                     errors.remove(key);
-                    enrolled.insert(key.clone(), e);
                 }
                 Err(err) => {
-                    tracing::error!(workload = %key, error = %err, "cannot enroll workload");
-                    errors.insert(key.clone(), err.to_string());
+                    self.proxy.telemetry.metrics.enroll_failure(err.reason());
+                    let message = err.to_string();
+                    if errors.get(key) == Some(&message) {
+                        tracing::debug!(workload = %key, error = %err, "cannot enroll workload (retried)");
+                    } else {
+                        tracing::error!(workload = %key, error = %err, "cannot enroll workload");
+                    }
+                    errors.insert(key.clone(), message);
                 }
             }
         }
+        let not_enrolled = desired
+            .len()
+            .saturating_sub(enrolled.values().filter(|e| e.proxy.is_some()).count());
+        self.proxy
+            .telemetry
+            .metrics
+            .workloads_not_enrolled
+            .set(i64::try_from(not_enrolled).unwrap_or(i64::MAX));
         self.forget_departed(&enrolled);
         if !self.ready.swap(true, std::sync::atomic::Ordering::SeqCst) {
             // First state after start-up: drop what an earlier agent left for workloads that
@@ -264,6 +340,7 @@ impl Agent {
         };
         let current: BTreeSet<Identity> = enrolled
             .values()
+            .filter(|e| e.proxy.is_some())
             .map(|e| mesh.identity_of(&e.workload))
             .collect();
         for (id, _) in mesh.certs.expiries() {
@@ -273,34 +350,101 @@ impl Agent {
         }
     }
 
-    fn enroll(&self, workload: &Arc<Workload>) -> Result<Enrolled, EnrollError> {
-        let local: &LocalWorkload = workload.local.as_ref().ok_or(EnrollError::NotLocal)?;
-        let netns = Arc::new(Netns::open(&local.netns)?);
+    /// Enrolls a workload: its listeners, then its capture. When the listeners cannot be
+    /// bound (the pod holds one of the agent's ports), the pod is captured all the same,
+    /// without listeners, so that its connections are refused.
+    fn enroll(&self, workload: &Arc<Workload>) -> Attempt {
+        let Some(local) = workload.local.as_ref() else {
+            return Attempt::Failed(EnrollError::NotLocal);
+        };
+        let netns = match Netns::open(&local.netns) {
+            Ok(n) => Arc::new(n),
+            Err(e) => return Attempt::Failed(e.into()),
+        };
         let netns_id = namespace_id(&local.netns);
+        let pod = match self.pod_context(workload, &netns) {
+            Ok(p) => p,
+            Err(e) => return Attempt::Failed(e),
+        };
+        let mut e = Enrolled {
+            workload: workload.clone(),
+            netns,
+            netns_id,
+            proxy: None,
+        };
+        match PodProxy::start(&self.proxy, pod, &self.drain) {
+            Ok(proxy) => match self.capture(&e, Some(&proxy)) {
+                Ok(()) => {
+                    e.proxy = Some(proxy);
+                    Attempt::Enrolled(e)
+                }
+                Err(err) => Attempt::Failed(err),
+            },
+            Err(listen) => match self.capture(&e, None) {
+                Ok(()) => Attempt::HeldClosed(e, EnrollError::HeldClosed(listen)),
+                Err(err) => Attempt::Failed(err),
+            },
+        }
+    }
+
+    /// Retries the listeners of a workload held closed (its links stay attached).
+    fn release(
+        &self,
+        key: &str,
+        enrolled: &mut BTreeMap<String, Enrolled>,
+    ) -> Result<(), EnrollError> {
+        let Some(e) = enrolled.get_mut(key) else {
+            return Ok(());
+        };
+        let pod = self.pod_context(&e.workload, &e.netns)?;
+        let proxy =
+            PodProxy::start(&self.proxy, pod, &self.drain).map_err(EnrollError::HeldClosed)?;
+        self.capture(e, Some(&proxy))?;
+        e.proxy = Some(proxy);
+        Ok(())
+    }
+
+    /// What the pod's listeners need: its workload, namespace and identity (whose
+    /// certificate is issued now, not on the first connection).
+    fn pod_context(
+        &self,
+        workload: &Arc<Workload>,
+        netns: &Arc<Netns>,
+    ) -> Result<Arc<PodContext>, EnrollError> {
         let identity = self.proxy.mesh.as_ref().map(|m| m.identity_of(workload));
         if let (Some(mesh), Some(id)) = (&self.proxy.mesh, &identity) {
-            // Issue the certificate now, not on the first connection.
             mesh.certs.certificate(id)?;
         }
-        let pod = Arc::new(PodContext {
+        Ok(Arc::new(PodContext {
             workload: workload.clone(),
             netns: netns.clone(),
             identity,
             budgets: self.proxy.budgets.pod(),
-        });
-        let proxy = PodProxy::start(&self.proxy, pod, &self.drain)?;
-        let listeners = workload
-            .ips
-            .iter()
-            .filter_map(|ip| {
-                let fd = if ip.is_ipv4() {
-                    proxy.inbound_v4
-                } else {
-                    proxy.inbound_v6
-                };
-                fd.map(|fd| (*ip, fd))
+        }))
+    }
+
+    /// Captures a workload: map entries, then links (kept when they exist). With no
+    /// `proxy` (held closed) nothing listens: connect4/connect6 send its connections, IPv6
+    /// ones too, to a closed port. A failure undoes what was attached.
+    fn capture(&self, e: &Enrolled, proxy: Option<&PodProxy>) -> Result<(), EnrollError> {
+        let workload = &e.workload;
+        let local: &LocalWorkload = workload.local.as_ref().ok_or(EnrollError::NotLocal)?;
+        let listeners = proxy
+            .map(|proxy| {
+                workload
+                    .ips
+                    .iter()
+                    .filter_map(|ip| {
+                        let fd = if ip.is_ipv4() {
+                            proxy.inbound_v4
+                        } else {
+                            proxy.inbound_v6
+                        };
+                        fd.map(|fd| (*ip, fd))
+                    })
+                    .collect()
             })
-            .collect();
+            .unwrap_or_default();
         let skip_in: Vec<u16> = local.skip_inbound_ports.iter().copied().collect();
         let skip_out: Vec<u16> = local.skip_outbound_ports.iter().copied().collect();
         let key = workload.key();
@@ -308,11 +452,15 @@ impl Agent {
             key: &key,
             cgroup: &local.cgroup,
             netns: &local.netns,
-            netns_cookie: netns.cookie(),
+            netns_cookie: e.netns.cookie(),
             ips: &workload.ips,
             pod: PodConfig {
                 outbound_port: OUTBOUND_PORT,
-                flags: if proxy.outbound_v6 { POD_FLAG_IPV6 } else { 0 },
+                flags: if proxy.is_none_or(|p| p.outbound_v6) {
+                    POD_FLAG_IPV6
+                } else {
+                    0
+                },
                 _pad: 0,
             },
             skip_inbound_ports: &skip_in,
@@ -320,21 +468,16 @@ impl Agent {
             listeners,
         };
         let mut capture = lock(&self.capture);
-        if let Err(e) = capture.enroll(&enrollment) {
+        if let Err(err) = capture.enroll(&enrollment) {
             let undo = capture
                 .detach(&key)
-                .and_then(|()| capture.forget(netns.cookie(), &workload.ips));
+                .and_then(|()| capture.forget(e.netns.cookie(), &workload.ips));
             if let Err(undo) = undo {
                 tracing::warn!(workload = %key, error = %undo, "rolling back a failed enrollment");
             }
-            return Err(e.into());
+            return Err(err.into());
         }
-        Ok(Enrolled {
-            workload: workload.clone(),
-            netns,
-            netns_id,
-            proxy,
-        })
+        Ok(())
     }
 
     /// Stops capturing workloads without failing connections in flight: the redirecting
@@ -363,7 +506,9 @@ impl Agent {
             let (cookie, ips) = (e.netns.cookie(), e.workload.ips.clone());
             // Listeners closed before returning: a workload re-enrolled in the same
             // namespace (changed addresses, cgroup or skip ports) binds the same ports.
-            if !e.proxy.close_blocking(LISTENER_CLOSE_TIMEOUT) {
+            if e.proxy
+                .is_some_and(|p| !p.close_blocking(LISTENER_CLOSE_TIMEOUT))
+            {
                 tracing::warn!(workload = %key, "listeners still open after {LISTENER_CLOSE_TIMEOUT:?}");
             }
             match lock(&self.capture).forget(cookie, &ips) {
@@ -375,14 +520,15 @@ impl Agent {
         }
     }
 
-    /// Un-enrolls everything and removes all pins (clean shutdown).
+    /// Un-enrolls everything and removes all pins (`meshd run --uninstall-on-exit`; a
+    /// plain stop leaves the capture for the next agent).
     pub(crate) fn shutdown(&self) {
         let leaving = std::mem::take(&mut *lock(&self.enrolled))
             .into_iter()
             .collect();
         self.unenroll(leaving);
         let capture = lock(&self.capture);
-        match Capture::uninstall(capture.pins()) {
+        match capture.uninstall_own() {
             Ok(()) => {
                 tracing::info!(pins = %capture.pins().root().display(), "removed pinned programs, maps and links")
             }
@@ -409,13 +555,20 @@ impl Agent {
                 let key = w.key();
                 let e = enrolled.get(&key);
                 WorkloadStatus {
-                    enrolled: e.is_some(),
+                    enrolled: e.is_some_and(|e| e.proxy.is_some()),
+                    captured: e.is_some(),
                     netns_cookie: e.map(|e| e.netns.cookie()),
                     error: errors.get(&key).cloned(),
                     workload: key,
                 }
             })
             .collect()
+    }
+
+    /// The local workloads that are not enrolled, each with why (for `/ready`).
+    pub(crate) fn not_enrolled(&self) -> Vec<(String, String)> {
+        let errors = lock(&self.errors);
+        errors.iter().map(|(k, e)| (k.clone(), e.clone())).collect()
     }
 
     pub(crate) fn pins_root(&self) -> String {

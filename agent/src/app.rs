@@ -2,7 +2,9 @@
 //! its sources, the enrollment reconciler, the proxy and the admin server, and the order in
 //! which they stop: on SIGTERM or SIGINT no new state, then the drain (no new connections,
 //! the open ones go on until they end or the drain deadline; a second signal cuts the wait
-//! short), then the programs are detached and the pins removed.
+//! short), then the agent exits leaving the programs attached and pinned, so that the next
+//! agent adopts them (as after a crash) and no pod runs unmeshed in between; with
+//! `--uninstall-on-exit` ([`OnExit::Uninstall`]) it detaches them and removes the pins.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -52,7 +54,17 @@ fn raise_fd_limit() {
     }
 }
 
-pub async fn run(path: PathBuf) -> anyhow::Result<()> {
+/// What a stopping agent does with the capture once it has drained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExit {
+    /// Leave programs, links and maps pinned: the next agent adopts them. Meanwhile an
+    /// enrolled pod's outbound connections are refused (redirected to a closed port).
+    KeepCapture,
+    /// Detach every program and remove every pin (`meshd run --uninstall-on-exit`).
+    Uninstall,
+}
+
+pub async fn run(path: PathBuf, on_exit: OnExit) -> anyhow::Result<()> {
     raise_fd_limit();
     let store = state::StateStore::new();
     let (source, settings) = sources::file::FileSource::start(&path, &store)?;
@@ -96,8 +108,15 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
             tracing::info!(connections, "drain over: closed the connections left")
         }
     }
-    tracing::info!("shutting down: detaching programs and removing pins");
-    tokio::task::spawn_blocking(move || agent.shutdown()).await?;
+    match on_exit {
+        OnExit::Uninstall => {
+            tracing::info!("shutting down: detaching programs and removing pins");
+            tokio::task::spawn_blocking(move || agent.shutdown()).await?;
+        }
+        OnExit::KeepCapture => {
+            tracing::info!(pins = %agent.pins_root(), "shutting down: the capture stays in place for the next agent (enrolled pods' connections are refused until it runs; `meshd uninstall` removes it)");
+        }
+    }
     Ok(())
 }
 

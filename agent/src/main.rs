@@ -46,6 +46,12 @@ enum Command {
         /// the proxy runs on a single-threaded runtime.
         #[arg(long, env = "MESHD_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
+        /// On SIGTERM/SIGINT, after the drain, also detach every program and remove every
+        /// pin (what `meshd uninstall` does), e.g. when the DaemonSet is deleted. Without
+        /// it the capture stays in place for the next agent, which adopts it: pods'
+        /// connections are refused, never plaintext, until it runs.
+        #[arg(long, env = "MESHD_UNINSTALL_ON_EXIT")]
+        uninstall_on_exit: bool,
     },
     /// Pre-flight checks: kernel, BTF, bpffs, cgroup v2, privileges, each program type;
     /// with --config also the trust anchors' and issuer's validity.
@@ -96,7 +102,8 @@ enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
-    /// Remove everything an agent pinned (detaching its programs), e.g. after a crash.
+    /// Remove everything an agent pinned (detaching its programs): after `meshd run` stopped
+    /// (it leaves the capture for the next agent) or crashed.
     Uninstall {
         /// The bpffs root the agent was configured with.
         #[arg(long, default_value = settings::DEFAULT_BPFFS_ROOT)]
@@ -226,6 +233,17 @@ fn cli_main() -> anyhow::Result<()> {
             println!("removed {}", pins.root().display());
             Ok(())
         }
-        Command::Run { config, workers } => app::proxy_runtime(workers)?.block_on(app::run(config)),
+        Command::Run {
+            config,
+            workers,
+            uninstall_on_exit,
+        } => {
+            let on_exit = if uninstall_on_exit {
+                app::OnExit::Uninstall
+            } else {
+                app::OnExit::KeepCapture
+            };
+            app::proxy_runtime(workers)?.block_on(app::run(config, on_exit))
+        }
     }
 }

@@ -293,10 +293,19 @@ impl Agent {
         Ok(())
     }
 
-    /// Graceful stop (SIGTERM); returns the exit status. Fails, with the agent's log tail,
-    /// unless the agent exits cleanly (status 0, not killed by a signal) within 15 s, or if
-    /// it had already exited.
+    /// Graceful stop (SIGTERM), then `meshd uninstall` of the agent's pins (a stopped agent
+    /// leaves its capture for the next one); returns the agent's exit status. Fails, with
+    /// the agent's log tail, unless the agent exits cleanly (status 0, not killed by a
+    /// signal) within 15 s, or if it had already exited; fails too when the uninstall does.
     pub fn stop(&self) -> anyhow::Result<std::process::ExitStatus> {
+        let status = self.terminate()?;
+        self.uninstall()?;
+        Ok(status)
+    }
+
+    /// SIGTERM and a clean exit within 15 s (else fails with the log tail), leaving the
+    /// capture in place as a rolling update does: programs attached, pins kept.
+    pub fn terminate(&self) -> anyhow::Result<std::process::ExitStatus> {
         self.proc
             .signal(Signal::SIGTERM)
             .with_context(|| format!("stopping the agent on {}", self.node.name))?;
@@ -311,6 +320,12 @@ impl Agent {
         Ok(status)
     }
 
+    /// `meshd uninstall --bpffs <pin root>`: detaches the programs and removes the pins an
+    /// agent left (after [`Agent::terminate`] or a crash).
+    pub fn uninstall(&self) -> anyhow::Result<()> {
+        uninstall(&self.pin_root)
+    }
+
     /// Crash (SIGKILL): pins stay behind.
     pub fn crash(&self) -> anyhow::Result<()> {
         self.proc.kill()
@@ -318,9 +333,11 @@ impl Agent {
 }
 
 /// An agent still running when it is dropped (the test did not stop it) is stopped here,
-/// and must exit cleanly on SIGTERM like one stopped with [`Agent::stop`]; otherwise the
-/// drop panics with the agent's log tail. Skipped when the test is already panicking (the
-/// cluster kills the agent) and for an agent that has exited (crashed, stopped, killed).
+/// and must exit cleanly on SIGTERM like one stopped with [`Agent::stop`] (its capture is
+/// then uninstalled); otherwise the drop panics with the agent's log tail. Skipped when
+/// the test is already panicking (the cluster kills the agent and removes the pins) and
+/// for an agent that has exited (crashed, stopped, killed: the test or the cluster's
+/// teardown removes what it left).
 impl Drop for Agent {
     fn drop(&mut self) {
         if std::thread::panicking() || !self.proc.is_running() {
@@ -330,6 +347,24 @@ impl Drop for Agent {
             panic!("dropping the agent on {}: {e:#}", self.node.name);
         }
     }
+}
+
+/// `meshd uninstall --bpffs <pin_root>`; fails with its output unless it succeeds.
+pub fn uninstall(pin_root: &Path) -> anyhow::Result<()> {
+    let out = Command::new(meshd_bin())
+        .args(["uninstall", "--bpffs"])
+        .arg(pin_root)
+        .output()
+        .context("running meshd uninstall")?;
+    if !out.status.success() {
+        bail!(
+            "meshd uninstall --bpffs {}: {}{}",
+            pin_root.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// `bpftool cgroup show` of a cgroup: the names of attached programs. Fails, naming the

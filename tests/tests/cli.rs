@@ -217,32 +217,55 @@ fn workers_select_the_runtime_and_the_open_files_limit_is_raised() {
     multi.stop().unwrap();
 }
 
-/// Ctrl-C (`SIGINT`) is a clean shutdown like `SIGTERM`: exit status 0, every program
-/// detached from the pod's cgroup and namespace, every pin removed.
+/// Ctrl-C (`SIGINT`) is a clean stop like `SIGTERM`: exit status 0, and the capture stays
+/// for the next agent (programs attached to the pod's cgroup and namespace, pins kept).
+/// With `--uninstall-on-exit` the same stop detaches every program and removes every pin.
 #[test]
-fn sigint_is_a_clean_shutdown() {
+fn sigint_is_a_clean_stop_and_uninstall_on_exit_removes_the_capture() {
     require_root().unwrap();
     let c = Cluster::new("sigint").unwrap();
     let n1 = c.add_node("n1").unwrap();
     let client = c.add_pod(&n1, "client").unwrap();
     let yaml = config_yaml(&c, &n1, &[WorkloadSpec::new(&client)], &[]);
+    let captured = || {
+        let mut attached = cgroup_programs(&client.cgroup).unwrap();
+        attached.sort();
+        attached == PROGRAMS && netns_programs(&client.netns_path).unwrap() == ["meshd_sk_lookup"]
+    };
+    let sigint = |agent: &Agent| {
+        agent.proc.signal(Signal::SIGINT).unwrap();
+        let status = agent.proc.wait(Duration::from_secs(15)).unwrap();
+        assert!(
+            status.success(),
+            "exit on SIGINT: {status}{}",
+            agent.proc.output_tail()
+        );
+    };
+
     let agent = start_agent(&c, &n1, &yaml, &[], &["--log", "info"], &[], &[]);
-    let mut attached = cgroup_programs(&client.cgroup).unwrap();
-    attached.sort();
-    assert_eq!(attached, PROGRAMS);
-    assert_eq!(
-        netns_programs(&client.netns_path).unwrap(),
-        ["meshd_sk_lookup"]
-    );
+    assert!(captured());
+    assert!(agent.pin_root.join("v2/links/default_client").is_dir());
+    sigint(&agent);
+    assert!(agent
+        .proc
+        .stderr()
+        .contains("shutting down: the capture stays in place for the next agent"));
+    assert!(captured(), "the capture stays after SIGINT");
     assert!(agent.pin_root.join("v2/links/default_client").is_dir());
 
-    agent.proc.signal(Signal::SIGINT).unwrap();
-    let status = agent.proc.wait(Duration::from_secs(15)).unwrap();
-    assert!(
-        status.success(),
-        "exit on SIGINT: {status}{}",
-        agent.proc.output_tail()
+    // The next agent adopts it; stopped with --uninstall-on-exit it removes everything.
+    let agent = start_agent(
+        &c,
+        &n1,
+        &yaml,
+        &[],
+        &["--log", "info"],
+        &["--uninstall-on-exit"],
+        &[],
     );
+    assert!(agent.proc.stderr().contains("adopted pinned capture links"));
+    assert!(captured());
+    sigint(&agent);
     assert!(agent
         .proc
         .stderr()
@@ -251,7 +274,7 @@ fn sigint_is_a_clean_shutdown() {
     assert!(netns_programs(&client.netns_path).unwrap().is_empty());
     assert!(
         !agent.pin_root.exists(),
-        "{} left after SIGINT",
+        "{} left after SIGINT with --uninstall-on-exit",
         agent.pin_root.display()
     );
 }

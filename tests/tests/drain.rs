@@ -1,8 +1,8 @@
 //! Draining on SIGTERM, two nodes with mutual TLS: a connection open through both agents
 //! (HBONE between them) keeps working while the server's agent drains, and the agent exits
 //! as soon as it ends; a new connection during the drain is refused; a connection still
-//! open at the drain deadline is closed and the agent exits cleanly, leaving nothing behind;
-//! a second SIGTERM closes it at once.
+//! open at the drain deadline is closed and the agent exits cleanly, leaving the capture in
+//! place for the next agent (`meshd uninstall` removes it); a second SIGTERM closes it at once.
 
 use std::{
     fs::File,
@@ -111,8 +111,21 @@ fn command(proc: &ProcHandle, commands: &mut File, cmd: &str, n: usize) -> Value
     serde_json::from_str(line.unwrap_or_default()).unwrap()
 }
 
-/// The agent has detached everything of `pod` and removed its pins.
-fn nothing_left(agent: &Agent, pod: &Pod) {
+/// The stopped agent left `pod` captured (its programs attached, its links pinned) for the
+/// next agent; `meshd uninstall` then detaches everything and removes the pins.
+fn capture_left_for_the_next_agent(agent: &Agent, pod: &Pod) {
+    let mut attached = cgroup_programs(&pod.cgroup).unwrap();
+    attached.sort();
+    assert_eq!(attached, meshd_tests::enroll::PROGRAMS);
+    assert_eq!(
+        netns_programs(&pod.netns_path).unwrap(),
+        ["meshd_sk_lookup"]
+    );
+    let links = agent
+        .pin_root
+        .join(format!("v2/links/default_{}", pod.name));
+    assert!(links.is_dir(), "{} kept", links.display());
+    agent.uninstall().unwrap();
     assert!(cgroup_programs(&pod.cgroup).unwrap().is_empty());
     assert!(netns_programs(&pod.netns_path).unwrap().is_empty());
     assert!(
@@ -181,7 +194,7 @@ fn open_connection_goes_on_while_draining_and_new_ones_are_refused() {
     assert!(closed_at.elapsed() < Duration::from_secs(20));
     let log = agent2.proc.stderr() + &agent2.proc.stdout();
     assert!(log.contains("drained: every connection has ended"), "{log}");
-    nothing_left(&agent2, &b);
+    capture_left_for_the_next_agent(&agent2, &b);
 }
 
 #[test]
@@ -213,7 +226,7 @@ fn connection_open_at_the_deadline_is_closed() {
                 && l.contains("connections=2")),
         "{log}"
     );
-    nothing_left(&agent2, &b);
+    capture_left_for_the_next_agent(&agent2, &b);
 }
 
 #[test]
@@ -242,5 +255,5 @@ fn second_signal_closes_at_once() {
         "{:?}",
         again.elapsed()
     );
-    nothing_left(&agent2, &b);
+    capture_left_for_the_next_agent(&agent2, &b);
 }

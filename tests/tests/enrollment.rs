@@ -1,7 +1,8 @@
 //! Enrollment as the config file changes: a workload whose skip ports, addresses, cgroup or
 //! network namespace change is re-enrolled (the old capture gone, the new one in place, its
 //! traffic carried); rapid enroll/un-enroll churn while clients run; a workload that cannot
-//! be enrolled is reported and the others keep working.
+//! be enrolled is reported, held closed (its connections refused), retried, and the others
+//! keep working.
 
 use std::{net::Ipv4Addr, path::Path, process::Command, time::Duration};
 
@@ -11,6 +12,7 @@ use meshd_tests::{
         bpftool_json, cgroup_programs, config_yaml, netns_programs, serve, testapp_bin,
         testapp_json, Agent, WorkloadSpec,
     },
+    metrics::metric,
     require_root,
     traffic::{self, spawn_listening},
     wait_until, Cluster, Pod,
@@ -410,46 +412,79 @@ fn enroll_unenroll_churn_under_traffic_fails_nothing_and_leaks_nothing() {
     assert!(!agent.pin_root.exists());
 }
 
-/// A workload that cannot be enrolled (an app already listens on the agent's outbound
-/// port 15001 in its namespace) is reported with the reason in `/config_dump`, left
-/// without programs, links or map entries, and the others are enrolled and carry traffic.
-/// Once the port is free, the next edit enrolls it.
+/// Workloads that cannot be enrolled because the pod holds one of the agent's ports first
+/// (`busy` listens on the outbound port 127.0.0.1:15001, `busy6` on the inbound port
+/// 0.0.0.0:15006) fail closed: each is reported with the reason in `/config_dump`, `/ready`
+/// and the metrics, and stays captured without listeners, so that its connections are
+/// refused (busy6) or land on the pod's own listener (busy), and nothing reaches another
+/// pod around the mesh. The others are enrolled and carry traffic. Once the ports are free,
+/// the periodic retry enrolls both without a config edit.
 #[test]
-fn a_workload_that_cannot_be_enrolled_is_reported_and_the_others_work() {
+fn a_workload_that_cannot_be_enrolled_is_held_closed_and_the_others_work() {
     require_root().unwrap();
     let c = Cluster::new("enrollfail").unwrap();
     let n1 = c.add_node("n1").unwrap();
     let busy = c.add_pod(&n1, "busy").unwrap();
+    let busy6 = c.add_pod(&n1, "busy6").unwrap();
     let client = c.add_pod(&n1, "client").unwrap();
     let server = c.add_pod(&n1, "server").unwrap();
-    let mut blocker = Command::new(testapp_bin());
-    blocker.args(["serve", "--listen", "127.0.0.1:15001"]);
-    let blocker = spawn_listening(&c, &busy, blocker);
+    let blocker = |pod: &Pod, listen: &str| {
+        let mut cmd = Command::new(testapp_bin());
+        cmd.args(["serve", "--listen", listen]);
+        spawn_listening(&c, pod, cmd)
+    };
+    let blocker_out = blocker(&busy, "127.0.0.1:15001");
+    let blocker_in = blocker(&busy6, "0.0.0.0:15006");
     let yaml = config_yaml(
         &c,
         &n1,
         &[
             WorkloadSpec::new(&busy),
+            WorkloadSpec::new(&busy6),
             WorkloadSpec::new(&client),
             WorkloadSpec::new(&server),
         ],
         &[],
     );
     let agent = Agent::start(&c, &n1, &yaml).unwrap();
-    serve(&c, &server, 8080).unwrap();
+    let app = serve(&c, &server, 8080).unwrap();
     let dst = format!("{}:8080", server.ip);
 
-    let st = workload_status(&agent, "default/busy");
-    assert_eq!(st["enrolled"], false, "{st}");
-    let err = st["error"].as_str().unwrap();
-    assert!(
-        err.contains("cannot listen on 127.0.0.1:15001") && err.contains("Address already in use"),
-        "{st}"
-    );
+    for (key, addr) in [
+        ("default/busy", "127.0.0.1:15001"),
+        ("default/busy6", "0.0.0.0:15006"),
+    ] {
+        let st = workload_status(&agent, key);
+        assert_eq!(st["enrolled"], false, "{st}");
+        assert_eq!(st["captured"], true, "{st}");
+        let err = st["error"].as_str().unwrap();
+        assert!(
+            err.contains(&format!("cannot listen on {addr}"))
+                && err.contains("Address already in use")
+                && err.contains("its connections are refused until the agent can listen"),
+            "{st}"
+        );
+    }
     assert!(agent.proc.stderr().contains("cannot enroll workload"));
-    assert_nothing_at(&busy.cgroup, Some(&busy.netns_path));
-    assert!(!agent.pin_root.join("v2/links/default_busy").exists());
-    assert_eq!(map_count(&agent, "MESHD_PODS"), 2);
+    let (status, ready) = agent.get("/ready").unwrap();
+    assert_eq!(status, 200, "{ready}");
+    assert!(
+        ready.starts_with("ready; 2 workload(s) not enrolled")
+            && ready.contains("default/busy: cannot listen on 127.0.0.1:15001")
+            && ready.contains("default/busy6: cannot listen on 0.0.0.0:15006"),
+        "{ready}"
+    );
+    assert_eq!(metric(&agent, "workloads_not_enrolled "), 2);
+    assert!(metric(&agent, "workload_enroll_failures_total{reason=\"listen\"}") >= 2);
+    // Held closed: captured, with their links pinned, but no listener in the map.
+    for pod in [&busy, &busy6] {
+        assert_captured_at(&pod.cgroup, &pod.netns_path);
+        let links = agent
+            .pin_root
+            .join(format!("v2/links/default_{}", pod.name));
+        assert!(links.is_dir(), "{}", links.display());
+    }
+    assert_eq!(map_count(&agent, "MESHD_PODS"), 4);
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 2);
     assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 2);
     // The others work: client -> server is captured on both sides.
@@ -460,34 +495,78 @@ fn a_workload_that_cannot_be_enrolled_is_reported_and_the_others_work() {
         .unwrap()
         .len()
         == 1));
-    // busy's own traffic is left alone (not captured, not broken).
-    assert!(!outbound_captured(&c, &busy, &dst));
+    let seen = app.stdout();
+    // busy6's connection is refused (nobody listens on 127.0.0.1:15001 in its pod)...
+    let r = testapp_json(
+        &c,
+        &busy6,
+        &[
+            "echo",
+            "--greet",
+            "--connect",
+            &dst,
+            "--bytes",
+            "10",
+            "--timeout-secs",
+            "5",
+        ],
+    )
+    .unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("Connection refused"),
+        "{r}"
+    );
+    // ...and busy's lands on its own listener: the redirect goes where the pod put it.
+    let r = testapp_json(
+        &c,
+        &busy,
+        &[
+            "echo",
+            "--connect",
+            &dst,
+            "--bytes",
+            "10",
+            "--timeout-secs",
+            "5",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        r["local"].as_str().unwrap().split(':').next(),
+        Some("127.0.0.1"),
+        "{r}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || blocker_out
+        .stdout()
+        .contains("accepted peer=127.0.0.1:")));
+    // Nothing of either reached the server.
+    assert_eq!(
+        app.stdout(),
+        seen,
+        "the server saw a connection of a pod held closed"
+    );
+    assert!(agent.closed_to("outbound", &dst).unwrap().len() == 1);
 
-    // The port freed, an edit retries: busy is enrolled and its error cleared.
-    blocker.kill().unwrap();
-    let labelled = WorkloadSpec::new(&busy).label("retry", "1");
-    agent
-        .write_config(&config_yaml(
-            &c,
-            &n1,
-            &[
-                labelled,
-                WorkloadSpec::new(&client),
-                WorkloadSpec::new(&server),
-            ],
-            &[],
-        ))
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || enrolled(
+    // The ports freed, the retry (no config edit) enrolls both and clears their errors.
+    blocker_out.kill().unwrap();
+    blocker_in.kill().unwrap();
+    assert!(wait_until(Duration::from_secs(15), || enrolled(
         &agent,
         "default/busy"
+    ) && enrolled(
+        &agent,
+        "default/busy6"
     )));
-    assert_eq!(
-        workload_status(&agent, "default/busy")["error"],
-        Value::Null
-    );
+    for key in ["default/busy", "default/busy6"] {
+        assert_eq!(workload_status(&agent, key)["error"], Value::Null);
+    }
+    assert_eq!(agent.get("/ready").unwrap(), (200, "ready\n".to_string()));
+    assert_eq!(metric(&agent, "workloads_not_enrolled "), 0);
+    assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 4);
     assert_captured_at(&busy.cgroup, &busy.netns_path);
     assert!(outbound_captured(&c, &busy, &dst));
+    assert!(outbound_captured(&c, &busy6, &dst));
     assert!(agent.stop().unwrap().success());
     assert!(!agent.pin_root.exists());
 }

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use meshd_tests::{
+    enroll::map_count,
     mesh::{config_yaml, meshd_bin, serve_at, Agent, ServiceSpec, WireCapture, WorkloadSpec},
     require_root,
     traffic::{echo_ok, last_json_line, wait_closed},
@@ -157,6 +158,10 @@ fn ipv4_mapped_captured_as_ipv4_loopback_and_skipped_ports_never() {
     assert_eq!(out[0]["target"], plain4.as_str());
     assert_eq!(out[0]["bytes_sent"].as_u64(), Some(4 * MIB));
     assert_eq!(out[0]["error"], Value::Null);
+    // Its original destination was keyed by the destination's family (IPv4, as the agent
+    // looks it up), taken on accept: no entry is left in either map (review M4).
+    assert_eq!(map_count(&agent, "MESHD_ORIG_DST"), 0);
+    assert_eq!(map_count(&agent, "MESHD_SOCK_DST"), 0);
 
     // In-pod loopback over IPv6, to the pod's own server: direct.
     let r = echo_ok(&c, &client, "[::1]:7070", MIB);

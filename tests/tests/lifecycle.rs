@@ -1,5 +1,6 @@
 //! The agent's life cycle: hot reload of the config file while traffic runs, restart with
-//! live pins, clean shutdown, bad config files, and the pre-flight check.
+//! live pins (after a crash, and after SIGTERM, which leaves the capture for the next
+//! agent), the restart gap, bad config files, `uninstall`, and the pre-flight check.
 
 use std::{process::Command, time::Duration};
 
@@ -11,7 +12,7 @@ use meshd_tests::{
     },
     require_root,
     traffic::{echo, echo_ok, wait_closed},
-    wait_until, Cluster,
+    wait_until, Cluster, Pod,
 };
 use serde_json::Value;
 
@@ -157,7 +158,7 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
     assert_eq!(summary["failed"], 0, "{summary}");
     assert!(summary["ok"].as_u64().unwrap() >= ok as u64, "{summary}");
 
-    // A clean shutdown removes every program, link and pin.
+    // Stopped and uninstalled: no program, link or pin is left.
     assert!(agent.stop().unwrap().success());
     assert!(cgroup_programs(&server.cgroup).unwrap().is_empty());
     assert!(cgroup_programs(&client.cgroup).unwrap().is_empty());
@@ -745,4 +746,335 @@ fn check_with_config_names_the_broken_identity_file() {
     // A trust anchor file that does not exist.
     let missing = c.dir().join("missing.crt");
     fails_naming(&missing, &ca, &[&missing]);
+}
+
+/// The names of the programs attached to `pod`'s cgroup, and to its network namespace, are
+/// meshd's: the pod is captured.
+fn captured(pod: &Pod) -> bool {
+    sorted(cgroup_programs(&pod.cgroup).unwrap()) == PROGRAMS
+        && netns_programs(&pod.netns_path).unwrap() == ["meshd_sk_lookup"]
+}
+
+/// The lines of a `meshd-testapp serve` that record an accepted connection.
+fn accepted(app: &meshd_tests::ProcHandle) -> usize {
+    app.stdout()
+        .lines()
+        .filter(|l| l.starts_with("accepted peer="))
+        .count()
+}
+
+/// A stopped agent (SIGTERM) leaves the capture in place, as a rolling update needs: the
+/// programs stay attached through their pinned links, the programs and maps stay pinned,
+/// and an enrolled pod's new connection is refused (redirected to the agent's closed port)
+/// rather than sent around the mesh in plaintext. The next agent adopts the capture and
+/// serves; `meshd uninstall` then removes everything.
+#[test]
+fn sigterm_leaves_the_capture_for_the_next_agent() {
+    require_root().unwrap();
+    let c = Cluster::new("keepcap").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let client = c.add_pod(&n1, "client").unwrap();
+    let server = c.add_pod(&n1, "server").unwrap();
+    let yaml = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&client), WorkloadSpec::new(&server)],
+        &[],
+    );
+    let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    let app = serve(&c, &server, 8080).unwrap();
+    let dst = format!("{}:8080", server.ip);
+    let echo = || {
+        testapp_json(
+            &c,
+            &client,
+            &[
+                "echo",
+                "--greet",
+                "--connect",
+                &dst,
+                "--bytes",
+                "1000",
+                "--timeout-secs",
+                "5",
+            ],
+        )
+        .unwrap()
+    };
+    assert_eq!(echo()["ok"], true);
+    assert_eq!(accepted(&app), 1);
+
+    agent.terminate().unwrap();
+    assert!(
+        agent
+            .proc
+            .stderr()
+            .contains("shutting down: the capture stays in place for the next agent"),
+        "{}",
+        agent.proc.output_tail()
+    );
+    let pins = agent.pin_root.join("v2");
+    for pod in [&client, &server] {
+        assert!(captured(pod), "{} still captured", pod.name);
+        for hook in ["connect4", "connect6", "sockops", "sk_lookup"] {
+            let link = pins.join(format!("links/default_{}/{hook}", pod.name));
+            assert!(link.exists(), "{} kept", link.display());
+        }
+    }
+    for pin in [
+        "progs/meshd_connect4",
+        "progs/meshd_sk_lookup",
+        "maps/MESHD_PODS",
+    ] {
+        assert!(pins.join(pin).exists(), "{pin} kept");
+    }
+    // No agent: the client's connection is refused, and nothing reaches the server.
+    let r = echo();
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("Connection refused"),
+        "{r}"
+    );
+    assert_eq!(accepted(&app), 1, "{}", app.stdout());
+
+    // The next agent adopts the links and serves at once.
+    let agent2 = Agent::start_with(&c, &n1, agent.config_path.clone()).unwrap();
+    let log = agent2.proc.stderr();
+    assert!(
+        log.contains("adopted pinned capture links") && log.contains("default/client"),
+        "{log}"
+    );
+    assert_eq!(echo()["ok"], true);
+    assert!(wait_until(Duration::from_secs(10), || {
+        agent2.closed_to("outbound", &dst).unwrap().len() == 1
+            && agent2.closed_to("inbound", &dst).unwrap().len() == 1
+    }));
+    assert_eq!(accepted(&app), 2);
+    assert!(
+        !app.stdout().contains(&format!("peer={}:", client.ip)),
+        "the server never saw the client directly:\n{}",
+        app.stdout()
+    );
+
+    // Stopped again, the capture stays; `meshd uninstall` removes all of it.
+    agent2.terminate().unwrap();
+    assert!(captured(&client) && captured(&server));
+    agent2.uninstall().unwrap();
+    for pod in [&client, &server] {
+        assert!(cgroup_programs(&pod.cgroup).unwrap().is_empty());
+        assert!(netns_programs(&pod.netns_path).unwrap().is_empty());
+    }
+    assert!(!agent2.pin_root.exists(), "{} removed", pins.display());
+}
+
+/// A client that connects to `host:port` every 10 ms until the file `stop` exists: reads
+/// the greeting, echoes a line, and prints one JSON line per round with its start and end
+/// (Unix time, seconds) and whether it succeeded.
+const TIMED_LOOP: &str = r#"
+import json, os, socket, sys, time
+host, port, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+i = 0
+while not os.path.exists(stop):
+    start = time.time()
+    try:
+        # Both closed at the end of the round (a socket with a file open on it is not).
+        with socket.create_connection((host, port), timeout=3) as s, s.makefile("rb") as f:
+            if not f.readline().startswith(b"hello"):
+                raise OSError("no greeting")
+            s.sendall(b"round %d\n" % i)
+            if f.readline().strip() != b"round %d" % i:
+                raise OSError("no echo")
+        r = {"ok": True}
+    except OSError as e:
+        r = {"ok": False, "error": str(e)}
+    r.update({"i": i, "start": start, "end": time.time()})
+    print(json.dumps(r), flush=True)
+    i += 1
+    time.sleep(0.01)
+"#;
+
+/// One round of [`TIMED_LOOP`].
+#[derive(Debug)]
+struct Round {
+    ok: bool,
+    error: String,
+    start: f64,
+    end: f64,
+}
+
+fn rounds(loop_proc: &meshd_tests::ProcHandle) -> Vec<Round> {
+    loop_proc
+        .stdout()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| Round {
+            ok: v["ok"] == true,
+            error: v["error"].as_str().unwrap_or_default().to_string(),
+            start: v["start"].as_f64().unwrap(),
+            end: v["end"].as_f64().unwrap(),
+        })
+        .collect()
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// `tcp_open_total` of the agent for `direction` and `pod` over the label sets that
+/// contain `label` (e.g. the peer's identity).
+fn opened_with(agent: &Agent, direction: &str, pod: &str, label: &str) -> u64 {
+    let (status, text) = agent.get("/metrics").unwrap();
+    assert_eq!(status, 200, "{text}");
+    let dir = format!("direction=\"{direction}\"");
+    let who = format!("namespace=\"default\",pod=\"{pod}\"");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("tcp_open_total{")
+                && l.contains(&dir)
+                && l.contains(&who)
+                && l.contains(label)
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+        .sum()
+}
+
+/// The restart gap of a rolling update, measured. Node 1's agent is stopped (SIGTERM) and
+/// a new one started while two clients loop through it with mutual TLS: `a` (node 1) to
+/// `b` (node 2), outbound through the restarted agent, and `b` to `s` (node 1), inbound
+/// through it (HBONE). During the gap the connections are refused; every connection a
+/// server accepted came through both agents over HBONE (none went around the mesh); traffic
+/// flows again soon after the new agent starts. Prints the figures (docs/benchmarks.md).
+#[test]
+fn restart_gap_refuses_then_flows_again() {
+    require_root().unwrap();
+    let (t, agent1, agent2) = meshd_tests::two_nodes::two_nodes("restartgap", &["s"]);
+    let c = &t.c;
+    let s = &t.more[0];
+    let app_b = serve(c, &t.b, 8080).unwrap();
+    let app_s = serve(c, s, 8080).unwrap();
+    let stop = c.dir().join("stop-loops");
+    let start_loop = |from: &Pod, to: &Pod| {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", TIMED_LOOP, &to.ip.to_string(), "8080"])
+            .arg(&stop);
+        c.spawn_in_pod(from, cmd).unwrap()
+    };
+    let out = start_loop(&t.a, &t.b);
+    let inb = start_loop(&t.b, s);
+    let oks = |p: &meshd_tests::ProcHandle| rounds(p).iter().filter(|r| r.ok).count();
+    let fails = |p: &meshd_tests::ProcHandle| rounds(p).iter().filter(|r| !r.ok).count();
+    assert!(
+        wait_until(Duration::from_secs(30), || oks(&out) >= 20
+            && oks(&inb) >= 20),
+        "{}{}",
+        out.output_tail(),
+        inb.output_tail()
+    );
+
+    let stopped_at = unix_now();
+    agent1.terminate().unwrap();
+    let exited_at = unix_now();
+    // No agent on node 1: both loops fail (refused) while its capture stays.
+    assert!(
+        wait_until(Duration::from_secs(30), || fails(&out) >= 5
+            && fails(&inb) >= 5),
+        "{}{}",
+        out.output_tail(),
+        inb.output_tail()
+    );
+    assert!(captured(&t.a) && captured(s));
+    let spawned_at = unix_now();
+    let agent1 = Agent::start_with(c, &t.n1, agent1.config_path.clone()).unwrap();
+    let ready_at = unix_now();
+    let oks_since = |p: &meshd_tests::ProcHandle| {
+        rounds(p)
+            .iter()
+            .filter(|r| r.ok && r.start > spawned_at)
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || oks_since(&out) >= 20
+            && oks_since(&inb) >= 20),
+        "traffic flows again after the restart:{}{}",
+        out.output_tail(),
+        inb.output_tail()
+    );
+    std::fs::write(&stop, "").unwrap();
+    out.wait(Duration::from_secs(20)).unwrap();
+    inb.wait(Duration::from_secs(20)).unwrap();
+    // The connections refused during the gap left no original destination behind (sockops
+    // forgets a redirected socket's destination when it closes without being established).
+    assert!(
+        wait_until(Duration::from_secs(10), || map_count(
+            &agent1,
+            "MESHD_SOCK_DST"
+        ) == 0
+            && map_count(&agent1, "MESHD_ORIG_DST") == 0),
+        "SOCK_DST {}, ORIG_DST {}",
+        map_count(&agent1, "MESHD_SOCK_DST"),
+        map_count(&agent1, "MESHD_ORIG_DST")
+    );
+
+    // Every connection a server accepted came through both agents, with mutual TLS.
+    let from_a = "client_id=\"spiffe://cluster.local/ns/default/sa/a\"";
+    let to_s = "server_id=\"spiffe://cluster.local/ns/default/sa/s\"";
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            accepted(&app_b) as u64 == opened_with(&agent2, "inbound", "b", from_a)
+        }),
+        "b accepted {} connections, node 2's agent delivered {} from a over HBONE",
+        accepted(&app_b),
+        opened_with(&agent2, "inbound", "b", from_a)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            accepted(&app_s) as u64 == opened_with(&agent2, "outbound", "b", to_s)
+        }),
+        "s accepted {} connections, node 2's agent tunnelled {} from b to s",
+        accepted(&app_s),
+        opened_with(&agent2, "outbound", "b", to_s)
+    );
+
+    let report = |name: &str, p: &meshd_tests::ProcHandle| {
+        let rs = rounds(p);
+        let first_failure = rs.iter().position(|r| !r.ok).unwrap();
+        let last_ok_before = rs[..first_failure]
+            .iter()
+            .rev()
+            .find(|r| r.ok)
+            .map(|r| r.end)
+            .unwrap();
+        let first_ok_after = rs
+            .iter()
+            .find(|r| r.ok && r.start > spawned_at)
+            .map(|r| r.end)
+            .unwrap();
+        let failed: Vec<&Round> = rs.iter().filter(|r| !r.ok).collect();
+        let refused = failed
+            .iter()
+            .filter(|r| r.error.contains("Connection refused") || r.error.contains("reset"))
+            .count();
+        println!(
+            "restart gap, {name}: {} connections failed ({refused} refused or reset), \
+             no success for {:.0} ms (the old agent exited {:.0} ms after SIGTERM); first \
+             success {:.0} ms after the new agent was spawned (ready after {:.0} ms)",
+            failed.len(),
+            (first_ok_after - last_ok_before) * 1000.0,
+            (exited_at - stopped_at) * 1000.0,
+            (first_ok_after - spawned_at) * 1000.0,
+            (ready_at - spawned_at) * 1000.0,
+        );
+        // Each failure is a refusal or a reset, never a timeout (nothing hangs).
+        assert_eq!(refused, failed.len(), "{failed:#?}");
+        first_ok_after - spawned_at
+    };
+    let out_gap = report("outbound a -> b", &out);
+    let in_gap = report("inbound b -> s", &inb);
+    assert!(
+        out_gap < 5.0 && in_gap < 5.0,
+        "traffic flows within 5 s of the new agent's start"
+    );
 }

@@ -276,7 +276,7 @@ fn demo(c: &Cluster) -> anyhow::Result<()> {
         link.to_str().unwrap_or_default(),
     ])?);
 
-    section("stopping meshd (SIGTERM): programs detached, pins removed");
+    section("stopping meshd (SIGTERM; the capture stays for a next agent), then meshd uninstall: programs detached, pins removed");
     for agent in [&agent1, &agent2] {
         let status = agent.stop()?;
         let root = agent.pin_root.join("v2");

@@ -41,6 +41,24 @@ pub(crate) struct Admin {
     scrape: std::sync::Mutex<()>,
 }
 
+/// `/ready`'s body once the first state is applied: `ready`, then each local workload that
+/// is not enrolled and why. The status stays 200: the agent serves the others, and a pod
+/// that takes an agent port first must not hold the node's agent unready (nor stall a
+/// rolling update); `workloads_not_enrolled` is the metric to alert on.
+fn ready_text(not_enrolled: &[(String, String)]) -> String {
+    if not_enrolled.is_empty() {
+        return "ready\n".to_string();
+    }
+    let mut s = format!(
+        "ready; {} workload(s) not enrolled (their connections are refused or not captured):\n",
+        not_enrolled.len()
+    );
+    for (workload, why) in not_enrolled {
+        s.push_str(&format!("  {workload}: {why}\n"));
+    }
+    s
+}
+
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
     let mut r = Response::new(Full::new(body.into()).boxed());
     *r.status_mut() = status;
@@ -257,7 +275,7 @@ impl Admin {
             "/live" => text(StatusCode::OK, "live\n"),
             "/ready" => {
                 if self.agent.ready.load(std::sync::atomic::Ordering::SeqCst) {
-                    text(StatusCode::OK, "ready\n")
+                    text(StatusCode::OK, ready_text(&self.agent.not_enrolled()))
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                 }
@@ -493,5 +511,15 @@ mod tests {
             -90
         );
         assert_eq!(super::seconds_until(now, now), 0);
+    }
+
+    #[test]
+    fn ready_names_each_workload_not_enrolled() {
+        assert_eq!(super::ready_text(&[]), "ready\n");
+        let text = super::ready_text(&[("default/busy".into(), "cannot listen".into())]);
+        assert_eq!(
+            text,
+            "ready; 1 workload(s) not enrolled (their connections are refused or not captured):\n  default/busy: cannot listen\n"
+        );
     }
 }

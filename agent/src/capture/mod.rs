@@ -3,7 +3,9 @@
 //! The kernel side is described in `ebpf/meshd-ebpf`. Here the agent keeps the bpffs layout
 //! of [`pins`] true: a link pinned under `links/<namespace>_<name>/` exists exactly while a
 //! workload is enrolled. On start-up the agent adopts the links an earlier instance pinned
-//! (pointing them at the programs it just loaded); on a clean shutdown it removes everything.
+//! (pointing them at the programs it just loaded). A stopping agent leaves them in place for
+//! the next one (as a crash does); `meshd uninstall` or `--uninstall-on-exit` removes
+//! everything.
 
 pub mod link;
 pub mod maps;
@@ -302,9 +304,22 @@ impl Capture {
     }
 
     /// Removes everything under the versioned pin directory: links (detaching them), programs
-    /// and maps. Used on clean shutdown and by `meshd uninstall`.
+    /// and maps (`meshd uninstall`). Returns once the kernel has released the links and the
+    /// programs (at most [`RELEASE_WAIT`]; a warning names what it has not).
     pub fn uninstall(pins: &PinPaths) -> Result<(), CaptureError> {
-        uninstall(pins)
+        let pinned = PinnedIds::of(pins);
+        uninstall(pins)?;
+        pinned.wait_released(true);
+        Ok(())
+    }
+
+    /// [`Capture::uninstall`] by the agent that loaded the programs (`--uninstall-on-exit`):
+    /// it holds them until it exits, so only the links are waited for.
+    pub fn uninstall_own(&self) -> Result<(), CaptureError> {
+        let pinned = PinnedIds::of(&self.pins);
+        uninstall(&self.pins)?;
+        pinned.wait_released(false);
+        Ok(())
     }
 }
 
@@ -338,6 +353,73 @@ fn remove_links(dir: &Path) -> Result<(), CaptureError> {
         }
     }
     std::fs::remove_dir(dir).map_err(pin_err(dir))
+}
+
+/// How long uninstalling waits for the kernel to release what was unpinned.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The kernel ids of the links and programs pinned under a pin root. Unpinning the last
+/// reference releases a link (which detaches it) or a program in a kernel work item, a
+/// moment after `unlink` returns: these ids are what to wait for.
+struct PinnedIds {
+    links: Vec<u32>,
+    programs: Vec<u32>,
+}
+
+impl PinnedIds {
+    fn of(pins: &PinPaths) -> PinnedIds {
+        let files = |dir: PathBuf| -> Vec<PathBuf> {
+            std::fs::read_dir(dir)
+                .map(|rd| rd.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default()
+        };
+        let links = files(pins.links())
+            .into_iter()
+            .flat_map(files)
+            .filter_map(|path| {
+                let link: aya::programs::links::FdLink =
+                    aya::programs::links::PinnedLink::from_pin(&path)
+                        .ok()?
+                        .into();
+                Some(link.info().ok()?.id())
+            })
+            .collect();
+        let programs = files(pins.progs())
+            .into_iter()
+            .filter_map(|path| Some(aya::programs::ProgramInfo::from_pin(&path).ok()?.id()))
+            .collect();
+        PinnedIds { links, programs }
+    }
+
+    /// Waits until none of the links (and, with `programs`, none of the programs) is
+    /// loaded any more, at most [`RELEASE_WAIT`].
+    fn wait_released(&self, programs: bool) {
+        let deadline = std::time::Instant::now() + RELEASE_WAIT;
+        loop {
+            let links: Vec<u32> = aya::programs::loaded_links()
+                .filter_map(Result::ok)
+                .map(|l| l.id())
+                .filter(|id| self.links.contains(id))
+                .collect();
+            let progs: Vec<u32> = if programs {
+                aya::programs::loaded_programs()
+                    .filter_map(Result::ok)
+                    .map(|p| p.id())
+                    .filter(|id| self.programs.contains(id))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if links.is_empty() && progs.is_empty() {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(?links, programs = ?progs, "unpinned, but the kernel has not released these yet");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 }
 
 fn uninstall(pins: &PinPaths) -> Result<(), CaptureError> {

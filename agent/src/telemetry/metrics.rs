@@ -59,6 +59,14 @@ pub(crate) struct IdentityLabels {
     pub identity: String,
 }
 
+/// Why a local workload could not be enrolled.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EnrollFailureLabels {
+    /// A fixed set: `listen` (a pod's agent port was taken: its traffic is refused),
+    /// `netns`, `identity`, `capture`, `not_local`.
+    pub reason: &'static str,
+}
+
 /// One trust anchor, by its subject (from the agent's own anchor bundle).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct AnchorLabels {
@@ -84,6 +92,10 @@ pub(crate) struct Metrics {
     pub issuer_expiry: Gauge,
     /// Seconds until each trust anchor expires.
     pub anchor_expiry: Family<AnchorLabels, Gauge>,
+    /// Failed enrollment attempts, by reason.
+    pub enroll_failures: Family<EnrollFailureLabels, Counter>,
+    /// Local workloads of the applied state that are not enrolled now.
+    pub workloads_not_enrolled: Gauge,
 }
 
 impl Default for Metrics {
@@ -173,6 +185,18 @@ impl Default for Metrics {
             "Seconds until each trust anchor expires",
             anchor_expiry.clone(),
         );
+        let enroll_failures = Family::<EnrollFailureLabels, Counter>::default();
+        registry.register(
+            "workload_enroll_failures",
+            "Failed attempts to enroll a local workload, by reason",
+            enroll_failures.clone(),
+        );
+        let workloads_not_enrolled = Gauge::default();
+        registry.register(
+            "workloads_not_enrolled",
+            "Local workloads of the applied configuration that are not enrolled (see /config_dump)",
+            workloads_not_enrolled.clone(),
+        );
         Metrics {
             registry,
             request_total,
@@ -190,11 +214,19 @@ impl Default for Metrics {
             cert_refresh,
             issuer_expiry,
             anchor_expiry,
+            enroll_failures,
+            workloads_not_enrolled,
         }
     }
 }
 
 impl Metrics {
+    pub(crate) fn enroll_failure(&self, reason: &'static str) {
+        self.enroll_failures
+            .get_or_create(&EnrollFailureLabels { reason })
+            .inc();
+    }
+
     pub(crate) fn reject(&self, direction: &'static str, reason: &'static str) {
         self.hbone_rejected
             .get_or_create(&RejectLabels { direction, reason })

@@ -945,8 +945,9 @@ fn opened_with(agent: &Agent, direction: &str, pod: &str, label: &str) -> u64 {
 /// a new one started while two clients loop through it with mutual TLS: `a` (node 1) to
 /// `b` (node 2), outbound through the restarted agent, and `b` to `s` (node 1), inbound
 /// through it (HBONE). During the gap the connections are refused; every connection a
-/// server accepted came through both agents over HBONE (none went around the mesh); traffic
-/// flows again soon after the new agent starts. Prints the figures (docs/benchmarks.md).
+/// server accepted came through both agents over HBONE (none went around the mesh); a
+/// plaintext client outside the mesh is refused too (fail closed), never delivered to the
+/// app directly; traffic flows again soon after the new agent starts. Prints the figures (docs/benchmarks.md).
 #[test]
 fn restart_gap_refuses_then_flows_again() {
     require_root().unwrap();
@@ -955,20 +956,28 @@ fn restart_gap_refuses_then_flows_again() {
     let s = &t.more[0];
     let app_b = serve(c, &t.b, 8080).unwrap();
     let app_s = serve(c, s, 8080).unwrap();
+    // A third loop in plaintext from a pod outside the mesh (node 2) to another port of `s`
+    // (9090, opaque like 8080: the server speaks first):
+    // while no agent runs on node 1, sk_lookup refuses it (fail closed), never delivering
+    // it to the app directly.
+    let outsider = c.add_pod(&t.n2, "outsider").unwrap();
+    let app_s_plain = serve(c, s, 9090).unwrap();
     let stop = c.dir().join("stop-loops");
-    let start_loop = |from: &Pod, to: &Pod| {
+    let start_loop = |from: &Pod, to: &Pod, port: &str| {
         let mut cmd = Command::new("python3");
-        cmd.args(["-c", TIMED_LOOP, &to.ip.to_string(), "8080"])
+        cmd.args(["-c", TIMED_LOOP, &to.ip.to_string(), port])
             .arg(&stop);
         c.spawn_in_pod(from, cmd).unwrap()
     };
-    let out = start_loop(&t.a, &t.b);
-    let inb = start_loop(&t.b, s);
+    let out = start_loop(&t.a, &t.b, "8080");
+    let inb = start_loop(&t.b, s, "8080");
+    let plain = start_loop(&outsider, s, "9090");
     let oks = |p: &meshd_tests::ProcHandle| rounds(p).iter().filter(|r| r.ok).count();
     let fails = |p: &meshd_tests::ProcHandle| rounds(p).iter().filter(|r| !r.ok).count();
     assert!(
         wait_until(Duration::from_secs(30), || oks(&out) >= 20
-            && oks(&inb) >= 20),
+            && oks(&inb) >= 20
+            && oks(&plain) >= 20),
         "{}{}",
         out.output_tail(),
         inb.output_tail()
@@ -980,7 +989,8 @@ fn restart_gap_refuses_then_flows_again() {
     // No agent on node 1: both loops fail (refused) while its capture stays.
     assert!(
         wait_until(Duration::from_secs(30), || fails(&out) >= 5
-            && fails(&inb) >= 5),
+            && fails(&inb) >= 5
+            && fails(&plain) >= 5),
         "{}{}",
         out.output_tail(),
         inb.output_tail()
@@ -997,7 +1007,8 @@ fn restart_gap_refuses_then_flows_again() {
     };
     assert!(
         wait_until(Duration::from_secs(30), || oks_since(&out) >= 20
-            && oks_since(&inb) >= 20),
+            && oks_since(&inb) >= 20
+            && oks_since(&plain) >= 20),
         "traffic flows again after the restart:{}{}",
         out.output_tail(),
         inb.output_tail()
@@ -1005,6 +1016,15 @@ fn restart_gap_refuses_then_flows_again() {
     std::fs::write(&stop, "").unwrap();
     out.wait(Duration::from_secs(20)).unwrap();
     inb.wait(Duration::from_secs(20)).unwrap();
+    plain.wait(Duration::from_secs(20)).unwrap();
+    // The plaintext client was never delivered to the app around the agent: every
+    // connection the app accepted is the agent's delivery (from the pod's own address).
+    let direct = format!("peer={}:", outsider.ip);
+    assert!(
+        accepted(&app_s_plain) >= 40 && !app_s_plain.stdout().contains(&direct),
+        "{}",
+        app_s_plain.stdout()
+    );
     // The connections refused during the gap left no original destination behind (sockops
     // forgets a redirected socket's destination when it closes without being established).
     assert!(
@@ -1073,8 +1093,9 @@ fn restart_gap_refuses_then_flows_again() {
     };
     let out_gap = report("outbound a -> b", &out);
     let in_gap = report("inbound b -> s", &inb);
+    let plain_gap = report("inbound plaintext outsider -> s", &plain);
     assert!(
-        out_gap < 5.0 && in_gap < 5.0,
+        out_gap < 5.0 && in_gap < 5.0 && plain_gap < 5.0,
         "traffic flows within 5 s of the new agent's start"
     );
 }

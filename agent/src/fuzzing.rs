@@ -469,6 +469,59 @@ pub fn admin_query(data: &[u8]) {
     }
 }
 
+// --- 14. heads ---
+
+/// Every HTTP/1 request head of a connection checked before hyper reads it
+/// (`l7::heads::CheckedHeads`), the client's bytes fed in pieces of a size the input picks.
+/// No panic; what hyper reads is the input itself, or a prefix of it (a chunked body that
+/// is not valid chunked ends the stream with an error), or, once a head is refused, the
+/// input up to that head and then the unparseable head hyper answers `400` to; a head
+/// refused as ambiguous is one [`ambiguous_head`] calls ambiguous.
+pub fn heads(data: &[u8]) {
+    use l7::heads::{CheckedHeads, HeadCheck, HeadRefusal, UNPARSEABLE};
+    let mut b = Bytes::new(data);
+    let chunk = usize::from(b.u16() % 1024).max(1);
+    let input = b.rest().to_vec();
+    let (out, ended, refused) = runtime().block_on(async {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let check = Arc::new(HeadCheck::default());
+        let mut checked =
+            CheckedHeads::new(server, std::time::Duration::from_secs(60), check.clone());
+        let feed = async {
+            for piece in input.chunks(chunk) {
+                if client.write_all(piece).await.is_err() {
+                    break;
+                }
+            }
+            drop(client);
+        };
+        let read = async {
+            let mut out = Vec::new();
+            let ended = checked.read_to_end(&mut out).await;
+            (out, ended)
+        };
+        let ((), (out, ended)) = tokio::join!(feed, read);
+        (out, ended, check.refused())
+    });
+    match refused {
+        None if ended.is_ok() => assert_eq!(out, input, "bytes changed or lost"),
+        None => assert!(input.starts_with(&out), "not a prefix of the input"),
+        Some(why) => {
+            let before = out
+                .strip_suffix(UNPARSEABLE)
+                .unwrap_or_else(|| panic!("refused ({why}) without the unparseable head"));
+            assert!(input.starts_with(before), "not a prefix of the input");
+            if let HeadRefusal::Ambiguous(_) = why {
+                assert!(
+                    ambiguous_head(&input[before.len()..]).is_some(),
+                    "refused a head the framing check lets pass: {:?}",
+                    String::from_utf8_lossy(&input[before.len()..])
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// A fuzz target's entry point.
@@ -479,7 +532,7 @@ mod tests {
     /// too, not only under `cargo xtask fuzz`.
     #[test]
     fn the_seed_corpora_hold_their_properties() {
-        let targets: [(&str, Target); 12] = [
+        let targets: [(&str, Target); 13] = [
             ("record_open", super::record_open),
             ("record_inner", super::record_inner),
             ("tls_rx_sequence", super::tls_rx_sequence),
@@ -492,6 +545,7 @@ mod tests {
             ("identity_parse", super::identity_parse),
             ("cert_identity", super::cert_identity),
             ("admin_query", super::admin_query),
+            ("heads", super::heads),
         ];
         let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
         for (target, run) in targets {

@@ -117,6 +117,24 @@ fn main() {
             with_prefix(&[0x02], b"PUT /x HTTP/1.0\nContent-Length: 1\n\n"),
         ],
     );
+    write(
+        &root,
+        "heads",
+        &[
+            with_prefix(&[0, 255], b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            with_prefix(
+                &[0, 7],
+                b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloPOST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nT: 1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            ),
+            with_prefix(
+                &[0, 1],
+                b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            ),
+            with_prefix(&[0, 3], b"\r\n\nPOST / HTTP/1.1\nContent-Length: 3\nContent-Length: 4\n\nabc"),
+            with_prefix(&[0, 9], b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nanything"),
+            with_prefix(&[0, 16], b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+        ],
+    );
     let settings = frame(4, 0, 0, &[]);
     let connect = [literal(2, "CONNECT"), literal(1, "10.0.0.1:8080")].concat();
     let get = [literal(2, "GET"), literal(1, "10.0.0.1:80"), literal(4, "/")].concat();

@@ -452,7 +452,7 @@ fn a_workload_that_cannot_be_enrolled_is_held_closed_and_the_others_work() {
 
     for (key, addr) in [
         ("default/busy", "127.0.0.1:15001"),
-        ("default/busy6", "0.0.0.0:15006"),
+        ("default/busy6", "127.0.0.1:15006"),
     ] {
         let st = workload_status(&agent, key);
         assert_eq!(st["enrolled"], false, "{st}");
@@ -471,7 +471,7 @@ fn a_workload_that_cannot_be_enrolled_is_held_closed_and_the_others_work() {
     assert!(
         ready.starts_with("ready; 2 workload(s) not enrolled")
             && ready.contains("default/busy: cannot listen on 127.0.0.1:15001")
-            && ready.contains("default/busy6: cannot listen on 0.0.0.0:15006"),
+            && ready.contains("default/busy6: cannot listen on 127.0.0.1:15006"),
         "{ready}"
     );
     assert_eq!(metric(&agent, "workloads_not_enrolled "), 2);
@@ -486,7 +486,36 @@ fn a_workload_that_cannot_be_enrolled_is_held_closed_and_the_others_work() {
     }
     assert_eq!(map_count(&agent, "MESHD_PODS"), 4);
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 2);
-    assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 2);
+    // Their addresses are enrolled too: inbound to them fails closed (no listener).
+    assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 4);
+    let held_app = serve(&c, &busy, 8080).unwrap();
+    let r = testapp_json(
+        &c,
+        &server,
+        &[
+            "echo",
+            "--greet",
+            "--connect",
+            &format!("{}:8080", busy.ip),
+            "--bytes",
+            "10",
+            "--timeout-secs",
+            "5",
+        ],
+    )
+    .unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    // Refused by sk_lookup, or reset by the server's own agent whose dial was refused.
+    let error = r["error"].as_str().unwrap();
+    assert!(
+        error.contains("Connection refused") || error.contains("Connection reset"),
+        "inbound to a pod held closed is refused: {r}"
+    );
+    assert!(
+        !held_app.stdout().contains("accepted"),
+        "{}",
+        held_app.stdout()
+    );
     // The others work: client -> server is captured on both sides.
     assert!(enrolled(&agent, "default/client") && enrolled(&agent, "default/server"));
     assert!(outbound_captured(&c, &client, &dst));

@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _};
 use crate::util::{exec, ok, which, workspace_root};
 
 /// Every target (docs/fuzzing.md lists what each drives and checks).
-pub const TARGETS: [&str; 13] = [
+pub const TARGETS: [&str; 14] = [
     "record_open",
     "record_inner",
     "tls_rx_sequence",
@@ -25,6 +25,7 @@ pub const TARGETS: [&str; 13] = [
     "identity_parse",
     "cert_identity",
     "admin_query",
+    "heads",
 ];
 
 /// Seconds per target inside `cargo xtask test`.

@@ -556,6 +556,32 @@ impl Report {
         Report::from_json(&v).with_context(|| format!("reading {}", path.display()))
     }
 
+    /// One cell of the table: the figure of `met` in `mode`, with its ratio to `direct` (and,
+    /// for latencies, the time added), or why there is none.
+    fn cell(&self, mode: &ModeReport, met: &Metric) -> String {
+        if mode.unavailable.is_some() {
+            return "unavailable".to_string();
+        }
+        if met.agent_only && WITHOUT_AGENT.contains(&mode.mode.as_str()) {
+            return "n/a".to_string();
+        }
+        let Some(v) = mode.get(met.key) else {
+            return "not measured".to_string();
+        };
+        let mut c = fmt_value(v);
+        if mode.mode != "direct" && !met.agent_only {
+            if let Some(r) = self.ratio(&mode.mode, met.key) {
+                if met.latency {
+                    let d = self.figure("direct", met.key).unwrap_or(0.0);
+                    let _ = write!(c, " (+{:.0} {r:.1}x)", v - d);
+                } else {
+                    let _ = write!(c, " ({r:.2}x)");
+                }
+            }
+        }
+        c
+    }
+
     /// The readable table: one row per measurement, one column per mode, each figure with
     /// its ratio to `direct` (and, for latencies, the time added); then the targets.
     pub fn table(&self) -> String {
@@ -589,44 +615,34 @@ impl Report {
             .max()
             .unwrap_or(0)
             .max(44);
-        const W: usize = 21;
+        let rows: Vec<(String, Vec<String>)> = METRICS
+            .iter()
+            .map(|met| {
+                let label = format!("{} ({})", self.label(met), met.unit);
+                let cells = self.modes.iter().map(|mode| self.cell(mode, met)).collect();
+                (label, cells)
+            })
+            .collect();
+        // Columns as wide as their widest cell (at least 21), so that a figure far off
+        // (a latency of seconds under load) never runs into its neighbour.
+        let w = rows
+            .iter()
+            .flat_map(|(_, cells)| cells.iter())
+            .map(|c| c.chars().count())
+            .chain(self.modes.iter().map(|m| m.mode.chars().count()))
+            .max()
+            .unwrap_or(0)
+            .max(21);
         let _ = write!(out, "{:<w0$}", "measurement");
         for mode in &self.modes {
-            let _ = write!(out, " {:>W$}", mode.mode);
+            let _ = write!(out, " {:>w$}", mode.mode);
         }
         out.push('\n');
-        let _ = writeln!(out, "{}", "-".repeat(w0 + (W + 1) * self.modes.len()));
-        for met in METRICS {
-            let _ = write!(
-                out,
-                "{:<w0$}",
-                format!("{} ({})", self.label(met), met.unit)
-            );
-            for mode in &self.modes {
-                let cell = if mode.unavailable.is_some() {
-                    "unavailable".to_string()
-                } else if met.agent_only && WITHOUT_AGENT.contains(&mode.mode.as_str()) {
-                    "n/a".to_string()
-                } else {
-                    match mode.get(met.key) {
-                        None => "not measured".to_string(),
-                        Some(v) => {
-                            let mut c = fmt_value(v);
-                            if mode.mode != "direct" && !met.agent_only {
-                                if let Some(r) = self.ratio(&mode.mode, met.key) {
-                                    if met.latency {
-                                        let d = self.figure("direct", met.key).unwrap_or(0.0);
-                                        let _ = write!(c, " (+{:.0} {r:.1}x)", v - d);
-                                    } else {
-                                        let _ = write!(c, " ({r:.2}x)");
-                                    }
-                                }
-                            }
-                            c
-                        }
-                    }
-                };
-                let _ = write!(out, " {cell:>W$}");
+        let _ = writeln!(out, "{}", "-".repeat(w0 + (w + 1) * self.modes.len()));
+        for (label, cells) in rows {
+            let _ = write!(out, "{label:<w0$}");
+            for cell in cells {
+                let _ = write!(out, " {cell:>w$}");
             }
             out.push('\n');
         }

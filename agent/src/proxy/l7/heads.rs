@@ -41,7 +41,7 @@ pub(crate) const MAX_HEAD: usize = 64 * 1024;
 pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// What hyper reads in place of a refused head: not a request (the method is not a
 /// token), so hyper answers `400 Bad Request` and closes.
-const UNPARSEABLE: &[u8] = b"\0 / HTTP/1.1\r\n\r\n";
+pub(crate) const UNPARSEABLE: &[u8] = b"\0 / HTTP/1.1\r\n\r\n";
 
 /// What the check found, shared with the proxy.
 #[derive(Debug, Default)]

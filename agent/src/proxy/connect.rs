@@ -49,10 +49,35 @@ pub(crate) async fn deliver_in(
 ) -> Result<TcpStream, ConnectError> {
     let socket = socket_in(netns, addr)?;
     let from = SocketAddr::new(addr.ip(), 0);
-    socket
-        .bind(from)
+    bind_address_no_port(&socket)
+        .and_then(|()| socket.bind(from))
         .map_err(|source| ConnectError::Bind { addr: from, source })?;
     connect(socket, addr, timeout).await
+}
+
+/// Leaves the choice of the source port to `connect` (`IP_BIND_ADDRESS_NO_PORT`, Linux
+/// 4.2; for IPv6 sockets too): a bind to an address with port 0 would otherwise reserve a
+/// port for that address alone, whatever the destination, so every delivery would search
+/// the bind table and many short connections (in `TIME_WAIT` after them) would run out of
+/// ports; `connect` picks one that is free for the 4-tuple.
+fn bind_address_no_port(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let one: libc::c_int = 1;
+    // SAFETY: a socket descriptor we own, and an `int` option with its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// A non-blocking TCP socket of `addr`'s family, created inside `netns`.

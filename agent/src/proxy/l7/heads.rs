@@ -417,11 +417,22 @@ impl<T: AsyncRead + Unpin> AsyncRead for CheckedHeads<T> {
                     this.eof = true;
                     return Poll::Ready(Ok(()));
                 }
-                let body = this.body_bytes(&buf.filled()[before..])?;
+                // On an error nothing counts as read (`AsyncRead`: an error fills nothing):
+                // the stream ends with the error, what came with it is dropped.
+                let body = match this.body_bytes(&buf.filled()[before..]) {
+                    Ok(body) => body,
+                    Err(e) => {
+                        buf.set_filled(before);
+                        return Poll::Ready(Err(e));
+                    }
+                };
                 if body < read {
                     let next_head = buf.filled()[before + body..].to_vec();
                     buf.set_filled(before + body);
-                    this.feed(&next_head)?;
+                    if let Err(e) = this.feed(&next_head) {
+                        buf.set_filled(before);
+                        return Poll::Ready(Err(e));
+                    }
                 }
                 if body > 0 {
                     return Poll::Ready(Ok(()));

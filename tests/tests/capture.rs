@@ -9,7 +9,7 @@ use std::{
 use meshd_tests::{
     mesh::{config_yaml, serve, testapp_bin, testapp_json, Agent, ServiceSpec, WorkloadSpec},
     require_root,
-    traffic::{echo, echo_ok, spawn_listening, wait_closed},
+    traffic::{app_saw_client_socket, echo, echo_ok, greeted_peer, spawn_listening, wait_closed},
     Cluster, Pod,
 };
 use serde_json::Value;
@@ -73,15 +73,18 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
 
     // Non-enrolled client -> enrolled server: inbound capture only; the agent saw the
     // client's address and the original destination, and delivered to that destination
-    // from inside the server's pod: the app sees the pod's own address as the client.
+    // from inside the server's pod, from the client's own address (review H1): the app
+    // sees the real client, on a port of the agent's delivery socket, not the client's.
     let server_dst = format!("{}:8080", server.ip);
     let r = echo_ok(&c, &plain, &server_dst, 16 * MIB);
-    assert!(
-        r["greeting"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("peer={}:", server.ip)),
+    assert_eq!(
+        greeted_peer(&r).map(|a| a.ip()),
+        Some(plain.ip.into()),
         "{r}"
+    );
+    assert!(
+        !app_saw_client_socket(&r),
+        "not delivered by the agent: {r}"
     );
     let inb = wait_closed(&agent, "inbound", &server_dst, 1);
     assert_eq!(inb[0]["workload"], "default/server");

@@ -8,7 +8,8 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData, MapError, SockHash};
 use meshd_common::{
-    maps as names, ClientKey, InPortKey, IpAddr, OrigDst, OutPortKey, PodConfig, AF_INET, AF_INET6,
+    maps as names, ClientKey, DeliveryKey, InPortKey, IpAddr, OrigDst, OutPortKey, PodConfig,
+    AF_INET, AF_INET6,
 };
 
 use super::CaptureError;
@@ -24,6 +25,7 @@ pub struct Maps {
     skip_in: Hash<InPortKey, u8>,
     listeners: Mutex<SockHash<MapData, IpAddr>>,
     pod_addrs: Hash<IpAddr, u64>,
+    delivery: Hash<DeliveryKey, u8>,
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Map, CaptureError> {
@@ -72,6 +74,15 @@ pub fn ip_key(ip: StdIpAddr) -> IpAddr {
     }
 }
 
+fn delivery_key(from: std::net::SocketAddr, to: std::net::SocketAddr) -> DeliveryKey {
+    DeliveryKey {
+        remote: ip_key(from.ip().to_canonical()),
+        local: ip_key(to.ip().to_canonical()),
+        remote_port: from.port(),
+        local_port: to.port(),
+    }
+}
+
 pub fn std_ip(ip: &IpAddr) -> StdIpAddr {
     if ip.family == AF_INET6 {
         let mut o = [0u8; 16];
@@ -94,6 +105,7 @@ impl Maps {
             skip_in: typed(ebpf, names::SKIP_IN)?,
             listeners: typed(ebpf, names::LISTENERS)?,
             pod_addrs: typed(ebpf, names::POD_ADDRS)?,
+            delivery: typed(ebpf, names::DELIVERY)?,
         })
     }
 
@@ -110,6 +122,35 @@ impl Maps {
         let dst = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);
         Some(dst)
+    }
+
+    /// Announces a delivery the agent is about to open from `from` (the client's address
+    /// and the port the agent bound) to `to` (the pod's address and port), so that
+    /// sk_lookup leaves its SYN to the app's listener; until [`Maps::end_delivery`].
+    pub fn begin_delivery(
+        &self,
+        from: std::net::SocketAddr,
+        to: std::net::SocketAddr,
+    ) -> Result<(), MapError> {
+        lock(&self.delivery).insert(delivery_key(from, to), 1, 0)
+    }
+
+    /// Forgets a delivery announced by [`Maps::begin_delivery`] once its connect returned.
+    pub fn end_delivery(&self, from: std::net::SocketAddr, to: std::net::SocketAddr) {
+        if let Err(e) = removed(lock(&self.delivery).remove(&delivery_key(from, to))) {
+            tracing::warn!(%from, %to, error = %e, "cannot remove a delivery entry");
+        }
+    }
+
+    /// Removes every delivery entry: an agent that was killed during a connect leaves its
+    /// entry behind; the next one starts with none.
+    pub fn clear_deliveries(&self) -> Result<(), MapError> {
+        let mut map = lock(&self.delivery);
+        let keys: Vec<DeliveryKey> = map.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            removed(map.remove(&key))?;
+        }
+        Ok(())
     }
 
     pub fn set_pod(&self, netns_cookie: u64, pod: PodConfig) -> Result<(), CaptureError> {
@@ -304,6 +345,7 @@ impl Maps {
             skip_in: hash()?,
             listeners: Mutex::new(SockHash::try_from(Map::SockHash(listeners))?),
             pod_addrs: hash()?,
+            delivery: hash()?,
         })
     }
 
@@ -317,6 +359,7 @@ impl Maps {
             names::SKIP_IN: lock(&self.skip_in).keys().count(),
             names::LISTENERS: lock(&self.listeners).keys().count(),
             names::POD_ADDRS: lock(&self.pod_addrs).keys().count(),
+            names::DELIVERY: lock(&self.delivery).keys().count(),
         })
     }
 }

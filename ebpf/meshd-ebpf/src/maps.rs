@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, SockHash},
 };
-use meshd_common::{ClientKey, InPortKey, IpAddr, OrigDst, OutPortKey, PodConfig};
+use meshd_common::{ClientKey, DeliveryKey, InPortKey, IpAddr, OrigDst, OutPortKey, PodConfig};
 
 /// Enrolled pods by network namespace cookie; connect4/connect6 capture only these.
 #[map(name = "MESHD_PODS")]
@@ -35,3 +35,10 @@ pub static MESHD_POD_ADDRS: HashMap<IpAddr, u64> = HashMap::pinned(8192, 0);
 /// The agent's inbound listening socket in each enrolled pod, by pod address.
 #[map(name = "MESHD_LISTENERS")]
 pub static MESHD_LISTENERS: SockHash<IpAddr> = SockHash::pinned(8192, 0);
+
+/// Connections the agent is opening to an app from the client's own address (transparent
+/// delivery), while their handshake runs: sk_lookup leaves them to the normal lookup (else
+/// they would be steered back to the agent, a loop). Inserted just before the agent's
+/// `connect` and removed once it returns.
+#[map(name = "MESHD_DELIVERY")]
+pub static MESHD_DELIVERY: HashMap<DeliveryKey, u8> = HashMap::pinned(16384, 0);

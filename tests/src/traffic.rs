@@ -157,3 +157,14 @@ pub fn app_saw_client_socket(report: &Value) -> bool {
     };
     matches!((greeted_peer(report), client_socket(report)), (Some(a), Some(b)) if same(a, b))
 }
+
+/// The `accepted` lines of a greeting server (`meshd-testapp serve`) whose connection was
+/// not delivered by an agent: its socket does not carry the agent's delivery mark
+/// (`inbound.deliveryMark`, default 0x3a9e, which the pod's `tcp_fwmark_accept` copies to
+/// the app's socket). A connection that went around the mesh shows up here.
+pub fn direct_accepts(app_stdout: &str) -> Vec<&str> {
+    app_stdout
+        .lines()
+        .filter(|l| l.starts_with("accepted ") && !l.ends_with(" mark=0x3a9e"))
+        .collect()
+}

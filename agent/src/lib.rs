@@ -24,3 +24,4 @@ pub(crate) mod sources;
 pub(crate) mod state;
 pub(crate) mod telemetry;
 pub mod views;
+pub(crate) mod yaml;

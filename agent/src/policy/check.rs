@@ -103,3 +103,22 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
     loaded.files = files;
     loaded
 }
+
+/// Prints what `meshd policy check` shows: every refusal (stderr), every skipped document
+/// and a summary (stdout). Returns whether nothing was refused.
+pub fn print(loaded: &Loaded) -> bool {
+    for s in &loaded.skipped {
+        println!("{s}");
+    }
+    for e in &loaded.refused {
+        eprintln!("{e}");
+    }
+    println!(
+        "{} file(s), {} policy resource(s) valid, {} refused, {} skipped",
+        loaded.files.len(),
+        loaded.set.resources.len(),
+        loaded.refused.len(),
+        loaded.skipped.len()
+    );
+    loaded.refused.is_empty()
+}

@@ -54,8 +54,7 @@ pub(crate) fn split_documents(text: &str) -> Vec<Document<'_>> {
     let mut start = 0usize;
     let mut start_line = 1u64;
     let mut offset = 0usize;
-    let mut line_no = 1u64;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (1u64..).zip(text.split_inclusive('\n')) {
         if is_separator(line) && offset > start {
             docs.push(Document {
                 text: &text[start..offset],
@@ -65,7 +64,6 @@ pub(crate) fn split_documents(text: &str) -> Vec<Document<'_>> {
             start_line = line_no;
         }
         offset += line.len();
-        line_no += 1;
     }
     docs.push(Document {
         text: &text[start..],

@@ -274,7 +274,9 @@ pub fn best_grpc_route<'r>(
     if service.is_empty() || method.is_empty() || method.contains('/') {
         return None;
     }
-    let mut best: Option<((bool, usize), usize, usize, usize, &GrpcRoute)> = None;
+    // (host score, service length, method length, header count) and the route.
+    type Scored<'r> = (((bool, usize), usize, usize, usize), &'r GrpcRoute);
+    let mut best: Option<Scored<'r>> = None;
     for route in routes {
         let Some(host) = host_score(&route.hostnames, req) else {
             continue;
@@ -306,14 +308,11 @@ pub fn best_grpc_route<'r>(
             };
             if let Some((s, m, h)) = scored {
                 let key = (host, s, m, h);
-                if best
-                    .as_ref()
-                    .is_none_or(|(bh, bs, bm, bhh, _)| key > (*bh, *bs, *bm, *bhh))
-                {
-                    best = Some((host, s, m, h, route));
+                if best.as_ref().is_none_or(|(b, _)| key > *b) {
+                    best = Some((key, route));
                 }
             }
         }
     }
-    best.map(|(.., r)| r)
+    best.map(|(_, r)| r)
 }

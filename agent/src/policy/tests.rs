@@ -719,8 +719,8 @@ mod properties {
 
     fn any_client() -> impl Strategy<Value = Client> {
         let ip = prop_oneof![
-            any::<[u8; 4]>().prop_map(|b| IpAddr::from(b)),
-            any::<[u16; 8]>().prop_map(|b| IpAddr::from(b)),
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u16; 8]>().prop_map(IpAddr::from),
         ]
         .prop_filter("not loopback", |ip| !ip.to_canonical().is_loopback());
         let identity = proptest::option::of(

@@ -59,6 +59,9 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Linkerd authorization policy documents.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Per-workload success rate, RPS and latency, like `linkerd viz stat`.
     Stat {
         #[arg(long, default_value = settings::DEFAULT_ADMIN)]
@@ -108,6 +111,16 @@ enum Command {
         /// The bpffs root the agent was configured with.
         #[arg(long, default_value = settings::DEFAULT_BPFFS_ROOT)]
         bpffs: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files offline (directories: every *.yaml and *.yml, recursively),
+    /// with the refusals Linkerd's admission webhook gives; exit status 1 if any.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
     },
 }
 
@@ -214,6 +227,12 @@ fn cli_main() -> anyhow::Result<()> {
         } => {
             let out = identity::init(&dir, &trust_domain, force)?;
             println!("{out}");
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::Check { paths }) => {
+            if !meshd::policy::check::print(&meshd::policy::check::load(&paths)) {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Check { config } => {

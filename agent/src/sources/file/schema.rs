@@ -411,22 +411,11 @@ impl FileConfig {
 
     /// Parses and validates config text; `path` is only used in error messages.
     pub(super) fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let config: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            let inner = e.into_inner();
-            let inner = inner.to_string();
-            // serde_yaml names the field itself for some errors; do not say it twice.
-            let message = if field.is_empty() || field == "." || inner.starts_with(&field) {
-                inner
-            } else {
-                format!("at {field}: {inner}")
-            };
-            ConfigError::Parse {
+        let config: FileConfig =
+            crate::yaml::from_document(text, 1).map_err(|e| ConfigError::Parse {
                 path: path.to_owned(),
-                message,
-            }
-        })?;
+                message: e.to_string(),
+            })?;
         config.validate().map_err(|source| ConfigError::Invalid {
             path: path.to_owned(),
             source,

@@ -19,6 +19,7 @@ use crate::{
     identity::{CertManager, Identity},
     netns::Netns,
     pod_routing,
+    policy::{PolicySettings, PolicyStore},
     proxy::{
         balance::Balancers,
         hbone::pool::Pool,
@@ -204,6 +205,10 @@ impl Agent {
             handshake_timeout: settings.handshake_timeout,
             budgets: Budgets::new(limits(&settings.limits)),
             mesh,
+            policy: Arc::new(PolicyStore::new(PolicySettings {
+                trust_domain: settings.trust_domain.clone(),
+                ..PolicySettings::default()
+            })),
         });
         Ok(Agent {
             state,

@@ -87,6 +87,19 @@ pub struct PortPolicy {
     pub grpc_routes: Vec<GrpcRoute>,
 }
 
+impl PortPolicy {
+    /// A port nobody may use: no authorization, no route.
+    pub fn deny_all() -> PortPolicy {
+        PortPolicy {
+            server: Meta::default_named(DefaultPolicy::Deny.name()),
+            protocol: ProxyProtocol::Detect,
+            authorizations: Vec::new(),
+            http_routes: Vec::new(),
+            grpc_routes: Vec::new(),
+        }
+    }
+}
+
 /// The compiled policy of one workload: its ports with a Server, probes or opaque
 /// protocol, and the policy of every other port.
 #[derive(Debug, Clone)]

@@ -19,12 +19,14 @@ pub mod meta;
 pub mod net;
 pub mod resources;
 pub mod routes;
+pub mod store;
 
 pub use authz::Client;
 pub use compile::{compile, PolicyIndex, PolicySet, PolicyWorkload, PortPolicy};
 pub use decide::{decide_http, decide_tcp, HttpDecision, HttpOutcome, TcpDecision, TcpOutcome};
 pub use defaults::{DefaultPolicy, PolicySettings};
 pub use routes::RequestHead;
+pub use store::{Compiled, PolicyStore};
 
 #[cfg(test)]
 mod tests;

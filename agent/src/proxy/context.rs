@@ -8,6 +8,7 @@ use crate::{
     capture::Maps,
     identity::{CertManager, Identity},
     netns::Netns,
+    policy::PolicyStore,
     state::{StateStore, Workload},
     telemetry::Telemetry,
 };
@@ -35,6 +36,8 @@ pub(crate) struct ProxyContext {
     pub budgets: Budgets,
     /// Mutual TLS between workloads; `None` runs plain pass-through.
     pub mesh: Option<Mesh>,
+    /// The compiled authorization policy, enforced on inbound connections and requests.
+    pub policy: Arc<PolicyStore>,
 }
 
 /// Identities and the HBONE connection pool.
@@ -85,6 +88,7 @@ impl ProxyContext {
                 max_handshakes_per_pod: 16,
             }),
             mesh: None,
+            policy: Arc::new(PolicyStore::default()),
         })
     }
 }

@@ -55,6 +55,12 @@ impl PolicyStore {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
     }
+
+    /// How many compilations were published: a cheap check of whether a policy an open
+    /// connection holds may be stale.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
 }
 
 impl Compiled {

@@ -87,6 +87,7 @@ async fn through_a_session(
         let s = Session {
             guard,
             opaque: false,
+            authz: None,
         };
         session::run(&ctx, s, accepted, upstream).await;
     });

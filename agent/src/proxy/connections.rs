@@ -67,11 +67,8 @@ impl Connections {
     }
 
     /// Closes the open connection `id`: its relay stops and closes both sides. Returns
-    /// whether it was open (and not cancelled before).
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "for policy (next issue); tested here")
-    )]
+    /// whether it was open (and not cancelled before). Used when a policy change denies
+    /// an open TCP connection.
     pub(crate) fn cancel(&self, id: u64) -> bool {
         self.lock()
             .open

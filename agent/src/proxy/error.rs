@@ -47,6 +47,10 @@ pub(crate) enum Error {
     /// Every endpoint of a service was tried on this connection, and each failed.
     #[error("service {service}: every endpoint failed, last: {last}")]
     EveryEndpointFailed { service: String, last: Box<Error> },
+    /// The connection was not authorized by the pod's policy (or no longer is): closed,
+    /// nothing of it reached the app.
+    #[error("{0}")]
+    Unauthorized(#[from] crate::proxy::inbound::authz::Unauthorized),
     /// The HTTP/1 request head had ambiguous framing; answered 400, nothing forwarded.
     #[error("refused: {0}")]
     AmbiguousFraming(&'static str),
@@ -76,10 +80,6 @@ pub(crate) enum Error {
     /// The tunnel's answer (`200`) could not be sent back over HBONE.
     #[error("HBONE response: {0}")]
     Respond(#[source] h2::Error),
-    /// An authorization policy denied the connection or request.
-    #[allow(dead_code)] // enforced by the authorization policy (next)
-    #[error("unauthorized: {reason}")]
-    Unauthorized { reason: String },
 }
 
 /// Why an HTTP/1 request head was refused (`proxy/l7/heads.rs`), reported once hyper has

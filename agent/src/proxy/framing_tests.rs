@@ -76,6 +76,7 @@ async fn through_the_proxy(
         ctx.clone(),
         conn.clone(),
         reporter,
+        None,
         Protocol::Http1,
         proxy_side,
         upstream,

@@ -18,6 +18,7 @@ use super::{
     connections::ConnGuard,
     context::ProxyContext,
     error::Error,
+    inbound::authz::{watch_tcp, InboundAuthz},
     l7::{
         detect::{ambiguous_head, detect, Protocol},
         http,
@@ -32,6 +33,9 @@ pub(crate) struct Session {
     pub guard: ConnGuard,
     /// Skip detection: never parse as HTTP (opaque ports, server-speaks-first).
     pub opaque: bool,
+    /// Inbound: the pod's policy, enforced per connection (TCP) or per request (HTTP);
+    /// outbound: `None`.
+    pub authz: Option<Arc<InboundAuthz>>,
 }
 
 /// Runs the connection to its end.
@@ -40,7 +44,11 @@ where
     C: AsyncRead + AsyncWrite + Unpin + Send + Reset + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + Reset + 'static,
 {
-    let Session { guard, opaque } = s;
+    let Session {
+        guard,
+        opaque,
+        authz,
+    } = s;
     let conn = guard.context().clone();
     let tcp = TrafficLabels::from(&*conn);
     ctx.telemetry.metrics.tcp_open(&tcp);
@@ -48,14 +56,15 @@ where
     stats.tcp(1);
     let client = Counted::new(client);
     let counts = client.counts.clone();
+    let opaque = opaque || authz.as_ref().is_some_and(|a| a.is_opaque());
     if opaque {
-        relay(guard, client, upstream).await;
+        relay_authorized(ctx, authz, guard, client, upstream).await;
     } else {
         // Boxed: detection reads into a few KiB of stack buffers, which would otherwise be
         // part of every connection task's size for as long as the connection lives.
         let (protocol, client) = Box::pin(detect(client)).await;
         match protocol {
-            Protocol::Opaque => relay(guard, client, upstream).await,
+            Protocol::Opaque => relay_authorized(ctx, authz, guard, client, upstream).await,
             Protocol::Http1 if ambiguous_head(client.prefix()).is_some() => {
                 let why = ambiguous_head(client.prefix()).unwrap_or_default();
                 refuse(ctx, &conn, client, why).await;
@@ -64,7 +73,8 @@ where
             http => {
                 let reporter = Arc::new(ctx.telemetry.requests(tcp.clone(), stats.clone()));
                 let cancelled = guard.cancelled();
-                let proxied = http::proxy(ctx.clone(), conn, reporter, http, client, upstream);
+                let proxied =
+                    http::proxy(ctx.clone(), conn, reporter, authz, http, client, upstream);
                 // Cancelled: the HTTP connections on both sides are dropped, which closes them.
                 let result = tokio::select! {
                     biased;
@@ -79,6 +89,36 @@ where
     let (read, written) = counts.get();
     ctx.telemetry.metrics.tcp_close(&tcp, read, written);
     stats.tcp(-1);
+}
+
+/// The TCP path: relays when the connection is authorized (always, outbound), re-checking
+/// it on each policy change; else resets the client and closes, nothing relayed.
+async fn relay_authorized<C, U>(
+    ctx: &Arc<ProxyContext>,
+    authz: Option<Arc<InboundAuthz>>,
+    guard: ConnGuard,
+    client: C,
+    upstream: U,
+) where
+    C: AsyncRead + AsyncWrite + Unpin + Send + Reset + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + Reset + 'static,
+{
+    let Some(authz) = authz else {
+        return relay(guard, client, upstream).await;
+    };
+    if let Err(denied) = authz.check_tcp() {
+        client.reset();
+        upstream.reset();
+        guard.close(0, 0, Some(denied.into()));
+        return;
+    }
+    let watcher = tokio::spawn(watch_tcp(
+        authz,
+        ctx.connections.clone(),
+        guard.context().id,
+    ));
+    relay(guard, client, upstream).await;
+    watcher.abort();
 }
 
 /// Answers 400 and closes: nothing of the request reaches the upstream.

@@ -98,6 +98,7 @@ async fn a_request_in_flight_when_the_tap_opens_is_counted_not_shown() {
             ctx.clone(),
             conn.clone(),
             reporter.clone(),
+            None,
             Protocol::Http1,
             proxy_side,
             upstream,

@@ -96,6 +96,8 @@ pub(crate) struct Metrics {
     pub enroll_failures: Family<EnrollFailureLabels, Counter>,
     /// Local workloads of the applied state that are not enrolled now.
     pub workloads_not_enrolled: Gauge,
+    /// Linkerd's authorization counters.
+    pub authz: super::authz::AuthzMetrics,
 }
 
 impl Default for Metrics {
@@ -197,8 +199,11 @@ impl Default for Metrics {
             "Local workloads of the applied configuration that are not enrolled (see /config_dump)",
             workloads_not_enrolled.clone(),
         );
+        let authz = super::authz::AuthzMetrics::default();
+        authz.register(&mut registry);
         Metrics {
             registry,
+            authz,
             request_total,
             response_total,
             response_latency_ms,

@@ -6,6 +6,7 @@
 //!
 //! [`ConnContext`]: crate::conn::ConnContext
 
+pub(crate) mod authz;
 pub(crate) mod events;
 pub(crate) mod labels;
 pub(crate) mod metrics;

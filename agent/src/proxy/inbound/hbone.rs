@@ -28,6 +28,7 @@ use crate::{
             server::{self, Ended, ServeError},
             tunnel::TunnelStream,
         },
+        inbound::authz::InboundAuthz,
         limits::{self, HandshakeSlot},
         session::{self, Session},
         tls::{
@@ -194,9 +195,26 @@ async fn connect(
         tracing::warn!(workload = %workload, %peer, %client, %target, %why, "HBONE: refused CONNECT to an address that is not this pod's, or to an agent port");
         return refuse(respond, StatusCode::FORBIDDEN);
     }
+    let authz = InboundAuthz::new(
+        ctx.policy.clone(),
+        ctx.telemetry.metrics.clone(),
+        &pod,
+        target,
+        peer,
+        tls.client.clone(),
+    );
     let guard = ctx
         .connections
         .open(inbound_context(&ctx, &pod, peer, target).with_tls(tls));
+    let opaque = pod.workload.opaque_ports.contains(&target.port()) || authz.is_opaque();
+    // Decided per connection: before the app is dialed; the tunnel is refused (401, as
+    // ztunnel answers an RBAC denial) and the client's agent resets its client.
+    if opaque {
+        if let Err(denied) = authz.check_tcp() {
+            guard.close(0, 0, Some(denied.into()));
+            return refuse(respond, StatusCode::UNAUTHORIZED);
+        }
+    }
     // The pod's own address and port, from inside the pod (never loopback: review H1).
     let from = DeliverFrom::client(peer, target, pod.delivery_mark, &ctx.maps);
     let server = match deliver_in(&pod.netns, from, target, ctx.connect_timeout).await {
@@ -216,6 +234,10 @@ async fn connect(
         }
     };
     let tunnel = TunnelStream::new(send, req.into_body());
-    let opaque = pod.workload.opaque_ports.contains(&target.port());
-    session::run(&ctx, Session { guard, opaque }, tunnel, server).await;
+    let session = Session {
+        guard,
+        opaque,
+        authz: Some(authz),
+    };
+    session::run(&ctx, session, tunnel, server).await;
 }

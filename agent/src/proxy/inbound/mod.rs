@@ -29,6 +29,9 @@ use crate::{
     },
 };
 
+use authz::InboundAuthz;
+
+pub(crate) mod authz;
 pub(crate) mod hbone;
 
 /// Whether a connection to `dst` may be delivered to the pod whose addresses are `pod_ips`:
@@ -108,13 +111,34 @@ pub(crate) async fn handle(
             return;
         }
     };
+    let authz = InboundAuthz::new(
+        ctx.policy.clone(),
+        ctx.telemetry.metrics.clone(),
+        pod,
+        dst,
+        peer,
+        None,
+    );
+    let opaque = pod.workload.opaque_ports.contains(&dst.port()) || authz.is_opaque();
+    // Decided per connection: before the app is dialed, so that it sees nothing at all.
+    if opaque {
+        if let Err(denied) = authz.check_tcp() {
+            guard.close(0, 0, Some(denied.into()));
+            reset(&client);
+            return;
+        }
+    }
     // The original destination itself, dialed from inside the pod (checked above).
     let from = DeliverFrom::client(peer, dst, pod.delivery_mark, &ctx.maps);
     match deliver_in(&pod.netns, from, dst, ctx.connect_timeout).await {
         Ok(server) => {
             guard.context().route(dst, None);
-            let opaque = pod.workload.opaque_ports.contains(&dst.port());
-            session::run(ctx, Session { guard, opaque }, client, server).await;
+            let session = Session {
+                guard,
+                opaque,
+                authz: Some(authz),
+            };
+            session::run(ctx, session, client, server).await;
         }
         Err(e) => {
             tracing::info!(workload = %workload, %peer, %dst, error = %e, "inbound delivery failed");

@@ -32,7 +32,8 @@ use super::{
 };
 use crate::{
     conn::ConnContext,
-    proxy::{context::ProxyContext, error::Error},
+    policy::decide::Refused,
+    proxy::{context::ProxyContext, error::Error, inbound::authz::InboundAuthz},
     telemetry::{Finished, RequestEvent, RequestReporter},
 };
 
@@ -70,6 +71,7 @@ pub(crate) async fn proxy<C, U>(
     ctx: Arc<ProxyContext>,
     conn: Arc<ConnContext>,
     reporter: Arc<RequestReporter>,
+    authz: Option<Arc<InboundAuthz>>,
     protocol: Protocol,
     client: C,
     upstream: U,
@@ -114,8 +116,14 @@ where
         hyper::service::service_fn(move |req| {
             let (ctx, conn, upgrades) = (ctx.clone(), conn.clone(), upgrades.clone());
             let (reporter, sender) = (reporter.clone(), sender.clone());
+            let refused = authz.as_ref().and_then(|a| authorize(a, &req));
             let forwarded = forward(ctx, conn, reporter, sender, upgrades, req);
-            async move { Ok::<_, Infallible>(forwarded.await) }
+            async move {
+                Ok::<_, Infallible>(match refused {
+                    Some(response) => response,
+                    None => forwarded.await,
+                })
+            }
         })
     };
     let served = match protocol {
@@ -319,6 +327,47 @@ impl Pending {
     }
 }
 
+/// The pod's policy on one request: `None` to forward it, else the response that refuses
+/// it (nothing of the request is forwarded; the connection stays open).
+fn authorize<B>(authz: &InboundAuthz, req: &Request<B>) -> Option<Response<ProxyBody>> {
+    let grpc = req.version() == Version::HTTP_2 && is_grpc(req.headers());
+    let refused = authz
+        .check_http(req.method(), req.uri(), req.headers(), grpc)
+        .err()?;
+    Some(refusal(&refused))
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Linkerd's synthesized refusal: an empty body; for gRPC a trailers-only response with
+/// `grpc-status`; `l5d-proxy-error` (and `grpc-message`) only for meshed clients.
+fn refusal(r: &Refused) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(r.http_status).unwrap_or(StatusCode::FORBIDDEN);
+    let mut resp = empty(status);
+    let headers = resp.headers_mut();
+    if let Some(code) = r.grpc_status {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+        if r.with_error_header {
+            headers.insert("grpc-message", HeaderValue::from_static(r.error));
+        }
+    } else {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+    if r.with_error_header {
+        headers.insert("l5d-proxy-error", HeaderValue::from_static(r.error));
+    }
+    resp
+}
+
 fn empty(status: StatusCode) -> Response<ProxyBody> {
     let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed());
     *r.status_mut() = status;
@@ -338,11 +387,7 @@ async fn forward(
         reporter,
         conn: conn.clone(),
         started: Instant::now(),
-        is_grpc: req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc")),
+        is_grpc: is_grpc(req.headers()),
     };
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

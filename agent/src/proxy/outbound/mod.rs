@@ -190,7 +190,17 @@ async fn run_session(
     let opaque = plan.opaque;
     match up {
         Upstream::Plain(server, socket) => {
-            session::run(ctx, Session { guard, opaque }, client, server).await;
+            session::run(
+                ctx,
+                Session {
+                    guard,
+                    opaque,
+                    authz: None,
+                },
+                client,
+                server,
+            )
+            .await;
             drop(socket);
         }
         Upstream::Hbone(tunnel) => {
@@ -203,7 +213,17 @@ async fn run_session(
                 client: pod.identity.clone(),
                 server: server_id,
             });
-            session::run(ctx, Session { guard, opaque }, client, io).await;
+            session::run(
+                ctx,
+                Session {
+                    guard,
+                    opaque,
+                    authz: None,
+                },
+                client,
+                io,
+            )
+            .await;
             drop(slot);
         }
     }

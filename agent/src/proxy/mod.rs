@@ -14,6 +14,8 @@
 //!   the [`cancel`]lation of one connection from outside it; [`error`]: why a connection
 //!   failed.
 
+#[cfg(test)]
+mod authz_tests;
 pub(crate) mod balance;
 pub(crate) mod buffers;
 pub(crate) mod cancel;

@@ -128,6 +128,17 @@ enum PolicyCommand {
 enum DiagnosticsCommand {
     /// TLS + HTTP/2 CONNECT to a peer's port 15008; prints one JSON line.
     Hbone(Box<diagnostics::HboneArgs>),
+    /// What governs a workload's port, as the agent has compiled it: server, routes,
+    /// authorizations, default policy (like `linkerd diagnostics policy`).
+    Policy {
+        #[arg(long, default_value = settings::DEFAULT_ADMIN)]
+        admin: std::net::SocketAddr,
+        /// `NAMESPACE/NAME` of the workload (pod).
+        workload: String,
+        port: u16,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: views::Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -205,6 +216,20 @@ fn cli_main() -> anyhow::Result<()> {
             println!("{now}");
             Ok(())
         }),
+        Command::Diagnostics {
+            command:
+                DiagnosticsCommand::Policy {
+                    admin,
+                    workload,
+                    port,
+                    output,
+                },
+        } => small_runtime()?.block_on(views::policy::run(
+            &views::AdminClient { addr: admin },
+            &workload,
+            port,
+            output,
+        )),
         Command::Diagnostics {
             command: DiagnosticsCommand::Hbone(args),
         } => {

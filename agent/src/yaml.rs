@@ -10,6 +10,17 @@ use std::{cell::RefCell, fmt};
 
 use serde::de::DeserializeOwned;
 
+/// For `#[serde(default, deserialize_with = ...)]` on lists and maps: a key written with no
+/// value (`services:` with nothing under it, as people leave an empty section) is the
+/// empty list or map, as it was with serde_yaml; anything else must be the right type.
+pub(crate) fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + serde::Deserialize<'de>,
+{
+    Ok(<Option<T> as serde::Deserialize>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// Why a YAML document could not be read into the type it should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct YamlError {

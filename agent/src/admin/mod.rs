@@ -292,11 +292,48 @@ impl Admin {
                 r
             }
             "/config_dump" => json(&self.config_dump()),
+            "/policy" => self.policy(req),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /live /ready /metrics /config_dump /connections /stat /edges /tap /log-level\n",
+                "not found; try /live /ready /metrics /config_dump /connections /stat /edges /tap /log-level /policy\n",
             ),
         }
+    }
+
+    /// `/policy?workload=NS/NAME&port=N`: the policy that governs that port as the agent
+    /// has compiled it (`meshd diagnostics policy`).
+    fn policy(&self, req: &Request<Incoming>) -> Response<AdminBody> {
+        let q = query(req);
+        let workload = q.get("workload").map(String::as_str).unwrap_or_default();
+        let port = q.get("port").and_then(|p| p.parse::<u16>().ok());
+        let (Some((namespace, name)), Some(port)) = (workload.split_once('/'), port) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "usage: /policy?workload=NAMESPACE/NAME&port=PORT (a port from 1 to 65535)\n",
+            );
+        };
+        let store = &self.agent.proxy.policy;
+        let compiled = store.load();
+        let known = compiled.index.workload(workload).is_some();
+        let policy = compiled.port(namespace, name, port);
+        json(&serde_json::json!({
+            "workload": workload,
+            "port": port,
+            "compiled": known,
+            "defaultPolicy": compiled
+                .index
+                .workload(workload)
+                .map(|w| w.default_policy.name())
+                .unwrap_or(compiled.settings.default_policy.name()),
+            "generation": store.generation(),
+            "policy": &*policy,
+            "reports": compiled
+                .index
+                .reports
+                .iter()
+                .filter(|r| r.contains(workload) || !r.starts_with("workload "))
+                .collect::<Vec<_>>(),
+        }))
     }
 
     fn metrics(&self) -> String {

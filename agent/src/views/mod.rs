@@ -3,6 +3,7 @@
 
 mod client;
 pub mod edges;
+pub mod policy;
 pub mod stat;
 pub mod tap;
 

@@ -151,9 +151,9 @@ pub(super) struct FileConfig {
     /// it, captured connections are passed through in plaintext.
     #[serde(default)]
     pub identity: Option<IdentityConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::null_as_default")]
     pub workloads: Vec<WorkloadConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::null_as_default")]
     pub services: Vec<ServiceConfig>,
 }
 
@@ -279,7 +279,7 @@ pub(super) struct WorkloadConfig {
     /// label, else the name.
     #[serde(default)]
     pub deployment: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::null_as_default")]
     pub labels: BTreeMap<String, String>,
     pub ips: Vec<IpAddr>,
     /// Network namespace file, e.g. `/run/netns/web-1` (required on this node).
@@ -289,10 +289,10 @@ pub(super) struct WorkloadConfig {
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
     /// Inbound ports not steered to the agent (Linkerd's skip-inbound-ports).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::null_as_default")]
     pub skip_inbound_ports: BTreeSet<u16>,
     /// Outbound destination ports that bypass the agent (Linkerd's skip-outbound-ports).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::null_as_default")]
     pub skip_outbound_ports: BTreeSet<u16>,
     /// Ports whose traffic is never parsed as HTTP (server-speaks-first protocols; Linkerd's
     /// opaque-ports). Defaults to Linkerd's list.
@@ -308,10 +308,10 @@ pub(super) struct ServiceConfig {
     pub vip: IpAddr,
     pub ports: Vec<ServicePortConfig>,
     /// Workloads whose labels include all of these are endpoints.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::null_as_default")]
     pub selector: BTreeMap<String, String>,
     /// Additional endpoint addresses (for example pods that are not in this file).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::yaml::null_as_default")]
     pub endpoints: Vec<IpAddr>,
 }
 
@@ -589,6 +589,22 @@ workloads:
     node: n2
     ips: [10.0.0.1]
 ";
+
+    /// Sections written with nothing under them are empty, as with serde_yaml (people
+    /// leave `services:` or `workloads:` empty, and generated configs do too); a section of
+    /// the wrong type is still an error.
+    #[test]
+    fn empty_sections_are_empty() {
+        let c = parse("node: n1\nworkloads:\nservices:\n").expect("empty sections");
+        assert!(c.workloads.is_empty() && c.services.is_empty());
+        let c = parse(
+            "node: n1\nworkloads:\n  - name: a\n    namespace: d\n    serviceAccount: a\n    node: n2\n    ips: [10.0.0.1]\n    labels:\n    skipInboundPorts:\n",
+        )
+        .expect("empty labels and ports");
+        assert!(c.workloads[0].labels.is_empty());
+        let e = parse("node: n1\nservices: 5\n").expect_err("not a list");
+        assert!(e.to_string().contains("services"), "{e}");
+    }
 
     #[test]
     fn parses_defaults() {

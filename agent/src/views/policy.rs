@@ -47,7 +47,7 @@ fn authorizations(out: &mut String, list: &Value, indent: &str) {
     for a in list {
         let networks: Vec<String> = a["networks"]
             .as_array()
-            .map(|n| n.iter().map(|x| compact(x)).collect())
+            .map(|n| n.iter().map(compact).collect())
             .unwrap_or_default();
         out.push_str(&format!(
             "{indent}{}  authentication={}  networks=[{}]\n",

@@ -94,6 +94,9 @@ async fn connect(ctx: &Arc<ProxyContext>, identity: Option<Identity>) -> Conn {
         target,
         peer,
         identity,
+        ctx.telemetry
+            .stats
+            .workload("inbound", "shop", "web", "web-1"),
     );
     let conn = Arc::new(testing::context(Direction::Inbound));
     let t = ctx.telemetry.clone();
@@ -230,6 +233,13 @@ async fn requests_are_decided_one_by_one_against_the_current_policy() {
         ),
         4
     );
+    // `meshd stat`: the four refusals, per second of a 10 s window.
+    let rows = ctx.telemetry.stats.rows(10);
+    let row = rows
+        .iter()
+        .find(|r| r.namespace == "shop" && r.pod == "web-1")
+        .expect("row");
+    assert!((row.unauthorized_rps - 0.4).abs() < 1e-9, "{row:?}");
 }
 
 const DB: &str = r#"
@@ -283,6 +293,9 @@ async fn tcp_connections_are_decided_once_and_terminated_on_a_policy_change() {
             target,
             peer,
             id.map(|i| i.parse().expect("identity")),
+            ctx.telemetry
+                .stats
+                .workload("inbound", "shop", "web", "web-1"),
         )
     };
     let a = authz(Some("spiffe://cluster.local/ns/shop/sa/frontend"));

@@ -30,6 +30,8 @@ struct Bucket {
     second: u64,
     requests: u64,
     successes: u64,
+    /// Requests and connections the pod's policy refused (not in `requests`).
+    unauthorized: u64,
     latencies_ms: Vec<f64>,
 }
 
@@ -73,6 +75,9 @@ pub(crate) struct StatRow {
     pub latency_ms_p99: Option<f64>,
     pub requests_total: u64,
     pub tcp_connections: i64,
+    /// Requests (403, 404) and connections the pod's policy refused in the window, per
+    /// second; they are not in `requests`.
+    pub unauthorized_rps: f64,
 }
 
 fn now_secs() -> u64 {
@@ -90,26 +95,40 @@ fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     sorted.get(rank.min(sorted.len()) - 1).copied()
 }
 
-impl WorkloadStats {
-    /// Counts one finished request; `latency_ms` is `None` when it got no response.
-    pub(crate) fn request(&self, success: bool, latency_ms: Option<f64>) {
+impl Workload {
+    /// The bucket of the current second, dropping those older than the longest window.
+    fn current(&mut self) -> Option<&mut Bucket> {
         let now = now_secs();
-        let mut w = lock(&self.0);
-        if w.buckets.back().is_none_or(|b| b.second != now) {
-            w.buckets.push_back(Bucket {
+        if self.buckets.back().is_none_or(|b| b.second != now) {
+            self.buckets.push_back(Bucket {
                 second: now,
                 ..Bucket::default()
             });
         }
-        while w
+        while self
             .buckets
             .front()
             .is_some_and(|b| b.second + MAX_WINDOW_SECS <= now)
         {
-            w.buckets.pop_front();
+            self.buckets.pop_front();
         }
+        self.buckets.back_mut()
+    }
+}
+
+impl WorkloadStats {
+    /// Counts a request or connection the pod's policy refused.
+    pub(crate) fn unauthorized(&self) {
+        if let Some(b) = lock(&self.0).current() {
+            b.unauthorized += 1;
+        }
+    }
+
+    /// Counts one finished request; `latency_ms` is `None` when it got no response.
+    pub(crate) fn request(&self, success: bool, latency_ms: Option<f64>) {
+        let mut w = lock(&self.0);
         w.requests_total += 1;
-        if let Some(b) = w.buckets.back_mut() {
+        if let Some(b) = w.current() {
             b.requests += 1;
             b.successes += u64::from(success);
             if let Some(latency_ms) =
@@ -167,9 +186,11 @@ impl Stats {
                 // The current second is included; the window reaches back `window` seconds.
                 let recent = w.buckets.iter().filter(|b| b.second + window > now);
                 let (mut requests, mut successes, mut lat) = (0, 0, Vec::new());
+                let mut unauthorized = 0;
                 for b in recent {
                     requests += b.requests;
                     successes += b.successes;
+                    unauthorized += b.unauthorized;
                     lat.extend_from_slice(&b.latencies_ms);
                 }
                 lat.sort_by(f64::total_cmp);
@@ -189,6 +210,7 @@ impl Stats {
                     latency_ms_p99: percentile(&lat, 0.99),
                     requests_total: w.requests_total,
                     tcp_connections: w.tcp_open,
+                    unauthorized_rps: unauthorized as f64 / window as f64,
                 }
             })
             .collect()
@@ -218,6 +240,9 @@ mod tests {
         b.tcp(1);
         a.tcp(-1);
         s.workload("outbound", "default", "web", "web-1").tcp(1);
+        for _ in 0..5 {
+            a.unauthorized();
+        }
         let rows = s.rows(10);
         assert_eq!(rows.len(), 2);
         let r = rows.iter().find(|r| r.direction == "inbound").unwrap();
@@ -227,5 +252,9 @@ mod tests {
         assert_eq!(r.latency_ms_p50, Some(5.0));
         assert_eq!(r.latency_ms_p99, Some(100.0));
         assert_eq!(r.tcp_connections, 1);
+        assert!(
+            (r.unauthorized_rps - 0.5).abs() < 1e-9,
+            "not in the requests"
+        );
     }
 }

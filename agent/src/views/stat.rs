@@ -12,7 +12,7 @@ pub async fn run(client: &AdminClient, window_secs: u64, output: Output) -> anyh
     }
     let rows: Vec<Value> = serde_json::from_str(&text)?;
     println!(
-        "{:<20} {:<12} {:<9} {:<7} {:>8} {:>8} {:>12} {:>12} {:>12} {:>8}",
+        "{:<20} {:<12} {:<9} {:<7} {:>8} {:>8} {:>12} {:>12} {:>12} {:>8} {:>12}",
         "NAME",
         "NAMESPACE",
         "DIRECTION",
@@ -22,12 +22,13 @@ pub async fn run(client: &AdminClient, window_secs: u64, output: Output) -> anyh
         "LATENCY_P50",
         "LATENCY_P95",
         "LATENCY_P99",
-        "TCP_CONN"
+        "TCP_CONN",
+        "UNAUTHORIZED"
     );
     for r in rows {
         let f = |k: &str| r[k].as_f64();
         println!(
-            "{:<20} {:<12} {:<9} {:<7} {:>8} {:>8} {:>12} {:>12} {:>12} {:>8}",
+            "{:<20} {:<12} {:<9} {:<7} {:>8} {:>8} {:>12} {:>12} {:>12} {:>8} {:>12}",
             r["deployment"].as_str().unwrap_or(""),
             r["namespace"].as_str().unwrap_or(""),
             r["direction"].as_str().unwrap_or(""),
@@ -46,6 +47,7 @@ pub async fn run(client: &AdminClient, window_secs: u64, output: Output) -> anyh
                 .map(|v| format!("{v:.0}ms"))
                 .unwrap_or_else(|| "-".into()),
             r["tcp_connections"].as_i64().unwrap_or(0),
+            format!("{}rps", num(f("unauthorized_rps"), 1)),
         );
     }
     Ok(())

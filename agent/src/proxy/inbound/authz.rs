@@ -31,6 +31,7 @@ use crate::{
     telemetry::{
         authz::{AuthzMetrics, ClientTlsLabels, ConnAuthzLabels, WorkloadLabels},
         metrics::Metrics,
+        stats::WorkloadStats,
     },
 };
 
@@ -45,6 +46,8 @@ pub(crate) struct InboundAuthz {
     client_addr: SocketAddr,
     labels: ConnAuthzLabels,
     metrics: Arc<Metrics>,
+    /// The workload's `meshd stat` row, for the unauthorized column.
+    stats: WorkloadStats,
     /// Set once [`InboundAuthz::check_tcp`] allowed the connection.
     tcp_allowed: AtomicBool,
 }
@@ -64,6 +67,7 @@ impl InboundAuthz {
         target: SocketAddr,
         client_addr: SocketAddr,
         identity: Option<Identity>,
+        stats: WorkloadStats,
     ) -> Arc<InboundAuthz> {
         let w = &pod.workload;
         let generation = store.generation();
@@ -85,6 +89,7 @@ impl InboundAuthz {
             port: target.port(),
             current: Mutex::new((generation, policy)),
             metrics,
+            stats,
             tcp_allowed: AtomicBool::new(false),
         })
     }
@@ -140,6 +145,7 @@ impl InboundAuthz {
             }
             TcpOutcome::Denied(_) => {
                 self.authz_metrics().tcp_denied(&self.labels, server);
+                self.stats.unauthorized();
                 let error = d.error().unwrap_or_default();
                 tracing::info!(server.group = %server.group, server.kind = %server.kind, server.name = %server.name, tls = self.labels.tls.tls, client = %self.client_addr, %error, "Connection denied");
                 Err(Unauthorized(error))
@@ -187,6 +193,7 @@ impl InboundAuthz {
                 tracing::info!(server.group = %server.group, server.kind = %server.kind, server.name = %server.name, client.tls = self.labels.tls.tls, client.ip = %self.client.addr, "Request denied: no route found for request");
             }
         }
+        self.stats.unauthorized();
         match d.refusal(&self.client, grpc) {
             Some(r) => Err(r),
             // Not reached: a decision that is not an allow has a refusal.
@@ -207,6 +214,7 @@ pub(crate) async fn watch_tcp(authz: Arc<InboundAuthz>, connections: Arc<Connect
             let server = d.server;
             authz.authz_metrics().tcp_terminated(&authz.labels, server);
             tracing::info!(server.group = %server.group, server.kind = %server.kind, server.name = %server.name, tls = authz.labels.tls.tls, client = %authz.client_addr, "Connection terminated due to policy change");
+            authz.stats.unauthorized();
             connections.cancel(id);
             return;
         }

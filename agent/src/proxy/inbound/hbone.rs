@@ -195,17 +195,19 @@ async fn connect(
         tracing::warn!(workload = %workload, %peer, %client, %target, %why, "HBONE: refused CONNECT to an address that is not this pod's, or to an agent port");
         return refuse(respond, StatusCode::FORBIDDEN);
     }
+    let client_identity = tls.client.clone();
+    let guard = ctx
+        .connections
+        .open(inbound_context(&ctx, &pod, peer, target).with_tls(tls));
     let authz = InboundAuthz::new(
         ctx.policy.clone(),
         ctx.telemetry.metrics.clone(),
         &pod,
         target,
         peer,
-        tls.client.clone(),
+        client_identity,
+        ctx.telemetry.stats.connection(guard.context()),
     );
-    let guard = ctx
-        .connections
-        .open(inbound_context(&ctx, &pod, peer, target).with_tls(tls));
     let opaque = pod.workload.opaque_ports.contains(&target.port()) || authz.is_opaque();
     // Decided per connection: before the app is dialed; the tunnel is refused (401, as
     // ztunnel answers an RBAC denial) and the client's agent resets its client.

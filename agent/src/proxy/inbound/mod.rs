@@ -118,6 +118,7 @@ pub(crate) async fn handle(
         dst,
         peer,
         None,
+        ctx.telemetry.stats.connection(guard.context()),
     );
     let opaque = pod.workload.opaque_ports.contains(&dst.port()) || authz.is_opaque();
     // Decided per connection: before the app is dialed, so that it sees nothing at all.

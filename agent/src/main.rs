@@ -72,6 +72,19 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: views::Output,
     },
+    /// Per workload, server, route and authorization: allowed and refused request rates,
+    /// success and latency, like `linkerd viz authz`.
+    Authz {
+        #[arg(long, default_value = settings::DEFAULT_ADMIN)]
+        admin: std::net::SocketAddr,
+        /// Only this workload: `NAMESPACE/DEPLOYMENT` (or `DEPLOYMENT`).
+        workload: Option<String>,
+        /// Window in seconds (1 to 60), e.g. `60` or `60s`.
+        #[arg(long, default_value = "60s", value_parser = parse_secs)]
+        window: u64,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: views::Output,
+    },
     /// Who talks to whom, with identities, like `linkerd viz edges`.
     Edges {
         #[arg(long, default_value = settings::DEFAULT_ADMIN)]
@@ -191,6 +204,17 @@ fn cli_main() -> anyhow::Result<()> {
             output,
         } => small_runtime()?.block_on(views::stat::run(
             &views::AdminClient { addr: admin },
+            window,
+            output,
+        )),
+        Command::Authz {
+            admin,
+            workload,
+            window,
+            output,
+        } => small_runtime()?.block_on(views::authz::run(
+            &views::AdminClient { addr: admin },
+            workload.as_deref(),
             window,
             output,
         )),

@@ -271,6 +271,13 @@ impl Admin {
                 json(&self.agent.proxy.telemetry.stats.rows(window))
             }
             "/edges" => json(&self.edges()),
+            "/authz" => {
+                let window = query(req)
+                    .get("window")
+                    .and_then(|w| w.trim_end_matches('s').parse().ok())
+                    .unwrap_or(60);
+                json(&self.agent.proxy.telemetry.authz.rows(window))
+            }
             "/log-level" => text(StatusCode::OK, format!("{}\n", crate::logging::current().unwrap_or_default())),
             "/live" => text(StatusCode::OK, "live\n"),
             "/ready" => {
@@ -295,7 +302,7 @@ impl Admin {
             "/policy" => self.policy(req),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /live /ready /metrics /config_dump /connections /stat /edges /tap /log-level /policy\n",
+                "not found; try /live /ready /metrics /config_dump /connections /stat /authz /edges /tap /log-level /policy\n",
             ),
         }
     }

@@ -89,7 +89,7 @@ async fn connect(ctx: &Arc<ProxyContext>, identity: Option<Identity>) -> Conn {
     let peer: SocketAddr = "10.0.1.10:40000".parse().expect("peer");
     let authz = InboundAuthz::new(
         ctx.policy.clone(),
-        ctx.telemetry.metrics.clone(),
+        ctx.telemetry.clone(),
         &pod,
         target,
         peer,
@@ -240,6 +240,20 @@ async fn requests_are_decided_one_by_one_against_the_current_policy() {
         .find(|r| r.namespace == "shop" && r.pod == "web-1")
         .expect("row");
     assert!((row.unauthorized_rps - 0.4).abs() < 1e-9, "{row:?}");
+    // `meshd authz`: the allowed requests on the policy's row (200s: all successes), the
+    // refusals on the server's row without authorization.
+    let rows = ctx.telemetry.authz.rows(10);
+    let find = |authz: &str| {
+        rows.iter()
+            .find(|r| r.key.server == "web-http" && r.key.authorization == authz)
+            .unwrap_or_else(|| panic!("no row {authz:?}: {rows:?}"))
+    };
+    let allowed = find("authorizationpolicy/web-from-frontend");
+    assert!(
+        (allowed.rps - 0.2).abs() < 1e-9 && allowed.success_rate == Some(1.0),
+        "{allowed:?}"
+    );
+    assert!((find("").unauthorized_rps - 0.4).abs() < 1e-9);
 }
 
 const DB: &str = r#"
@@ -288,7 +302,7 @@ async fn tcp_connections_are_decided_once_and_terminated_on_a_policy_change() {
     let authz = |id: Option<&str>| {
         InboundAuthz::new(
             ctx.policy.clone(),
-            ctx.telemetry.metrics.clone(),
+            ctx.telemetry.clone(),
             &pod,
             target,
             peer,

@@ -7,6 +7,7 @@
 //! [`ConnContext`]: crate::conn::ConnContext
 
 pub(crate) mod authz;
+pub(crate) mod authz_stats;
 pub(crate) mod events;
 pub(crate) mod labels;
 pub(crate) mod metrics;
@@ -25,6 +26,8 @@ use metrics::{Metrics, RequestSeries, ResponseClass};
 pub(crate) struct Telemetry {
     pub metrics: Arc<Metrics>,
     pub stats: stats::Stats,
+    /// `meshd authz`'s rows.
+    pub authz: authz_stats::AuthzStats,
     pub tap: tap::Tap,
 }
 
@@ -33,6 +36,7 @@ impl Default for Telemetry {
         Telemetry {
             metrics: Arc::new(Metrics::default()),
             stats: stats::Stats::default(),
+            authz: authz_stats::AuthzStats::default(),
             tap: tap::Tap::default(),
         }
     }

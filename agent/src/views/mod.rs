@@ -1,6 +1,7 @@
 //! The CLI's views of an agent, read from its admin API: `meshd stat`, `meshd edges`,
 //! `meshd tap` and `meshd log-level`, as tables for people or JSON for scripts.
 
+pub mod authz;
 mod client;
 pub mod edges;
 pub mod policy;

@@ -25,13 +25,16 @@ use crate::{
     identity::Identity,
     policy::{
         decide::{Refused, TcpOutcome},
-        decide_http, decide_tcp, Client, HttpOutcome, PolicyStore, PortPolicy, RequestHead,
+        decide_http, decide_tcp,
+        meta::Meta,
+        Client, HttpOutcome, PolicyStore, PortPolicy, RequestHead,
     },
     proxy::{connections::Connections, context::PodContext},
     telemetry::{
         authz::{AuthzMetrics, ClientTlsLabels, ConnAuthzLabels, WorkloadLabels},
-        metrics::Metrics,
+        authz_stats::AuthzKey,
         stats::WorkloadStats,
+        Telemetry,
     },
 };
 
@@ -45,7 +48,7 @@ pub(crate) struct InboundAuthz {
     pub client: Client,
     client_addr: SocketAddr,
     labels: ConnAuthzLabels,
-    metrics: Arc<Metrics>,
+    telemetry: Arc<Telemetry>,
     /// The workload's `meshd stat` row, for the unauthorized column.
     stats: WorkloadStats,
     /// Set once [`InboundAuthz::check_tcp`] allowed the connection.
@@ -62,7 +65,7 @@ impl InboundAuthz {
     /// when it came over mutual TLS) to `target`, the pod's address and port.
     pub(crate) fn new(
         store: Arc<PolicyStore>,
-        metrics: Arc<Metrics>,
+        telemetry: Arc<Telemetry>,
         pod: &PodContext,
         target: SocketAddr,
         client_addr: SocketAddr,
@@ -88,14 +91,24 @@ impl InboundAuthz {
             name: w.name.clone(),
             port: target.port(),
             current: Mutex::new((generation, policy)),
-            metrics,
+            telemetry,
             stats,
             tcp_allowed: AtomicBool::new(false),
         })
     }
 
     fn authz_metrics(&self) -> &AuthzMetrics {
-        &self.metrics.authz
+        &self.telemetry.metrics.authz
+    }
+
+    fn key(&self, server: &Meta, route: &Meta, authz: Option<&Meta>) -> AuthzKey {
+        let w = &self.labels.workload;
+        AuthzKey::new(&w.namespace, &w.deployment, server, route, authz)
+    }
+
+    /// An allowed request ended (for `meshd authz`).
+    pub(crate) fn finished(&self, key: AuthzKey, success: bool, latency_ms: Option<f64>) {
+        self.telemetry.authz.allowed(key, success, latency_ms);
     }
 
     /// The policy now: the one held, unless a newer one was published.
@@ -153,15 +166,15 @@ impl InboundAuthz {
         }
     }
 
-    /// Decides one request against the current policy; `Err` is the response to send
-    /// instead of forwarding it.
+    /// Decides one request against the current policy: `Ok` with the row of `meshd authz`
+    /// it counts in once it ends; `Err` is the response to send instead of forwarding it.
     pub(crate) fn check_http(
         &self,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
         grpc: bool,
-    ) -> Result<(), Refused> {
+    ) -> Result<AuthzKey, Refused> {
         let policy = self.policy();
         let head = RequestHead {
             method,
@@ -181,11 +194,14 @@ impl InboundAuthz {
                 if audit {
                     tracing::info!(server.group = %server.group, server.kind = %server.kind, server.name = %server.name, route.group = %route.group, route.kind = %route.kind, route.name = %route.name, client.tls = self.labels.tls.tls, client.ip = %self.client.addr, authz.group = %authz.group, authz.kind = %authz.kind, authz.name = %authz.name, "Request allowed");
                 }
-                return Ok(());
+                return Ok(self.key(server, route, Some(authz)));
             }
             HttpOutcome::Unauthorized { route } => {
                 self.authz_metrics()
                     .http_denied(&self.labels, server, route);
+                self.telemetry
+                    .authz
+                    .unauthorized(self.key(server, route, None));
                 tracing::info!(server.group = %server.group, server.kind = %server.kind, server.name = %server.name, route.group = %route.group, route.kind = %route.kind, route.name = %route.name, client.tls = self.labels.tls.tls, client.ip = %self.client.addr, "Request denied");
             }
             HttpOutcome::RouteNotFound => {
@@ -194,11 +210,14 @@ impl InboundAuthz {
             }
         }
         self.stats.unauthorized();
-        match d.refusal(&self.client, grpc) {
-            Some(r) => Err(r),
-            // Not reached: a decision that is not an allow has a refusal.
-            None => Ok(()),
-        }
+        // A decision that is not an allow always has a refusal; were it not so, refuse
+        // with 403 rather than forward.
+        Err(d.refusal(&self.client, grpc).unwrap_or(Refused {
+            http_status: 403,
+            grpc_status: grpc.then_some(7),
+            error: "unauthorized request on route",
+            with_error_header: self.client.is_meshed(),
+        }))
     }
 }
 

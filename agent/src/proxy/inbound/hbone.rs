@@ -201,7 +201,7 @@ async fn connect(
         .open(inbound_context(&ctx, &pod, peer, target).with_tls(tls));
     let authz = InboundAuthz::new(
         ctx.policy.clone(),
-        ctx.telemetry.metrics.clone(),
+        ctx.telemetry.clone(),
         &pod,
         target,
         peer,

@@ -113,7 +113,7 @@ pub(crate) async fn handle(
     };
     let authz = InboundAuthz::new(
         ctx.policy.clone(),
-        ctx.telemetry.metrics.clone(),
+        ctx.telemetry.clone(),
         pod,
         dst,
         peer,

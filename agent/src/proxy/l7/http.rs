@@ -34,6 +34,7 @@ use crate::{
     conn::ConnContext,
     policy::decide::Refused,
     proxy::{context::ProxyContext, error::Error, inbound::authz::InboundAuthz},
+    telemetry::authz_stats::AuthzKey,
     telemetry::{Finished, RequestEvent, RequestReporter},
 };
 
@@ -116,14 +117,13 @@ where
         hyper::service::service_fn(move |req| {
             let (ctx, conn, upgrades) = (ctx.clone(), conn.clone(), upgrades.clone());
             let (reporter, sender) = (reporter.clone(), sender.clone());
-            let refused = authz.as_ref().and_then(|a| authorize(a, &req));
-            let forwarded = forward(ctx, conn, reporter, sender, upgrades, req);
-            async move {
-                Ok::<_, Infallible>(match refused {
-                    Some(response) => response,
-                    None => forwarded.await,
-                })
-            }
+            let permit = match authz.as_ref().map(|a| authorize(a, &req)) {
+                None => None,
+                Some(Ok(key)) => authz.clone().map(|a| (a, key)),
+                Some(Err(refused)) => return futures_ready(refusal(&refused)),
+            };
+            let forwarded = forward(ctx, conn, reporter, sender, upgrades, req, permit);
+            Box::pin(async move { Ok::<_, Infallible>(forwarded.await) })
         })
     };
     let served = match protocol {
@@ -260,6 +260,8 @@ struct Pending {
     tapped: Option<TapFields>,
     started: Instant,
     is_grpc: bool,
+    /// The authorization that let the request through, and its `meshd authz` row.
+    permit: Option<(Arc<InboundAuthz>, AuthzKey)>,
 }
 
 /// What a request's tap event shows of the request itself.
@@ -305,6 +307,13 @@ impl Pending {
             success: status != 0 && status < 500 && grpc.is_none_or(|g| g == 0) && error.is_none(),
             latency_ms,
         };
+        if let Some((authz, key)) = &self.permit {
+            authz.finished(
+                key.clone(),
+                done.success,
+                (status != 0).then_some(latency_ms),
+            );
+        }
         self.reporter.finish(&done, || {
             let t = self.tapped.as_ref()?;
             Some(RequestEvent {
@@ -327,14 +336,20 @@ impl Pending {
     }
 }
 
-/// The pod's policy on one request: `None` to forward it, else the response that refuses
-/// it (nothing of the request is forwarded; the connection stays open).
-fn authorize<B>(authz: &InboundAuthz, req: &Request<B>) -> Option<Response<ProxyBody>> {
+type Answer = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>,
+>;
+
+fn futures_ready(response: Response<ProxyBody>) -> Answer {
+    Box::pin(std::future::ready(Ok(response)))
+}
+
+/// The pod's policy on one request: `Ok` to forward it (with the `meshd authz` row it
+/// counts in), else the response that refuses it (nothing of the request is forwarded;
+/// the connection stays open).
+fn authorize<B>(authz: &InboundAuthz, req: &Request<B>) -> Result<AuthzKey, Refused> {
     let grpc = req.version() == Version::HTTP_2 && is_grpc(req.headers());
-    let refused = authz
-        .check_http(req.method(), req.uri(), req.headers(), grpc)
-        .err()?;
-    Some(refusal(&refused))
+    authz.check_http(req.method(), req.uri(), req.headers(), grpc)
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
@@ -381,8 +396,10 @@ async fn forward(
     sender: Arc<Sender>,
     upgrades: Upgrades,
     mut req: Request<Incoming>,
+    permit: Option<(Arc<InboundAuthz>, AuthzKey)>,
 ) -> Response<ProxyBody> {
     let pending = Pending {
+        permit,
         tapped: reporter.tapped().then(|| TapFields::of(&req)),
         reporter,
         conn: conn.clone(),

@@ -52,30 +52,54 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>, refused: &mut Vec<DocumentError>
     }
 }
 
-/// Reads and validates every policy document under `paths`.
-pub fn load(paths: &[PathBuf]) -> Loaded {
-    let mut loaded = Loaded::default();
+/// The text of every policy file under some paths, as read at one moment: what a watcher
+/// compares with the last reading to see a change, and what [`parse`] validates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyFiles {
+    /// Each file and its text, in order.
+    pub texts: Vec<(PathBuf, String)>,
+    /// Paths and files that could not be read.
+    pub unreadable: Vec<DocumentError>,
+}
+
+/// Reads every policy file under `paths` (files as named, directories for `*.yaml` and
+/// `*.yml`, recursively, in name order).
+pub fn read(paths: &[PathBuf]) -> PolicyFiles {
+    let mut read = PolicyFiles::default();
     let mut files = Vec::new();
     for p in paths {
-        collect(p, &mut files, &mut loaded.refused);
+        collect(p, &mut files, &mut read.unreadable);
     }
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => read.texts.push((file, text)),
+            Err(e) => read.unreadable.push(DocumentError {
+                file,
+                line: 0,
+                kind: None,
+                object: None,
+                field: String::new(),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    read
+}
+
+/// Reads and validates every policy document under `paths`.
+pub fn load(paths: &[PathBuf]) -> Loaded {
+    parse(&read(paths))
+}
+
+/// Validates every document of `files`.
+pub fn parse(files: &PolicyFiles) -> Loaded {
+    let mut loaded = Loaded {
+        refused: files.unreadable.clone(),
+        ..Loaded::default()
+    };
     let mut seen: BTreeMap<(String, String, String), (PathBuf, u64)> = BTreeMap::new();
-    for file in &files {
-        let text = match std::fs::read_to_string(file) {
-            Ok(t) => t,
-            Err(e) => {
-                loaded.refused.push(DocumentError {
-                    file: file.clone(),
-                    line: 0,
-                    kind: None,
-                    object: None,
-                    field: String::new(),
-                    message: format!("cannot read: {e}"),
-                });
-                continue;
-            }
-        };
-        let docs = parse_file(file, &text);
+    for (file, text) in &files.texts {
+        let docs = parse_file(file, text);
         loaded.refused.extend(docs.refused);
         loaded.skipped.extend(docs.skipped);
         for located in docs.resources {
@@ -100,7 +124,7 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
             loaded.set.resources.push(located.resource);
         }
     }
-    loaded.files = files;
+    loaded.files = files.texts.iter().map(|(f, _)| f.clone()).collect();
     loaded
 }
 

@@ -23,6 +23,14 @@ use crate::{
         DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_POD,
         DEFAULT_MAX_HANDSHAKES, DEFAULT_MAX_HANDSHAKES_PER_POD, DEFAULT_TRUST_DOMAIN,
     },
+    policy::{
+        compile::{ContainerPort, HttpProbe},
+        defaults::{InvalidMode, DEFAULT_POLICY_ANNOTATION},
+        document::DocumentError,
+        net::{Cidr, Network},
+        resources::ServerPort,
+        DefaultPolicy,
+    },
     state::DEFAULT_OPAQUE_PORTS,
 };
 
@@ -32,6 +40,29 @@ pub(crate) enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: {source}")]
     Invalid { path: PathBuf, source: Invalid },
+    /// Policy documents the file names were refused; nothing of the file is applied.
+    #[error("config file {path}: policy: {}", PolicyRefused(refused))]
+    Policy {
+        path: PathBuf,
+        refused: Vec<DocumentError>,
+    },
+}
+
+/// Policy documents' refusals, one after the other.
+pub(crate) struct PolicyRefused<'a>(pub &'a [DocumentError]);
+
+impl std::fmt::Display for PolicyRefused<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.len();
+        write!(f, "{n} document{} refused: ", if n == 1 { "" } else { "s" })?;
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
 }
 
 /// What is wrong with a config file that parsed; `at` names the entry
@@ -104,6 +135,59 @@ pub(crate) enum Invalid {
     PortZero { at: String },
     #[error("{at}: {vip}:{port} is defined twice")]
     DuplicatePort { at: String, vip: IpAddr, port: u16 },
+    #[error("defaultInboundPolicy: {0} (one of {names})", names = policy_names())]
+    DefaultInboundPolicy(InvalidMode),
+    #[error("clusterNetworks[{index}]: {value:?} is not a network (ADDRESS/PREFIX or an address)")]
+    ClusterNetwork { index: usize, value: String },
+    #[error("{at}: name {value:?} is not a valid namespace name")]
+    NamespaceName { at: String, value: String },
+    #[error("{at}: namespace {name} is listed twice")]
+    DuplicateNamespace { at: String, name: String },
+    #[error("{at}: annotations.{key:?}: {source} (one of {names})", names = policy_names())]
+    Annotation {
+        at: String,
+        key: &'static str,
+        source: InvalidMode,
+    },
+    #[error("{at}: {field}: {problem}")]
+    Port {
+        at: String,
+        field: String,
+        problem: PortProblem,
+    },
+}
+
+/// What is wrong with a workload's container port or probe.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PortProblem {
+    #[error("port 0 is not a valid container port")]
+    Zero,
+    #[error("{0:?} is not a valid port name (at most 15 lowercase letters, digits and '-', at least one letter, no '-' at either end or next to another)")]
+    Name(String),
+    #[error("{name:?} is also the name of ports[{first}]")]
+    DuplicateName { name: String, first: usize },
+    #[error("{0:?} is not TCP, UDP or SCTP")]
+    Protocol(String),
+    #[error("{0:?} does not begin with /")]
+    Path(String),
+    #[error("no TCP port of the workload is named {0:?} (see its ports)")]
+    UnknownName(String),
+}
+
+fn policy_names() -> String {
+    DefaultPolicy::ALL.map(DefaultPolicy::name).join(", ")
+}
+
+/// Kubernetes' `IANA_SVC_NAME`, the rule for a container port's name.
+fn is_port_name(name: &str) -> bool {
+    name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
 }
 
 /// Why a path is not the kind of file a field needs.
@@ -155,6 +239,57 @@ pub(super) struct FileConfig {
     pub workloads: Vec<WorkloadConfig>,
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// Files and directories of policy documents (multi-document YAML, as for `kubectl
+    /// apply -f`); relative paths are relative to the config file's directory.
+    #[serde(default)]
+    pub policy: Vec<PathBuf>,
+    /// The default inbound policy of ports no `Server` selects (Linkerd's
+    /// `proxy.defaultInboundPolicy`).
+    #[serde(default)]
+    pub default_inbound_policy: Option<String>,
+    /// The networks of the `cluster-*` default policies (Linkerd's `clusterNetworks`).
+    #[serde(default)]
+    pub cluster_networks: Option<Vec<String>>,
+    /// Namespaces with annotations (`config.linkerd.io/default-inbound-policy`).
+    #[serde(default)]
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+/// `namespaces[]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct NamespaceConfig {
+    pub name: String,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `workloads[].ports[]`, as a Kubernetes container port.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct ContainerPortConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub container_port: u16,
+    /// `TCP` (default), `UDP` or `SCTP`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// `workloads[].probes[]`: an HTTP probe (liveness, readiness or startup).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct ProbeConfig {
+    pub path: String,
+    pub port: PortRef,
+}
+
+/// A port by number or by the name of one of the workload's container ports.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub(super) enum PortRef {
+    Number(u16),
+    Name(String),
 }
 
 /// `inbound:` (see `docs/configuration.md`).
@@ -298,6 +433,15 @@ pub(super) struct WorkloadConfig {
     /// opaque-ports). Defaults to Linkerd's list.
     #[serde(default)]
     pub opaque_ports: Option<BTreeSet<u16>>,
+    /// The pod's annotations (`config.linkerd.io/default-inbound-policy`, ...).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// The containers' ports (a `Server` may select a port by name).
+    #[serde(default)]
+    pub ports: Vec<ContainerPortConfig>,
+    /// HTTP probes (the default policies allow their paths).
+    #[serde(default)]
+    pub probes: Vec<ProbeConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -377,9 +521,151 @@ impl WorkloadConfig {
     pub(super) fn is_on(&self, node: &str) -> bool {
         self.node.as_deref().is_none_or(|n| n == node)
     }
+
+    /// `ports`, typed (validated: every protocol is known).
+    pub(super) fn container_ports(&self) -> Vec<ContainerPort> {
+        self.ports
+            .iter()
+            .map(|p| ContainerPort {
+                name: p.name.clone(),
+                port: p.container_port,
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            })
+            .collect()
+    }
+
+    pub(super) fn http_probes(&self) -> Vec<HttpProbe> {
+        self.probes
+            .iter()
+            .map(|p| HttpProbe {
+                path: p.path.clone(),
+                port: match &p.port {
+                    PortRef::Number(n) => ServerPort::Number(*n),
+                    PortRef::Name(n) => ServerPort::Name(n.clone()),
+                },
+            })
+            .collect()
+    }
+
+    /// The checks of `annotations`, `ports` and `probes`.
+    fn validate_policy_fields(&self, at: &str) -> Result<(), Invalid> {
+        check_annotations(at, &self.annotations)?;
+        let port_error = |field: String, problem| Invalid::Port {
+            at: at.to_string(),
+            field,
+            problem,
+        };
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.container_port == 0 {
+                return Err(port_error(format!("ports[{i}].containerPort"), PortProblem::Zero));
+            }
+            if let Some(protocol) = &p.protocol {
+                if !["TCP", "UDP", "SCTP"].contains(&protocol.as_str()) {
+                    return Err(port_error(
+                        format!("ports[{i}].protocol"),
+                        PortProblem::Protocol(protocol.clone()),
+                    ));
+                }
+            }
+            if let Some(name) = &p.name {
+                if !is_port_name(name) {
+                    return Err(port_error(
+                        format!("ports[{i}].name"),
+                        PortProblem::Name(name.clone()),
+                    ));
+                }
+                if let Some(first) = names.insert(name, i) {
+                    return Err(port_error(
+                        format!("ports[{i}].name"),
+                        PortProblem::DuplicateName {
+                            name: name.clone(),
+                            first,
+                        },
+                    ));
+                }
+            }
+        }
+        for (i, probe) in self.probes.iter().enumerate() {
+            if !probe.path.starts_with('/') {
+                return Err(port_error(
+                    format!("probes[{i}].path"),
+                    PortProblem::Path(probe.path.clone()),
+                ));
+            }
+            match &probe.port {
+                PortRef::Number(0) => {
+                    return Err(port_error(format!("probes[{i}].port"), PortProblem::Zero))
+                }
+                PortRef::Number(_) => {}
+                PortRef::Name(name) => {
+                    let tcp = self.ports.iter().any(|p| {
+                        p.name.as_deref() == Some(name.as_str())
+                            && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+                    });
+                    if !tcp {
+                        return Err(port_error(
+                            format!("probes[{i}].port"),
+                            PortProblem::UnknownName(name.clone()),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A bad `config.linkerd.io/default-inbound-policy` is refused here rather than compiled
+/// as `deny`: the file is the user's to fix.
+fn check_annotations(at: &str, annotations: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    if let Some(value) = annotations.get(DEFAULT_POLICY_ANNOTATION) {
+        value
+            .parse::<DefaultPolicy>()
+            .map_err(|source| Invalid::Annotation {
+                at: at.to_string(),
+                key: DEFAULT_POLICY_ANNOTATION,
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 impl FileConfig {
+    /// `defaultInboundPolicy` (validated).
+    pub(super) fn default_policy(&self) -> DefaultPolicy {
+        self.default_inbound_policy
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(DefaultPolicy::AllUnauthenticated)
+    }
+
+    /// `clusterNetworks` (validated), Linkerd's list when absent.
+    pub(super) fn cluster_networks(&self) -> Vec<Network> {
+        match &self.cluster_networks {
+            None => crate::policy::PolicySettings::default().cluster_networks,
+            Some(nets) => nets
+                .iter()
+                .filter_map(|n| Cidr::parse(n))
+                .map(Network::new)
+                .collect(),
+        }
+    }
+
+    /// Each listed namespace's annotations.
+    pub(super) fn namespace_annotations(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.namespaces
+            .iter()
+            .map(|n| (n.name.clone(), n.annotations.clone()))
+            .collect()
+    }
+
+    /// `policy`, relative paths resolved against the directory of `config_path`.
+    pub(super) fn policy_paths(&self, config_path: &Path) -> Vec<PathBuf> {
+        let dir = config_path.parent().unwrap_or(Path::new(""));
+        self.policy.iter().map(|p| dir.join(p)).collect()
+    }
+
     /// The agent's settings in this file.
     pub(super) fn settings(&self) -> Settings {
         Settings {
@@ -457,6 +743,35 @@ impl FileConfig {
                 }
             }
         }
+        if let Some(p) = &self.default_inbound_policy {
+            p.parse::<DefaultPolicy>()
+                .map_err(Invalid::DefaultInboundPolicy)?;
+        }
+        for (index, value) in self.cluster_networks.iter().flatten().enumerate() {
+            if Cidr::parse(value).is_none() {
+                return Err(Invalid::ClusterNetwork {
+                    index,
+                    value: value.clone(),
+                });
+            }
+        }
+        let mut namespaces = BTreeSet::new();
+        for (i, n) in self.namespaces.iter().enumerate() {
+            let at = format!("namespaces[{i}] ({})", n.name);
+            if !is_dns_label(&n.name) {
+                return Err(Invalid::NamespaceName {
+                    at,
+                    value: n.name.clone(),
+                });
+            }
+            if !namespaces.insert(&n.name) {
+                return Err(Invalid::DuplicateNamespace {
+                    at,
+                    name: n.name.clone(),
+                });
+            }
+            check_annotations(&at, &n.annotations)?;
+        }
         let mut names = BTreeSet::new();
         let mut ips: HashMap<IpAddr, String> = HashMap::new();
         for (i, w) in self.workloads.iter().enumerate() {
@@ -524,6 +839,7 @@ impl FileConfig {
                     return Err(Invalid::SkipPortZero { at });
                 }
             }
+            w.validate_policy_fields(&at)?;
         }
         let mut vips = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {

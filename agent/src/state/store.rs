@@ -210,7 +210,10 @@ mod tests {
         assert_eq!(svc.endpoints, vec![addr("10.0.0.1", 8080)]);
 
         assert!(source.0.report_error("bad update".into(), None));
-        assert!(!source.0.report_error("bad update".into(), None), "reported once");
+        assert!(
+            !source.0.report_error("bad update".into(), None),
+            "reported once"
+        );
         let status = &store.statuses()[0];
         assert_eq!((status.name, status.location.as_str()), ("test", "memory"));
         assert_eq!(status.last_error.as_deref(), Some("bad update"));

@@ -202,9 +202,7 @@ impl FileSource {
             }
             Err(e) => {
                 let policy = match &e {
-                    ConfigError::Policy { refused, .. } => {
-                        Some(PolicyRefused(refused).to_string())
-                    }
+                    ConfigError::Policy { refused, .. } => Some(PolicyRefused(refused).to_string()),
                     _ => None,
                 };
                 self.report(
@@ -252,4 +250,230 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
         fields.push("limits");
     }
     fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        policy::{meta::POLICY_GROUP, PolicyStore},
+        policy_feed::PolicyFeed,
+    };
+
+    /// F01 of the spec: a Server on port `http` of `app: web` in `shop`, allowing only
+    /// `frontend`'s identity.
+    const F01: &str = include_str!("../../policy/testdata/01-server-meshtls-identity.yaml");
+
+    /// A scratch directory, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!("meshd-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("policies")).expect("scratch dir");
+            Scratch(dir)
+        }
+
+        fn write(&self, file: &str, text: &str) {
+            std::fs::write(self.0.join(file), text).expect("write");
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const CONFIG: &str = "node: n1
+policy: [policies]
+workloads:
+  - name: web
+    namespace: shop
+    serviceAccount: web
+    node: n2
+    labels: {app: web}
+    ips: [10.0.0.1]
+    ports: [{name: http, containerPort: 8080}]
+";
+
+    const BAD_SERVER: &str = "apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: bad, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  port: 9090
+  proxyProtocol: HTTP/3
+";
+
+    const GOOD_SERVER: &str = "apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: admin, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  port: 9090
+";
+
+    fn documents(store: &StateStore) -> usize {
+        store.current().policy.set.resources.len()
+    }
+
+    /// A good policy set applies; a bad document refuses the whole reload (a config edit
+    /// made at the same time too): the last good config and policy stay, the error names
+    /// the file, kind, object and field; fixed, it applies; unchanged files publish nothing.
+    #[tokio::test]
+    async fn a_refused_policy_document_keeps_the_last_good_config_and_policy() {
+        let dir = Scratch::new("policy-reload");
+        dir.write("config.yaml", CONFIG);
+        dir.write("policies/01.yaml", F01);
+        let store = StateStore::new();
+        let (mut source, _) = FileSource::start(&dir.0.join("config.yaml"), &store).unwrap();
+        assert_eq!(documents(&store), 3);
+        assert_eq!(store.current().generation(), 1);
+
+        dir.write("policies/02.yaml", BAD_SERVER);
+        dir.write(
+            "config.yaml",
+            &CONFIG.replace("node: n1\n", "node: n1\ndefaultInboundPolicy: deny\n"),
+        );
+        source.poll().await;
+        let status = &store.statuses()[0];
+        let refusal = format!(
+            "{}:1: Server shop/bad: spec.proxyProtocol:",
+            dir.0.join("policies/02.yaml").display()
+        );
+        let error = status.last_error.clone().expect("an error");
+        assert!(error.contains(&refusal), "{error}");
+        assert!(
+            error.ends_with("; keeping the last good configuration and policy"),
+            "{error}"
+        );
+        let policy_error = status.policy_error.clone().expect("a policy error");
+        assert!(
+            policy_error.starts_with("1 document refused: ") && policy_error.contains(&refusal),
+            "{policy_error}"
+        );
+        let current = store.current();
+        assert_eq!((current.generation(), documents(&store)), (1, 3));
+        assert_eq!(
+            current.policy.default_policy,
+            crate::policy::DefaultPolicy::AllUnauthenticated,
+            "the config edit made with the bad document is not applied either"
+        );
+        // Polled again without a change: nothing new, the error stays.
+        source.poll().await;
+        assert_eq!(store.current().generation(), 1);
+        assert!(store.statuses()[0].last_error.is_some());
+
+        dir.write("policies/02.yaml", GOOD_SERVER);
+        source.poll().await;
+        let current = store.current();
+        assert_eq!((current.generation(), documents(&store)), (2, 4));
+        assert_eq!(
+            current.policy.default_policy,
+            crate::policy::DefaultPolicy::Deny
+        );
+        assert_eq!(store.statuses()[0].last_error, None);
+        assert_eq!(store.statuses()[0].policy_error, None);
+        source.poll().await;
+        assert_eq!(store.current().generation(), 2, "nothing changed");
+
+        // A config edit that leaves the policy alone shares the policy inputs.
+        let before = store.current().policy.clone();
+        let edited = std::fs::read_to_string(dir.0.join("config.yaml"))
+            .unwrap()
+            .replace("labels: {app: web}", "labels: {app: web, v: '2'}");
+        dir.write("config.yaml", &edited);
+        source.poll().await;
+        assert_eq!(store.current().generation(), 3);
+        assert!(Arc::ptr_eq(&before, &store.current().policy));
+
+        // A file removed from the directory is a change too.
+        std::fs::remove_file(dir.0.join("policies/02.yaml")).unwrap();
+        source.poll().await;
+        assert_eq!((store.current().generation(), documents(&store)), (4, 3));
+    }
+
+    /// At start-up, a refused document or a policy path that does not exist is an error:
+    /// the agent does not start.
+    #[test]
+    fn a_refused_policy_document_stops_the_start() {
+        let dir = Scratch::new("policy-start");
+        dir.write("config.yaml", CONFIG);
+        dir.write("policies/02.yaml", BAD_SERVER);
+        let store = StateStore::new();
+        let e = FileSource::start(&dir.0.join("config.yaml"), &store)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "config file {}: policy: 1 document refused: {}:1: Server shop/bad: spec.proxyProtocol:",
+                dir.0.join("config.yaml").display(),
+                dir.0.join("policies/02.yaml").display()
+            )),
+            "{e}"
+        );
+        assert_eq!(store.current().generation(), 0, "nothing published");
+        dir.write("config.yaml", &CONFIG.replace("[policies]", "[nowhere]"));
+        let e = FileSource::start(&dir.0.join("config.yaml"), &store)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("nowhere:0: cannot read: No such file or directory"),
+            "{e}"
+        );
+    }
+
+    /// The compiled index the proxy reads: the workload's named port `http` (8080) is
+    /// governed by F01's Server and its AuthorizationPolicy; its other ports by the
+    /// default policy, which follows `defaultInboundPolicy` on a reload.
+    #[test]
+    fn the_published_index_governs_the_workloads_ports() {
+        let path = Path::new("/etc/meshd/config.yaml");
+        let files = PolicyFiles {
+            texts: vec![(PathBuf::from("/etc/meshd/policies/01.yaml"), F01.into())],
+            unreadable: vec![],
+        };
+        let mut config = FileConfig::parse(path, CONFIG).unwrap();
+        // The workload runs on this node (without the namespace and cgroup checks).
+        config.node = "n2".into();
+        let (state, published) = build(path, &config, files.clone(), None).unwrap();
+        assert_eq!(state.local_workloads().count(), 1);
+        let policy = Arc::new(PolicyStore::default());
+        let feed = PolicyFeed::new(policy.clone(), "cluster.local".into());
+        assert!(feed.apply(&state));
+
+        let port = policy.load().port("shop", "web", 8080);
+        assert_eq!(
+            port.server,
+            crate::policy::meta::Meta::new(POLICY_GROUP, "server", "web-http")
+        );
+        let authz: Vec<&str> = port
+            .authorizations
+            .iter()
+            .map(|a| a.meta.name.as_str())
+            .collect();
+        assert!(authz.contains(&"web-from-frontend"), "{authz:?}");
+        let other = policy.load().port("shop", "web", 9999);
+        assert_eq!(other.server.name, "all-unauthenticated");
+        let status = feed.status();
+        assert_eq!((status.documents, status.workloads), (3, 1));
+        assert!(
+            !feed.apply(&state),
+            "the same inputs are not published again"
+        );
+
+        config.default_inbound_policy = Some("deny".into());
+        let (state, _) = build(path, &config, files, Some(&published)).unwrap();
+        assert!(feed.apply(&state));
+        assert_eq!(policy.load().port("shop", "web", 9999).server.name, "deny");
+        assert_eq!(
+            policy.load().port("shop", "web", 8080).server.name,
+            "web-http"
+        );
+        assert_eq!(feed.status().publications, 2);
+    }
 }

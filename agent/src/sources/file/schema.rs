@@ -17,12 +17,6 @@ use serde::Deserialize;
 
 use crate::{
     kube_names::{is_dns_label, is_dns_subdomain},
-    settings::{
-        IdentitySettings, InboundSettings, LimitSettings, Settings, DEFAULT_ADMIN,
-        DEFAULT_BPFFS_ROOT, DEFAULT_CERTIFICATE_TTL, DEFAULT_CONNECT_TIMEOUT,
-        DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_POD,
-        DEFAULT_MAX_HANDSHAKES, DEFAULT_MAX_HANDSHAKES_PER_POD, DEFAULT_TRUST_DOMAIN,
-    },
     policy::{
         compile::{ContainerPort, HttpProbe},
         defaults::{InvalidMode, DEFAULT_POLICY_ANNOTATION},
@@ -30,6 +24,12 @@ use crate::{
         net::{Cidr, Network},
         resources::ServerPort,
         DefaultPolicy,
+    },
+    settings::{
+        IdentitySettings, InboundSettings, LimitSettings, Settings, DEFAULT_ADMIN,
+        DEFAULT_BPFFS_ROOT, DEFAULT_CERTIFICATE_TTL, DEFAULT_CONNECT_TIMEOUT,
+        DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_POD,
+        DEFAULT_MAX_HANDSHAKES, DEFAULT_MAX_HANDSHAKES_PER_POD, DEFAULT_TRUST_DOMAIN,
     },
     state::DEFAULT_OPAQUE_PORTS,
 };
@@ -558,7 +558,10 @@ impl WorkloadConfig {
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, p) in self.ports.iter().enumerate() {
             if p.container_port == 0 {
-                return Err(port_error(format!("ports[{i}].containerPort"), PortProblem::Zero));
+                return Err(port_error(
+                    format!("ports[{i}].containerPort"),
+                    PortProblem::Zero,
+                ));
             }
             if let Some(protocol) = &p.protocol {
                 if !["TCP", "UDP", "SCTP"].contains(&protocol.as_str()) {
@@ -1131,6 +1134,183 @@ workloads:
         assert!(parse(&with(
             "    skipInboundPorts: [80]\n    skipOutboundPorts: [443]\n",
             &svc("10.96.0.1", "[{port: 80, targetPort: 8080}, {port: 443}]")
+        ))
+        .is_ok());
+    }
+
+    /// The policy keys: every one read as a Kubernetes / Linkerd user writes it.
+    #[test]
+    fn policy_keys_are_read() {
+        let text = format!(
+            "policy: [policies, /etc/meshd/extra.yaml]
+defaultInboundPolicy: cluster-authenticated
+clusterNetworks: [10.0.0.0/8, \"fd00::/8\", 192.168.1.1]
+namespaces:
+  - name: shop
+    annotations:
+      config.linkerd.io/default-inbound-policy: deny
+  - name: plain
+{}    annotations:
+      config.linkerd.io/default-inbound-policy: audit
+      example.com/team: payments
+    ports:
+      - {{name: http, containerPort: 8080}}
+      - {{containerPort: 9090, protocol: UDP}}
+    probes:
+      - {{path: /ready, port: http}}
+      - {{path: /live, port: 8081}}
+",
+            REMOTE_ONLY.trim_start_matches('\n')
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.policy_paths(Path::new("/etc/meshd/config.yaml")),
+            vec![
+                PathBuf::from("/etc/meshd/policies"),
+                PathBuf::from("/etc/meshd/extra.yaml")
+            ]
+        );
+        assert_eq!(c.default_policy(), DefaultPolicy::ClusterAuthenticated);
+        let nets: Vec<String> = c
+            .cluster_networks()
+            .iter()
+            .map(|n| {
+                serde_json::to_value(n.net)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "fd00::/8", "192.168.1.1/32"]);
+        let ns = c.namespace_annotations();
+        assert_eq!(ns["shop"][DEFAULT_POLICY_ANNOTATION], "deny");
+        assert!(ns["plain"].is_empty());
+        let w = &c.workloads[0];
+        assert_eq!(w.annotations["example.com/team"], "payments");
+        assert_eq!(
+            w.container_ports(),
+            vec![
+                ContainerPort {
+                    name: Some("http".into()),
+                    port: 8080,
+                    protocol: "TCP".into()
+                },
+                ContainerPort {
+                    name: None,
+                    port: 9090,
+                    protocol: "UDP".into()
+                },
+            ]
+        );
+        assert_eq!(
+            w.http_probes(),
+            vec![
+                HttpProbe {
+                    path: "/ready".into(),
+                    port: ServerPort::Name("http".into())
+                },
+                HttpProbe {
+                    path: "/live".into(),
+                    port: ServerPort::Number(8081)
+                },
+            ]
+        );
+        // Absent: no policy files, Linkerd's defaults.
+        let c = parse(REMOTE_ONLY).unwrap();
+        assert!(c.policy_paths(Path::new("c.yaml")).is_empty());
+        assert_eq!(c.default_policy(), DefaultPolicy::AllUnauthenticated);
+        assert_eq!(
+            c.cluster_networks(),
+            crate::policy::PolicySettings::default().cluster_networks
+        );
+    }
+
+    /// Every bad value of the policy keys, with the message a user sees.
+    #[test]
+    fn bad_policy_keys_are_refused_naming_the_field() {
+        let top = |extra: &str| REMOTE_ONLY.replace("node: n1\n", &format!("node: n1\n{extra}"));
+        let at_w = "config file test.yaml: workloads[0] (default/web-1)";
+        let cases: Vec<(String, String)> = vec![
+            (
+                top("defaultInboundPolicy: allow-all\n"),
+                "config file test.yaml: defaultInboundPolicy: invalid mode: \"allow-all\" (one of all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny, audit)".into(),
+            ),
+            (
+                top("clusterNetworks: [10.0.0.0/8, 10.0.0.0/33]\n"),
+                "config file test.yaml: clusterNetworks[1]: \"10.0.0.0/33\" is not a network (ADDRESS/PREFIX or an address)".into(),
+            ),
+            (
+                top("namespaces: [{name: Shop}]\n"),
+                "config file test.yaml: namespaces[0] (Shop): name \"Shop\" is not a valid namespace name".into(),
+            ),
+            (
+                top("namespaces: [{name: shop}, {name: shop}]\n"),
+                "config file test.yaml: namespaces[1] (shop): namespace shop is listed twice".into(),
+            ),
+            (
+                top("namespaces: [{name: shop, annotations: {config.linkerd.io/default-inbound-policy: allow}}]\n"),
+                "config file test.yaml: namespaces[0] (shop): annotations.\"config.linkerd.io/default-inbound-policy\": invalid mode: \"allow\" (one of all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny, audit)".into(),
+            ),
+            (
+                with("    annotations: {config.linkerd.io/default-inbound-policy: all}\n", ""),
+                format!("{at_w}: annotations.\"config.linkerd.io/default-inbound-policy\": invalid mode: \"all\" (one of all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny, audit)"),
+            ),
+            (
+                with("    ports: [{containerPort: 0}]\n", ""),
+                format!("{at_w}: ports[0].containerPort: port 0 is not a valid container port"),
+            ),
+            (
+                with("    ports: [{containerPort: 80, protocol: tcp}]\n", ""),
+                format!("{at_w}: ports[0].protocol: \"tcp\" is not TCP, UDP or SCTP"),
+            ),
+            (
+                with("    ports: [{name: Http, containerPort: 80}]\n", ""),
+                format!("{at_w}: ports[0].name: \"Http\" is not a valid port name (at most 15 lowercase letters, digits and '-', at least one letter, no '-' at either end or next to another)"),
+            ),
+            (
+                with("    ports: [{name: http, containerPort: 80}, {name: http, containerPort: 81}]\n", ""),
+                format!("{at_w}: ports[1].name: \"http\" is also the name of ports[0]"),
+            ),
+            (
+                with("    ports: [{name: http, containerPort: 80}]\n    probes: [{path: ready, port: http}]\n", ""),
+                format!("{at_w}: probes[0].path: \"ready\" does not begin with /"),
+            ),
+            (
+                with("    probes: [{path: /ready, port: 0}]\n", ""),
+                format!("{at_w}: probes[0].port: port 0 is not a valid container port"),
+            ),
+            (
+                with("    ports: [{name: http, containerPort: 80, protocol: UDP}]\n    probes: [{path: /ready, port: http}]\n", ""),
+                format!("{at_w}: probes[0].port: no TCP port of the workload is named \"http\" (see its ports)"),
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(refused(&text), want, "{text}");
+        }
+        // Parse errors name the field.
+        for (extra, field) in [
+            (
+                "    ports: [{containerPort: 70000}]\n",
+                "workloads[0].ports[0].containerPort",
+            ),
+            ("    ports: [{port: 80}]\n", "port"),
+            ("    probes: [{path: /x}]\n", "port"),
+        ] {
+            let e = refused(&with(extra, ""));
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+        for (extra, field) in [
+            ("policy: 5\n", "policy"),
+            ("namespaces: [{name: a, labels: {}}]\n", "labels"),
+        ] {
+            let e = refused(&top(extra));
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+        // A good port name and a named probe on it are accepted.
+        assert!(parse(&with(
+            "    ports: [{name: admin-http2, containerPort: 80}]\n    probes: [{path: /ready, port: admin-http2}]\n",
+            ""
         ))
         .is_ok());
     }

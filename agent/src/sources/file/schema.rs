@@ -19,7 +19,7 @@ use crate::{
     kube_names::{is_dns_label, is_dns_subdomain},
     policy::{
         compile::{ContainerPort, HttpProbe},
-        defaults::{InvalidMode, DEFAULT_POLICY_ANNOTATION},
+        defaults::{InvalidMode, DEFAULT_POLICY_ANNOTATION, REQUIRE_IDENTITY_ANNOTATION},
         document::DocumentError,
         net::{Cidr, Network},
         resources::ServerPort,
@@ -148,6 +148,12 @@ pub(crate) enum Invalid {
         at: String,
         key: &'static str,
         source: InvalidMode,
+    },
+    #[error("{at}: annotations.{key:?}: {part:?} is not a port or a range of ports (e.g. 8080,9000-9010)")]
+    PortList {
+        at: String,
+        key: &'static str,
+        part: String,
     },
     #[error("{at}: {field}: {problem}")]
     Port {
@@ -619,9 +625,31 @@ impl WorkloadConfig {
     }
 }
 
-/// A bad `config.linkerd.io/default-inbound-policy` is refused here rather than compiled
-/// as `deny`: the file is the user's to fix.
+/// Whether `part` of a port list annotation is a port (`8080`) or a range (`9000-9010`).
+fn is_port_or_range(part: &str) -> bool {
+    let port = |p: &str| p.trim().parse::<u16>().is_ok_and(|p| p > 0);
+    match part.split_once('-') {
+        Some((a, b)) => {
+            port(a) && port(b) && a.trim().parse::<u16>().ok() <= b.trim().parse::<u16>().ok()
+        }
+        None => port(part),
+    }
+}
+
+/// The policy annotations, checked: a bad `config.linkerd.io/default-inbound-policy` is
+/// refused here rather than compiled as `deny`, and a bad entry of
+/// `config.linkerd.io/proxy-require-identity-inbound-ports` rather than dropped (which
+/// would require identity on fewer ports): the file is the user's to fix.
 fn check_annotations(at: &str, annotations: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    if let Some(value) = annotations.get(REQUIRE_IDENTITY_ANNOTATION) {
+        if let Some(part) = value.split(',').find(|p| !is_port_or_range(p)) {
+            return Err(Invalid::PortList {
+                at: at.to_string(),
+                key: REQUIRE_IDENTITY_ANNOTATION,
+                part: part.to_string(),
+            });
+        }
+    }
     if let Some(value) = annotations.get(DEFAULT_POLICY_ANNOTATION) {
         value
             .parse::<DefaultPolicy>()
@@ -1257,6 +1285,14 @@ namespaces:
                 format!("{at_w}: annotations.\"config.linkerd.io/default-inbound-policy\": invalid mode: \"all\" (one of all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny, audit)"),
             ),
             (
+                with("    annotations: {config.linkerd.io/proxy-require-identity-inbound-ports: '8080,90x0'}\n", ""),
+                format!("{at_w}: annotations.\"config.linkerd.io/proxy-require-identity-inbound-ports\": \"90x0\" is not a port or a range of ports (e.g. 8080,9000-9010)"),
+            ),
+            (
+                with("    annotations: {config.linkerd.io/proxy-require-identity-inbound-ports: '9010-9000'}\n", ""),
+                format!("{at_w}: annotations.\"config.linkerd.io/proxy-require-identity-inbound-ports\": \"9010-9000\" is not a port or a range of ports (e.g. 8080,9000-9010)"),
+            ),
+            (
                 with("    ports: [{containerPort: 0}]\n", ""),
                 format!("{at_w}: ports[0].containerPort: port 0 is not a valid container port"),
             ),
@@ -1307,9 +1343,9 @@ namespaces:
             let e = refused(&top(extra));
             assert!(e.contains(field), "{extra}: {e}");
         }
-        // A good port name and a named probe on it are accepted.
+        // A good port name and a named probe on it, a good port list, are accepted.
         assert!(parse(&with(
-            "    ports: [{name: admin-http2, containerPort: 80}]\n    probes: [{path: /ready, port: admin-http2}]\n",
+            "    ports: [{name: admin-http2, containerPort: 80}]\n    probes: [{path: /ready, port: admin-http2}]\n    annotations: {config.linkerd.io/proxy-require-identity-inbound-ports: '8080, 9000-9010'}\n",
             ""
         ))
         .is_ok());

@@ -1,6 +1,6 @@
 //! Loading policy from files and directories (`*.yaml`, `*.yml`, recursively, in name
-//! order) as `meshd policy check` and the standalone source do: every document validated,
-//! every refusal kept, the same object defined twice refused.
+//! order, hidden entries skipped) as `meshd policy check` and the standalone source do:
+//! every document validated, every refusal kept, the same object defined twice refused.
 
 use std::{
     collections::BTreeMap,
@@ -39,6 +39,13 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>, refused: &mut Vec<DocumentError>
                 let mut children: Vec<PathBuf> =
                     entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
                 children.sort();
+                // Hidden entries are not documents: a Kubernetes ConfigMap volume keeps
+                // each version of its files in `..data` and `..TIMESTAMP` directories,
+                // which would define every object two more times.
+                children.retain(|c| {
+                    !c.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                });
                 for child in children {
                     if child.is_dir() {
                         collect(&child, out, refused);
@@ -145,4 +152,31 @@ pub fn print(loaded: &Loaded) -> bool {
         loaded.skipped.len()
     );
     loaded.refused.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory laid out as a Kubernetes ConfigMap volume: the visible files are links
+    /// into `..data`, which links to a `..TIMESTAMP` directory. Each object is read once.
+    #[test]
+    fn a_configmap_volume_is_read_once() {
+        let dir = std::env::temp_dir().join(format!("meshd-check-cm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let version = dir.join("..2026_12_02_18_00_00.1");
+        std::fs::create_dir_all(&version).unwrap();
+        std::fs::write(
+            version.join("auth.yaml"),
+            "apiVersion: policy.linkerd.io/v1alpha1\nkind: MeshTLSAuthentication\nmetadata: {name: a, namespace: shop}\nspec:\n  identities: ['*']\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("..2026_12_02_18_00_00.1", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/auth.yaml", dir.join("auth.yaml")).unwrap();
+        let loaded = load(std::slice::from_ref(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(loaded.refused.is_empty(), "{:?}", loaded.refused);
+        assert_eq!(loaded.set.resources.len(), 1);
+        assert_eq!(loaded.files.len(), 1);
+    }
 }

@@ -65,6 +65,18 @@ pub(crate) struct FileSource {
     published: Published,
 }
 
+/// The policy files under `paths`, but the config file itself (when it sits in a policy
+/// directory, as in a ConfigMap holding both).
+fn read_policy(config_path: &Path, paths: &[PathBuf]) -> PolicyFiles {
+    let mut files = check::read(paths);
+    if let Ok(config) = config_path.canonicalize() {
+        files
+            .texts
+            .retain(|(p, _)| p.canonicalize().ok().as_ref() != Some(&config));
+    }
+    files
+}
+
 /// What policy inputs are built from.
 #[derive(Debug, Clone, PartialEq)]
 struct PolicyKey {
@@ -128,7 +140,7 @@ impl FileSource {
             source,
         })?;
         let config = FileConfig::parse(path, &text)?;
-        let files = check::read(&config.policy_paths(path));
+        let files = read_policy(path, &config.policy_paths(path));
         let (state, published) = build(path, &config, files.clone(), None)?;
         let settings = config.settings();
         let handle = store.source(NAME, path.display().to_string());
@@ -180,7 +192,8 @@ impl FileSource {
             return;
         };
         let paths = config.policy_paths(&self.path);
-        let files = match tokio::task::spawn_blocking(move || check::read(&paths)).await {
+        let path = self.path.clone();
+        let files = match tokio::task::spawn_blocking(move || read_policy(&path, &paths)).await {
             Ok(files) => files,
             Err(e) => {
                 tracing::error!(error = %e, "reading the policy files failed");
@@ -393,6 +406,18 @@ spec:
         std::fs::remove_file(dir.0.join("policies/02.yaml")).unwrap();
         source.poll().await;
         assert_eq!((store.current().generation(), documents(&store)), (4, 3));
+    }
+
+    /// A policy directory that holds the config file too (one ConfigMap for both): the
+    /// config file is not read as a policy document.
+    #[test]
+    fn the_config_file_in_a_policy_directory_is_not_a_document() {
+        let dir = Scratch::new("policy-same-dir");
+        dir.write("policies/config.yaml", &CONFIG.replace("[policies]", "[.]"));
+        dir.write("policies/01.yaml", F01);
+        let store = StateStore::new();
+        FileSource::start(&dir.0.join("policies/config.yaml"), &store).unwrap();
+        assert_eq!(documents(&store), 3);
     }
 
     /// At start-up, a refused document or a policy path that does not exist is an error:

@@ -148,7 +148,13 @@ pub fn config_yaml(
     let _ = writeln!(y, "admin: 127.0.0.1:15000");
     let _ = writeln!(y, "bpffs: {}", cluster.pin_root(node).display());
     let _ = writeln!(y, "connectTimeoutMs: 2000");
-    let _ = writeln!(y, "workloads:");
+    // `[]` when empty, so that keys appended after the list stay top-level (serde-saphyr
+    // refuses a bare `workloads:` followed by another key).
+    let _ = writeln!(
+        y,
+        "workloads:{}",
+        if workloads.is_empty() { " []" } else { "" }
+    );
     for w in workloads {
         let _ = writeln!(y, "  - name: {}", w.pod.name);
         let _ = writeln!(y, "    namespace: {}", w.namespace);
@@ -184,7 +190,7 @@ pub fn config_yaml(
         }
         y.push_str(&w.extra_yaml);
     }
-    // `services: []` when there are none, so that keys appended after it stay top-level.
+    // Likewise `services: []`.
     let _ = writeln!(
         y,
         "services:{}",

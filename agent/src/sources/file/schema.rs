@@ -241,13 +241,13 @@ pub(super) struct FileConfig {
     /// it, captured connections are passed through in plaintext.
     #[serde(default)]
     pub identity: Option<IdentityConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub workloads: Vec<WorkloadConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub services: Vec<ServiceConfig>,
     /// Files and directories of policy documents (multi-document YAML, as for `kubectl
     /// apply -f`); relative paths are relative to the config file's directory.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub policy: Vec<PathBuf>,
     /// The default inbound policy of ports no `Server` selects (Linkerd's
     /// `proxy.defaultInboundPolicy`).
@@ -257,7 +257,7 @@ pub(super) struct FileConfig {
     #[serde(default)]
     pub cluster_networks: Option<Vec<String>>,
     /// Namespaces with annotations (`config.linkerd.io/default-inbound-policy`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub namespaces: Vec<NamespaceConfig>,
 }
 
@@ -472,6 +472,16 @@ pub(super) struct ServicePortConfig {
     /// Port on the endpoints; defaults to `port`.
     #[serde(default)]
     pub target_port: Option<u16>,
+}
+
+/// A top-level list written with no entries (`workloads:` alone, every entry commented
+/// out) is an empty list, as it was with serde_yaml.
+fn null_is_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 fn default_admin() -> SocketAddr {
@@ -1035,6 +1045,14 @@ workloads:
             let e = parse(&with(extra)).unwrap_err().to_string();
             assert!(e.contains(want), "{extra}: {e}");
         }
+    }
+
+    /// A list key with every entry commented out is an empty list.
+    #[test]
+    fn a_list_without_entries_is_empty() {
+        let c = parse("node: n1\nworkloads:\n# - name: a\nservices:\npolicy:\nnamespaces:\nadmin: 127.0.0.1:15000\n").unwrap();
+        assert!(c.workloads.is_empty() && c.services.is_empty());
+        assert!(c.policy.is_empty() && c.namespaces.is_empty());
     }
 
     #[test]

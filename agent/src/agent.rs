@@ -20,6 +20,7 @@ use crate::{
     netns::Netns,
     pod_routing,
     policy::{PolicySettings, PolicyStore},
+    policy_feed::PolicyFeed,
     proxy::{
         balance::Balancers,
         hbone::pool::Pool,
@@ -106,6 +107,8 @@ pub(crate) struct WorkloadStatus {
 pub(crate) struct Agent {
     pub state: Arc<StateStore>,
     pub proxy: Arc<ProxyContext>,
+    /// Compiles each applied state's policy into `proxy.policy`.
+    pub policy: PolicyFeed,
     capture: Mutex<Capture>,
     enrolled: Mutex<BTreeMap<String, Enrolled>>,
     /// The state `enrolled` was last made to match (changed under the `enrolled` lock).
@@ -212,6 +215,7 @@ impl Agent {
         });
         Ok(Agent {
             state,
+            policy: PolicyFeed::new(proxy.policy.clone(), settings.trust_domain.clone()),
             proxy,
             capture: Mutex::new(capture),
             enrolled: Mutex::new(BTreeMap::new()),
@@ -245,8 +249,10 @@ impl Agent {
         }
     }
 
-    /// Enrolls / un-enrolls workloads to match `state`.
+    /// Publishes the policy of `state` (before any of its workloads accepts a connection),
+    /// then enrolls / un-enrolls workloads to match it.
     pub(crate) fn apply(&self, state: &Arc<State>) {
+        self.policy.apply(state);
         let desired: BTreeMap<String, Arc<Workload>> = state
             .local_workloads()
             .map(|w| (w.key(), w.clone()))

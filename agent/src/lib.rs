@@ -20,6 +20,7 @@ pub mod logging;
 pub(crate) mod netns;
 pub(crate) mod pod_routing;
 pub mod policy;
+pub(crate) mod policy_feed;
 pub(crate) mod proxy;
 pub mod settings;
 pub(crate) mod sources;

@@ -49,6 +49,9 @@ pub struct WorkloadSpec {
     /// the tests greet on are declared opaque, as a user would declare a server-speaks-first
     /// protocol (otherwise each connection waits for protocol detection to time out).
     pub opaque_ports: Option<Vec<u16>>,
+    /// More keys of the workload entry, as YAML lines indented under it (`annotations`,
+    /// `ports`, `probes`, ...).
+    pub extra_yaml: String,
 }
 
 /// The ports the tests run greeting (server-speaks-first) test apps on.
@@ -65,7 +68,19 @@ impl WorkloadSpec {
             skip_outbound_ports: Vec::new(),
             remote: false,
             opaque_ports: Some(GREETING_PORTS.to_vec()),
+            extra_yaml: String::new(),
         }
+    }
+
+    /// Adds keys to the workload's entry: `yaml` is written as it is, each line indented
+    /// to the entry's keys (four spaces), e.g. `"ports: [{name: http, containerPort: 8080}]"`.
+    pub fn yaml(mut self, yaml: &str) -> Self {
+        for line in yaml.lines() {
+            self.extra_yaml.push_str("    ");
+            self.extra_yaml.push_str(line);
+            self.extra_yaml.push('\n');
+        }
+        self
     }
 
     pub fn label(mut self, k: &str, v: &str) -> Self {
@@ -133,7 +148,13 @@ pub fn config_yaml(
     let _ = writeln!(y, "admin: 127.0.0.1:15000");
     let _ = writeln!(y, "bpffs: {}", cluster.pin_root(node).display());
     let _ = writeln!(y, "connectTimeoutMs: 2000");
-    let _ = writeln!(y, "workloads:");
+    // `[]` when empty, so that keys appended after the list stay top-level (serde-saphyr
+    // refuses a bare `workloads:` followed by another key).
+    let _ = writeln!(
+        y,
+        "workloads:{}",
+        if workloads.is_empty() { " []" } else { "" }
+    );
     for w in workloads {
         let _ = writeln!(y, "  - name: {}", w.pod.name);
         let _ = writeln!(y, "    namespace: {}", w.namespace);
@@ -167,8 +188,14 @@ pub fn config_yaml(
         if let Some(ports) = &w.opaque_ports {
             let _ = writeln!(y, "    opaquePorts: {ports:?}");
         }
+        y.push_str(&w.extra_yaml);
     }
-    let _ = writeln!(y, "services:");
+    // Likewise `services: []`.
+    let _ = writeln!(
+        y,
+        "services:{}",
+        if services.is_empty() { " []" } else { "" }
+    );
     for s in services {
         let _ = writeln!(y, "  - name: {}", s.name);
         let _ = writeln!(y, "    namespace: default");

@@ -27,7 +27,10 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::mpsc;
 
-use crate::{agent::Agent, conn::Direction, state::SourceStatus, telemetry::tap::TapFilter};
+use crate::{
+    agent::Agent, conn::Direction, policy_feed::PolicyStatus, state::SourceStatus,
+    telemetry::tap::TapFilter,
+};
 use guard::{Refused, TapSlots};
 
 type AdminBody = BoxBody<Bytes, Infallible>;
@@ -447,6 +450,7 @@ impl Admin {
             "workloads": workloads,
             "services": services,
             "identity": self.identity_dump(),
+            "policy": policy_dump(self.agent.policy.status(), &sources),
             "capture": {
                 "pins": self.agent.pins_root(),
                 "workloads": self.agent.statuses(),
@@ -463,6 +467,23 @@ fn seconds_until(now: std::time::SystemTime, t: std::time::SystemTime) -> i64 {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
     }
+}
+
+/// The compiled policy (`policy`): what the last good configuration's policy holds and
+/// reports, and the refusals of a newer one (`error`), which did not apply.
+fn policy_dump(status: PolicyStatus, sources: &[SourceStatus]) -> serde_json::Value {
+    let errors: Vec<&str> = sources
+        .iter()
+        .filter_map(|s| s.policy_error.as_deref())
+        .collect();
+    serde_json::json!({
+        "documents": status.documents,
+        "workloads": status.workloads,
+        "defaultInboundPolicy": status.default_inbound_policy,
+        "reports": status.reports,
+        "publications": status.publications,
+        "error": (!errors.is_empty()).then(|| errors.join("; ")),
+    })
 }
 
 /// Where the standalone file is (`configFile`), when the file feeds the state.

@@ -1,6 +1,6 @@
 //! Loading policy from files and directories (`*.yaml`, `*.yml`, recursively, in name
-//! order) as `meshd policy check` and the standalone source do: every document validated,
-//! every refusal kept, the same object defined twice refused.
+//! order, hidden entries skipped) as `meshd policy check` and the standalone source do:
+//! every document validated, every refusal kept, the same object defined twice refused.
 
 use std::{
     collections::BTreeMap,
@@ -39,6 +39,13 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>, refused: &mut Vec<DocumentError>
                 let mut children: Vec<PathBuf> =
                     entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
                 children.sort();
+                // Hidden entries are not documents: a Kubernetes ConfigMap volume keeps
+                // each version of its files in `..data` and `..TIMESTAMP` directories,
+                // which would define every object two more times.
+                children.retain(|c| {
+                    !c.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                });
                 for child in children {
                     if child.is_dir() {
                         collect(&child, out, refused);
@@ -52,30 +59,54 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>, refused: &mut Vec<DocumentError>
     }
 }
 
-/// Reads and validates every policy document under `paths`.
-pub fn load(paths: &[PathBuf]) -> Loaded {
-    let mut loaded = Loaded::default();
+/// The text of every policy file under some paths, as read at one moment: what a watcher
+/// compares with the last reading to see a change, and what [`parse`] validates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyFiles {
+    /// Each file and its text, in order.
+    pub texts: Vec<(PathBuf, String)>,
+    /// Paths and files that could not be read.
+    pub unreadable: Vec<DocumentError>,
+}
+
+/// Reads every policy file under `paths` (files as named, directories for `*.yaml` and
+/// `*.yml`, recursively, in name order).
+pub fn read(paths: &[PathBuf]) -> PolicyFiles {
+    let mut read = PolicyFiles::default();
     let mut files = Vec::new();
     for p in paths {
-        collect(p, &mut files, &mut loaded.refused);
+        collect(p, &mut files, &mut read.unreadable);
     }
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => read.texts.push((file, text)),
+            Err(e) => read.unreadable.push(DocumentError {
+                file,
+                line: 0,
+                kind: None,
+                object: None,
+                field: String::new(),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    read
+}
+
+/// Reads and validates every policy document under `paths`.
+pub fn load(paths: &[PathBuf]) -> Loaded {
+    parse(&read(paths))
+}
+
+/// Validates every document of `files`.
+pub fn parse(files: &PolicyFiles) -> Loaded {
+    let mut loaded = Loaded {
+        refused: files.unreadable.clone(),
+        ..Loaded::default()
+    };
     let mut seen: BTreeMap<(String, String, String), (PathBuf, u64)> = BTreeMap::new();
-    for file in &files {
-        let text = match std::fs::read_to_string(file) {
-            Ok(t) => t,
-            Err(e) => {
-                loaded.refused.push(DocumentError {
-                    file: file.clone(),
-                    line: 0,
-                    kind: None,
-                    object: None,
-                    field: String::new(),
-                    message: format!("cannot read: {e}"),
-                });
-                continue;
-            }
-        };
-        let docs = parse_file(file, &text);
+    for (file, text) in &files.texts {
+        let docs = parse_file(file, text);
         loaded.refused.extend(docs.refused);
         loaded.skipped.extend(docs.skipped);
         for located in docs.resources {
@@ -100,7 +131,7 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
             loaded.set.resources.push(located.resource);
         }
     }
-    loaded.files = files;
+    loaded.files = files.texts.iter().map(|(f, _)| f.clone()).collect();
     loaded
 }
 
@@ -121,4 +152,31 @@ pub fn print(loaded: &Loaded) -> bool {
         loaded.skipped.len()
     );
     loaded.refused.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory laid out as a Kubernetes ConfigMap volume: the visible files are links
+    /// into `..data`, which links to a `..TIMESTAMP` directory. Each object is read once.
+    #[test]
+    fn a_configmap_volume_is_read_once() {
+        let dir = std::env::temp_dir().join(format!("meshd-check-cm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let version = dir.join("..2026_12_02_18_00_00.1");
+        std::fs::create_dir_all(&version).unwrap();
+        std::fs::write(
+            version.join("auth.yaml"),
+            "apiVersion: policy.linkerd.io/v1alpha1\nkind: MeshTLSAuthentication\nmetadata: {name: a, namespace: shop}\nspec:\n  identities: ['*']\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("..2026_12_02_18_00_00.1", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/auth.yaml", dir.join("auth.yaml")).unwrap();
+        let loaded = load(std::slice::from_ref(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(loaded.refused.is_empty(), "{:?}", loaded.refused);
+        assert_eq!(loaded.set.resources.len(), 1);
+        assert_eq!(loaded.files.len(), 1);
+    }
 }

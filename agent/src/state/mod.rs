@@ -1,8 +1,9 @@
-//! The agent's in-memory view of the mesh: workloads and services, whatever source they came
+//! The agent's in-memory view of the mesh: workloads, services and policy inputs, whatever source they came
 //! from, with the indexes the data path needs. Sources build a [`State`] and publish it into
 //! the [`StateStore`]; the enrollment reconciler and the proxy read and watch the store. The
 //! proxy reads one immutable snapshot per connection.
 
+mod policy;
 mod service;
 pub(crate) mod store;
 mod workload;
@@ -13,6 +14,7 @@ use std::{
     sync::Arc,
 };
 
+pub(crate) use policy::PolicyInputs;
 pub(crate) use service::ServicePort;
 pub(crate) use store::{SourceHandle, SourceStatus, StateStore};
 pub(crate) use workload::{is_opaque, LocalWorkload, Workload, DEFAULT_OPAQUE_PORTS};
@@ -24,6 +26,9 @@ pub(crate) struct State {
     pub workloads: BTreeMap<String, Arc<Workload>>,
     by_ip: HashMap<IpAddr, Arc<Workload>>,
     services: HashMap<SocketAddr, Arc<ServicePort>>,
+    /// What the authorization policy is compiled from (shared by snapshots whose policy
+    /// did not change).
+    pub policy: Arc<PolicyInputs>,
     /// Set by the store when the state is published: later snapshots have higher numbers.
     generation: u64,
 }
@@ -51,6 +56,12 @@ impl State {
             state.services.insert(s.addr(), Arc::new(s));
         }
         state
+    }
+
+    /// The same state with these policy inputs.
+    pub(crate) fn with_policy(mut self, policy: Arc<PolicyInputs>) -> State {
+        self.policy = policy;
+        self
     }
 
     /// The mesh workload (on any node) that has this address.

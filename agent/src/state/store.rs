@@ -32,6 +32,8 @@ pub(crate) struct SourceStatus {
     pub generation: Option<u64>,
     /// Its last error, cleared by its next good update.
     pub last_error: Option<String>,
+    /// When that error is refused policy documents: the refusals.
+    pub policy_error: Option<String>,
 }
 
 pub(crate) struct StateStore {
@@ -83,6 +85,7 @@ impl StateStore {
             last_applied: None,
             generation: None,
             last_error: None,
+            policy_error: None,
         });
         SourceHandle {
             store: self.clone(),
@@ -114,17 +117,20 @@ impl SourceHandle {
             status.last_applied = Some(unix_now());
             status.generation = Some(state.generation);
             status.last_error = None;
+            status.policy_error = None;
         }
         state
     }
 
-    /// Records an error (the last good state keeps serving). Returns whether it differs
-    /// from the error recorded before, so that a source logs each error once.
-    pub(crate) fn report_error(&self, message: String) -> bool {
+    /// Records an error (the last good state keeps serving), with the refused policy
+    /// documents when they are the cause. Returns whether it differs from the error
+    /// recorded before, so that a source logs each error once.
+    pub(crate) fn report_error(&self, message: String, policy: Option<String>) -> bool {
         let mut sources = lock(&self.store.sources);
         match sources.get_mut(self.index) {
             Some(status) if status.last_error.as_deref() != Some(&message) => {
                 status.last_error = Some(message);
+                status.policy_error = policy;
                 true
             }
             _ => false,
@@ -156,6 +162,9 @@ mod tests {
                 node: "n2".into(),
                 deployment: name.into(),
                 labels: Default::default(),
+                annotations: Default::default(),
+                ports: Vec::new(),
+                probes: Vec::new(),
                 ips: vec![ip.parse().expect("ip")],
                 opaque_ports: Default::default(),
                 local: None,
@@ -200,8 +209,11 @@ mod tests {
             .expect("the service");
         assert_eq!(svc.endpoints, vec![addr("10.0.0.1", 8080)]);
 
-        assert!(source.0.report_error("bad update".into()));
-        assert!(!source.0.report_error("bad update".into()), "reported once");
+        assert!(source.0.report_error("bad update".into(), None));
+        assert!(
+            !source.0.report_error("bad update".into(), None),
+            "reported once"
+        );
         let status = &store.statuses()[0];
         assert_eq!((status.name, status.location.as_str()), ("test", "memory"));
         assert_eq!(status.last_error.as_deref(), Some("bad update"));

@@ -7,6 +7,8 @@ use std::{
     path::PathBuf,
 };
 
+use crate::policy::{compile::ContainerPort, compile::HttpProbe, PolicyWorkload};
+
 /// Linkerd's default opaque ports: SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch,
 /// memcached. They apply to a workload that names none, and to destinations outside the
 /// mesh.
@@ -30,6 +32,12 @@ pub(crate) struct Workload {
     /// The owning deployment, for metrics.
     pub deployment: String,
     pub labels: BTreeMap<String, String>,
+    /// The pod's annotations (`config.linkerd.io/default-inbound-policy`, ...).
+    pub annotations: BTreeMap<String, String>,
+    /// The containers' ports, by which a `Server` may select a port by name.
+    pub ports: Vec<ContainerPort>,
+    /// The HTTP probes, for which the default policies allow the probe route.
+    pub probes: Vec<HttpProbe>,
     pub ips: Vec<IpAddr>,
     /// Ports never parsed as HTTP.
     pub opaque_ports: BTreeSet<u16>,
@@ -50,5 +58,18 @@ impl Workload {
     /// `namespace/name`.
     pub(crate) fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// What the authorization policy is compiled from.
+    pub(crate) fn policy_view(&self) -> PolicyWorkload {
+        PolicyWorkload {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            annotations: self.annotations.clone(),
+            ports: self.ports.clone(),
+            probes: self.probes.clone(),
+            opaque_ports: self.opaque_ports.clone(),
+        }
     }
 }

@@ -17,6 +17,14 @@ use serde::Deserialize;
 
 use crate::{
     kube_names::{is_dns_label, is_dns_subdomain},
+    policy::{
+        compile::{ContainerPort, HttpProbe},
+        defaults::{InvalidMode, DEFAULT_POLICY_ANNOTATION, REQUIRE_IDENTITY_ANNOTATION},
+        document::DocumentError,
+        net::{Cidr, Network},
+        resources::ServerPort,
+        DefaultPolicy,
+    },
     settings::{
         IdentitySettings, InboundSettings, LimitSettings, Settings, DEFAULT_ADMIN,
         DEFAULT_BPFFS_ROOT, DEFAULT_CERTIFICATE_TTL, DEFAULT_CONNECT_TIMEOUT,
@@ -32,6 +40,29 @@ pub(crate) enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: {source}")]
     Invalid { path: PathBuf, source: Invalid },
+    /// Policy documents the file names were refused; nothing of the file is applied.
+    #[error("config file {path}: policy: {}", PolicyRefused(refused))]
+    Policy {
+        path: PathBuf,
+        refused: Vec<DocumentError>,
+    },
+}
+
+/// Policy documents' refusals, one after the other.
+pub(crate) struct PolicyRefused<'a>(pub &'a [DocumentError]);
+
+impl std::fmt::Display for PolicyRefused<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.len();
+        write!(f, "{n} document{} refused: ", if n == 1 { "" } else { "s" })?;
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
 }
 
 /// What is wrong with a config file that parsed; `at` names the entry
@@ -104,6 +135,65 @@ pub(crate) enum Invalid {
     PortZero { at: String },
     #[error("{at}: {vip}:{port} is defined twice")]
     DuplicatePort { at: String, vip: IpAddr, port: u16 },
+    #[error("defaultInboundPolicy: {0} (one of {names})", names = policy_names())]
+    DefaultInboundPolicy(InvalidMode),
+    #[error("clusterNetworks[{index}]: {value:?} is not a network (ADDRESS/PREFIX or an address)")]
+    ClusterNetwork { index: usize, value: String },
+    #[error("{at}: name {value:?} is not a valid namespace name")]
+    NamespaceName { at: String, value: String },
+    #[error("{at}: namespace {name} is listed twice")]
+    DuplicateNamespace { at: String, name: String },
+    #[error("{at}: annotations.{key:?}: {source} (one of {names})", names = policy_names())]
+    Annotation {
+        at: String,
+        key: &'static str,
+        source: InvalidMode,
+    },
+    #[error("{at}: annotations.{key:?}: {part:?} is not a port or a range of ports (e.g. 8080,9000-9010)")]
+    PortList {
+        at: String,
+        key: &'static str,
+        part: String,
+    },
+    #[error("{at}: {field}: {problem}")]
+    Port {
+        at: String,
+        field: String,
+        problem: PortProblem,
+    },
+}
+
+/// What is wrong with a workload's container port or probe.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PortProblem {
+    #[error("port 0 is not a valid container port")]
+    Zero,
+    #[error("{0:?} is not a valid port name (at most 15 lowercase letters, digits and '-', at least one letter, no '-' at either end or next to another)")]
+    Name(String),
+    #[error("{name:?} is also the name of ports[{first}]")]
+    DuplicateName { name: String, first: usize },
+    #[error("{0:?} is not TCP, UDP or SCTP")]
+    Protocol(String),
+    #[error("{0:?} does not begin with /")]
+    Path(String),
+    #[error("no TCP port of the workload is named {0:?} (see its ports)")]
+    UnknownName(String),
+}
+
+fn policy_names() -> String {
+    DefaultPolicy::ALL.map(DefaultPolicy::name).join(", ")
+}
+
+/// Kubernetes' `IANA_SVC_NAME`, the rule for a container port's name.
+fn is_port_name(name: &str) -> bool {
+    name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
 }
 
 /// Why a path is not the kind of file a field needs.
@@ -155,6 +245,57 @@ pub(super) struct FileConfig {
     pub workloads: Vec<WorkloadConfig>,
     #[serde(default, deserialize_with = "crate::yaml::null_as_default")]
     pub services: Vec<ServiceConfig>,
+    /// Files and directories of policy documents (multi-document YAML, as for `kubectl
+    /// apply -f`); relative paths are relative to the config file's directory.
+    #[serde(default, deserialize_with = "crate::yaml::null_as_default")]
+    pub policy: Vec<PathBuf>,
+    /// The default inbound policy of ports no `Server` selects (Linkerd's
+    /// `proxy.defaultInboundPolicy`).
+    #[serde(default)]
+    pub default_inbound_policy: Option<String>,
+    /// The networks of the `cluster-*` default policies (Linkerd's `clusterNetworks`).
+    #[serde(default)]
+    pub cluster_networks: Option<Vec<String>>,
+    /// Namespaces with annotations (`config.linkerd.io/default-inbound-policy`).
+    #[serde(default, deserialize_with = "crate::yaml::null_as_default")]
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+/// `namespaces[]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct NamespaceConfig {
+    pub name: String,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `workloads[].ports[]`, as a Kubernetes container port.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct ContainerPortConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub container_port: u16,
+    /// `TCP` (default), `UDP` or `SCTP`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// `workloads[].probes[]`: an HTTP probe (liveness, readiness or startup).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct ProbeConfig {
+    pub path: String,
+    pub port: PortRef,
+}
+
+/// A port by number or by the name of one of the workload's container ports.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub(super) enum PortRef {
+    Number(u16),
+    Name(String),
 }
 
 /// `inbound:` (see `docs/configuration.md`).
@@ -298,6 +439,15 @@ pub(super) struct WorkloadConfig {
     /// opaque-ports). Defaults to Linkerd's list.
     #[serde(default)]
     pub opaque_ports: Option<BTreeSet<u16>>,
+    /// The pod's annotations (`config.linkerd.io/default-inbound-policy`, ...).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// The containers' ports (a `Server` may select a port by name).
+    #[serde(default)]
+    pub ports: Vec<ContainerPortConfig>,
+    /// HTTP probes (the default policies allow their paths).
+    #[serde(default)]
+    pub probes: Vec<ProbeConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -377,9 +527,176 @@ impl WorkloadConfig {
     pub(super) fn is_on(&self, node: &str) -> bool {
         self.node.as_deref().is_none_or(|n| n == node)
     }
+
+    /// `ports`, typed (validated: every protocol is known).
+    pub(super) fn container_ports(&self) -> Vec<ContainerPort> {
+        self.ports
+            .iter()
+            .map(|p| ContainerPort {
+                name: p.name.clone(),
+                port: p.container_port,
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            })
+            .collect()
+    }
+
+    pub(super) fn http_probes(&self) -> Vec<HttpProbe> {
+        self.probes
+            .iter()
+            .map(|p| HttpProbe {
+                path: p.path.clone(),
+                port: match &p.port {
+                    PortRef::Number(n) => ServerPort::Number(*n),
+                    PortRef::Name(n) => ServerPort::Name(n.clone()),
+                },
+            })
+            .collect()
+    }
+
+    /// The checks of `annotations`, `ports` and `probes`.
+    fn validate_policy_fields(&self, at: &str) -> Result<(), Invalid> {
+        check_annotations(at, &self.annotations)?;
+        let port_error = |field: String, problem| Invalid::Port {
+            at: at.to_string(),
+            field,
+            problem,
+        };
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.container_port == 0 {
+                return Err(port_error(
+                    format!("ports[{i}].containerPort"),
+                    PortProblem::Zero,
+                ));
+            }
+            if let Some(protocol) = &p.protocol {
+                if !["TCP", "UDP", "SCTP"].contains(&protocol.as_str()) {
+                    return Err(port_error(
+                        format!("ports[{i}].protocol"),
+                        PortProblem::Protocol(protocol.clone()),
+                    ));
+                }
+            }
+            if let Some(name) = &p.name {
+                if !is_port_name(name) {
+                    return Err(port_error(
+                        format!("ports[{i}].name"),
+                        PortProblem::Name(name.clone()),
+                    ));
+                }
+                if let Some(first) = names.insert(name, i) {
+                    return Err(port_error(
+                        format!("ports[{i}].name"),
+                        PortProblem::DuplicateName {
+                            name: name.clone(),
+                            first,
+                        },
+                    ));
+                }
+            }
+        }
+        for (i, probe) in self.probes.iter().enumerate() {
+            if !probe.path.starts_with('/') {
+                return Err(port_error(
+                    format!("probes[{i}].path"),
+                    PortProblem::Path(probe.path.clone()),
+                ));
+            }
+            match &probe.port {
+                PortRef::Number(0) => {
+                    return Err(port_error(format!("probes[{i}].port"), PortProblem::Zero))
+                }
+                PortRef::Number(_) => {}
+                PortRef::Name(name) => {
+                    let tcp = self.ports.iter().any(|p| {
+                        p.name.as_deref() == Some(name.as_str())
+                            && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+                    });
+                    if !tcp {
+                        return Err(port_error(
+                            format!("probes[{i}].port"),
+                            PortProblem::UnknownName(name.clone()),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `part` of a port list annotation is a port (`8080`) or a range (`9000-9010`).
+fn is_port_or_range(part: &str) -> bool {
+    let port = |p: &str| p.trim().parse::<u16>().is_ok_and(|p| p > 0);
+    match part.split_once('-') {
+        Some((a, b)) => {
+            port(a) && port(b) && a.trim().parse::<u16>().ok() <= b.trim().parse::<u16>().ok()
+        }
+        None => port(part),
+    }
+}
+
+/// The policy annotations, checked: a bad `config.linkerd.io/default-inbound-policy` is
+/// refused here rather than compiled as `deny`, and a bad entry of
+/// `config.linkerd.io/proxy-require-identity-inbound-ports` rather than dropped (which
+/// would require identity on fewer ports): the file is the user's to fix.
+fn check_annotations(at: &str, annotations: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    if let Some(value) = annotations.get(REQUIRE_IDENTITY_ANNOTATION) {
+        if let Some(part) = value.split(',').find(|p| !is_port_or_range(p)) {
+            return Err(Invalid::PortList {
+                at: at.to_string(),
+                key: REQUIRE_IDENTITY_ANNOTATION,
+                part: part.to_string(),
+            });
+        }
+    }
+    if let Some(value) = annotations.get(DEFAULT_POLICY_ANNOTATION) {
+        value
+            .parse::<DefaultPolicy>()
+            .map_err(|source| Invalid::Annotation {
+                at: at.to_string(),
+                key: DEFAULT_POLICY_ANNOTATION,
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 impl FileConfig {
+    /// `defaultInboundPolicy` (validated).
+    pub(super) fn default_policy(&self) -> DefaultPolicy {
+        self.default_inbound_policy
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(DefaultPolicy::AllUnauthenticated)
+    }
+
+    /// `clusterNetworks` (validated), Linkerd's list when absent.
+    pub(super) fn cluster_networks(&self) -> Vec<Network> {
+        match &self.cluster_networks {
+            None => crate::policy::PolicySettings::default().cluster_networks,
+            Some(nets) => nets
+                .iter()
+                .filter_map(|n| Cidr::parse(n))
+                .map(Network::new)
+                .collect(),
+        }
+    }
+
+    /// Each listed namespace's annotations.
+    pub(super) fn namespace_annotations(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.namespaces
+            .iter()
+            .map(|n| (n.name.clone(), n.annotations.clone()))
+            .collect()
+    }
+
+    /// `policy`, relative paths resolved against the directory of `config_path`.
+    pub(super) fn policy_paths(&self, config_path: &Path) -> Vec<PathBuf> {
+        let dir = config_path.parent().unwrap_or(Path::new(""));
+        self.policy.iter().map(|p| dir.join(p)).collect()
+    }
+
     /// The agent's settings in this file.
     pub(super) fn settings(&self) -> Settings {
         Settings {
@@ -457,6 +774,35 @@ impl FileConfig {
                 }
             }
         }
+        if let Some(p) = &self.default_inbound_policy {
+            p.parse::<DefaultPolicy>()
+                .map_err(Invalid::DefaultInboundPolicy)?;
+        }
+        for (index, value) in self.cluster_networks.iter().flatten().enumerate() {
+            if Cidr::parse(value).is_none() {
+                return Err(Invalid::ClusterNetwork {
+                    index,
+                    value: value.clone(),
+                });
+            }
+        }
+        let mut namespaces = BTreeSet::new();
+        for (i, n) in self.namespaces.iter().enumerate() {
+            let at = format!("namespaces[{i}] ({})", n.name);
+            if !is_dns_label(&n.name) {
+                return Err(Invalid::NamespaceName {
+                    at,
+                    value: n.name.clone(),
+                });
+            }
+            if !namespaces.insert(&n.name) {
+                return Err(Invalid::DuplicateNamespace {
+                    at,
+                    name: n.name.clone(),
+                });
+            }
+            check_annotations(&at, &n.annotations)?;
+        }
         let mut names = BTreeSet::new();
         let mut ips: HashMap<IpAddr, String> = HashMap::new();
         for (i, w) in self.workloads.iter().enumerate() {
@@ -524,6 +870,7 @@ impl FileConfig {
                     return Err(Invalid::SkipPortZero { at });
                 }
             }
+            w.validate_policy_fields(&at)?;
         }
         let mut vips = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
@@ -706,6 +1053,14 @@ workloads:
         }
     }
 
+    /// A list key with every entry commented out is an empty list.
+    #[test]
+    fn a_list_without_entries_is_empty() {
+        let c = parse("node: n1\nworkloads:\n# - name: a\nservices:\npolicy:\nnamespaces:\nadmin: 127.0.0.1:15000\n").unwrap();
+        assert!(c.workloads.is_empty() && c.services.is_empty());
+        assert!(c.policy.is_empty() && c.namespaces.is_empty());
+    }
+
     #[test]
     fn missing_field_is_named() {
         let e = parse("node: n1\nworkloads:\n  - name: a\n    namespace: b\n    ips: [10.0.0.1]\n")
@@ -831,6 +1186,191 @@ workloads:
         assert!(parse(&with(
             "    skipInboundPorts: [80]\n    skipOutboundPorts: [443]\n",
             &svc("10.96.0.1", "[{port: 80, targetPort: 8080}, {port: 443}]")
+        ))
+        .is_ok());
+    }
+
+    /// The policy keys: every one read as a Kubernetes / Linkerd user writes it.
+    #[test]
+    fn policy_keys_are_read() {
+        let text = format!(
+            "policy: [policies, /etc/meshd/extra.yaml]
+defaultInboundPolicy: cluster-authenticated
+clusterNetworks: [10.0.0.0/8, \"fd00::/8\", 192.168.1.1]
+namespaces:
+  - name: shop
+    annotations:
+      config.linkerd.io/default-inbound-policy: deny
+  - name: plain
+{}    annotations:
+      config.linkerd.io/default-inbound-policy: audit
+      example.com/team: payments
+    ports:
+      - {{name: http, containerPort: 8080}}
+      - {{containerPort: 9090, protocol: UDP}}
+    probes:
+      - {{path: /ready, port: http}}
+      - {{path: /live, port: 8081}}
+",
+            REMOTE_ONLY.trim_start_matches('\n')
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.policy_paths(Path::new("/etc/meshd/config.yaml")),
+            vec![
+                PathBuf::from("/etc/meshd/policies"),
+                PathBuf::from("/etc/meshd/extra.yaml")
+            ]
+        );
+        assert_eq!(c.default_policy(), DefaultPolicy::ClusterAuthenticated);
+        let nets: Vec<String> = c
+            .cluster_networks()
+            .iter()
+            .map(|n| {
+                serde_json::to_value(n.net)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "fd00::/8", "192.168.1.1/32"]);
+        let ns = c.namespace_annotations();
+        assert_eq!(ns["shop"][DEFAULT_POLICY_ANNOTATION], "deny");
+        assert!(ns["plain"].is_empty());
+        let w = &c.workloads[0];
+        assert_eq!(w.annotations["example.com/team"], "payments");
+        assert_eq!(
+            w.container_ports(),
+            vec![
+                ContainerPort {
+                    name: Some("http".into()),
+                    port: 8080,
+                    protocol: "TCP".into()
+                },
+                ContainerPort {
+                    name: None,
+                    port: 9090,
+                    protocol: "UDP".into()
+                },
+            ]
+        );
+        assert_eq!(
+            w.http_probes(),
+            vec![
+                HttpProbe {
+                    path: "/ready".into(),
+                    port: ServerPort::Name("http".into())
+                },
+                HttpProbe {
+                    path: "/live".into(),
+                    port: ServerPort::Number(8081)
+                },
+            ]
+        );
+        // Absent: no policy files, Linkerd's defaults.
+        let c = parse(REMOTE_ONLY).unwrap();
+        assert!(c.policy_paths(Path::new("c.yaml")).is_empty());
+        assert_eq!(c.default_policy(), DefaultPolicy::AllUnauthenticated);
+        assert_eq!(
+            c.cluster_networks(),
+            crate::policy::PolicySettings::default().cluster_networks
+        );
+    }
+
+    /// Every bad value of the policy keys, with the message a user sees.
+    #[test]
+    fn bad_policy_keys_are_refused_naming_the_field() {
+        let top = |extra: &str| REMOTE_ONLY.replace("node: n1\n", &format!("node: n1\n{extra}"));
+        let at_w = "config file test.yaml: workloads[0] (default/web-1)";
+        let cases: Vec<(String, String)> = vec![
+            (
+                top("defaultInboundPolicy: allow-all\n"),
+                "config file test.yaml: defaultInboundPolicy: invalid mode: \"allow-all\" (one of all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny, audit)".into(),
+            ),
+            (
+                top("clusterNetworks: [10.0.0.0/8, 10.0.0.0/33]\n"),
+                "config file test.yaml: clusterNetworks[1]: \"10.0.0.0/33\" is not a network (ADDRESS/PREFIX or an address)".into(),
+            ),
+            (
+                top("namespaces: [{name: Shop}]\n"),
+                "config file test.yaml: namespaces[0] (Shop): name \"Shop\" is not a valid namespace name".into(),
+            ),
+            (
+                top("namespaces: [{name: shop}, {name: shop}]\n"),
+                "config file test.yaml: namespaces[1] (shop): namespace shop is listed twice".into(),
+            ),
+            (
+                top("namespaces: [{name: shop, annotations: {config.linkerd.io/default-inbound-policy: allow}}]\n"),
+                "config file test.yaml: namespaces[0] (shop): annotations.\"config.linkerd.io/default-inbound-policy\": invalid mode: \"allow\" (one of all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny, audit)".into(),
+            ),
+            (
+                with("    annotations: {config.linkerd.io/default-inbound-policy: all}\n", ""),
+                format!("{at_w}: annotations.\"config.linkerd.io/default-inbound-policy\": invalid mode: \"all\" (one of all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny, audit)"),
+            ),
+            (
+                with("    annotations: {config.linkerd.io/proxy-require-identity-inbound-ports: '8080,90x0'}\n", ""),
+                format!("{at_w}: annotations.\"config.linkerd.io/proxy-require-identity-inbound-ports\": \"90x0\" is not a port or a range of ports (e.g. 8080,9000-9010)"),
+            ),
+            (
+                with("    annotations: {config.linkerd.io/proxy-require-identity-inbound-ports: '9010-9000'}\n", ""),
+                format!("{at_w}: annotations.\"config.linkerd.io/proxy-require-identity-inbound-ports\": \"9010-9000\" is not a port or a range of ports (e.g. 8080,9000-9010)"),
+            ),
+            (
+                with("    ports: [{containerPort: 0}]\n", ""),
+                format!("{at_w}: ports[0].containerPort: port 0 is not a valid container port"),
+            ),
+            (
+                with("    ports: [{containerPort: 80, protocol: tcp}]\n", ""),
+                format!("{at_w}: ports[0].protocol: \"tcp\" is not TCP, UDP or SCTP"),
+            ),
+            (
+                with("    ports: [{name: Http, containerPort: 80}]\n", ""),
+                format!("{at_w}: ports[0].name: \"Http\" is not a valid port name (at most 15 lowercase letters, digits and '-', at least one letter, no '-' at either end or next to another)"),
+            ),
+            (
+                with("    ports: [{name: http, containerPort: 80}, {name: http, containerPort: 81}]\n", ""),
+                format!("{at_w}: ports[1].name: \"http\" is also the name of ports[0]"),
+            ),
+            (
+                with("    ports: [{name: http, containerPort: 80}]\n    probes: [{path: ready, port: http}]\n", ""),
+                format!("{at_w}: probes[0].path: \"ready\" does not begin with /"),
+            ),
+            (
+                with("    probes: [{path: /ready, port: 0}]\n", ""),
+                format!("{at_w}: probes[0].port: port 0 is not a valid container port"),
+            ),
+            (
+                with("    ports: [{name: http, containerPort: 80, protocol: UDP}]\n    probes: [{path: /ready, port: http}]\n", ""),
+                format!("{at_w}: probes[0].port: no TCP port of the workload is named \"http\" (see its ports)"),
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(refused(&text), want, "{text}");
+        }
+        // Parse errors name the field.
+        for (extra, field) in [
+            (
+                "    ports: [{containerPort: 70000}]\n",
+                "workloads[0].ports[0].containerPort",
+            ),
+            ("    ports: [{port: 80}]\n", "port"),
+            ("    probes: [{path: /x}]\n", "port"),
+        ] {
+            let e = refused(&with(extra, ""));
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+        for (extra, field) in [
+            ("policy: 5\n", "policy"),
+            ("namespaces: [{name: a, labels: {}}]\n", "labels"),
+        ] {
+            let e = refused(&top(extra));
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+        // A good port name and a named probe on it, a good port list, are accepted.
+        assert!(parse(&with(
+            "    ports: [{name: admin-http2, containerPort: 80}]\n    probes: [{path: /ready, port: admin-http2}]\n    annotations: {config.linkerd.io/proxy-require-identity-inbound-ports: '8080, 9000-9010'}\n",
+            ""
         ))
         .is_ok());
     }

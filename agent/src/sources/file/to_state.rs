@@ -14,6 +14,9 @@ pub(super) fn to_state(config: &FileConfig) -> State {
         node: w.node.clone().unwrap_or_else(|| config.node.clone()),
         deployment: w.deployment(),
         labels: w.labels.clone(),
+        annotations: w.annotations.clone(),
+        ports: w.container_ports(),
+        probes: w.http_probes(),
         ips: w.ips.clone(),
         opaque_ports: w.opaque_ports(),
         local: w.is_on(&config.node).then(|| LocalWorkload {

@@ -522,7 +522,7 @@ fn bad_config_files_give_clear_errors() {
     assert_eq!(
         e.trim_end(),
         format!(
-            "Error: config file {}: node: invalid type: sequence, expected a string at line 1 column 7",
+            "Error: config file {}: at node: expected string scalar (line 1 column 7)",
             path.display()
         ),
     );

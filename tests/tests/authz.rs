@@ -1,0 +1,313 @@
+//! Authorization policy enforced by the agent, through the namespaces cluster with real
+//! clients: the users' payments / orders / web micro-segmentation, applied verbatim as
+//! Linkerd YAML. `order-service` reaches `payment-api` over HTTP/2, `frontend` gets 403 from
+//! it, `frontend` reaches `order-api`, an unmeshed client gets 403 (HTTP) or a closed
+//! connection (an opaque port); the deny counter and the users' PromQL query on a real
+//! Prometheus show the denials of the right deployment. Then a policy change under
+//! traffic: the next request on a kept-alive connection is refused and an open opaque
+//! connection is terminated, and loosening it lets the same HTTP connection go on.
+
+use std::{process::Command, time::Duration};
+
+use meshd_tests::{
+    mesh::{config_yaml, identity_init, with_identity, Agent, WorkloadSpec},
+    require_root,
+    traffic::{curl_output, echo, spawn_listening, start_app},
+    wait_until, Cluster, Pod,
+};
+use serde_json::Value;
+
+const PAYMENTS: &str = "apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata:
+  name: payment-api
+  namespace: payments
+spec:
+  podSelector:
+    matchLabels:
+      app: payment-api
+  port: 8080
+  proxyProtocol: HTTP/2
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata:
+  name: order-service
+  namespace: payments
+spec:
+  identities:
+    - order-service.orders.serviceaccount.identity.linkerd.cluster.local
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: payment-api-from-orders
+  namespace: payments
+spec:
+  targetRef:
+    group: policy.linkerd.io
+    kind: Server
+    name: payment-api
+  requiredAuthenticationRefs:
+    - name: order-service
+      kind: MeshTLSAuthentication
+      group: policy.linkerd.io
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata:
+  name: payment-db
+  namespace: payments
+spec:
+  podSelector:
+    matchLabels:
+      app: payment-api
+  port: 9090
+  proxyProtocol: opaque
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: payment-db-from-orders
+  namespace: payments
+spec:
+  targetRef:
+    group: policy.linkerd.io
+    kind: Server
+    name: payment-db
+  requiredAuthenticationRefs:
+    - name: order-service
+      kind: MeshTLSAuthentication
+      group: policy.linkerd.io
+";
+
+const ORDERS: &str = "apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata:
+  name: order-api
+  namespace: orders
+spec:
+  podSelector:
+    matchLabels:
+      app: order-api
+  port: 8080
+  proxyProtocol: HTTP/1
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata:
+  name: frontend
+  namespace: orders
+spec:
+  identities:
+    - frontend.web.serviceaccount.identity.linkerd.cluster.local
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: order-api-from-web
+  namespace: orders
+spec:
+  targetRef:
+    group: policy.linkerd.io
+    kind: Server
+    name: order-api
+  requiredAuthenticationRefs:
+    - name: frontend
+      kind: MeshTLSAuthentication
+      group: policy.linkerd.io
+";
+
+fn workload(pod: &Pod, namespace: &str, app: &str, opaque: &[u16]) -> WorkloadSpec {
+    let mut w = WorkloadSpec::new(pod).label("app", app);
+    w.namespace = namespace.into();
+    w.service_account = app.into();
+    w.opaque_ports = Some(opaque.to_vec());
+    w.yaml(&format!("deployment: {app}"))
+}
+
+/// The HTTP status of one request from `pod` (`--http2-prior-knowledge` for `h2`).
+fn status(c: &Cluster, pod: &Pod, url: &str, h2: bool) -> String {
+    let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    if h2 {
+        args.push("--http2-prior-knowledge");
+    }
+    args.push(url);
+    let out = curl_output(c, pod, 10, &args);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn metric(agent: &Agent, family: &str, needles: &[&str]) -> u64 {
+    let (_, text) = agent.get("/metrics").unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && needles.iter().all(|n| l.contains(n)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn payments_orders_web_segmentation_as_linkerd_yaml() {
+    require_root().unwrap();
+    let c = Cluster::new("authz-payments").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let payment = c.add_pod(&n1, "payment-api").unwrap();
+    let order_svc = c.add_pod(&n1, "order-service").unwrap();
+    let order_api = c.add_pod(&n1, "order-api").unwrap();
+    let frontend = c.add_pod(&n1, "frontend").unwrap();
+    let outsider = c.add_pod(&n1, "outsider").unwrap();
+    let ca = identity_init(&c, "ca").unwrap();
+    let policy_dir = c.dir().join("policy");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("payments.yaml"), PAYMENTS).unwrap();
+    std::fs::write(policy_dir.join("orders.yaml"), ORDERS).unwrap();
+    let yaml = config_yaml(
+        &c,
+        &n1,
+        &[
+            workload(&payment, "payments", "payment-api", &[9090]),
+            workload(&order_svc, "orders", "order-service", &[]),
+            workload(&order_api, "orders", "order-api", &[]),
+            workload(&frontend, "web", "frontend", &[]),
+        ],
+        &[],
+    );
+    let yaml = format!("{yaml}policy: [{}]\n", policy_dir.display());
+    let agent = Agent::start(
+        &c,
+        &n1,
+        &with_identity(&yaml, &ca.join("ca.crt"), &ca, 3600),
+    )
+    .unwrap();
+
+    // payment-api: HTTP/2 on 8080 (nghttpd), a greeting server on the opaque 9090.
+    let docroot = c.dir().join("www");
+    std::fs::create_dir_all(&docroot).unwrap();
+    std::fs::write(docroot.join("index.html"), "paid\n").unwrap();
+    let mut nghttpd = Command::new("nghttpd");
+    nghttpd.args(["--no-tls", "-d"]).arg(&docroot).arg("8080");
+    c.spawn_in_pod(&payment, nghttpd).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        let mut ss = Command::new("ss");
+        ss.args(["-Hltn", "sport", "= :8080"]);
+        c.run_in_pod(&payment, ss)
+            .is_ok_and(|o| !o.stdout.is_empty())
+    }));
+    let mut greet = Command::new(meshd_tests::mesh::testapp_bin());
+    greet.args(["serve", "--greet", "--listen", "0.0.0.0:9090"]);
+    let db_app = spawn_listening(&c, &payment, greet);
+    start_app(&c, &order_api, "python3", "http_app.py", 8080);
+
+    let pay = format!("http://{}:8080/", payment.ip);
+    let orders = format!("http://{}:8080/", order_api.ip);
+    assert_eq!(status(&c, &order_svc, &pay, true), "200");
+    assert_eq!(status(&c, &frontend, &pay, true), "403");
+    assert_eq!(status(&c, &frontend, &orders, false), "200");
+    assert_eq!(status(&c, &order_svc, &orders, false), "403");
+    assert_eq!(status(&c, &outsider, &pay, true), "403");
+    // The opaque port: order-service's connection carries bytes; the outsider's and
+    // frontend's are closed before the app sees them.
+    let db = format!("{}:9090", payment.ip);
+    assert_eq!(echo(&c, &order_svc, &db, 1000)["ok"], true);
+    for pod in [&outsider, &frontend] {
+        let r = echo(&c, pod, &db, 1000);
+        assert_eq!(r["ok"], false, "{}: {r}", pod.name);
+    }
+    let accepted = db_app
+        .stdout()
+        .lines()
+        .filter(|l| l.starts_with("accepted"))
+        .count();
+    assert_eq!(
+        accepted,
+        1,
+        "only order-service reached the app:\n{}",
+        db_app.stdout()
+    );
+
+    // The counters, with Linkerd's labels and the deployment.
+    let deny = "inbound_http_authz_deny_total";
+    assert_eq!(
+        metric(
+            &agent,
+            deny,
+            &[r#"srv_name="payment-api""#, r#"deployment="payment-api""#]
+        ),
+        2
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            deny,
+            &[
+                r#"client_id="frontend.web.serviceaccount.identity.linkerd.cluster.local""#,
+                r#"deployment="payment-api""#
+            ]
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            deny,
+            &[r#"tls="no_identity",no_tls_reason="no_tls_from_remote""#]
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            deny,
+            &[
+                r#"deployment="order-api""#,
+                r#"client_id="order-service.orders.serviceaccount.identity.linkerd.cluster.local""#
+            ]
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            "inbound_http_authz_allow_total",
+            &[
+                r#"authz_name="payment-api-from-orders""#,
+                r#"deployment="payment-api""#
+            ]
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            "inbound_tcp_authz_deny_total",
+            &[r#"srv_name="payment-db""#]
+        ),
+        2
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            "inbound_tcp_authz_allow_total",
+            &[
+                r#"srv_name="payment-db""#,
+                r#"authz_name="payment-db-from-orders""#
+            ]
+        ),
+        1
+    );
+
+    // `meshd authz` and `meshd diagnostics policy` see the same.
+    let (_, rows) = agent.get("/authz?window=60").unwrap();
+    let rows: Vec<Value> = serde_json::from_str(&rows).unwrap();
+    assert!(
+        rows.iter().any(|r| r["deployment"] == "payment-api"
+            && r["authorization"] == ""
+            && r["unauthorized_rps"].as_f64() > Some(0.0)),
+        "{rows:?}"
+    );
+    let (_, diag) = agent
+        .get("/policy?workload=payments/payment-api&port=8080")
+        .unwrap();
+    let diag: Value = serde_json::from_str(&diag).unwrap();
+    assert_eq!(diag["policy"]["server"]["name"], "payment-api", "{diag}");
+    agent.stop().unwrap();
+}

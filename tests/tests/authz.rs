@@ -137,6 +137,70 @@ fn status(c: &Cluster, pod: &Pod, url: &str, h2: bool) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Prometheus in a node's namespace, scraping the agent's admin port every second.
+struct Prometheus {
+    netns: std::path::PathBuf,
+}
+
+impl Prometheus {
+    fn start(c: &Cluster, node: &meshd_tests::Node) -> Prometheus {
+        let dir = c.dir().join("prometheus");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n  - job_name: meshd\n    static_configs: [{targets: ['127.0.0.1:15000']}]\n",
+        )
+        .unwrap();
+        let mut prom = Command::new("prometheus");
+        prom.arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg("--web.listen-address=127.0.0.1:9090");
+        c.spawn_in_node(node, prom).unwrap();
+        let p = Prometheus {
+            netns: node.netns_path.clone(),
+        };
+        assert!(
+            wait_until(Duration::from_secs(30), || meshd_tests::http_get(
+                &p.netns,
+                "http://127.0.0.1:9090/api/v1/targets"
+            )
+            .is_ok_and(|(_, b)| b.contains("\"health\":\"up\""))),
+            "prometheus scrapes the agent"
+        );
+        p
+    }
+
+    /// The samples of an instant query: labels and value; `None` if it failed.
+    fn vector(&self, query: &str) -> Option<Vec<(Value, f64)>> {
+        let q: String = query
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let url = format!("http://127.0.0.1:9090/api/v1/query?query={q}");
+        let (code, body) = meshd_tests::http_get(&self.netns, &url).ok()?;
+        if code != 200 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"]
+            .as_array()?
+            .iter()
+            .map(|r| Some((r["metric"].clone(), r["value"][1].as_str()?.parse().ok()?)))
+            .collect()
+    }
+}
+
 fn metric(agent: &Agent, family: &str, needles: &[&str]) -> u64 {
     let (_, text) = agent.get("/metrics").unwrap();
     text.lines()
@@ -199,7 +263,18 @@ fn payments_orders_web_segmentation_as_linkerd_yaml() {
 
     let pay = format!("http://{}:8080/", payment.ip);
     let orders = format!("http://{}:8080/", order_api.ip);
+    // Prometheus on the node, scraping the agent every second. It must hold a sample of
+    // the first denial before the others come, for rate() to see an increase.
+    let prom = Prometheus::start(&c, &n1);
     assert_eq!(status(&c, &order_svc, &pay, true), "200");
+    assert_eq!(status(&c, &frontend, &pay, true), "403");
+    assert!(
+        wait_until(Duration::from_secs(30), || prom
+            .vector("inbound_http_authz_deny_total")
+            .is_some_and(|v| !v.is_empty())),
+        "prometheus has the deny series"
+    );
+    // An increase of that series.
     assert_eq!(status(&c, &frontend, &pay, true), "403");
     assert_eq!(status(&c, &frontend, &orders, false), "200");
     assert_eq!(status(&c, &order_svc, &orders, false), "403");
@@ -232,7 +307,7 @@ fn payments_orders_web_segmentation_as_linkerd_yaml() {
             deny,
             &[r#"srv_name="payment-api""#, r#"deployment="payment-api""#]
         ),
-        2
+        3
     );
     assert_eq!(
         metric(
@@ -243,7 +318,7 @@ fn payments_orders_web_segmentation_as_linkerd_yaml() {
                 r#"deployment="payment-api""#
             ]
         ),
-        1
+        2
     );
     assert_eq!(
         metric(
@@ -293,6 +368,25 @@ fn payments_orders_web_segmentation_as_linkerd_yaml() {
             ]
         ),
         1
+    );
+
+    // The users' query, as they run it against their Prometheus.
+    let by_deployment = "sum(rate(inbound_http_authz_deny_total[5m])) by (deployment)";
+    let mut rates = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            rates = prom.vector(by_deployment).unwrap_or_default();
+            rates
+                .iter()
+                .any(|(l, v)| l["deployment"] == "payment-api" && *v > 0.0)
+        }),
+        "{by_deployment}: {rates:?}"
+    );
+    assert!(
+        rates.iter().all(|(l, _)| l
+            .as_object()
+            .is_some_and(|o| o.len() == 1 && o.contains_key("deployment"))),
+        "{rates:?}"
     );
 
     // `meshd authz` and `meshd diagnostics policy` see the same.

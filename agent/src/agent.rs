@@ -26,7 +26,7 @@ use crate::{
     },
     settings::{LimitSettings, Settings},
     state::{LocalWorkload, State, StateStore, Workload},
-    telemetry::Telemetry,
+    telemetry::{metrics::CaptureRefusedLabels, Telemetry},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +105,8 @@ pub(crate) struct Agent {
     pub state: Arc<StateStore>,
     pub proxy: Arc<ProxyContext>,
     capture: Mutex<Capture>,
+    /// `limits.maxPendingConnectsPerPod`.
+    max_pending_connects: u32,
     enrolled: Mutex<BTreeMap<String, Enrolled>>,
     /// The state `enrolled` was last made to match (changed under the `enrolled` lock).
     applied: Mutex<Arc<State>>,
@@ -154,6 +156,12 @@ fn limits(settings: &LimitSettings) -> Limits {
     tracing::info!(?limits, "connection and handshake budgets");
     limits
 }
+
+/// How often [`Agent::sweep_orig_dst`] runs.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// An original destination older than this was never accepted: the agent accepts at once,
+/// and the kernel gives up on a connection whose handshake is not answered well before.
+const ORIG_DST_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Descriptors kept out of the connection budget's default: listeners (five per pod),
 /// the HBONE pool's connections, the maps and programs, the admin API.
@@ -206,6 +214,7 @@ impl Agent {
             state,
             proxy,
             capture: Mutex::new(capture),
+            max_pending_connects: settings.limits.max_pending_connects_per_pod,
             enrolled: Mutex::new(BTreeMap::new()),
             applied: Mutex::default(),
             errors: Mutex::new(BTreeMap::new()),
@@ -461,7 +470,9 @@ impl Agent {
                 } else {
                     0
                 },
-                _pad: 0,
+                // Given by the maps (`Maps::set_pod`).
+                slot: 0,
+                max_pending: self.max_pending_connects,
             },
             skip_inbound_ports: &skip_in,
             skip_outbound_ports: &skip_out,
@@ -578,6 +589,59 @@ impl Agent {
     /// Attached programs and links, for `/config_dump`.
     pub(crate) fn attachments(&self) -> serde_json::Value {
         lock(&self.capture).attachments()
+    }
+
+    /// Copies the kernel's per-pod refusal counters into `capture_refused_total` (at each
+    /// scrape). A pod that left keeps its last values.
+    pub(crate) fn update_capture_metrics(&self) {
+        let metrics = &self.proxy.telemetry.metrics;
+        for e in lock(&self.enrolled).values() {
+            let Some(c) = self.proxy.maps.counters(e.netns.cookie()) else {
+                continue;
+            };
+            for (reason, value) in [
+                ("pending_quota", c.refused_quota),
+                ("orig_dst_full", c.refused_full),
+            ] {
+                let labels = CaptureRefusedLabels {
+                    namespace: e.workload.namespace.clone(),
+                    pod: e.workload.name.clone(),
+                    reason,
+                };
+                if value > 0 || metrics.capture_refused.get(&labels).is_some() {
+                    metrics
+                        .capture_refused
+                        .get_or_create(&labels)
+                        .inner()
+                        .store(value, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Every [`SWEEP_INTERVAL`], removes the original destinations nobody accepted for
+    /// [`ORIG_DST_MAX_AGE`] (connections the agent never accepted: it died with a backlog,
+    /// or a client's last handshake packet was lost), so that they stop counting against
+    /// their pod's quota.
+    pub(crate) async fn sweep_orig_dst(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let maps = self.proxy.maps.clone();
+            match tokio::task::spawn_blocking(move || maps.sweep_orig_dst(ORIG_DST_MAX_AGE)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    tracing::info!(
+                        entries = n,
+                        "removed original destinations no connection was accepted for"
+                    );
+                    self.proxy.telemetry.metrics.orig_dst_swept.inc_by(n);
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "sweeping original destinations"),
+                Err(e) => tracing::error!(error = %e, "sweeping original destinations panicked"),
+            }
+        }
     }
 
     pub(crate) fn map_counts(&self) -> serde_json::Value {

@@ -101,7 +101,7 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
     // Nothing of the client is left attached, and no map entry of it remains.
     assert!(cgroup_programs(&client.cgroup).unwrap().is_empty());
     assert!(netns_programs(&client.netns_path).unwrap().is_empty());
-    assert!(!agent.pin_root.join("v2/links/default_client").exists());
+    assert!(!agent.pin_root.join("v3/links/default_client").exists());
     assert_eq!(map_count(&agent, "MESHD_PODS"), 1);
     assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 1);
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 1);
@@ -133,7 +133,7 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
     assert_eq!(applied_state(&agent), good, "the bad edit changed nothing");
     assert!(enrolled(&agent, "default/client"));
     assert!(cgroup_programs(&extra.cgroup).unwrap().is_empty());
-    assert!(!agent.pin_root.join("v2/links/default_extra").exists());
+    assert!(!agent.pin_root.join("v3/links/default_extra").exists());
     // The client is still captured: its loop's next connections go through the agent.
     let before = outbound(&agent);
     traffic.wait_more_ok(10, "after the bad edit");
@@ -171,7 +171,7 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
 }
 
 fn pinned_prog_id(agent: &Agent, name: &str) -> u64 {
-    let path = agent.pin_root.join("v2/progs").join(name);
+    let path = agent.pin_root.join("v3/progs").join(name);
     bpftool_json(&["prog", "show", "pinned", path.to_str().unwrap()]).unwrap()["id"]
         .as_u64()
         .unwrap()
@@ -240,10 +240,10 @@ fn restarted_agent_adopts_its_pins() {
         "{r}"
     );
     let old_ids = attached_ids(&client.cgroup);
-    assert_eq!(old_ids.len(), 3);
+    assert_eq!(old_ids.len(), 4);
     assert!(agent
         .pin_root
-        .join("v2/links/default_client/connect4")
+        .join("v3/links/default_client/connect4")
         .exists());
 
     // Restart with a config in which one workload is gone.
@@ -272,14 +272,14 @@ fn restarted_agent_adopts_its_pins() {
         attached_ids(&gone.cgroup).is_empty(),
         "links of a removed workload are dropped"
     );
-    assert!(!agent2.pin_root.join("v2/links/default_gone").exists());
+    assert!(!agent2.pin_root.join("v3/links/default_gone").exists());
     assert_eq!(map_count(&agent2, "MESHD_PODS"), 2);
     // /config_dump names what is attached where: the adopted links run the new programs.
     let dump = agent2.config_dump().unwrap();
     let attached = &dump["capture"]["attached"];
     let connect4 = attached["programs"]["meshd_connect4"].as_u64().unwrap();
     let links = attached["links"]["default/client"].as_array().unwrap();
-    assert_eq!(links.len(), 4, "{attached:#}");
+    assert_eq!(links.len(), 5, "{attached:#}");
     let c4 = links.iter().find(|l| l["hook"] == "connect4").unwrap();
     assert_eq!(c4["programId"].as_u64(), Some(connect4));
     assert!(attached["links"].get("default/gone").is_none());
@@ -813,17 +813,23 @@ fn sigterm_leaves_the_capture_for_the_next_agent() {
         "{}",
         agent.proc.output_tail()
     );
-    let pins = agent.pin_root.join("v2");
+    let pins = agent.pin_root.join("v3");
     for pod in [&client, &server] {
         assert!(captured(pod), "{} still captured", pod.name);
-        for hook in ["connect4", "connect6", "sockops", "sk_lookup"] {
+        for hook in [
+            "connect4",
+            "connect6",
+            "sockops",
+            "sk_lookup",
+            "sock_release",
+        ] {
             let link = pins.join(format!("links/default_{}/{hook}", pod.name));
             assert!(link.exists(), "{} kept", link.display());
         }
     }
     for pin in [
         "progs/meshd_connect4",
-        "progs/meshd_sk_lookup",
+        "progs/meshd_release",
         "maps/MESHD_PODS",
     ] {
         assert!(pins.join(pin).exists(), "{pin} kept");

@@ -7,6 +7,7 @@
 //! the next one (as a crash does); `meshd uninstall` or `--uninstall-on-exit` removes
 //! everything.
 
+pub mod counters;
 pub mod link;
 pub mod maps;
 pub mod pins;
@@ -97,7 +98,40 @@ pub struct Capture {
     pins: PinPaths,
     /// Workloads whose links an earlier agent pinned and this one adopted at start-up.
     adopted: BTreeSet<String>,
+    /// The aya-log level compiled into the programs, for the per-pod sk_lookup instances.
+    log_level: u8,
     _logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// aya-log's ring buffer. Pinned with the maps, so that the per-pod sk_lookup instances
+/// (and those a restarted agent adopts) log into the buffer the agent reads.
+const AYA_LOGS: &str = "AYA_LOGS";
+
+/// One pod's sk_lookup program: the object loaded again with the pod's namespace cookie as
+/// `NETNS_COOKIE` (the shared maps reused from their pins), only sk_lookup loaded in the
+/// kernel. Once its link is pinned the instance can go: the link holds the program.
+struct SkLookupInstance {
+    ebpf: aya::Ebpf,
+}
+
+impl SkLookupInstance {
+    fn load(pins: &PinPaths, log_level: u8, netns_cookie: u64) -> Result<Self, CaptureError> {
+        let started = std::time::Instant::now();
+        let logs = pins.maps().join(AYA_LOGS);
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pins.maps())
+            .map_pin_path(AYA_LOGS, &logs)
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
+            .override_global(meshd_common::SK_LOOKUP_NETNS_COOKIE, &netns_cookie, true)
+            .load(programs::OBJECT)?;
+        Hook::SkLookup.load(&mut ebpf)?;
+        tracing::debug!(
+            netns_cookie,
+            load_us = started.elapsed().as_micros() as u64,
+            "sk_lookup instance loaded"
+        );
+        Ok(SkLookupInstance { ebpf })
+    }
 }
 
 fn pin_err(path: &Path) -> impl Fn(std::io::Error) -> CaptureError + '_ {
@@ -116,12 +150,15 @@ impl Capture {
             std::fs::create_dir_all(&dir).map_err(pin_err(&dir))?;
         }
         let level = ebpf_log_level();
+        let logs = pins.maps().join(AYA_LOGS);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pins.maps())
+            .map_pin_path(AYA_LOGS, &logs)
             .override_global("AYA_LOG_LEVEL", &level, false)
             .load(programs::OBJECT)?;
         let logger = spawn_log_reader(&mut ebpf);
-        for hook in Hook::ALL {
+        // sk_lookup is loaded per pod (`SkLookupInstance`), not here.
+        for hook in Hook::ALL.into_iter().filter(|h| *h != Hook::SkLookup) {
             hook.load(&mut ebpf)?;
             hook.pin(&mut ebpf, &pins.prog(hook.program()))?;
         }
@@ -130,6 +167,7 @@ impl Capture {
             ebpf,
             maps,
             pins,
+            log_level: level,
             adopted: BTreeSet::new(),
             _logger: logger,
         };
@@ -154,7 +192,10 @@ impl Capture {
             let Some(key) = PinPaths::workload_key(&name) else {
                 continue;
             };
-            for hook in Hook::ALL {
+            // sk_lookup keeps its program (the earlier agent's instance for this pod, which
+            // has the pod's namespace cookie; the link cannot tell this one the cookie)
+            // until the workload is enrolled again.
+            for hook in Hook::ALL.into_iter().filter(|h| *h != Hook::SkLookup) {
                 let path = entry.path().join(hook.link_name());
                 if !path.exists() {
                     continue;
@@ -174,6 +215,7 @@ impl Capture {
     /// Starts capturing a workload: map entries first (the listeners already exist), then the
     /// links, so that no connection is redirected to a listener that is not there.
     pub fn enroll(&mut self, e: &Enrollment<'_>) -> Result<(), CaptureError> {
+        let adopted = self.adopted.contains(e.key);
         self.maps.set_pod(e.netns_cookie, e.pod)?;
         self.maps
             .set_skip_out(e.netns_cookie, e.skip_outbound_ports)?;
@@ -187,6 +229,10 @@ impl Capture {
         std::fs::create_dir_all(&dir).map_err(pin_err(&dir))?;
         for hook in ATTACH_ORDER {
             let path = dir.join(hook.link_name());
+            if hook == Hook::SkLookup {
+                self.attach_sk_lookup(e, &path, adopted)?;
+                continue;
+            }
             if path.exists() {
                 // Adopted from an earlier agent and already running our program.
                 continue;
@@ -212,13 +258,50 @@ impl Capture {
         Ok(())
     }
 
+    /// The pod's own sk_lookup instance, attached to its network namespace (or, for a link
+    /// adopted from an earlier agent, put in the link in place of that agent's instance).
+    /// A link this agent made already runs this agent's instance for the pod: kept.
+    fn attach_sk_lookup(
+        &mut self,
+        e: &Enrollment<'_>,
+        path: &Path,
+        adopted: bool,
+    ) -> Result<(), CaptureError> {
+        let exists = path.exists();
+        if exists && !adopted {
+            return Ok(());
+        }
+        let mut instance = SkLookupInstance::load(&self.pins, self.log_level, e.netns_cookie)?;
+        if exists {
+            let fd = Hook::SkLookup.prog_fd(&instance.ebpf)?;
+            return link::update_pinned(path, fd).map_err(|source| CaptureError::Adopt {
+                path: path.to_owned(),
+                source,
+            });
+        }
+        let target = File::open(e.netns).map_err(|source| CaptureError::Target {
+            kind: Hook::SkLookup.target_kind(),
+            path: e.netns.to_owned(),
+            source,
+        })?;
+        let link = Hook::SkLookup.attach(&mut instance.ebpf, &target)?;
+        link.pin(path).map_err(|err| CaptureError::Pin {
+            path: path.to_owned(),
+            reason: err.to_string(),
+        })?;
+        Ok(())
+    }
+
     /// Stops redirecting a workload's new connections: removes its connect4, connect6 and
     /// sk_lookup links, and keeps sockops, which records the original destination of
-    /// connections redirected a moment ago once they are established (until
-    /// [`Capture::detach`]).
+    /// connections redirected a moment ago once they are established, and sock_release,
+    /// which forgets those that close first (until [`Capture::detach`]).
     pub fn stop_redirecting(&mut self, key: &str) -> Result<(), CaptureError> {
         let dir = self.pins.workload_links(key);
-        for hook in DETACH_ORDER.into_iter().filter(|h| *h != Hook::SockOps) {
+        for hook in DETACH_ORDER
+            .into_iter()
+            .filter(|h| !matches!(h, Hook::SockOps | Hook::SockRelease))
+        {
             let path = dir.join(hook.link_name());
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -323,21 +406,24 @@ impl Capture {
     }
 }
 
-/// sockops before connect4/6: a connection redirected by connect4 must find sockops
-/// attached when it is established, or its original destination is never recorded and
-/// the agent has to close it.
-const ATTACH_ORDER: [Hook; 4] = [
+/// sockops and sock_release before connect4/6: a connection redirected by connect4 must
+/// find sockops attached when it is established, or its original destination is never
+/// recorded and the agent has to close it; and sock_release when it is closed first, or
+/// its entry stays counted against the pod's quota.
+const ATTACH_ORDER: [Hook; 5] = [
     Hook::SockOps,
+    Hook::SockRelease,
     Hook::SkLookup,
     Hook::Connect4,
     Hook::Connect6,
 ];
-/// The reverse: connect4/6 go first, sockops last.
-const DETACH_ORDER: [Hook; 4] = [
+/// The reverse: connect4/6 go first, sockops and sock_release last.
+const DETACH_ORDER: [Hook; 5] = [
     Hook::Connect4,
     Hook::Connect6,
     Hook::SkLookup,
     Hook::SockOps,
+    Hook::SockRelease,
 ];
 
 fn remove_links(dir: &Path) -> Result<(), CaptureError> {

@@ -1,9 +1,9 @@
 //! Every bpffs path meshd uses, in one place (like bpfman's single module of paths).
 //!
 //! ```text
-//! <root>/v2/maps/MESHD_PODS ...            maps, pinned by name
-//! <root>/v2/progs/meshd_connect4 ...       programs
-//! <root>/v2/links/<namespace>_<pod>/connect4   one link per workload and program
+//! <root>/v3/maps/MESHD_PODS ...            maps, pinned by name
+//! <root>/v3/progs/meshd_connect4 ...       programs
+//! <root>/v3/links/<namespace>_<pod>/connect4   one link per workload and program
 //! ```
 //! `_` cannot appear in Kubernetes names, so a link directory names exactly one workload.
 
@@ -63,13 +63,13 @@ mod tests {
     #[test]
     fn layout() {
         let p = PinPaths::new(Path::new("/sys/fs/bpf/meshd"));
-        assert_eq!(p.root(), Path::new("/sys/fs/bpf/meshd/v2"));
+        assert_eq!(p.root(), Path::new("/sys/fs/bpf/meshd/v3"));
         assert_eq!(
             p.prog("meshd_connect4"),
-            Path::new("/sys/fs/bpf/meshd/v2/progs/meshd_connect4")
+            Path::new("/sys/fs/bpf/meshd/v3/progs/meshd_connect4")
         );
         let dir = p.workload_links("default/web-1.a");
-        assert_eq!(dir, Path::new("/sys/fs/bpf/meshd/v2/links/default_web-1.a"));
+        assert_eq!(dir, Path::new("/sys/fs/bpf/meshd/v3/links/default_web-1.a"));
         let name = dir.file_name().unwrap().to_str().unwrap();
         assert_eq!(PinPaths::workload_key(name).unwrap(), "default/web-1.a");
     }

@@ -9,7 +9,7 @@ use std::{
 use meshd_tests::{
     mesh::{config_yaml, serve, testapp_bin, testapp_json, Agent, ServiceSpec, WorkloadSpec},
     require_root,
-    traffic::{echo, echo_ok, spawn_listening, wait_closed},
+    traffic::{apps_dir, echo, echo_ok, spawn_listening, wait_closed},
     Cluster, Pod,
 };
 use serde_json::Value;
@@ -531,5 +531,61 @@ fn a_pod_cannot_steer_into_another_pods_listener() {
         "nothing from a with b's address reached b's agent: {inb:#?}"
     );
     assert_eq!(accepted(&app), 2, "{}", app.stdout());
+    agent.stop().unwrap();
+}
+
+/// Review M5's remainder: pod a (root in its namespace) makes a veth pair in its own
+/// namespace, puts pod b's address on one end and injects a SYN for `b:8080` through the
+/// other (`apps/inject_syn.py`). The SYN is delivered locally in a's namespace, where a's
+/// sk_lookup instance runs: it steers only a's own addresses (its namespace cookie is
+/// compiled in), so the normal lookup in a's namespace answers it with a reset; b's
+/// listener never sees it (no half-open connection in b's namespace), b's agent records
+/// nothing and b's app accepts nothing. With one program for every pod (before), the SYN
+/// was assigned to b's listener in b's namespace: no reset came back and b's namespace
+/// held the half-open connection from 192.0.2.1.
+#[test]
+fn a_pod_cannot_inject_into_another_pods_listener() {
+    require_root().unwrap();
+    let c = Cluster::new("capture-m5-inject").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let b = c.add_pod(&n1, "b").unwrap();
+    let yaml = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&a), WorkloadSpec::new(&b)],
+        &[],
+    );
+    let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    let app = serve(&c, &b, 8080).unwrap();
+    let dst = format!("{}:8080", b.ip);
+    // b's inbound capture works, from a too (through a's outbound capture and b's inbound).
+    echo_ok(&c, &a, &dst, 4096);
+    wait_closed(&agent, "inbound", &dst, 1);
+    assert_eq!(accepted(&app), 1);
+
+    let mut py = Command::new("python3");
+    py.arg(apps_dir().join("inject_syn.py"))
+        .arg(b.ip.to_string())
+        .arg("8080");
+    let out = c.run_in_pod(&a, py).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        reply["reply"], "rst",
+        "answered by the normal lookup in a's own namespace: {out:?}"
+    );
+    let mut ss = Command::new("ss");
+    ss.args(["-Htn", "state", "syn-recv"]);
+    let out = c.run_in_pod(&b, ss).unwrap();
+    let half_open = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !half_open.contains("192.0.2.1"),
+        "b's listener got the injected SYN: {half_open}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let all = agent.connections().unwrap();
+    assert_eq!(all.len(), 2, "only the first echo's two records: {all:#?}");
+    assert_eq!(accepted(&app), 1, "{}", app.stdout());
     agent.stop().unwrap();
 }

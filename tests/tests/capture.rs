@@ -588,6 +588,14 @@ fn a_pod_cannot_inject_into_another_pods_listener() {
     let all = agent.connections().unwrap();
     assert_eq!(all.len(), 2, "only the first echo's two records: {all:#?}");
     assert_eq!(accepted(&app), 1, "{}", app.stdout());
+    // One sk_lookup instance per pod, each loaded at its enrollment (the cost is logged).
+    let log = agent.proc.stderr();
+    let loads: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("sk_lookup instance loaded"))
+        .collect();
+    assert_eq!(loads.len(), 2, "{log}");
+    eprintln!("{}", loads.join("\n"));
     agent.stop().unwrap();
 }
 

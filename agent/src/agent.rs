@@ -18,13 +18,14 @@ use crate::{
     drain::DrainWatcher,
     identity::{CertManager, Identity},
     netns::Netns,
+    pod_routing,
     proxy::{
         balance::Balancers,
         hbone::pool::Pool,
         limits::{default_max_sockets, Budgets, Limits},
         Connections, Mesh, PodContext, PodProxy, ProxyContext,
     },
-    settings::{LimitSettings, Settings},
+    settings::{InboundSettings, LimitSettings, Settings},
     state::{LocalWorkload, State, StateStore, Workload},
     telemetry::{metrics::CaptureRefusedLabels, Telemetry},
 };
@@ -115,6 +116,8 @@ pub(crate) struct Agent {
     pub ready: std::sync::atomic::AtomicBool,
     /// What the accept loops of enrolled pods watch, and spawn connection tasks through.
     drain: DrainWatcher,
+    /// How inbound connections are delivered.
+    inbound: InboundSettings,
 }
 
 /// How long an un-enrolled workload's listeners stay open after its links are gone.
@@ -220,6 +223,7 @@ impl Agent {
             errors: Mutex::new(BTreeMap::new()),
             ready: Default::default(),
             drain,
+            inbound: settings.inbound,
         })
     }
 
@@ -429,7 +433,38 @@ impl Agent {
             netns: netns.clone(),
             identity,
             budgets: self.proxy.budgets.pod(),
+            delivery_mark: self.delivery_routing(workload, netns),
         }))
+    }
+
+    /// Installs the routing that lets deliveries to this pod come from the client's own
+    /// address, and returns their mark; `None` (deliveries from the pod's own address) when
+    /// it is turned off or cannot be installed, which is said once per enrollment.
+    fn delivery_routing(&self, workload: &Workload, netns: &Netns) -> Option<u32> {
+        let inbound = self.inbound;
+        if !inbound.preserve_source_address {
+            return None;
+        }
+        let v6 = workload.ips.iter().any(|ip| ip.is_ipv6());
+        match pod_routing::install(netns, inbound.delivery_mark, v6) {
+            Ok(()) => Some(inbound.delivery_mark),
+            Err(e) => {
+                tracing::warn!(workload = %workload.key(), error = %e, "cannot route deliveries from the client's address: the app will see the pod's own address as the source");
+                None
+            }
+        }
+    }
+
+    /// Removes what [`Agent::delivery_routing`] installed in a pod that leaves the mesh.
+    fn remove_delivery_routing(&self, key: &str, workload: &Workload, netns: &Netns) {
+        let inbound = self.inbound;
+        if !inbound.preserve_source_address {
+            return;
+        }
+        let v6 = workload.ips.iter().any(|ip| ip.is_ipv6());
+        if let Err(err) = pod_routing::remove(netns, inbound.delivery_mark, v6) {
+            tracing::warn!(workload = %key, error = %err, "cannot remove the delivery routing");
+        }
     }
 
     /// Captures a workload: map entries, then links (kept when they exist). With no
@@ -522,6 +557,7 @@ impl Agent {
             {
                 tracing::warn!(workload = %key, "listeners still open after {LISTENER_CLOSE_TIMEOUT:?}");
             }
+            self.remove_delivery_routing(&key, &e.workload, &e.netns);
             match lock(&self.capture).forget(cookie, &ips) {
                 Ok(()) => tracing::info!(workload = %key, "workload un-enrolled"),
                 Err(err) => {

@@ -18,6 +18,7 @@ pub mod identity;
 pub(crate) mod kube_names;
 pub mod logging;
 pub(crate) mod netns;
+pub(crate) mod pod_routing;
 pub(crate) mod proxy;
 pub mod settings;
 pub(crate) mod sources;

@@ -90,6 +90,18 @@ impl Netns {
         ty: Type,
         protocol: Option<Protocol>,
     ) -> Result<Socket, NetnsError> {
+        self.enter(|| Socket::new(domain, ty, protocol))?
+            .map_err(|source| NetnsError::Socket {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Runs `f` with the calling thread inside this namespace, then returns the thread to
+    /// the agent's own. `f` must be short and must not block or await: nothing else runs on
+    /// the thread in between. What `f` opens there that is bound to a namespace (a socket,
+    /// a file under `/proc/sys/net`) stays in this one.
+    pub(crate) fn enter<T>(&self, f: impl FnOnce() -> T) -> Result<T, NetnsError> {
         let home = home()?;
         nix::sched::setns(&self.file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|source| {
             NetnsError::Enter {
@@ -97,7 +109,7 @@ impl Netns {
                 source,
             }
         })?;
-        let socket = Socket::new(domain, ty, protocol);
+        let out = f();
         if let Err(e) = nix::sched::setns(home, nix::sched::CloneFlags::CLONE_NEWNET) {
             // A worker thread left in a pod's namespace would make every later socket of
             // the agent there: not something to run on with. (Returning to the namespace
@@ -105,10 +117,7 @@ impl Netns {
             tracing::error!(netns = %self.path.display(), error = %e, "cannot return to the agent's network namespace; aborting");
             std::process::abort();
         }
-        socket.map_err(|source| NetnsError::Socket {
-            path: self.path.clone(),
-            source,
-        })
+        Ok(out)
     }
 }
 

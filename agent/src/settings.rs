@@ -44,6 +44,8 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     /// The connection and handshake budgets.
     pub limits: LimitSettings,
+    /// How inbound connections are delivered to the app.
+    pub inbound: InboundSettings,
     /// The trust domain of workload identities (`spiffe://<trust_domain>/ns/NS/sa/SA`).
     pub trust_domain: String,
     /// Mutual TLS between workloads; without it captured connections are passed through
@@ -74,6 +76,26 @@ impl Default for LimitSettings {
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             max_handshakes_per_pod: DEFAULT_MAX_HANDSHAKES_PER_POD,
             max_pending_connects_per_pod: meshd_common::DEFAULT_MAX_PENDING,
+        }
+    }
+}
+
+/// How inbound connections reach the app (see [`crate::pod_routing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundSettings {
+    /// The app sees the client's own address as the source of a delivered connection (a
+    /// transparent socket and policy routing in the pod's namespace); without it, the
+    /// pod's own address.
+    pub preserve_source_address: bool,
+    /// Mark of the agent's delivery sockets, matched by the rule in each pod's namespace.
+    pub delivery_mark: u32,
+}
+
+impl Default for InboundSettings {
+    fn default() -> Self {
+        InboundSettings {
+            preserve_source_address: true,
+            delivery_mark: crate::pod_routing::DEFAULT_DELIVERY_MARK,
         }
     }
 }

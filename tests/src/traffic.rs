@@ -130,3 +130,41 @@ pub fn last_json_line(what: &str, out: &Output) -> Value {
     serde_json::from_str(stdout.lines().last().unwrap_or(""))
         .unwrap_or_else(|_| panic!("{what}: {stdout} {}", String::from_utf8_lossy(&out.stderr)))
 }
+
+/// The client address the server app saw, from an echo report's greeting
+/// (`hello peer=IP:PORT local=...`); `None` when there is no greeting or no address
+/// (`peer=?`).
+pub fn greeted_peer(report: &Value) -> Option<std::net::SocketAddr> {
+    let greeting = report["greeting"].as_str()?;
+    let peer = greeting
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("peer="))?;
+    peer.parse().ok()
+}
+
+/// The client socket's own address in an echo report (`local`).
+pub fn client_socket(report: &Value) -> Option<std::net::SocketAddr> {
+    report["local"].as_str()?.parse().ok()
+}
+
+/// Whether the app was connected to the client's own socket (a connection the agent did
+/// not take): the peer it greeted is exactly the client's local address. A delivery by the
+/// agent comes from the client's address too (it is preserved), but from another port, or
+/// from the pod's own address where the source cannot be kept.
+pub fn app_saw_client_socket(report: &Value) -> bool {
+    let same = |a: std::net::SocketAddr, b: std::net::SocketAddr| {
+        a.ip().to_canonical() == b.ip().to_canonical() && a.port() == b.port()
+    };
+    matches!((greeted_peer(report), client_socket(report)), (Some(a), Some(b)) if same(a, b))
+}
+
+/// The `accepted` lines of a greeting server (`meshd-testapp serve`) whose connection was
+/// not delivered by an agent: its socket does not carry the agent's delivery mark
+/// (`inbound.deliveryMark`, default 0x3a9e, which the pod's `tcp_fwmark_accept` copies to
+/// the app's socket). A connection that went around the mesh shows up here.
+pub fn direct_accepts(app_stdout: &str) -> Vec<&str> {
+    app_stdout
+        .lines()
+        .filter(|l| l.starts_with("accepted ") && !l.ends_with(" mark=0x3a9e"))
+        .collect()
+}

@@ -10,8 +10,10 @@ use meshd_tests::{
     enroll::map_count,
     mesh::{config_yaml, serve, testapp_bin, testapp_json, Agent, ServiceSpec, WorkloadSpec},
     require_root,
-    traffic::{apps_dir, echo, echo_ok, spawn_listening, wait_closed},
-    Cluster, Pod,
+    traffic::{
+        app_saw_client_socket, apps_dir, echo, echo_ok, greeted_peer, spawn_listening, wait_closed,
+    },
+    wait_until, Cluster, Pod,
 };
 use serde_json::Value;
 
@@ -74,15 +76,18 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
 
     // Non-enrolled client -> enrolled server: inbound capture only; the agent saw the
     // client's address and the original destination, and delivered to that destination
-    // from inside the server's pod: the app sees the pod's own address as the client.
+    // from inside the server's pod, from the client's own address (review H1): the app
+    // sees the real client, on a port of the agent's delivery socket, not the client's.
     let server_dst = format!("{}:8080", server.ip);
     let r = echo_ok(&c, &plain, &server_dst, 16 * MIB);
-    assert!(
-        r["greeting"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("peer={}:", server.ip)),
+    assert_eq!(
+        greeted_peer(&r).map(|a| a.ip()),
+        Some(plain.ip.into()),
         "{r}"
+    );
+    assert!(
+        !app_saw_client_socket(&r),
+        "not delivered by the agent: {r}"
     );
     let inb = wait_closed(&agent, "inbound", &server_dst, 1);
     assert_eq!(inb[0]["workload"], "default/server");
@@ -133,6 +138,71 @@ fn outbound_and_inbound_capture_carry_bytes_intact() {
             .unwrap()
             .contains("Connection refused"),
         "{failed:?}"
+    );
+    agent.stop().unwrap();
+}
+
+/// `ip rule` (or `ip -6 rule`) in a pod's namespace.
+fn pod_rules(c: &Cluster, pod: &Pod) -> String {
+    let mut cmd = Command::new("ip");
+    cmd.arg("rule");
+    let out = c.run_in_pod(pod, cmd).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Review H1's "where the kernel allows it": the app sees the real client as the source of
+/// a delivered connection (the agent's transparent socket, and the rule it installs in the
+/// pod's namespace), or, with `inbound.preserveSourceAddress: false`, the pod's own
+/// address and no rule. Leaving the mesh removes the rule.
+#[test]
+fn the_client_address_is_kept_for_the_app_or_not_as_configured() {
+    require_root().unwrap();
+    let c = Cluster::new("capture-source").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let server = c.add_pod(&n1, "server").unwrap();
+    let plain = c.add_pod(&n1, "plain").unwrap();
+    let yaml = config_yaml(&c, &n1, &[WorkloadSpec::new(&server)], &[]);
+    let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    serve(&c, &server, 8080).unwrap();
+    let dst = format!("{}:8080", server.ip);
+    let rule = "fwmark 0x3a9e/0x3a9e lookup 15006";
+    assert!(
+        pod_rules(&c, &server).contains(rule),
+        "{}",
+        pod_rules(&c, &server)
+    );
+    assert!(!pod_rules(&c, &plain).contains(rule), "only enrolled pods");
+    let r = echo_ok(&c, &plain, &dst, 4096);
+    assert_eq!(
+        greeted_peer(&r).map(|a| a.ip()),
+        Some(plain.ip.into()),
+        "{r}"
+    );
+    assert!(!app_saw_client_socket(&r), "delivered by the agent: {r}");
+    // The workload leaves the mesh (the config no longer lists it): its routing goes.
+    agent.write_config(&config_yaml(&c, &n1, &[], &[])).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !pod_rules(
+        &c, &server
+    )
+    .contains(rule)));
+    agent.stop().unwrap();
+    assert!(
+        !pod_rules(&c, &server).contains(rule),
+        "{}",
+        pod_rules(&c, &server)
+    );
+
+    let yaml = yaml.replace(
+        "connectTimeoutMs: 2000\n",
+        "connectTimeoutMs: 2000\ninbound:\n  preserveSourceAddress: false\n",
+    );
+    let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    assert!(!pod_rules(&c, &server).contains(rule));
+    let r = echo_ok(&c, &plain, &dst, 4096);
+    assert_eq!(
+        greeted_peer(&r).map(|a| a.ip()),
+        Some(server.ip.into()),
+        "{r}"
     );
     agent.stop().unwrap();
 }

@@ -86,8 +86,11 @@ fn held_client(c: &Cluster, from: &Pod, to_ip: &str) -> (ProcHandle, File) {
         .wait_for_output("connected", Duration::from_secs(20))
         .unwrap();
     // Through the agents: the app sees the connection delivered from inside its own pod,
-    // from the pod's own address.
-    assert!(connected.contains(&format!("peer={to_ip}:")), "{connected}");
+    // from the client pod's address (preserved).
+    assert!(
+        connected.contains(&format!("peer={}:", from.ip)),
+        "{connected}"
+    );
     // Opening for writing waits for the client to open it for reading.
     let commands = File::options().write(true).open(&fifo).unwrap();
     (proc, commands)

@@ -342,8 +342,9 @@ fn agent_restarts_under_traffic_refuse_then_resume_over_hbone() {
         .collect();
     assert!(accepted.len() > 15, "{accepted:?}");
     // `peer=?`: reset before the app asked who it was (a tunnel reset during the restart
-    // reaches the app as a reset); every peer the app saw is its agent's delivery.
-    let delivered = format!("accepted peer={}:", m.b.ip);
+    // reaches the app as a reset); every peer the app saw is the client, delivered by the
+    // agent from the client's own address.
+    let delivered = format!("accepted peer={}:", m.a.ip);
     assert!(
         accepted
             .iter()

@@ -8,7 +8,7 @@ use meshd_tests::{
     enroll::map_count,
     mesh::{config_yaml, meshd_bin, serve_at, Agent, ServiceSpec, WireCapture, WorkloadSpec},
     require_root,
-    traffic::{echo_ok, last_json_line, wait_closed},
+    traffic::{app_saw_client_socket, echo_ok, last_json_line, wait_closed},
     two_nodes::{spiffe, two_nodes_in},
     Cluster, Pod,
 };
@@ -91,13 +91,14 @@ fn ipv6_outbound_and_inbound_capture_carry_bytes_intact() {
     assert_eq!(out[0]["error"], Value::Null);
 
     // Inbound (sk_lookup on the IPv6 address): delivered to the app's IPv6 address from
-    // inside its pod (never to [::1]), so the app sees its own address as the client.
+    // inside its pod (never to [::1]), from the client's own IPv6 address.
     let server_dst = v6(&server, 8080);
     let r = echo_ok(&c, &plain, &server_dst, 8 * MIB);
     assert!(
-        greeting(&r).contains(&format!("peer={}", v6_host(&server))),
+        greeting(&r).contains(&format!("peer={}", v6_host(&plain))),
         "{r}"
     );
+    assert!(!app_saw_client_socket(&r), "delivered by the agent: {r}");
     assert!(
         r["local"].as_str().unwrap().starts_with(&v6_host(&plain)),
         "not captured on the client side: {r}"
@@ -176,13 +177,14 @@ fn ipv4_mapped_captured_as_ipv4_loopback_and_skipped_ports_never() {
         greeting(&r).contains(&format!("peer={}", v6_host(&client))),
         "{r}"
     );
-    // Skipped inbound port, from a non-enrolled pod: the app sees the client itself (an
-    // inbound capture would deliver it from the server's own address).
+    // Skipped inbound port, from a non-enrolled pod: the app sees the client's own socket
+    // (an inbound capture would deliver it from another port).
     let r = echo_ok(&c, &plain, &v6(&server, 9091), 4096);
     assert!(
         greeting(&r).contains(&format!("peer={}", v6_host(&plain))),
         "{r}"
     );
+    assert!(app_saw_client_socket(&r), "not captured: {r}");
     // A captured IPv6 connection afterwards, as a marker: once it is recorded, an earlier
     // loopback capture would have been recorded too.
     let plain_dst = v6(&plain, 8080);
@@ -218,7 +220,7 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
     for _ in 0..3 {
         let r = echo_ok(c, a, &b_dst, 2 * MIB);
         assert!(
-            greeting(&r).contains(&format!("peer={}", v6_host(b))),
+            greeting(&r).contains(&format!("peer={}", v6_host(a))),
             "{r}"
         );
     }
@@ -293,7 +295,7 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
     let b4_dst = format!("{}:8080", b.ip);
     let r = echo_ok(c, a, &b4_dst, MIB);
     assert!(
-        greeting(&r).contains(&format!("peer=[::ffff:{}]:", b.ip)),
+        greeting(&r).contains(&format!("peer=[::ffff:{}]:", a.ip)),
         "{r}"
     );
     let out = wait_closed(&agent1, "outbound", &b4_dst, 1);
@@ -339,8 +341,8 @@ fn pods_talk_over_hbone_on_ipv6_across_nodes() {
         r["reply"]
             .as_str()
             .unwrap_or_default()
-            .starts_with(&format!("hello peer={}", v6_host(b))),
-        "{r}"
+            .starts_with(&format!("hello peer=[{}]:", n2.gateway6.unwrap())),
+        "the app sees the probe's own address (node 2 on its pod bridge): {r}"
     );
     let r = probe(&v6(a, 8080));
     assert_eq!(r["status"], 403, "{r}");

@@ -11,7 +11,7 @@ use meshd_tests::{
         Agent, WorkloadSpec,
     },
     require_root,
-    traffic::{echo, echo_ok, wait_closed},
+    traffic::{app_saw_client_socket, direct_accepts, echo, echo_ok, wait_closed},
     wait_until, Cluster, Pod,
 };
 use serde_json::Value;
@@ -331,7 +331,7 @@ fn restarted_agent_adopts_its_pins() {
         .count();
     assert!(refused + 1 >= failures.len(), "{failures:#?}");
     assert!(
-        !app.stdout().contains(&format!("peer={}:", client.ip)),
+        direct_accepts(&app.stdout()).is_empty(),
         "the server never saw the client directly:\n{}",
         app.stdout()
     );
@@ -401,7 +401,7 @@ fn inbound_fails_closed_while_the_agent_is_down() {
     }
     let r = echo_ok(&c, &plain, &skipped, 4096);
     assert!(
-        r["greeting"].as_str().unwrap().contains(&from_plain),
+        app_saw_client_socket(&r),
         "the skipped port reaches the app directly: {r}"
     );
     assert_eq!(
@@ -418,8 +418,8 @@ fn inbound_fails_closed_while_the_agent_is_down() {
     )));
     let r = echo_ok(&c, &plain, &captured, 4096);
     assert!(
-        !r["greeting"].as_str().unwrap().contains(&from_plain),
-        "delivered by the agent, not directly: {r}"
+        r["greeting"].as_str().unwrap().contains(&from_plain) && !app_saw_client_socket(&r),
+        "delivered by the agent (from the client's address), not directly: {r}"
     );
     wait_closed(&agent2, "inbound", &captured, 1);
     echo_ok(&c, &plain, &skipped, 4096);
@@ -857,7 +857,7 @@ fn sigterm_leaves_the_capture_for_the_next_agent() {
     }));
     assert_eq!(accepted(&app), 2);
     assert!(
-        !app.stdout().contains(&format!("peer={}:", client.ip)),
+        direct_accepts(&app.stdout()).is_empty(),
         "the server never saw the client directly:\n{}",
         app.stdout()
     );
@@ -1024,10 +1024,9 @@ fn restart_gap_refuses_then_flows_again() {
     inb.wait(Duration::from_secs(20)).unwrap();
     plain.wait(Duration::from_secs(20)).unwrap();
     // The plaintext client was never delivered to the app around the agent: every
-    // connection the app accepted is the agent's delivery (from the pod's own address).
-    let direct = format!("peer={}:", outsider.ip);
+    // connection the app accepted is the agent's delivery (its socket carries the mark).
     assert!(
-        accepted(&app_s_plain) >= 40 && !app_s_plain.stdout().contains(&direct),
+        accepted(&app_s_plain) >= 40 && direct_accepts(&app_s_plain.stdout()).is_empty(),
         "{}",
         app_s_plain.stdout()
     );

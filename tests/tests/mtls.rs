@@ -298,8 +298,8 @@ fn peers_are_refused_for_every_kind_of_bad_identity() {
         ok["reply"]
             .as_str()
             .unwrap()
-            .starts_with(&format!("hello peer={}:", t.b.ip)),
-        "{ok}"
+            .starts_with(&format!("hello peer={}:", t.n2.gateway)),
+        "the app sees the probe's own address (node 2 on its pod bridge): {ok}"
     );
 
     // A client certificate from another trust anchor (the client trusts both anchors, so

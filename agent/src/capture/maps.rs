@@ -10,8 +10,8 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData, MapError, SockHash};
 use meshd_common::{
-    maps as names, ClientKey, InPortKey, IpAddr, OrigDst, OutPortKey, PodConfig, PodCounters,
-    AF_INET, AF_INET6,
+    maps as names, ClientKey, DeliveryKey, InPortKey, IpAddr, OrigDst, OutPortKey, PodConfig,
+    PodCounters, AF_INET, AF_INET6,
 };
 
 use super::{counters::Counters, CaptureError};
@@ -32,6 +32,7 @@ pub struct Maps {
     /// Each enrolled pod's slot in `MESHD_PENDING`, by network namespace cookie (what
     /// `MESHD_PODS` says, kept here so the accept path needs no map lookup).
     slots: Mutex<BTreeMap<u64, u32>>,
+    delivery: Hash<DeliveryKey, u8>,
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Map, CaptureError> {
@@ -77,6 +78,15 @@ pub fn ip_key(ip: StdIpAddr) -> IpAddr {
                 _pad: 0,
             }
         }
+    }
+}
+
+fn delivery_key(from: std::net::SocketAddr, to: std::net::SocketAddr) -> DeliveryKey {
+    DeliveryKey {
+        remote: ip_key(from.ip().to_canonical()),
+        local: ip_key(to.ip().to_canonical()),
+        remote_port: from.port(),
+        local_port: to.port(),
     }
 }
 
@@ -141,6 +151,7 @@ impl Maps {
             skip_in: typed(ebpf, names::SKIP_IN)?,
             listeners: typed(ebpf, names::LISTENERS)?,
             pod_addrs: typed(ebpf, names::POD_ADDRS)?,
+            delivery: typed(ebpf, names::DELIVERY)?,
         })
     }
 
@@ -160,6 +171,35 @@ impl Maps {
             self.release_one(netns_cookie);
         }
         Some(dst)
+    }
+
+    /// Announces a delivery the agent is about to open from `from` (the client's address
+    /// and the port the agent bound) to `to` (the pod's address and port), so that
+    /// sk_lookup leaves its SYN to the app's listener; until [`Maps::end_delivery`].
+    pub fn begin_delivery(
+        &self,
+        from: std::net::SocketAddr,
+        to: std::net::SocketAddr,
+    ) -> Result<(), MapError> {
+        lock(&self.delivery).insert(delivery_key(from, to), 1, 0)
+    }
+
+    /// Forgets a delivery announced by [`Maps::begin_delivery`] once its connect returned.
+    pub fn end_delivery(&self, from: std::net::SocketAddr, to: std::net::SocketAddr) {
+        if let Err(e) = removed(lock(&self.delivery).remove(&delivery_key(from, to))) {
+            tracing::warn!(%from, %to, error = %e, "cannot remove a delivery entry");
+        }
+    }
+
+    /// Removes every delivery entry: an agent that was killed during a connect leaves its
+    /// entry behind; the next one starts with none.
+    pub fn clear_deliveries(&self) -> Result<(), MapError> {
+        let mut map = lock(&self.delivery);
+        let keys: Vec<DeliveryKey> = map.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            removed(map.remove(&key))?;
+        }
+        Ok(())
     }
 
     fn release_one(&self, netns_cookie: u64) {
@@ -450,6 +490,7 @@ impl Maps {
             skip_in: hash()?,
             listeners: Mutex::new(SockHash::try_from(Map::SockHash(listeners))?),
             pod_addrs: hash()?,
+            delivery: hash()?,
         })
     }
 
@@ -469,6 +510,7 @@ impl Maps {
                 .filter_map(|slot| self.pending.get(*slot))
                 .map(|c| c.pending)
                 .sum::<u64>(),
+            names::DELIVERY: lock(&self.delivery).keys().count(),
         })
     }
 }

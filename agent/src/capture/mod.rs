@@ -163,6 +163,12 @@ impl Capture {
             hook.pin(&mut ebpf, &pins.prog(hook.program()))?;
         }
         let maps = Arc::new(Maps::take_from(&mut ebpf)?);
+        // One agent per pin root: entries left by one that was killed mid-connect go.
+        maps.clear_deliveries()
+            .map_err(|source| CaptureError::Map {
+                map: meshd_common::maps::DELIVERY,
+                source,
+            })?;
         let mut capture = Capture {
             ebpf,
             maps,

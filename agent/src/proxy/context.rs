@@ -59,6 +59,10 @@ pub(crate) struct PodContext {
     pub identity: Option<Identity>,
     /// Its share of the node's connections and handshakes.
     pub budgets: PodBudgets,
+    /// The mark of deliveries from the client's own address, when the pod's namespace
+    /// routes their answers back to the agent ([`crate::pod_routing`]); `None`: deliveries
+    /// come from the pod's own address.
+    pub delivery_mark: Option<u32>,
 }
 
 #[cfg(test)]

@@ -69,6 +69,7 @@ async fn the_proxy_serves_a_service_published_by_another_source() {
         netns: Arc::new(Netns::open(Path::new("/proc/self/ns/net")).expect("netns")),
         identity: None,
         budgets: ctx.budgets.pod(),
+        delivery_mark: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("listener");
     let mut client = TcpStream::connect(listener.local_addr().expect("addr"))

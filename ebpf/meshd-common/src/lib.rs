@@ -38,6 +38,7 @@ pub mod maps {
     pub const LISTENERS: &str = "MESHD_LISTENERS";
     pub const POD_ADDRS: &str = "MESHD_POD_ADDRS";
     pub const PENDING: &str = "MESHD_PENDING";
+    pub const DELIVERY: &str = "MESHD_DELIVERY";
 }
 
 /// Program names (the Rust function names in `meshd-ebpf`, at most 15 bytes).
@@ -151,6 +152,20 @@ pub struct InPortKey {
     pub _pad: [u16; 3],
 }
 
+/// Key of [`maps::DELIVERY`]: a connection the agent is opening to an app from the client's
+/// own address (transparent delivery), as sk_lookup sees its SYN arrive: `remote` is the
+/// client's address and the port the agent bound, `local` the pod's address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DeliveryKey {
+    pub remote: IpAddr,
+    pub local: IpAddr,
+    /// Host byte order.
+    pub remote_port: u16,
+    /// Host byte order.
+    pub local_port: u16,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -162,6 +177,7 @@ mod pod {
     unsafe impl aya::Pod for ClientKey {}
     unsafe impl aya::Pod for OutPortKey {}
     unsafe impl aya::Pod for InPortKey {}
+    unsafe impl aya::Pod for DeliveryKey {}
 }
 
 /// The layouts both sides compile: the eBPF programs (`meshd-ebpf`) write and read these
@@ -226,6 +242,13 @@ mod tests {
                 + field(|v: &InPortKey| &v.port)
                 + field(|v: &InPortKey| &v._pad)
         );
+        assert_eq!(
+            size_of::<DeliveryKey>(),
+            field(|v: &DeliveryKey| &v.remote)
+                + field(|v: &DeliveryKey| &v.local)
+                + field(|v: &DeliveryKey| &v.remote_port)
+                + field(|v: &DeliveryKey| &v.local_port)
+        );
     }
 
     /// Sizes and alignments as the BPF maps are declared with them (`key_size`/`value_size`
@@ -242,6 +265,10 @@ mod tests {
         assert_eq!((size_of::<ClientKey>(), align_of::<ClientKey>()), (16, 8));
         assert_eq!((size_of::<OutPortKey>(), align_of::<OutPortKey>()), (16, 8));
         assert_eq!((size_of::<InPortKey>(), align_of::<InPortKey>()), (28, 4));
+        assert_eq!(
+            (size_of::<DeliveryKey>(), align_of::<DeliveryKey>()),
+            (44, 4)
+        );
     }
 
     /// Field offsets: the kernel and the agent must find each field at the same byte.
@@ -278,6 +305,11 @@ mod tests {
         assert_eq!(offset_of!(InPortKey, ip), 0);
         assert_eq!(offset_of!(InPortKey, port), 20);
         assert_eq!(offset_of!(InPortKey, _pad), 22);
+
+        assert_eq!(offset_of!(DeliveryKey, remote), 0);
+        assert_eq!(offset_of!(DeliveryKey, local), 20);
+        assert_eq!(offset_of!(DeliveryKey, remote_port), 40);
+        assert_eq!(offset_of!(DeliveryKey, local_port), 42);
     }
 
     fn bytes<T: Copy>(v: &T) -> std::vec::Vec<u8> {
@@ -358,6 +390,7 @@ mod tests {
         assert!(bytes(&InPortKey::default()).iter().all(|&b| b == 0));
         assert!(bytes(&OutPortKey::default()).iter().all(|&b| b == 0));
         assert!(bytes(&ClientKey::default()).iter().all(|&b| b == 0));
+        assert!(bytes(&DeliveryKey::default()).iter().all(|&b| b == 0));
     }
 
     /// The constants the programs and the agent agree on.
@@ -373,6 +406,7 @@ mod tests {
             maps::LISTENERS,
             maps::POD_ADDRS,
             maps::PENDING,
+            maps::DELIVERY,
             programs::CONNECT4,
             programs::CONNECT6,
             programs::SOCKOPS,

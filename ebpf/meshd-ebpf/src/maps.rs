@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, SockHash},
 };
 use meshd_common::{
-    ClientKey, InPortKey, IpAddr, OrigDst, OutPortKey, PodConfig, PodCounters, ORIG_DST_ENTRIES,
-    POD_SLOTS,
+    ClientKey, DeliveryKey, InPortKey, IpAddr, OrigDst, OutPortKey, PodConfig, PodCounters,
+    ORIG_DST_ENTRIES, POD_SLOTS,
 };
 
 /// Enrolled pods by network namespace cookie; connect4/connect6 capture only these.
@@ -51,3 +51,10 @@ pub static MESHD_POD_ADDRS: HashMap<IpAddr, u64> = HashMap::pinned(8192, 0);
 /// The agent's inbound listening socket in each enrolled pod, by pod address.
 #[map(name = "MESHD_LISTENERS")]
 pub static MESHD_LISTENERS: SockHash<IpAddr> = SockHash::pinned(8192, 0);
+
+/// Connections the agent is opening to an app from the client's own address (transparent
+/// delivery), while their handshake runs: sk_lookup leaves them to the normal lookup (else
+/// they would be steered back to the agent, a loop). Inserted just before the agent's
+/// `connect` and removed once it returns.
+#[map(name = "MESHD_DELIVERY")]
+pub static MESHD_DELIVERY: HashMap<DeliveryKey, u8> = HashMap::pinned(16384, 0);

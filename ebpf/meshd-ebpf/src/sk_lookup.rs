@@ -5,6 +5,8 @@
 //! Attached to each enrolled pod's network namespace. Needs kernel 5.17+ for
 //! `ingress_ifindex` (sk_lookup itself is 5.9+). Not steered, left to the normal socket
 //! lookup:
+//! - the agent's own delivery to the app from the client's address (transparent delivery,
+//!   review H1): its 4-tuple is in [`MESHD_DELIVERY`] while the agent connects;
 //! - a connection whose source address is its destination address: the agent's own
 //!   delivery to the app (it connects to the pod's address from that same address, bound
 //!   explicitly, inside the pod; without this check the delivery would be steered back to
@@ -31,9 +33,9 @@
 
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
 use aya_log_ebpf::warn;
-use meshd_common::{InPortKey, IpAddr, AF_INET, AF_INET6, AGENT_PORTS};
+use meshd_common::{DeliveryKey, InPortKey, IpAddr, AF_INET, AF_INET6, AGENT_PORTS};
 
-use crate::maps::{MESHD_LISTENERS, MESHD_POD_ADDRS, MESHD_SKIP_IN};
+use crate::maps::{MESHD_DELIVERY, MESHD_LISTENERS, MESHD_POD_ADDRS, MESHD_SKIP_IN};
 
 const IPPROTO_TCP: u32 = 6;
 const SK_DROP: u32 = 0;
@@ -60,16 +62,23 @@ pub fn meshd_sk_lookup(ctx: SkLookupContext) -> u32 {
         return SK_PASS;
     }
     let port = lk.local_port as u16;
-    let ip = match lk.family {
+    let (ip, remote) = match lk.family {
         2 => {
             if u32::from_be(lk.local_ip4) >> 24 == 127 || lk.remote_ip4 == lk.local_ip4 {
                 return SK_PASS;
             }
-            IpAddr {
-                addr: [lk.local_ip4, 0, 0, 0],
-                family: AF_INET,
-                _pad: 0,
-            }
+            (
+                IpAddr {
+                    addr: [lk.local_ip4, 0, 0, 0],
+                    family: AF_INET,
+                    _pad: 0,
+                },
+                IpAddr {
+                    addr: [lk.remote_ip4, 0, 0, 0],
+                    family: AF_INET,
+                    _pad: 0,
+                },
+            )
         }
         10 => {
             let addr = [
@@ -87,14 +96,31 @@ pub fn meshd_sk_lookup(ctx: SkLookupContext) -> u32 {
             if addr == [0, 0, 0, 1u32.to_be()] || remote == addr {
                 return SK_PASS;
             }
-            IpAddr {
-                addr,
-                family: AF_INET6,
-                _pad: 0,
-            }
+            (
+                IpAddr {
+                    addr,
+                    family: AF_INET6,
+                    _pad: 0,
+                },
+                IpAddr {
+                    addr: remote,
+                    family: AF_INET6,
+                    _pad: 0,
+                },
+            )
         }
         _ => return SK_PASS,
     };
+    let delivery = DeliveryKey {
+        remote,
+        local: ip,
+        remote_port: u16::from_be(lk.remote_port),
+        local_port: port,
+    };
+    if MESHD_DELIVERY.get_ptr(delivery).is_some() {
+        // The agent's own delivery to the app, from the client's address: not again.
+        return SK_PASS;
+    }
     let mut i = 0;
     while i < AGENT_PORTS.len() {
         if AGENT_PORTS[i] == port {

@@ -166,6 +166,29 @@ fn serve(args: &Args) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The socket's `SO_MARK`: a connection the agent delivered carries the agent's delivery
+/// mark (the pod's `tcp_fwmark_accept` copies it from the SYN); a direct one carries 0.
+fn socket_mark(s: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd as _;
+    let mut mark: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid socket and an `int` out buffer with its length.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&raw mut mark).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        mark as u32
+    } else {
+        0
+    }
+}
+
 fn handle(mut s: TcpStream, greet: bool) {
     let peer = s
         .peer_addr()
@@ -175,7 +198,10 @@ fn handle(mut s: TcpStream, greet: bool) {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
-    say(&format!("accepted peer={peer} local={local}"));
+    say(&format!(
+        "accepted peer={peer} local={local} mark={:#x}",
+        socket_mark(&s)
+    ));
     let _ = s.set_read_timeout(Some(Duration::from_secs(300)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(300)));
     if greet

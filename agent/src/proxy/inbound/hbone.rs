@@ -20,7 +20,7 @@ use crate::{
     conn::{Direction, Tls},
     drain::{DrainWatcher, Draining},
     proxy::{
-        connect::deliver_in,
+        connect::{deliver_in, DeliverFrom},
         context::{PodContext, ProxyContext},
         error::{Error, Refusal},
         hbone::{
@@ -198,7 +198,8 @@ async fn connect(
         .connections
         .open(inbound_context(&ctx, &pod, peer, target).with_tls(tls));
     // The pod's own address and port, from inside the pod (never loopback: review H1).
-    let server = match deliver_in(&pod.netns, target, ctx.connect_timeout).await {
+    let from = DeliverFrom::client(peer, target, pod.delivery_mark, &ctx.maps);
+    let server = match deliver_in(&pod.netns, from, target, ctx.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(workload = %workload, %peer, %target, error = %e, "HBONE: delivery to the app failed");

@@ -3,8 +3,8 @@
 //! address; the agent delivers to that same address (the pod's address and port) from inside
 //! the pod's namespace, never to loopback: a service that listens only on `127.0.0.1` stays
 //! unreachable from other pods, as without the mesh (review H1). The delivery comes from
-//! that same address ([`deliver_in`]), which sk_lookup leaves alone (no loop), and the app
-//! sees it come from the pod's own address. A destination that is not the pod's own address, or is one
+//! the client's own address where the pod's routing allows it, else from the pod's
+//! ([`deliver_in`], [`DeliverFrom`]); sk_lookup leaves either alone (no loop). A destination that is not the pod's own address, or is one
 //! of the agent's ports, is refused before anything is dialed ([`check_destination`]):
 //! delivering it would reach the agent's own listeners again or the pod's outbound listener.
 
@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use crate::{
     conn::{ConnContext, Direction},
     proxy::{
-        connect::deliver_in,
+        connect::{deliver_in, DeliverFrom},
         context::{PodContext, ProxyContext},
         error::Refusal,
         limits,
@@ -109,7 +109,8 @@ pub(crate) async fn handle(
         }
     };
     // The original destination itself, dialed from inside the pod (checked above).
-    match deliver_in(&pod.netns, dst, ctx.connect_timeout).await {
+    let from = DeliverFrom::client(peer, dst, pod.delivery_mark, &ctx.maps);
+    match deliver_in(&pod.netns, from, dst, ctx.connect_timeout).await {
         Ok(server) => {
             guard.context().route(dst, None);
             let opaque = pod.workload.opaque_ports.contains(&dst.port());

@@ -18,10 +18,10 @@ use serde::Deserialize;
 use crate::{
     kube_names::{is_dns_label, is_dns_subdomain},
     settings::{
-        IdentitySettings, LimitSettings, Settings, DEFAULT_ADMIN, DEFAULT_BPFFS_ROOT,
-        DEFAULT_CERTIFICATE_TTL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
-        DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_POD, DEFAULT_MAX_HANDSHAKES,
-        DEFAULT_MAX_HANDSHAKES_PER_POD, DEFAULT_TRUST_DOMAIN,
+        IdentitySettings, InboundSettings, LimitSettings, Settings, DEFAULT_ADMIN,
+        DEFAULT_BPFFS_ROOT, DEFAULT_CERTIFICATE_TTL, DEFAULT_CONNECT_TIMEOUT,
+        DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_POD,
+        DEFAULT_MAX_HANDSHAKES, DEFAULT_MAX_HANDSHAKES_PER_POD, DEFAULT_TRUST_DOMAIN,
     },
     state::DEFAULT_OPAQUE_PORTS,
 };
@@ -48,6 +48,8 @@ pub(crate) enum Invalid {
     CertificateTtl,
     #[error("handshakeTimeoutMs must be at least 100")]
     HandshakeTimeout,
+    #[error("inbound.deliveryMark must not be 0 (0 is an unmarked packet)")]
+    ZeroDeliveryMark,
     #[error("{field} must be at least 1")]
     ZeroLimit { field: &'static str },
     #[error("{field} ({value}) is more than {whole} ({whole_value}): one pod could take the whole node's budget")]
@@ -139,6 +141,9 @@ pub(super) struct FileConfig {
     /// Budgets of proxied connections and TLS handshakes.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// How inbound connections are delivered to the app.
+    #[serde(default)]
+    pub inbound: InboundConfig,
     /// The trust domain of workload identities (`spiffe://<trustDomain>/ns/NS/sa/SA`).
     #[serde(default = "default_trust_domain")]
     pub trust_domain: String,
@@ -150,6 +155,35 @@ pub(super) struct FileConfig {
     pub workloads: Vec<WorkloadConfig>,
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+}
+
+/// `inbound:` (see `docs/configuration.md`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct InboundConfig {
+    /// Show the app the client's own address (default) rather than the pod's.
+    #[serde(default = "default_true")]
+    pub preserve_source_address: bool,
+    /// Mark of the agent's delivery sockets (a non-zero 32-bit value).
+    #[serde(default = "default_delivery_mark")]
+    pub delivery_mark: u32,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        InboundConfig {
+            preserve_source_address: true,
+            delivery_mark: default_delivery_mark(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_delivery_mark() -> u32 {
+    crate::pod_routing::DEFAULT_DELIVERY_MARK
 }
 
 /// `limits:` (see `docs/configuration.md`).
@@ -382,6 +416,10 @@ impl FileConfig {
                 max_handshakes_per_pod: self.limits.max_handshakes_per_pod,
                 max_pending_connects_per_pod: self.limits.max_pending_connects_per_pod,
             },
+            inbound: InboundSettings {
+                preserve_source_address: self.inbound.preserve_source_address,
+                delivery_mark: self.inbound.delivery_mark,
+            },
             trust_domain: self.trust_domain.clone(),
             identity: self.identity.as_ref().map(|id| IdentitySettings {
                 trust_anchors: id.trust_anchors.clone(),
@@ -431,6 +469,9 @@ impl FileConfig {
             return Err(Invalid::HandshakeTimeout);
         }
         self.limits.validate()?;
+        if self.inbound.delivery_mark == 0 {
+            return Err(Invalid::ZeroDeliveryMark);
+        }
         if let Some(id) = &self.identity {
             if id.certificate_ttl_seconds < 10 {
                 return Err(Invalid::CertificateTtl);
@@ -679,6 +720,11 @@ workloads:
                 "handshakeTimeoutMs must be at least 100",
             ),
             ("limits:\n  maxConection: 5\n", "maxConection"),
+            (
+                "inbound:\n  deliveryMark: 0\n",
+                "inbound.deliveryMark must not be 0",
+            ),
+            ("inbound:\n  preserveSource: false\n", "preserveSource"),
         ] {
             let e = parse(&with(extra)).unwrap_err().to_string();
             assert!(e.contains(want), "{extra}: {e}");

@@ -20,6 +20,7 @@ use crate::{
     netns::Netns,
     pod_routing,
     proxy::{
+        accept_gate::{self, AcceptGate},
         balance::Balancers,
         hbone::pool::Pool,
         limits::{default_max_sockets, Budgets, Limits},
@@ -278,6 +279,10 @@ impl Agent {
             .collect();
         self.unenroll(leaving);
         errors.retain(|k, _| desired.contains_key(k));
+        // The outbound listeners of the pods enrolled here accept once all of them are
+        // enrolled: a pod's connection to another pod of the batch must not meet that pod's
+        // capture (adopted from an earlier agent) before its listener is there.
+        let (opener, gate) = accept_gate::closed();
         for (key, workload) in &desired {
             let held = match enrolled.get_mut(key) {
                 Some(e) if e.proxy.is_some() => {
@@ -291,9 +296,9 @@ impl Agent {
                 None => false,
             };
             let result = if held {
-                self.release(key, &mut enrolled)
+                self.release(key, &mut enrolled, &gate)
             } else {
-                match self.enroll(workload) {
+                match self.enroll(workload, &gate) {
                     Attempt::Enrolled(e) => {
                         enrolled.insert(key.clone(), e);
                         Ok(())
@@ -324,6 +329,7 @@ impl Agent {
                 }
             }
         }
+        opener.open();
         let not_enrolled = desired
             .len()
             .saturating_sub(enrolled.values().filter(|e| e.proxy.is_some()).count());
@@ -366,7 +372,7 @@ impl Agent {
     /// Enrolls a workload: its listeners, then its capture. When the listeners cannot be
     /// bound (the pod holds one of the agent's ports), the pod is captured all the same,
     /// without listeners, so that its connections are refused.
-    fn enroll(&self, workload: &Arc<Workload>) -> Attempt {
+    fn enroll(&self, workload: &Arc<Workload>, gate: &AcceptGate) -> Attempt {
         let Some(local) = workload.local.as_ref() else {
             return Attempt::Failed(EnrollError::NotLocal);
         };
@@ -385,7 +391,7 @@ impl Agent {
             netns_id,
             proxy: None,
         };
-        match PodProxy::start(&self.proxy, pod, &self.drain) {
+        match PodProxy::start(&self.proxy, pod, &self.drain, gate) {
             Ok(proxy) => match self.capture(&e, Some(&proxy)) {
                 Ok(()) => {
                     e.proxy = Some(proxy);
@@ -405,13 +411,14 @@ impl Agent {
         &self,
         key: &str,
         enrolled: &mut BTreeMap<String, Enrolled>,
+        gate: &AcceptGate,
     ) -> Result<(), EnrollError> {
         let Some(e) = enrolled.get_mut(key) else {
             return Ok(());
         };
         let pod = self.pod_context(&e.workload, &e.netns)?;
-        let proxy =
-            PodProxy::start(&self.proxy, pod, &self.drain).map_err(EnrollError::HeldClosed)?;
+        let proxy = PodProxy::start(&self.proxy, pod, &self.drain, gate)
+            .map_err(EnrollError::HeldClosed)?;
         self.capture(e, Some(&proxy))?;
         e.proxy = Some(proxy);
         Ok(())

@@ -339,6 +339,10 @@ impl Agent {
             .workloads_not_enrolled
             .set(i64::try_from(not_enrolled).unwrap_or(i64::MAX));
         self.forget_departed(&enrolled);
+        // After an upgrade: what the agent of the older pin version left goes, workload by
+        // workload, once this agent captures it (or it is not in the config).
+        let keys: BTreeSet<String> = desired.keys().cloned().collect();
+        lock(&self.capture).retire_other_versions(&keys);
         if !self.ready.swap(true, std::sync::atomic::Ordering::SeqCst) {
             // First state after start-up: drop what an earlier agent left for workloads that
             // are gone now.

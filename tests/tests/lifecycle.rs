@@ -642,10 +642,12 @@ fn uninstall_removes_what_a_crashed_agent_left() {
     agent.crash().unwrap();
     assert_eq!(
         attached_ids(&a.cgroup).len(),
-        3,
+        PROGRAMS.len(),
         "the crash left the programs attached"
     );
     assert_eq!(netns_programs(&a.netns_path).unwrap(), ["meshd_sk_lookup"]);
+    // Under another pin version (an upgrade whose new agent never ran) it goes all the same.
+    std::fs::rename(agent.pin_root.join("v3"), agent.pin_root.join("v2")).unwrap();
     let out = Command::new(meshd_bin())
         .args(["uninstall", "--bpffs"])
         .arg(&agent.pin_root)
@@ -656,6 +658,8 @@ fn uninstall_removes_what_a_crashed_agent_left() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("/v2"), "{said}");
     assert!(attached_ids(&a.cgroup).is_empty());
     assert!(netns_programs(&a.netns_path).unwrap().is_empty());
     assert!(!agent.pin_root.exists());
@@ -666,6 +670,120 @@ fn uninstall_removes_what_a_crashed_agent_left() {
         .output()
         .unwrap();
     assert!(out.status.success());
+}
+
+/// The ids of the programs attached to a pod: its cgroup's and its namespace's.
+fn pod_program_ids(pod: &Pod) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(&pod.netns_path).unwrap().ino();
+    let links = bpftool_json(&["link", "show"]).unwrap();
+    let mut ids = attached_ids(&pod.cgroup);
+    ids.extend(
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["type"] == "netns" && l["netns_ino"].as_u64() == Some(ino))
+            .map(|l| l["prog_id"].as_u64().unwrap()),
+    );
+    ids.sort();
+    ids
+}
+
+/// An upgrade: the agent being replaced pinned its capture under an older pin version
+/// (`<root>/v2/`), which this agent does not adopt. Left attached, the older sk_lookup
+/// would refuse every connection to an enrolled pod (its listener map is empty) and the
+/// older connect4 would redirect with original destinations this agent cannot read. The
+/// older tree here is this agent's own, crashed and renamed `v2/`: links attached to the
+/// pods and pinned under `v2/links/<namespace>_<pod>/`, programs and maps under `v2/`.
+/// Once the new agent has captured the pods, the older links are detached (those of a
+/// workload no longer in the config too), the older pins are gone, and traffic flows,
+/// inbound included, through the new agent only.
+#[test]
+fn upgraded_agent_removes_the_capture_of_an_older_pin_version() {
+    require_root().unwrap();
+    let c = Cluster::new("upgrade").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let client = c.add_pod(&n1, "client").unwrap();
+    let server = c.add_pod(&n1, "server").unwrap();
+    let gone = c.add_pod(&n1, "gone").unwrap();
+    let all = [
+        WorkloadSpec::new(&client),
+        WorkloadSpec::new(&server),
+        WorkloadSpec::new(&gone),
+    ];
+    let old = Agent::start(&c, &n1, &config_yaml(&c, &n1, &all, &[])).unwrap();
+    let app = serve(&c, &server, 8080).unwrap();
+    let dst = format!("{}:8080", server.ip);
+    echo_ok(&c, &client, &dst, 10_000);
+    old.crash().unwrap();
+    let v2 = old.pin_root.join("v2");
+    std::fs::rename(old.pin_root.join("v3"), &v2).unwrap();
+    assert!(v2.join("links/default_client/sk_lookup").exists());
+    let older: Vec<(Pod, Vec<u64>)> = [&client, &server, &gone]
+        .into_iter()
+        .map(|p| (p.clone(), pod_program_ids(p)))
+        .collect();
+    for (pod, ids) in &older {
+        assert_eq!(ids.len(), PROGRAMS.len() + 1, "{}: {ids:?}", pod.name);
+    }
+
+    let agent = Agent::start(
+        &c,
+        &n1,
+        &config_yaml(
+            &c,
+            &n1,
+            &[WorkloadSpec::new(&client), WorkloadSpec::new(&server)],
+            &[],
+        ),
+    )
+    .unwrap();
+    // Traffic flows through the new agent, outbound and inbound (with the older
+    // capture attached too, the older sk_lookup would refuse it).
+    let accepted_before = accepted(&app);
+    echo_ok(&c, &client, &dst, 10_000);
+    let closed = |direction: &str| agent.closed_to(direction, &dst).unwrap().len();
+    assert!(
+        wait_until(Duration::from_secs(10), || closed("outbound") == 1
+            && closed("inbound") == 1),
+        "the connection went through the new agent"
+    );
+    assert_eq!(accepted(&app), accepted_before + 1);
+    assert!(direct_accepts(&app.stdout()).is_empty(), "{}", app.stdout());
+    let log = agent.proc.stderr();
+    assert!(
+        log.contains("found the capture of an agent of another pin version")
+            && log.contains("removed the capture of pin version 2"),
+        "{log}"
+    );
+    // Nothing of the older version is left: no pin, no link, no program.
+    assert!(!v2.exists(), "the v2 tree is removed");
+    for (pod, ids) in &older {
+        let now = pod_program_ids(pod);
+        for id in ids {
+            assert!(
+                !now.contains(id),
+                "{}: older program {id} still attached",
+                pod.name
+            );
+            assert!(
+                bpftool_json(&["prog", "show", "id", &id.to_string()]).is_err(),
+                "older program {id} still loaded"
+            );
+        }
+    }
+    // Only the new agent's capture: its programs on the enrolled pods, none on the other.
+    assert_eq!(sorted(cgroup_programs(&client.cgroup).unwrap()), PROGRAMS);
+    assert_eq!(sorted(cgroup_programs(&server.cgroup).unwrap()), PROGRAMS);
+    assert_eq!(
+        netns_programs(&server.netns_path).unwrap(),
+        ["meshd_sk_lookup"]
+    );
+    assert!(pod_program_ids(&gone).is_empty());
+
+    assert!(agent.stop().unwrap().success());
+    assert!(!agent.pin_root.exists());
 }
 
 /// `meshd check --config` on a config whose identity files are broken in other ways than a

@@ -98,6 +98,9 @@ pub struct Capture {
     pins: PinPaths,
     /// Workloads whose links an earlier agent pinned and this one adopted at start-up.
     adopted: BTreeSet<String>,
+    /// Trees an agent of another pin version left (an upgrade): removed workload by
+    /// workload once this agent captures it, see [`Capture::retire_other_versions`].
+    other_versions: Vec<PinPaths>,
     /// The aya-log level compiled into the programs, for the per-pod sk_lookup instances.
     log_level: u8,
     _logger: Option<tokio::task::JoinHandle<()>>,
@@ -169,12 +172,21 @@ impl Capture {
                 map: meshd_common::maps::DELIVERY,
                 source,
             })?;
+        let other_versions = pins.other_versions();
+        for other in &other_versions {
+            tracing::info!(
+                pins = %other.root().display(),
+                version = other.version(),
+                "found the capture of an agent of another pin version: each of its workloads keeps it until this agent captures that workload"
+            );
+        }
         let mut capture = Capture {
             ebpf,
             maps,
             pins,
             log_level: level,
             adopted: BTreeSet::new(),
+            other_versions,
             _logger: logger,
         };
         capture.adopt()?;
@@ -261,7 +273,91 @@ impl Capture {
         }
         self.adopted.remove(e.key);
         tracing::debug!(workload = e.key, "capture links pinned");
+        self.remove_other_versions_links(e.key);
         Ok(())
+    }
+
+    /// Detaches the links an agent of another pin version left for a workload that this
+    /// agent captures now: both attached, the other agent's sk_lookup would refuse every
+    /// connection to the pod (its listener map is empty) and its connect4 would redirect
+    /// with an original destination this agent cannot read.
+    fn remove_other_versions_links(&self, key: &str) {
+        for other in &self.other_versions {
+            let dir = other.workload_links(key);
+            if !dir.exists() {
+                continue;
+            }
+            match remove_links(&dir) {
+                Ok(()) => tracing::info!(
+                    workload = key,
+                    version = other.version(),
+                    "detached the capture links of pin version {} (now captured by this agent)",
+                    other.version()
+                ),
+                Err(err) => tracing::warn!(
+                    workload = key,
+                    version = other.version(),
+                    error = %err,
+                    "cannot remove the capture links of another pin version"
+                ),
+            }
+        }
+    }
+
+    /// Removes what agents of other pin versions left: the links of workloads that are not
+    /// in `desired` (those in it lose theirs when this agent captures them, in
+    /// [`Capture::enroll`]; until then they keep failing closed), then, once a tree has no
+    /// link left, its programs and maps and the tree itself. Called after each reconcile.
+    pub fn retire_other_versions(&mut self, desired: &BTreeSet<String>) {
+        self.other_versions.retain(|other| {
+            let dirs: Vec<PathBuf> = std::fs::read_dir(other.links())
+                .map(|rd| rd.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            let mut left = 0;
+            for dir in dirs {
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let key = PinPaths::workload_key(&name);
+                if key.as_ref().is_some_and(|k| desired.contains(k)) {
+                    left += 1;
+                    continue;
+                }
+                match remove_links(&dir) {
+                    Ok(()) => tracing::info!(
+                        workload = key.as_deref().unwrap_or(&name),
+                        version = other.version(),
+                        "detached the capture links of pin version {} (workload not in the config)",
+                        other.version()
+                    ),
+                    Err(err) => {
+                        left += 1;
+                        tracing::warn!(pins = %dir.display(), error = %err, "cannot remove the capture links of another pin version");
+                    }
+                }
+            }
+            if left > 0 {
+                return true;
+            }
+            let pinned = PinnedIds::of(other);
+            match uninstall(other) {
+                Ok(()) => {
+                    pinned.wait_released(true);
+                    tracing::info!(
+                        pins = %other.root().display(),
+                        version = other.version(),
+                        "removed the capture of pin version {}: its links are detached and its programs and maps unpinned",
+                        other.version()
+                    );
+                    false
+                }
+                Err(err) => {
+                    tracing::warn!(pins = %other.root().display(), error = %err, "cannot remove the pins of another pin version");
+                    true
+                }
+            }
+        });
     }
 
     /// The pod's own sk_lookup instance, attached to its network namespace (or, for a link
@@ -432,6 +528,8 @@ const DETACH_ORDER: [Hook; 5] = [
     Hook::SockRelease,
 ];
 
+/// Unpins (detaches) a workload's links in [`DETACH_ORDER`], then any other link in the
+/// directory (one of another pin version's hooks), and removes the directory.
 fn remove_links(dir: &Path) -> Result<(), CaptureError> {
     if !dir.exists() {
         return Ok(());
@@ -443,6 +541,14 @@ fn remove_links(dir: &Path) -> Result<(), CaptureError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(pin_err(&path)(e)),
         }
+    }
+    let rest: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(pin_err(dir))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    for path in rest {
+        std::fs::remove_file(&path).map_err(pin_err(&path))?;
     }
     std::fs::remove_dir(dir).map_err(pin_err(dir))
 }

@@ -11,6 +11,7 @@ use std::{
 };
 
 use meshd_tests::{
+    enroll::PROGRAMS,
     mesh::{
         cgroup_programs, config_yaml, identity_init, meshd_bin, netns_programs, serve,
         testapp_json, with_identity, Agent, WorkloadSpec,
@@ -18,8 +19,6 @@ use meshd_tests::{
     require_root, wait_until, Cluster, Node, Pod, Signal,
 };
 use serde_json::Value;
-
-const PROGRAMS: [&str; 3] = ["meshd_connect4", "meshd_connect6", "meshd_sockops"];
 
 /// Starts `meshd [global] run --config FILE [run_args]` in `node` (behind `wrapper`, e.g.
 /// `prlimit ...`, which execs it), with `env`, and waits until `/ready` answers 200.

@@ -547,6 +547,7 @@ fn check_reports_every_feature_and_cleans_up() {
         "√ meshd_connect6 (connect6)",
         "√ meshd_sockops (sockops)",
         "√ meshd_sk_lookup (sk_lookup): loads and attaches to a network namespace",
+        "√ meshd_release (sock_release): loads and attaches to a cgroup",
         "Status check results are √",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");

@@ -330,6 +330,8 @@ impl Agent {
             }
         }
         opener.open();
+        // Then the slow part of re-enrolling adopted workloads.
+        lock(&self.capture).renew_sk_lookups();
         let not_enrolled = desired
             .len()
             .saturating_sub(enrolled.values().filter(|e| e.proxy.is_some()).count());

@@ -14,7 +14,7 @@ pub mod pins;
 pub mod programs;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -98,6 +98,9 @@ pub struct Capture {
     pins: PinPaths,
     /// Workloads whose links an earlier agent pinned and this one adopted at start-up.
     adopted: BTreeSet<String>,
+    /// Adopted workloads enrolled again whose sk_lookup link still runs the earlier agent's
+    /// instance (by namespace cookie), until [`Capture::renew_sk_lookups`].
+    earlier_sk_lookup: BTreeMap<String, u64>,
     /// Trees an agent of another pin version left (an upgrade): removed workload by
     /// workload once this agent captures it, see [`Capture::retire_other_versions`].
     other_versions: Vec<PinPaths>,
@@ -127,8 +130,11 @@ impl SkLookupInstance {
             .override_global("AYA_LOG_LEVEL", &log_level, false)
             .override_global(meshd_common::SK_LOOKUP_NETNS_COOKIE, &netns_cookie, true)
             .load(programs::OBJECT)?;
+        // Parsing the object and opening its maps: nearly all of the cost.
+        let object_us = started.elapsed().as_micros() as u64;
         Hook::SkLookup.load(&mut ebpf)?;
         tracing::debug!(
+            object_us,
             netns_cookie,
             load_us = started.elapsed().as_micros() as u64,
             "sk_lookup instance loaded"
@@ -186,6 +192,7 @@ impl Capture {
             pins,
             log_level: level,
             adopted: BTreeSet::new(),
+            earlier_sk_lookup: BTreeMap::new(),
             other_versions,
             _logger: logger,
         };
@@ -360,27 +367,26 @@ impl Capture {
         });
     }
 
-    /// The pod's own sk_lookup instance, attached to its network namespace (or, for a link
-    /// adopted from an earlier agent, put in the link in place of that agent's instance).
-    /// A link this agent made already runs this agent's instance for the pod: kept.
+    /// The pod's own sk_lookup instance, attached to its network namespace. A link this
+    /// agent made already runs this agent's instance for the pod: kept. A link adopted from
+    /// an earlier agent keeps that agent's instance for the pod (the same maps, the same
+    /// cookie) until [`Capture::renew_sk_lookups`]: loading an instance takes most of an
+    /// enrollment's time, which after a restart would hold every pod's outbound listener
+    /// back (they accept once the whole reconcile is done, see `proxy/accept_gate.rs`).
     fn attach_sk_lookup(
         &mut self,
         e: &Enrollment<'_>,
         path: &Path,
         adopted: bool,
     ) -> Result<(), CaptureError> {
-        let exists = path.exists();
-        if exists && !adopted {
+        if path.exists() {
+            if adopted {
+                self.earlier_sk_lookup
+                    .insert(e.key.to_string(), e.netns_cookie);
+            }
             return Ok(());
         }
         let mut instance = SkLookupInstance::load(&self.pins, self.log_level, e.netns_cookie)?;
-        if exists {
-            let fd = Hook::SkLookup.prog_fd(&instance.ebpf)?;
-            return link::update_pinned(path, fd).map_err(|source| CaptureError::Adopt {
-                path: path.to_owned(),
-                source,
-            });
-        }
         let target = File::open(e.netns).map_err(|source| CaptureError::Target {
             kind: Hook::SkLookup.target_kind(),
             path: e.netns.to_owned(),
@@ -392,6 +398,32 @@ impl Capture {
             reason: err.to_string(),
         })?;
         Ok(())
+    }
+
+    /// Puts this agent's own sk_lookup instance in the links of adopted workloads that were
+    /// enrolled again (see [`Capture::attach_sk_lookup`]). A failure leaves the earlier
+    /// agent's instance, which steers the same way, and is logged.
+    pub fn renew_sk_lookups(&mut self) {
+        for (key, netns_cookie) in std::mem::take(&mut self.earlier_sk_lookup) {
+            let path = self
+                .pins
+                .workload_links(&key)
+                .join(Hook::SkLookup.link_name());
+            if !path.exists() {
+                continue;
+            }
+            let renewed = SkLookupInstance::load(&self.pins, self.log_level, netns_cookie)
+                .and_then(|i| {
+                    let fd = Hook::SkLookup.prog_fd(&i.ebpf)?;
+                    link::update_pinned(&path, fd).map_err(|source| CaptureError::Adopt {
+                        path: path.clone(),
+                        source,
+                    })
+                });
+            if let Err(err) = renewed {
+                tracing::warn!(workload = %key, error = %err, "cannot renew the sk_lookup program of an adopted link: the earlier agent's stays");
+            }
+        }
     }
 
     /// Stops redirecting a workload's new connections: removes its connect4, connect6 and
@@ -419,6 +451,7 @@ impl Capture {
     /// redirected a moment ago still find their original destination.
     pub fn detach(&mut self, key: &str) -> Result<(), CaptureError> {
         self.adopted.remove(key);
+        self.earlier_sk_lookup.remove(key);
         remove_links(&self.pins.workload_links(key))
     }
 

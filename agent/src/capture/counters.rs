@@ -72,6 +72,14 @@ impl Counters {
         }
     }
 
+    /// Counts entries as the programs do (unit tests have no programs).
+    #[cfg(test)]
+    pub fn add_pending(&self, slot: u32, n: u64) {
+        if let Some(p) = self.pending(slot) {
+            p.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// The pod's counters now.
     pub fn get(&self, slot: u32) -> Option<PodCounters> {
         Some(PodCounters {

@@ -529,4 +529,51 @@ mod tests {
         let k = ip_key("10.0.0.1".parse().unwrap());
         assert_eq!(k.addr[0].to_ne_bytes(), [10, 0, 0, 1]);
     }
+
+    /// Original destinations nobody accepted for the age are removed and uncounted from
+    /// their pod's quota; younger ones stay and are still taken by an accept; the count
+    /// never goes below zero. Needs CAP_BPF (the suite runs as root).
+    #[test]
+    fn entries_nobody_accepted_for_the_age_are_swept_and_uncounted() {
+        let maps = Maps::standalone().unwrap();
+        let cookie = 7;
+        let pod = PodConfig {
+            outbound_port: 15001,
+            max_pending: 64,
+            ..PodConfig::default()
+        };
+        let slot = maps.set_pod(cookie, pod).unwrap().slot;
+        let dst: std::net::SocketAddr = "10.0.0.1:80".parse().unwrap();
+        for port in [40000, 40001, 40002] {
+            maps.record_orig_dst(cookie, port, dst).unwrap();
+        }
+        maps.pending.add_pending(slot, 3);
+        // Two of them were recorded 61 s ago (as sock_ops stamps them: CLOCK_MONOTONIC).
+        {
+            let mut map = lock(&maps.orig_dst);
+            for port in [40000, 40001] {
+                let key = ClientKey {
+                    netns_cookie: cookie,
+                    port,
+                    family: AF_INET,
+                    _pad: 0,
+                };
+                let mut v = map.get(&key, 0).unwrap();
+                v.stamp_ns = monotonic_ns() - 61_000_000_000;
+                map.insert(key, v, 0).unwrap();
+            }
+        }
+        assert_eq!(maps.sweep_orig_dst(Duration::from_secs(60)).unwrap(), 2);
+        assert_eq!(maps.counts()[names::ORIG_DST], 1);
+        assert_eq!(maps.counters(cookie).unwrap().pending, 1);
+        // Nothing else is old enough.
+        assert_eq!(maps.sweep_orig_dst(Duration::from_secs(60)).unwrap(), 0);
+        let taken = maps.take_orig_dst(cookie, 40002, false).unwrap();
+        assert_eq!((std_ip(&taken.ip), taken.port), (dst.ip(), dst.port()));
+        assert_eq!(maps.counters(cookie).unwrap().pending, 0);
+        // An entry that was never counted (a bug elsewhere) does not wrap the count.
+        maps.record_orig_dst(cookie, 40003, dst).unwrap();
+        assert_eq!(maps.sweep_orig_dst(Duration::ZERO).unwrap(), 1);
+        assert_eq!(maps.counters(cookie).unwrap().pending, 0);
+    }
 }

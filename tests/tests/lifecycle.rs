@@ -260,6 +260,11 @@ fn restarted_agent_adopts_its_pins() {
         log.contains("adopted pinned capture links") && log.contains("default/client"),
         "{log}"
     );
+    // Each adopted link is still attached to its pod's cgroup or namespace: kept.
+    assert!(
+        !log.contains("an adopted link is not attached") && !log.contains("cannot be read"),
+        "{log}"
+    );
     // The adopted links now run the new agent's programs, and nothing else is attached.
     let mut expected: Vec<u64> = PROGRAMS
         .iter()
@@ -671,6 +676,51 @@ fn uninstall_removes_what_a_crashed_agent_left() {
         .output()
         .unwrap();
     assert!(out.status.success());
+}
+
+/// A pod deleted and recreated under the same name while no agent ran (a StatefulSet pod):
+/// its new cgroup has nothing attached, and the links pinned for it are attached to the
+/// old one, which is gone (the kernel reports them severed). The restarted agent starts
+/// (it used to refuse to: `adopting link ...: Link has been severed`, so that every pod of
+/// the node stayed without an agent), drops those links and attaches new ones to the pod's
+/// cgroup as it is now: the pod's connections are captured again.
+#[test]
+fn a_pod_recreated_while_no_agent_ran_is_captured_again() {
+    require_root().unwrap();
+    let c = Cluster::new("recreated").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let b = c.add_pod(&n1, "b").unwrap();
+    let yaml = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&a), WorkloadSpec::new(&b)],
+        &[],
+    );
+    let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    serve(&c, &b, 8080).unwrap();
+    let dst = format!("{}:8080", b.ip);
+    agent.crash().unwrap();
+    // The pod's cgroup is deleted and made again (it has no process here).
+    std::fs::remove_dir(&a.cgroup).unwrap();
+    std::fs::create_dir(&a.cgroup).unwrap();
+    assert!(attached_ids(&a.cgroup).is_empty());
+
+    let agent2 = Agent::start_with(&c, &n1, agent.config_path.clone()).unwrap();
+    let log = agent2.proc.stderr();
+    assert!(
+        log.contains("dropping an adopted link whose cgroup is gone"),
+        "{log}"
+    );
+    assert!(enrolled(&agent2, "default/a"), "{log}");
+    assert_eq!(sorted(cgroup_programs(&a.cgroup).unwrap()), PROGRAMS);
+    echo_ok(&c, &a, &dst, 10_000);
+    assert!(
+        wait_until(Duration::from_secs(10), || opened(&agent2, "outbound", "a")
+            == 1),
+        "the recreated pod's connection is captured"
+    );
+    assert!(agent2.stop().unwrap().success());
 }
 
 /// The ids of the programs attached to a pod: its cgroup's and its namespace's.

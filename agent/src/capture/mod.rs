@@ -226,10 +226,22 @@ impl Capture {
                     continue;
                 }
                 let fd = hook.prog_fd(&self.ebpf)?;
-                link::update_pinned(&path, fd).map_err(|source| CaptureError::Adopt {
-                    path: path.clone(),
-                    source,
-                })?;
+                match link::update_pinned(&path, fd) {
+                    Ok(()) => {}
+                    // Its cgroup is gone (the pod was deleted while no agent ran): the link
+                    // captures nothing any more. Dropped; enrolling the workload again
+                    // attaches a new one.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
+                        tracing::info!(workload = %key, link = %path.display(), "dropping an adopted link whose {} is gone", hook.target_kind());
+                        std::fs::remove_file(&path).map_err(pin_err(&path))?;
+                    }
+                    Err(source) => {
+                        return Err(CaptureError::Adopt {
+                            path: path.clone(),
+                            source,
+                        })
+                    }
+                }
             }
             tracing::info!(workload = %key, "adopted pinned capture links");
             self.adopted.insert(key);
@@ -241,6 +253,9 @@ impl Capture {
     /// links, so that no connection is redirected to a listener that is not there.
     pub fn enroll(&mut self, e: &Enrollment<'_>) -> Result<(), CaptureError> {
         let adopted = self.adopted.contains(e.key);
+        if adopted {
+            self.drop_links_to_other_targets(e)?;
+        }
         self.maps.set_pod(e.netns_cookie, e.pod)?;
         self.maps
             .set_skip_out(e.netns_cookie, e.skip_outbound_ports)?;
@@ -365,6 +380,48 @@ impl Capture {
                 }
             }
         });
+    }
+
+    /// Removes the adopted links of a workload that are not attached to its cgroup or
+    /// namespace as they are now: the pod was deleted and recreated while no agent ran (a
+    /// StatefulSet pod keeps its name), and such a link captures nothing (or another
+    /// cgroup). The enrollment then attaches new ones.
+    fn drop_links_to_other_targets(&self, e: &Enrollment<'_>) -> Result<(), CaptureError> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = |kind: &'static str, path: &Path| {
+            std::fs::metadata(path)
+                .map(|m| m.ino())
+                .map_err(|source| CaptureError::Target {
+                    kind,
+                    path: path.to_owned(),
+                    source,
+                })
+        };
+        let cgroup = link::LinkTarget::Cgroup(ino("cgroup", e.cgroup)?);
+        let netns = link::LinkTarget::Netns(ino("network namespace", e.netns)? as u32);
+        let dir = self.pins.workload_links(e.key);
+        for hook in Hook::ALL {
+            let path = dir.join(hook.link_name());
+            if !path.exists() {
+                continue;
+            }
+            let expected = if hook == Hook::SkLookup {
+                netns
+            } else {
+                cgroup
+            };
+            match link::pinned_target(&path) {
+                Ok(target) if target == expected => continue,
+                Ok(target) => {
+                    tracing::info!(workload = e.key, link = %path.display(), ?target, ?expected, "an adopted link is not attached to the pod's {} as it is now (recreated while no agent ran): replaced", hook.target_kind())
+                }
+                Err(err) => {
+                    tracing::info!(workload = e.key, link = %path.display(), error = %err, "an adopted link cannot be read: replaced")
+                }
+            }
+            std::fs::remove_file(&path).map_err(pin_err(&path))?;
+        }
+        Ok(())
     }
 
     /// The pod's own sk_lookup instance, attached to its network namespace. A link this

@@ -22,6 +22,7 @@ use crate::{
     policy::{PolicySettings, PolicyStore},
     policy_feed::PolicyFeed,
     proxy::{
+        accept_gate::{self, AcceptGate},
         balance::Balancers,
         hbone::pool::Pool,
         limits::{default_max_sockets, Budgets, Limits},
@@ -29,7 +30,7 @@ use crate::{
     },
     settings::{InboundSettings, LimitSettings, Settings},
     state::{LocalWorkload, State, StateStore, Workload},
-    telemetry::Telemetry,
+    telemetry::{metrics::CaptureRefusedLabels, Telemetry},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,8 @@ pub(crate) struct Agent {
     /// Compiles each applied state's policy into `proxy.policy`.
     pub policy: PolicyFeed,
     capture: Mutex<Capture>,
+    /// `limits.maxPendingConnectsPerPod`.
+    max_pending_connects: u32,
     enrolled: Mutex<BTreeMap<String, Enrolled>>,
     /// The state `enrolled` was last made to match (changed under the `enrolled` lock).
     applied: Mutex<Arc<State>>,
@@ -161,6 +164,12 @@ fn limits(settings: &LimitSettings) -> Limits {
     tracing::info!(?limits, "connection and handshake budgets");
     limits
 }
+
+/// How often [`Agent::sweep_orig_dst`] runs.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// An original destination older than this was never accepted: the agent accepts at once,
+/// and the kernel gives up on a connection whose handshake is not answered well before.
+const ORIG_DST_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Descriptors kept out of the connection budget's default: listeners (five per pod),
 /// the HBONE pool's connections, the maps and programs, the admin API.
@@ -218,6 +227,7 @@ impl Agent {
             policy: PolicyFeed::new(proxy.policy.clone(), settings.trust_domain.clone()),
             proxy,
             capture: Mutex::new(capture),
+            max_pending_connects: settings.limits.max_pending_connects_per_pod,
             enrolled: Mutex::new(BTreeMap::new()),
             applied: Mutex::default(),
             errors: Mutex::new(BTreeMap::new()),
@@ -280,6 +290,10 @@ impl Agent {
             .collect();
         self.unenroll(leaving);
         errors.retain(|k, _| desired.contains_key(k));
+        // The outbound listeners of the pods enrolled here accept once all of them are
+        // enrolled: a pod's connection to another pod of the batch must not meet that pod's
+        // capture (adopted from an earlier agent) before its listener is there.
+        let (opener, gate) = accept_gate::closed();
         for (key, workload) in &desired {
             let held = match enrolled.get_mut(key) {
                 Some(e) if e.proxy.is_some() => {
@@ -293,9 +307,9 @@ impl Agent {
                 None => false,
             };
             let result = if held {
-                self.release(key, &mut enrolled)
+                self.release(key, &mut enrolled, &gate)
             } else {
-                match self.enroll(workload) {
+                match self.enroll(workload, &gate) {
                     Attempt::Enrolled(e) => {
                         enrolled.insert(key.clone(), e);
                         Ok(())
@@ -326,6 +340,9 @@ impl Agent {
                 }
             }
         }
+        opener.open();
+        // Then the slow part of re-enrolling adopted workloads.
+        lock(&self.capture).renew_sk_lookups();
         let not_enrolled = desired
             .len()
             .saturating_sub(enrolled.values().filter(|e| e.proxy.is_some()).count());
@@ -335,6 +352,10 @@ impl Agent {
             .workloads_not_enrolled
             .set(i64::try_from(not_enrolled).unwrap_or(i64::MAX));
         self.forget_departed(&enrolled);
+        // After an upgrade: what the agent of the older pin version left goes, workload by
+        // workload, once this agent captures it (or it is not in the config).
+        let keys: BTreeSet<String> = desired.keys().cloned().collect();
+        lock(&self.capture).retire_other_versions(&keys);
         if !self.ready.swap(true, std::sync::atomic::Ordering::SeqCst) {
             // First state after start-up: drop what an earlier agent left for workloads that
             // are gone now.
@@ -368,7 +389,7 @@ impl Agent {
     /// Enrolls a workload: its listeners, then its capture. When the listeners cannot be
     /// bound (the pod holds one of the agent's ports), the pod is captured all the same,
     /// without listeners, so that its connections are refused.
-    fn enroll(&self, workload: &Arc<Workload>) -> Attempt {
+    fn enroll(&self, workload: &Arc<Workload>, gate: &AcceptGate) -> Attempt {
         let Some(local) = workload.local.as_ref() else {
             return Attempt::Failed(EnrollError::NotLocal);
         };
@@ -387,7 +408,7 @@ impl Agent {
             netns_id,
             proxy: None,
         };
-        match PodProxy::start(&self.proxy, pod, &self.drain) {
+        match PodProxy::start(&self.proxy, pod, &self.drain, gate) {
             Ok(proxy) => match self.capture(&e, Some(&proxy)) {
                 Ok(()) => {
                     e.proxy = Some(proxy);
@@ -407,13 +428,14 @@ impl Agent {
         &self,
         key: &str,
         enrolled: &mut BTreeMap<String, Enrolled>,
+        gate: &AcceptGate,
     ) -> Result<(), EnrollError> {
         let Some(e) = enrolled.get_mut(key) else {
             return Ok(());
         };
         let pod = self.pod_context(&e.workload, &e.netns)?;
-        let proxy =
-            PodProxy::start(&self.proxy, pod, &self.drain).map_err(EnrollError::HeldClosed)?;
+        let proxy = PodProxy::start(&self.proxy, pod, &self.drain, gate)
+            .map_err(EnrollError::HeldClosed)?;
         self.capture(e, Some(&proxy))?;
         e.proxy = Some(proxy);
         Ok(())
@@ -507,7 +529,9 @@ impl Agent {
                 } else {
                     0
                 },
-                _pad: 0,
+                // Given by the maps (`Maps::set_pod`).
+                slot: 0,
+                max_pending: self.max_pending_connects,
             },
             skip_inbound_ports: &skip_in,
             skip_outbound_ports: &skip_out,
@@ -625,6 +649,59 @@ impl Agent {
     /// Attached programs and links, for `/config_dump`.
     pub(crate) fn attachments(&self) -> serde_json::Value {
         lock(&self.capture).attachments()
+    }
+
+    /// Copies the kernel's per-pod refusal counters into `capture_refused_total` (at each
+    /// scrape). A pod that left keeps its last values.
+    pub(crate) fn update_capture_metrics(&self) {
+        let metrics = &self.proxy.telemetry.metrics;
+        for e in lock(&self.enrolled).values() {
+            let Some(c) = self.proxy.maps.counters(e.netns.cookie()) else {
+                continue;
+            };
+            for (reason, value) in [
+                ("pending_quota", c.refused_quota),
+                ("orig_dst_full", c.refused_full),
+            ] {
+                let labels = CaptureRefusedLabels {
+                    namespace: e.workload.namespace.clone(),
+                    pod: e.workload.name.clone(),
+                    reason,
+                };
+                if value > 0 || metrics.capture_refused.get(&labels).is_some() {
+                    metrics
+                        .capture_refused
+                        .get_or_create(&labels)
+                        .inner()
+                        .store(value, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Every [`SWEEP_INTERVAL`], removes the original destinations nobody accepted for
+    /// [`ORIG_DST_MAX_AGE`] (connections the agent never accepted: it died with a backlog,
+    /// or a client's last handshake packet was lost), so that they stop counting against
+    /// their pod's quota.
+    pub(crate) async fn sweep_orig_dst(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let maps = self.proxy.maps.clone();
+            match tokio::task::spawn_blocking(move || maps.sweep_orig_dst(ORIG_DST_MAX_AGE)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    tracing::info!(
+                        entries = n,
+                        "removed original destinations no connection was accepted for"
+                    );
+                    self.proxy.telemetry.metrics.orig_dst_swept.inc_by(n);
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "sweeping original destinations"),
+                Err(e) => tracing::error!(error = %e, "sweeping original destinations panicked"),
+            }
+        }
     }
 
     pub(crate) fn map_counts(&self) -> serde_json::Value {

@@ -78,6 +78,7 @@ pub async fn run(path: PathBuf, on_exit: OnExit) -> anyhow::Result<()> {
     let (a, initial) = (agent.clone(), store.current());
     tokio::task::spawn_blocking(move || a.apply(&initial)).await?;
     let reconciler = tokio::spawn(agent.clone().reconcile(updates));
+    let sweeper = tokio::spawn(agent.clone().sweep_orig_dst());
     let source = tokio::spawn(source.watch());
     let admin = Arc::new(admin::Admin::new(agent.clone(), settings.admin));
     tokio::spawn(admin::serve(admin, admin_listener));
@@ -91,6 +92,7 @@ pub async fn run(path: PathBuf, on_exit: OnExit) -> anyhow::Result<()> {
     // No new state from here on (an apply in progress finishes before shutdown starts).
     source.abort();
     reconciler.abort();
+    sweeper.abort();
     // The programs stay attached while draining: the pods' open connections are still
     // proxied; new ones find no listener and are refused.
     let open = drain.start();

@@ -296,9 +296,12 @@ fn cli_main() -> anyhow::Result<()> {
         }
         Command::Uninstall { bpffs } => {
             let pins = capture::PinPaths::new(&bpffs);
-            capture::Capture::uninstall(&pins)
-                .with_context(|| format!("removing {}", pins.root().display()))?;
-            println!("removed {}", pins.root().display());
+            // Trees of other pin versions too (an upgrade that was not completed).
+            for pins in pins.other_versions().into_iter().chain([pins.clone()]) {
+                capture::Capture::uninstall(&pins)
+                    .with_context(|| format!("removing {}", pins.root().display()))?;
+                println!("removed {}", pins.root().display());
+            }
             Ok(())
         }
         Command::Run {

@@ -63,6 +63,9 @@ pub struct LimitSettings {
     pub max_connections_per_pod: usize,
     pub max_handshakes: usize,
     pub max_handshakes_per_pod: usize,
+    /// One pod's captured connections in flight in the kernel (connect()ed, not yet
+    /// accepted by the agent); above it connect() fails with `EPERM` (review M4).
+    pub max_pending_connects_per_pod: u32,
 }
 
 impl Default for LimitSettings {
@@ -72,6 +75,7 @@ impl Default for LimitSettings {
             max_connections_per_pod: DEFAULT_MAX_CONNECTIONS_PER_POD,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             max_handshakes_per_pod: DEFAULT_MAX_HANDSHAKES_PER_POD,
+            max_pending_connects_per_pod: meshd_common::DEFAULT_MAX_PENDING,
         }
     }
 }

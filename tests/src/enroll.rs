@@ -11,7 +11,12 @@ use crate::{
 };
 
 /// The cgroup programs of one enrolled workload, sorted (see [`sorted`]).
-pub const PROGRAMS: [&str; 3] = ["meshd_connect4", "meshd_connect6", "meshd_sockops"];
+pub const PROGRAMS: [&str; 4] = [
+    "meshd_connect4",
+    "meshd_connect6",
+    "meshd_release",
+    "meshd_sockops",
+];
 
 /// `v` sorted, to compare program lists whatever order bpftool lists them in.
 pub fn sorted(mut v: Vec<String>) -> Vec<String> {

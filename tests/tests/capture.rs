@@ -7,9 +7,12 @@ use std::{
 };
 
 use meshd_tests::{
+    enroll::map_count,
     mesh::{config_yaml, serve, testapp_bin, testapp_json, Agent, ServiceSpec, WorkloadSpec},
     require_root,
-    traffic::{app_saw_client_socket, echo, echo_ok, greeted_peer, spawn_listening, wait_closed},
+    traffic::{
+        app_saw_client_socket, apps_dir, echo, echo_ok, greeted_peer, spawn_listening, wait_closed,
+    },
     wait_until, Cluster, Pod,
 };
 use serde_json::Value;
@@ -599,5 +602,177 @@ fn a_pod_cannot_steer_into_another_pods_listener() {
         "nothing from a with b's address reached b's agent: {inb:#?}"
     );
     assert_eq!(accepted(&app), 2, "{}", app.stdout());
+    agent.stop().unwrap();
+}
+
+/// Review M5's remainder: pod a (root in its namespace) makes a veth pair in its own
+/// namespace, puts pod b's address on one end and injects a SYN for `b:8080` through the
+/// other (`apps/inject_syn.py`). The SYN is delivered locally in a's namespace, where a's
+/// sk_lookup instance runs: it steers only a's own addresses (its namespace cookie is
+/// compiled in), so the normal lookup in a's namespace answers it with a reset; b's
+/// listener never sees it (no half-open connection in b's namespace), b's agent records
+/// nothing and b's app accepts nothing. With one program for every pod (before), the SYN
+/// was assigned to b's listener in b's namespace: no reset came back and b's namespace
+/// held the half-open connection from 192.0.2.1.
+#[test]
+fn a_pod_cannot_inject_into_another_pods_listener() {
+    require_root().unwrap();
+    let c = Cluster::new("capture-m5-inject").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let b = c.add_pod(&n1, "b").unwrap();
+    let yaml = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&a), WorkloadSpec::new(&b)],
+        &[],
+    );
+    let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    let app = serve(&c, &b, 8080).unwrap();
+    let dst = format!("{}:8080", b.ip);
+    // b's inbound capture works, from a too (through a's outbound capture and b's inbound).
+    echo_ok(&c, &a, &dst, 4096);
+    wait_closed(&agent, "inbound", &dst, 1);
+    assert_eq!(accepted(&app), 1);
+
+    let mut py = Command::new("python3");
+    py.arg(apps_dir().join("inject_syn.py"))
+        .arg(b.ip.to_string())
+        .arg("8080");
+    let out = c.run_in_pod(&a, py).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        reply["reply"], "rst",
+        "answered by the normal lookup in a's own namespace: {out:?}"
+    );
+    let mut ss = Command::new("ss");
+    ss.args(["-Htn", "state", "syn-recv"]);
+    let out = c.run_in_pod(&b, ss).unwrap();
+    let half_open = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !half_open.contains("192.0.2.1"),
+        "b's listener got the injected SYN: {half_open}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let all = agent.connections().unwrap();
+    assert_eq!(all.len(), 2, "only the first echo's two records: {all:#?}");
+    assert_eq!(accepted(&app), 1, "{}", app.stdout());
+    // One sk_lookup instance per pod, each loaded at its enrollment (the cost is logged).
+    let log = agent.proc.stderr();
+    let loads: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("sk_lookup instance loaded"))
+        .collect();
+    assert_eq!(loads.len(), 2, "{log}");
+    eprintln!("{}", loads.join("\n"));
+    agent.stop().unwrap();
+}
+
+/// `apps/connect_churn.py MODE N HOST PORT` in `pod`: its outcome counts.
+fn churn(c: &Cluster, pod: &Pod, mode: &str, n: u32, dst: &Pod) -> meshd_tests::ProcHandle {
+    let mut py = Command::new("python3");
+    py.arg(apps_dir().join("connect_churn.py")).args([
+        mode,
+        &n.to_string(),
+        &dst.ip.to_string(),
+        "8080",
+    ]);
+    c.spawn_in_pod(pod, py).unwrap()
+}
+
+fn outcomes(p: &meshd_tests::ProcHandle) -> Value {
+    assert!(
+        p.wait_for_output("}", Duration::from_secs(60)).is_ok(),
+        "{}",
+        p.output_tail()
+    );
+    serde_json::from_str(p.stdout().lines().next().unwrap()).unwrap()
+}
+
+/// The value of one `/metrics` line that starts with `series`.
+fn metric(agent: &Agent, series: &str) -> Option<u64> {
+    let (_, text) = agent.get("/metrics").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Review M4 (case 81): pod a makes thousands of captured connect()s that never send a
+/// SYN (no ephemeral port left: EADDRNOTAVAIL after connect4 recorded them; binding to
+/// eth0 as the review suggests does not do it on 6.18, the SYN leaves) while pod c
+/// makes ordinary connections to the same server: c sees no failure, and every entry a's
+/// connects recorded is gone with its socket (sock_release): both maps and the pods'
+/// in-flight count at 0. Then a holds its failed sockets open: the first
+/// `maxPendingConnectsPerPod` (64) count against its quota, every connect after them is
+/// refused with EPERM (fail closed, never uncaptured) and counted in
+/// `capture_refused_total`, while c still connects; closing them frees the quota.
+#[test]
+fn original_destinations_never_leak_and_one_pod_cannot_evict_another() {
+    require_root().unwrap();
+    let c = Cluster::new("capture-m4").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let b = c.add_pod(&n1, "b").unwrap();
+    let other = c.add_pod(&n1, "c").unwrap();
+    let mut yaml = config_yaml(
+        &c,
+        &n1,
+        &[
+            WorkloadSpec::new(&a),
+            WorkloadSpec::new(&b),
+            WorkloadSpec::new(&other),
+        ],
+        &[],
+    );
+    yaml.push_str("limits:\n  maxPendingConnectsPerPod: 64\n");
+    let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    serve(&c, &b, 8080).unwrap();
+
+    let mut sysctl = Command::new("sysctl");
+    sysctl.args(["-qw", "net.ipv4.ip_local_port_range=60000 60000"]);
+    let out = c.run_in_pod(&a, sysctl).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let noisy = churn(&c, &a, "noport", 5000, &b);
+    let normal = churn(&c, &other, "greeted", 10_000, &b);
+    let (noisy, normal) = (outcomes(&noisy), outcomes(&normal));
+    assert_eq!(normal, serde_json::json!({"ok": 10_000}), "c: {normal}");
+    assert_eq!(
+        noisy,
+        serde_json::json!({"EADDRNOTAVAIL": 5000}),
+        "a's connects fail before their SYN, none over its quota"
+    );
+    let drained = || {
+        ["MESHD_SOCK_DST", "MESHD_ORIG_DST", "MESHD_PENDING"]
+            .iter()
+            .all(|m| map_count(&agent, m) == 0)
+    };
+    assert!(
+        meshd_tests::wait_until(Duration::from_secs(5), drained),
+        "{}",
+        agent.config_dump().unwrap()["capture"]["maps"]
+    );
+
+    let held = outcomes(&churn(&c, &a, "hold", 100, &b));
+    assert_eq!(
+        held,
+        serde_json::json!({"EADDRNOTAVAIL": 64, "EPERM": 36}),
+        "64 in flight, the rest refused"
+    );
+    echo_ok(&c, &other, &format!("{}:8080", b.ip), 1024);
+    assert_eq!(
+        metric(
+            &agent,
+            "capture_refused_total{namespace=\"default\",pod=\"a\",reason=\"pending_quota\"}"
+        ),
+        Some(36)
+    );
+    assert!(
+        meshd_tests::wait_until(Duration::from_secs(5), drained),
+        "a's sockets closed: {}",
+        agent.config_dump().unwrap()["capture"]["maps"]
+    );
+    // Its quota is free again.
+    let again = outcomes(&churn(&c, &a, "hold", 10, &b));
+    assert_eq!(again, serde_json::json!({"EADDRNOTAVAIL": 10}));
     agent.stop().unwrap();
 }

@@ -11,6 +11,7 @@ use std::{
 };
 
 use meshd_tests::{
+    enroll::PROGRAMS,
     mesh::{
         cgroup_programs, config_yaml, identity_init, meshd_bin, netns_programs, serve,
         testapp_json, with_identity, Agent, WorkloadSpec,
@@ -18,8 +19,6 @@ use meshd_tests::{
     require_root, wait_until, Cluster, Node, Pod, Signal,
 };
 use serde_json::Value;
-
-const PROGRAMS: [&str; 3] = ["meshd_connect4", "meshd_connect6", "meshd_sockops"];
 
 /// Starts `meshd [global] run --config FILE [run_args]` in `node` (behind `wrapper`, e.g.
 /// `prlimit ...`, which execs it), with `env`, and waits until `/ready` answers 200.
@@ -244,14 +243,14 @@ fn sigint_is_a_clean_stop_and_uninstall_on_exit_removes_the_capture() {
 
     let agent = start_agent(&c, &n1, &yaml, &[], &["--log", "info"], &[], &[]);
     assert!(captured());
-    assert!(agent.pin_root.join("v2/links/default_client").is_dir());
+    assert!(agent.pin_root.join("v3/links/default_client").is_dir());
     sigint(&agent);
     assert!(agent
         .proc
         .stderr()
         .contains("shutting down: the capture stays in place for the next agent"));
     assert!(captured(), "the capture stays after SIGINT");
-    assert!(agent.pin_root.join("v2/links/default_client").is_dir());
+    assert!(agent.pin_root.join("v3/links/default_client").is_dir());
 
     // The next agent adopts it; stopped with --uninstall-on-exit it removes everything.
     let agent = start_agent(
@@ -450,9 +449,9 @@ fn startup_only_settings_need_a_restart() {
     let dump = agent.config_dump().unwrap();
     assert_eq!(
         dump["capture"]["pins"],
-        old_root.join("v2").display().to_string().as_str()
+        old_root.join("v3").display().to_string().as_str()
     );
-    assert!(old_root.join("v2/links/default_extra").is_dir());
+    assert!(old_root.join("v3/links/default_extra").is_dir());
     assert!(!new_root.exists(), "{} was created", new_root.display());
     assert_eq!(dump["identity"]["trustDomain"], "cluster.local");
     let now = SystemTime::now()

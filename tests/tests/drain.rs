@@ -126,7 +126,7 @@ fn capture_left_for_the_next_agent(agent: &Agent, pod: &Pod) {
     );
     let links = agent
         .pin_root
-        .join(format!("v2/links/default_{}", pod.name));
+        .join(format!("v3/links/default_{}", pod.name));
     assert!(links.is_dir(), "{} kept", links.display());
     agent.uninstall().unwrap();
     assert!(cgroup_programs(&pod.cgroup).unwrap().is_empty());

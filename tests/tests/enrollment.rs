@@ -392,7 +392,7 @@ fn enroll_unenroll_churn_under_traffic_fails_nothing_and_leaks_nothing() {
 
     // Nothing of the churned workload is left; the others are intact.
     assert_nothing_at(&churn.cgroup, Some(&churn.netns_path));
-    assert!(!agent.pin_root.join("v2/links/default_churn").exists());
+    assert!(!agent.pin_root.join("v3/links/default_churn").exists());
     assert_captured_at(&steady.cgroup, &steady.netns_path);
     assert_captured_at(&server.cgroup, &server.netns_path);
     assert_eq!(
@@ -479,7 +479,7 @@ fn a_workload_that_cannot_be_enrolled_is_held_closed_and_the_others_work() {
         assert_captured_at(&pod.cgroup, &pod.netns_path);
         let links = agent
             .pin_root
-            .join(format!("v2/links/default_{}", pod.name));
+            .join(format!("v3/links/default_{}", pod.name));
         assert!(links.is_dir(), "{}", links.display());
     }
     assert_eq!(map_count(&agent, "MESHD_PODS"), 4);

@@ -101,7 +101,7 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
     // Nothing of the client is left attached, and no map entry of it remains.
     assert!(cgroup_programs(&client.cgroup).unwrap().is_empty());
     assert!(netns_programs(&client.netns_path).unwrap().is_empty());
-    assert!(!agent.pin_root.join("v2/links/default_client").exists());
+    assert!(!agent.pin_root.join("v3/links/default_client").exists());
     assert_eq!(map_count(&agent, "MESHD_PODS"), 1);
     assert_eq!(map_count(&agent, "MESHD_POD_ADDRS"), 1);
     assert_eq!(map_count(&agent, "MESHD_LISTENERS"), 1);
@@ -133,7 +133,7 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
     assert_eq!(applied_state(&agent), good, "the bad edit changed nothing");
     assert!(enrolled(&agent, "default/client"));
     assert!(cgroup_programs(&extra.cgroup).unwrap().is_empty());
-    assert!(!agent.pin_root.join("v2/links/default_extra").exists());
+    assert!(!agent.pin_root.join("v3/links/default_extra").exists());
     // The client is still captured: its loop's next connections go through the agent.
     let before = outbound(&agent);
     traffic.wait_more_ok(10, "after the bad edit");
@@ -171,7 +171,7 @@ fn hot_reload_enrolls_and_unenrolls_while_traffic_runs() {
 }
 
 fn pinned_prog_id(agent: &Agent, name: &str) -> u64 {
-    let path = agent.pin_root.join("v2/progs").join(name);
+    let path = agent.pin_root.join("v3/progs").join(name);
     bpftool_json(&["prog", "show", "pinned", path.to_str().unwrap()]).unwrap()["id"]
         .as_u64()
         .unwrap()
@@ -240,10 +240,10 @@ fn restarted_agent_adopts_its_pins() {
         "{r}"
     );
     let old_ids = attached_ids(&client.cgroup);
-    assert_eq!(old_ids.len(), 3);
+    assert_eq!(old_ids.len(), 4);
     assert!(agent
         .pin_root
-        .join("v2/links/default_client/connect4")
+        .join("v3/links/default_client/connect4")
         .exists());
 
     // Restart with a config in which one workload is gone.
@@ -260,6 +260,11 @@ fn restarted_agent_adopts_its_pins() {
         log.contains("adopted pinned capture links") && log.contains("default/client"),
         "{log}"
     );
+    // Each adopted link is still attached to its pod's cgroup or namespace: kept.
+    assert!(
+        !log.contains("an adopted link is not attached") && !log.contains("cannot be read"),
+        "{log}"
+    );
     // The adopted links now run the new agent's programs, and nothing else is attached.
     let mut expected: Vec<u64> = PROGRAMS
         .iter()
@@ -272,14 +277,14 @@ fn restarted_agent_adopts_its_pins() {
         attached_ids(&gone.cgroup).is_empty(),
         "links of a removed workload are dropped"
     );
-    assert!(!agent2.pin_root.join("v2/links/default_gone").exists());
+    assert!(!agent2.pin_root.join("v3/links/default_gone").exists());
     assert_eq!(map_count(&agent2, "MESHD_PODS"), 2);
     // /config_dump names what is attached where: the adopted links run the new programs.
     let dump = agent2.config_dump().unwrap();
     let attached = &dump["capture"]["attached"];
     let connect4 = attached["programs"]["meshd_connect4"].as_u64().unwrap();
     let links = attached["links"]["default/client"].as_array().unwrap();
-    assert_eq!(links.len(), 4, "{attached:#}");
+    assert_eq!(links.len(), 5, "{attached:#}");
     let c4 = links.iter().find(|l| l["hook"] == "connect4").unwrap();
     assert_eq!(c4["programId"].as_u64(), Some(connect4));
     assert!(attached["links"].get("default/gone").is_none());
@@ -547,6 +552,7 @@ fn check_reports_every_feature_and_cleans_up() {
         "√ meshd_connect6 (connect6)",
         "√ meshd_sockops (sockops)",
         "√ meshd_sk_lookup (sk_lookup): loads and attaches to a network namespace",
+        "√ meshd_release (sock_release): loads and attaches to a cgroup",
         "Status check results are √",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
@@ -642,10 +648,12 @@ fn uninstall_removes_what_a_crashed_agent_left() {
     agent.crash().unwrap();
     assert_eq!(
         attached_ids(&a.cgroup).len(),
-        3,
+        PROGRAMS.len(),
         "the crash left the programs attached"
     );
     assert_eq!(netns_programs(&a.netns_path).unwrap(), ["meshd_sk_lookup"]);
+    // Under another pin version (an upgrade whose new agent never ran) it goes all the same.
+    std::fs::rename(agent.pin_root.join("v3"), agent.pin_root.join("v2")).unwrap();
     let out = Command::new(meshd_bin())
         .args(["uninstall", "--bpffs"])
         .arg(&agent.pin_root)
@@ -656,6 +664,8 @@ fn uninstall_removes_what_a_crashed_agent_left() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("/v2"), "{said}");
     assert!(attached_ids(&a.cgroup).is_empty());
     assert!(netns_programs(&a.netns_path).unwrap().is_empty());
     assert!(!agent.pin_root.exists());
@@ -666,6 +676,165 @@ fn uninstall_removes_what_a_crashed_agent_left() {
         .output()
         .unwrap();
     assert!(out.status.success());
+}
+
+/// A pod deleted and recreated under the same name while no agent ran (a StatefulSet pod):
+/// its new cgroup has nothing attached, and the links pinned for it are attached to the
+/// old one, which is gone (the kernel reports them severed). The restarted agent starts
+/// (it used to refuse to: `adopting link ...: Link has been severed`, so that every pod of
+/// the node stayed without an agent), drops those links and attaches new ones to the pod's
+/// cgroup as it is now: the pod's connections are captured again.
+#[test]
+fn a_pod_recreated_while_no_agent_ran_is_captured_again() {
+    require_root().unwrap();
+    let c = Cluster::new("recreated").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let a = c.add_pod(&n1, "a").unwrap();
+    let b = c.add_pod(&n1, "b").unwrap();
+    let yaml = config_yaml(
+        &c,
+        &n1,
+        &[WorkloadSpec::new(&a), WorkloadSpec::new(&b)],
+        &[],
+    );
+    let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    serve(&c, &b, 8080).unwrap();
+    let dst = format!("{}:8080", b.ip);
+    agent.crash().unwrap();
+    // The pod's cgroup is deleted and made again (it has no process here).
+    std::fs::remove_dir(&a.cgroup).unwrap();
+    std::fs::create_dir(&a.cgroup).unwrap();
+    assert!(attached_ids(&a.cgroup).is_empty());
+
+    let agent2 = Agent::start_with(&c, &n1, agent.config_path.clone()).unwrap();
+    let log = agent2.proc.stderr();
+    assert!(
+        log.contains("dropping an adopted link whose cgroup is gone"),
+        "{log}"
+    );
+    assert!(enrolled(&agent2, "default/a"), "{log}");
+    assert_eq!(sorted(cgroup_programs(&a.cgroup).unwrap()), PROGRAMS);
+    echo_ok(&c, &a, &dst, 10_000);
+    assert!(
+        wait_until(Duration::from_secs(10), || opened(&agent2, "outbound", "a")
+            == 1),
+        "the recreated pod's connection is captured"
+    );
+    assert!(agent2.stop().unwrap().success());
+}
+
+/// The ids of the programs attached to a pod: its cgroup's and its namespace's.
+fn pod_program_ids(pod: &Pod) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(&pod.netns_path).unwrap().ino();
+    let links = bpftool_json(&["link", "show"]).unwrap();
+    let mut ids = attached_ids(&pod.cgroup);
+    ids.extend(
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["type"] == "netns" && l["netns_ino"].as_u64() == Some(ino))
+            .map(|l| l["prog_id"].as_u64().unwrap()),
+    );
+    ids.sort();
+    ids
+}
+
+/// An upgrade: the agent being replaced pinned its capture under an older pin version
+/// (`<root>/v2/`), which this agent does not adopt. Left attached, the older sk_lookup
+/// would refuse every connection to an enrolled pod (its listener map is empty) and the
+/// older connect4 would redirect with original destinations this agent cannot read. The
+/// older tree here is this agent's own, crashed and renamed `v2/`: links attached to the
+/// pods and pinned under `v2/links/<namespace>_<pod>/`, programs and maps under `v2/`.
+/// Once the new agent has captured the pods, the older links are detached (those of a
+/// workload no longer in the config too), the older pins are gone, and traffic flows,
+/// inbound included, through the new agent only.
+#[test]
+fn upgraded_agent_removes_the_capture_of_an_older_pin_version() {
+    require_root().unwrap();
+    let c = Cluster::new("upgrade").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let client = c.add_pod(&n1, "client").unwrap();
+    let server = c.add_pod(&n1, "server").unwrap();
+    let gone = c.add_pod(&n1, "gone").unwrap();
+    let all = [
+        WorkloadSpec::new(&client),
+        WorkloadSpec::new(&server),
+        WorkloadSpec::new(&gone),
+    ];
+    let old = Agent::start(&c, &n1, &config_yaml(&c, &n1, &all, &[])).unwrap();
+    let app = serve(&c, &server, 8080).unwrap();
+    let dst = format!("{}:8080", server.ip);
+    echo_ok(&c, &client, &dst, 10_000);
+    old.crash().unwrap();
+    let v2 = old.pin_root.join("v2");
+    std::fs::rename(old.pin_root.join("v3"), &v2).unwrap();
+    assert!(v2.join("links/default_client/sk_lookup").exists());
+    let older: Vec<(Pod, Vec<u64>)> = [&client, &server, &gone]
+        .into_iter()
+        .map(|p| (p.clone(), pod_program_ids(p)))
+        .collect();
+    for (pod, ids) in &older {
+        assert_eq!(ids.len(), PROGRAMS.len() + 1, "{}: {ids:?}", pod.name);
+    }
+
+    let agent = Agent::start(
+        &c,
+        &n1,
+        &config_yaml(
+            &c,
+            &n1,
+            &[WorkloadSpec::new(&client), WorkloadSpec::new(&server)],
+            &[],
+        ),
+    )
+    .unwrap();
+    // Traffic flows through the new agent, outbound and inbound (with the older
+    // capture attached too, the older sk_lookup would refuse it).
+    let accepted_before = accepted(&app);
+    echo_ok(&c, &client, &dst, 10_000);
+    let closed = |direction: &str| agent.closed_to(direction, &dst).unwrap().len();
+    assert!(
+        wait_until(Duration::from_secs(10), || closed("outbound") == 1
+            && closed("inbound") == 1),
+        "the connection went through the new agent"
+    );
+    assert_eq!(accepted(&app), accepted_before + 1);
+    assert!(direct_accepts(&app.stdout()).is_empty(), "{}", app.stdout());
+    let log = agent.proc.stderr();
+    assert!(
+        log.contains("found the capture of an agent of another pin version")
+            && log.contains("removed the capture of pin version 2"),
+        "{log}"
+    );
+    // Nothing of the older version is left: no pin, no link, no program.
+    assert!(!v2.exists(), "the v2 tree is removed");
+    for (pod, ids) in &older {
+        let now = pod_program_ids(pod);
+        for id in ids {
+            assert!(
+                !now.contains(id),
+                "{}: older program {id} still attached",
+                pod.name
+            );
+            assert!(
+                bpftool_json(&["prog", "show", "id", &id.to_string()]).is_err(),
+                "older program {id} still loaded"
+            );
+        }
+    }
+    // Only the new agent's capture: its programs on the enrolled pods, none on the other.
+    assert_eq!(sorted(cgroup_programs(&client.cgroup).unwrap()), PROGRAMS);
+    assert_eq!(sorted(cgroup_programs(&server.cgroup).unwrap()), PROGRAMS);
+    assert_eq!(
+        netns_programs(&server.netns_path).unwrap(),
+        ["meshd_sk_lookup"]
+    );
+    assert!(pod_program_ids(&gone).is_empty());
+
+    assert!(agent.stop().unwrap().success());
+    assert!(!agent.pin_root.exists());
 }
 
 /// `meshd check --config` on a config whose identity files are broken in other ways than a
@@ -813,17 +982,23 @@ fn sigterm_leaves_the_capture_for_the_next_agent() {
         "{}",
         agent.proc.output_tail()
     );
-    let pins = agent.pin_root.join("v2");
+    let pins = agent.pin_root.join("v3");
     for pod in [&client, &server] {
         assert!(captured(pod), "{} still captured", pod.name);
-        for hook in ["connect4", "connect6", "sockops", "sk_lookup"] {
+        for hook in [
+            "connect4",
+            "connect6",
+            "sockops",
+            "sk_lookup",
+            "sock_release",
+        ] {
             let link = pins.join(format!("links/default_{}/{hook}", pod.name));
             assert!(link.exists(), "{} kept", link.display());
         }
     }
     for pin in [
         "progs/meshd_connect4",
-        "progs/meshd_sk_lookup",
+        "progs/meshd_release",
         "maps/MESHD_PODS",
     ] {
         assert!(pins.join(pin).exists(), "{pin} kept");

@@ -352,6 +352,7 @@ impl Admin {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let proxy = &self.agent.proxy;
+        self.agent.update_capture_metrics();
         if let Some(mesh) = &proxy.mesh {
             let metrics = &proxy.telemetry.metrics;
             // Only the certificates held now (a forgotten identity's series goes).

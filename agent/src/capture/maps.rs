@@ -1,18 +1,20 @@
 //! Typed access to the pinned maps the programs share with the agent.
 
 use std::{
+    collections::BTreeMap,
     net::IpAddr as StdIpAddr,
     os::fd::RawFd,
     sync::{Mutex, MutexGuard},
+    time::Duration,
 };
 
 use aya::maps::{HashMap, Map, MapData, MapError, SockHash};
 use meshd_common::{
     maps as names, ClientKey, DeliveryKey, InPortKey, IpAddr, OrigDst, OutPortKey, PodConfig,
-    AF_INET, AF_INET6,
+    PodCounters, AF_INET, AF_INET6,
 };
 
-use super::CaptureError;
+use super::{counters::Counters, CaptureError};
 
 type Hash<K, V> = Mutex<HashMap<MapData, K, V>>;
 
@@ -25,6 +27,11 @@ pub struct Maps {
     skip_in: Hash<InPortKey, u8>,
     listeners: Mutex<SockHash<MapData, IpAddr>>,
     pod_addrs: Hash<IpAddr, u64>,
+    /// `MESHD_PENDING`, memory-mapped.
+    pending: Counters,
+    /// Each enrolled pod's slot in `MESHD_PENDING`, by network namespace cookie (what
+    /// `MESHD_PODS` says, kept here so the accept path needs no map lookup).
+    slots: Mutex<BTreeMap<u64, u32>>,
     delivery: Hash<DeliveryKey, u8>,
 }
 
@@ -95,10 +102,49 @@ pub fn std_ip(ip: &IpAddr) -> StdIpAddr {
     }
 }
 
+/// Maps `MESHD_PENDING` into memory.
+fn counters(map: Map, slots: u32) -> Result<Counters, CaptureError> {
+    let Map::Array(data) = map else {
+        return Err(CaptureError::Map {
+            map: names::PENDING,
+            source: MapError::InvalidMapType { map_type: 0 },
+        });
+    };
+    Counters::map(data.fd(), slots).map_err(|e| CaptureError::Map {
+        map: names::PENDING,
+        source: MapError::SyscallError(aya::sys::SyscallError {
+            call: "mmap",
+            io_error: e,
+        }),
+    })
+}
+
+/// `CLOCK_MONOTONIC`, as `bpf_ktime_get_ns` reads it.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 impl Maps {
     pub fn take_from(ebpf: &mut aya::Ebpf) -> Result<Maps, CaptureError> {
+        let pending = counters(take(ebpf, names::PENDING)?, super::counters::SLOTS)?;
+        let pods: Hash<u64, PodConfig> = typed(ebpf, names::PODS)?;
+        // Slots an earlier agent gave the pods it enrolled (their counters count entries
+        // that are still in the maps).
+        let slots = lock(&pods)
+            .iter()
+            .flatten()
+            .map(|(cookie, pod)| (cookie, pod.slot))
+            .collect();
         Ok(Maps {
-            pods: typed(ebpf, names::PODS)?,
+            pending,
+            slots: Mutex::new(slots),
+            pods,
             sock_dst: typed(ebpf, names::SOCK_DST)?,
             orig_dst: typed(ebpf, names::ORIG_DST)?,
             skip_out: typed(ebpf, names::SKIP_OUT)?,
@@ -120,7 +166,10 @@ impl Maps {
         };
         let mut map = lock(&self.orig_dst);
         let dst = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
+        // Only the one that removed it (not a concurrent sweep) uncounts it.
+        if map.remove(&key).is_ok() {
+            self.release_one(netns_cookie);
+        }
         Some(dst)
     }
 
@@ -153,13 +202,80 @@ impl Maps {
         Ok(())
     }
 
-    pub fn set_pod(&self, netns_cookie: u64, pod: PodConfig) -> Result<(), CaptureError> {
+    fn release_one(&self, netns_cookie: u64) {
+        if let Some(slot) = lock(&self.slots).get(&netns_cookie) {
+            self.pending.release_one(*slot);
+        }
+    }
+
+    /// Removes the `MESHD_ORIG_DST` entries older than `max_age`: connections the agent
+    /// never accepted (it died with a backlog, or the client's final ACK was lost), so
+    /// they no longer count against their pod's quota. Returns how many.
+    pub fn sweep_orig_dst(&self, max_age: Duration) -> Result<u64, CaptureError> {
+        let cutoff = monotonic_ns().saturating_sub(max_age.as_nanos() as u64);
+        let mut map = lock(&self.orig_dst);
+        let stale: Vec<(ClientKey, u64)> = map
+            .iter()
+            .flatten()
+            .filter(|(_, v)| v.stamp_ns < cutoff)
+            .map(|(k, v)| (k, v.netns_cookie))
+            .collect();
+        let mut swept = 0;
+        for (key, cookie) in stale {
+            match map.remove(&key) {
+                Ok(()) => {
+                    swept += 1;
+                    self.release_one(cookie);
+                }
+                Err(e) => removed(Err(e)).map_err(|source| CaptureError::Map {
+                    map: names::ORIG_DST,
+                    source,
+                })?,
+            }
+        }
+        Ok(swept)
+    }
+
+    /// Enrolls a pod in `MESHD_PODS`, giving it a counter slot in `MESHD_PENDING` (the one
+    /// it has, when it is enrolled already, e.g. by an earlier agent). `pod.slot` is
+    /// ignored; returns the config as written.
+    pub fn set_pod(
+        &self,
+        netns_cookie: u64,
+        mut pod: PodConfig,
+    ) -> Result<PodConfig, CaptureError> {
+        let mut slots = lock(&self.slots);
+        pod.slot = match slots.get(&netns_cookie) {
+            Some(slot) => *slot,
+            None => {
+                let used: std::collections::BTreeSet<u32> = slots.values().copied().collect();
+                let slot = (0..self.pending.slots())
+                    .find(|s| !used.contains(s))
+                    .ok_or(CaptureError::Map {
+                        map: names::PENDING,
+                        source: MapError::OutOfBounds {
+                            index: self.pending.slots(),
+                            max_entries: self.pending.slots(),
+                        },
+                    })?;
+                self.pending.reset(slot);
+                slot
+            }
+        };
         lock(&self.pods)
             .insert(netns_cookie, pod, 0)
             .map_err(|source| CaptureError::Map {
                 map: names::PODS,
                 source,
-            })
+            })?;
+        slots.insert(netns_cookie, pod.slot);
+        Ok(pod)
+    }
+
+    /// The counters of the pod with this namespace cookie, while it is enrolled.
+    pub fn counters(&self, netns_cookie: u64) -> Option<PodCounters> {
+        let slot = *lock(&self.slots).get(&netns_cookie)?;
+        self.pending.get(slot)
     }
 
     pub fn set_skip_out(&self, netns_cookie: u64, ports: &[u16]) -> Result<(), CaptureError> {
@@ -293,6 +409,15 @@ impl Maps {
         for k in stale {
             removed(map.remove(&k)).map_err(err(names::SOCK_DST))?;
         }
+        drop(map);
+        // The pods' entries are gone: their slots are free, their counters zero.
+        let mut slots = lock(&self.slots);
+        let gone: Vec<u64> = slots.keys().copied().filter(|c| !keep_cookie(*c)).collect();
+        for cookie in gone {
+            if let Some(slot) = slots.remove(&cookie) {
+                self.pending.reset(slot);
+            }
+        }
         Ok(())
     }
 
@@ -314,7 +439,8 @@ impl Maps {
         let value = OrigDst {
             ip: ip_key(dst.ip()),
             port: dst.port(),
-            _pad: [0; 5],
+            _pad: 0,
+            stamp_ns: monotonic_ns(),
             netns_cookie,
         };
         lock(&self.orig_dst).insert(key, value, 0)
@@ -337,7 +463,26 @@ impl Maps {
             0,
         );
         let listeners = MapData::create(obj, "test_listeners", None)?;
+        const BPF_MAP_TYPE_ARRAY: u32 = 2;
+        const BPF_F_MMAPABLE: u32 = 1 << 10;
+        let slots = 64;
+        let obj = aya_obj::Map::new_from_params(
+            BPF_MAP_TYPE_ARRAY,
+            std::mem::size_of::<u32>() as u32,
+            std::mem::size_of::<PodCounters>() as u32,
+            slots,
+            BPF_F_MMAPABLE,
+        );
+        let pending = MapData::create(obj, "test_pending", None)?;
+        let pending = Counters::map(pending.fd(), slots).map_err(|io_error| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "mmap",
+                io_error,
+            })
+        })?;
         Ok(Maps {
+            pending,
+            slots: Mutex::new(BTreeMap::new()),
             pods: hash()?,
             sock_dst: hash()?,
             orig_dst: hash()?,
@@ -359,6 +504,12 @@ impl Maps {
             names::SKIP_IN: lock(&self.skip_in).keys().count(),
             names::LISTENERS: lock(&self.listeners).keys().count(),
             names::POD_ADDRS: lock(&self.pod_addrs).keys().count(),
+            // In-flight entries counted against the enrolled pods' quotas, summed.
+            names::PENDING: lock(&self.slots)
+                .values()
+                .filter_map(|slot| self.pending.get(*slot))
+                .map(|c| c.pending)
+                .sum::<u64>(),
             names::DELIVERY: lock(&self.delivery).keys().count(),
         })
     }
@@ -377,5 +528,52 @@ mod tests {
         // The kernel's user_ip4/local_ip4 is the address in network byte order.
         let k = ip_key("10.0.0.1".parse().unwrap());
         assert_eq!(k.addr[0].to_ne_bytes(), [10, 0, 0, 1]);
+    }
+
+    /// Original destinations nobody accepted for the age are removed and uncounted from
+    /// their pod's quota; younger ones stay and are still taken by an accept; the count
+    /// never goes below zero. Needs CAP_BPF (the suite runs as root).
+    #[test]
+    fn entries_nobody_accepted_for_the_age_are_swept_and_uncounted() {
+        let maps = Maps::standalone().unwrap();
+        let cookie = 7;
+        let pod = PodConfig {
+            outbound_port: 15001,
+            max_pending: 64,
+            ..PodConfig::default()
+        };
+        let slot = maps.set_pod(cookie, pod).unwrap().slot;
+        let dst: std::net::SocketAddr = "10.0.0.1:80".parse().unwrap();
+        for port in [40000, 40001, 40002] {
+            maps.record_orig_dst(cookie, port, dst).unwrap();
+        }
+        maps.pending.add_pending(slot, 3);
+        // Two of them were recorded 61 s ago (as sock_ops stamps them: CLOCK_MONOTONIC).
+        {
+            let mut map = lock(&maps.orig_dst);
+            for port in [40000, 40001] {
+                let key = ClientKey {
+                    netns_cookie: cookie,
+                    port,
+                    family: AF_INET,
+                    _pad: 0,
+                };
+                let mut v = map.get(&key, 0).unwrap();
+                v.stamp_ns = monotonic_ns() - 61_000_000_000;
+                map.insert(key, v, 0).unwrap();
+            }
+        }
+        assert_eq!(maps.sweep_orig_dst(Duration::from_secs(60)).unwrap(), 2);
+        assert_eq!(maps.counts()[names::ORIG_DST], 1);
+        assert_eq!(maps.counters(cookie).unwrap().pending, 1);
+        // Nothing else is old enough.
+        assert_eq!(maps.sweep_orig_dst(Duration::from_secs(60)).unwrap(), 0);
+        let taken = maps.take_orig_dst(cookie, 40002, false).unwrap();
+        assert_eq!((std_ip(&taken.ip), taken.port), (dst.ip(), dst.port()));
+        assert_eq!(maps.counters(cookie).unwrap().pending, 0);
+        // An entry that was never counted (a bug elsewhere) does not wrap the count.
+        maps.record_orig_dst(cookie, 40003, dst).unwrap();
+        assert_eq!(maps.sweep_orig_dst(Duration::ZERO).unwrap(), 1);
+        assert_eq!(maps.counters(cookie).unwrap().pending, 0);
     }
 }

@@ -7,13 +7,14 @@
 //! the next one (as a crash does); `meshd uninstall` or `--uninstall-on-exit` removes
 //! everything.
 
+pub mod counters;
 pub mod link;
 pub mod maps;
 pub mod pins;
 pub mod programs;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -97,7 +98,49 @@ pub struct Capture {
     pins: PinPaths,
     /// Workloads whose links an earlier agent pinned and this one adopted at start-up.
     adopted: BTreeSet<String>,
+    /// Adopted workloads enrolled again whose sk_lookup link still runs the earlier agent's
+    /// instance (by namespace cookie), until [`Capture::renew_sk_lookups`].
+    earlier_sk_lookup: BTreeMap<String, u64>,
+    /// Trees an agent of another pin version left (an upgrade): removed workload by
+    /// workload once this agent captures it, see [`Capture::retire_other_versions`].
+    other_versions: Vec<PinPaths>,
+    /// The aya-log level compiled into the programs, for the per-pod sk_lookup instances.
+    log_level: u8,
     _logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// aya-log's ring buffer. Pinned with the maps, so that the per-pod sk_lookup instances
+/// (and those a restarted agent adopts) log into the buffer the agent reads.
+const AYA_LOGS: &str = "AYA_LOGS";
+
+/// One pod's sk_lookup program: the object loaded again with the pod's namespace cookie as
+/// `NETNS_COOKIE` (the shared maps reused from their pins), only sk_lookup loaded in the
+/// kernel. Once its link is pinned the instance can go: the link holds the program.
+struct SkLookupInstance {
+    ebpf: aya::Ebpf,
+}
+
+impl SkLookupInstance {
+    fn load(pins: &PinPaths, log_level: u8, netns_cookie: u64) -> Result<Self, CaptureError> {
+        let started = std::time::Instant::now();
+        let logs = pins.maps().join(AYA_LOGS);
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pins.maps())
+            .map_pin_path(AYA_LOGS, &logs)
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
+            .override_global(meshd_common::SK_LOOKUP_NETNS_COOKIE, &netns_cookie, true)
+            .load(programs::OBJECT)?;
+        // Parsing the object and opening its maps: nearly all of the cost.
+        let object_us = started.elapsed().as_micros() as u64;
+        Hook::SkLookup.load(&mut ebpf)?;
+        tracing::debug!(
+            object_us,
+            netns_cookie,
+            load_us = started.elapsed().as_micros() as u64,
+            "sk_lookup instance loaded"
+        );
+        Ok(SkLookupInstance { ebpf })
+    }
 }
 
 fn pin_err(path: &Path) -> impl Fn(std::io::Error) -> CaptureError + '_ {
@@ -116,12 +159,15 @@ impl Capture {
             std::fs::create_dir_all(&dir).map_err(pin_err(&dir))?;
         }
         let level = ebpf_log_level();
+        let logs = pins.maps().join(AYA_LOGS);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pins.maps())
+            .map_pin_path(AYA_LOGS, &logs)
             .override_global("AYA_LOG_LEVEL", &level, false)
             .load(programs::OBJECT)?;
         let logger = spawn_log_reader(&mut ebpf);
-        for hook in Hook::ALL {
+        // sk_lookup is loaded per pod (`SkLookupInstance`), not here.
+        for hook in Hook::ALL.into_iter().filter(|h| *h != Hook::SkLookup) {
             hook.load(&mut ebpf)?;
             hook.pin(&mut ebpf, &pins.prog(hook.program()))?;
         }
@@ -132,11 +178,22 @@ impl Capture {
                 map: meshd_common::maps::DELIVERY,
                 source,
             })?;
+        let other_versions = pins.other_versions();
+        for other in &other_versions {
+            tracing::info!(
+                pins = %other.root().display(),
+                version = other.version(),
+                "found the capture of an agent of another pin version: each of its workloads keeps it until this agent captures that workload"
+            );
+        }
         let mut capture = Capture {
             ebpf,
             maps,
             pins,
+            log_level: level,
             adopted: BTreeSet::new(),
+            earlier_sk_lookup: BTreeMap::new(),
+            other_versions,
             _logger: logger,
         };
         capture.adopt()?;
@@ -160,16 +217,31 @@ impl Capture {
             let Some(key) = PinPaths::workload_key(&name) else {
                 continue;
             };
-            for hook in Hook::ALL {
+            // sk_lookup keeps its program (the earlier agent's instance for this pod, which
+            // has the pod's namespace cookie; the link cannot tell this one the cookie)
+            // until the workload is enrolled again.
+            for hook in Hook::ALL.into_iter().filter(|h| *h != Hook::SkLookup) {
                 let path = entry.path().join(hook.link_name());
                 if !path.exists() {
                     continue;
                 }
                 let fd = hook.prog_fd(&self.ebpf)?;
-                link::update_pinned(&path, fd).map_err(|source| CaptureError::Adopt {
-                    path: path.clone(),
-                    source,
-                })?;
+                match link::update_pinned(&path, fd) {
+                    Ok(()) => {}
+                    // Its cgroup is gone (the pod was deleted while no agent ran): the link
+                    // captures nothing any more. Dropped; enrolling the workload again
+                    // attaches a new one.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
+                        tracing::info!(workload = %key, link = %path.display(), "dropping an adopted link whose {} is gone", hook.target_kind());
+                        std::fs::remove_file(&path).map_err(pin_err(&path))?;
+                    }
+                    Err(source) => {
+                        return Err(CaptureError::Adopt {
+                            path: path.clone(),
+                            source,
+                        })
+                    }
+                }
             }
             tracing::info!(workload = %key, "adopted pinned capture links");
             self.adopted.insert(key);
@@ -180,6 +252,10 @@ impl Capture {
     /// Starts capturing a workload: map entries first (the listeners already exist), then the
     /// links, so that no connection is redirected to a listener that is not there.
     pub fn enroll(&mut self, e: &Enrollment<'_>) -> Result<(), CaptureError> {
+        let adopted = self.adopted.contains(e.key);
+        if adopted {
+            self.drop_links_to_other_targets(e)?;
+        }
         self.maps.set_pod(e.netns_cookie, e.pod)?;
         self.maps
             .set_skip_out(e.netns_cookie, e.skip_outbound_ports)?;
@@ -193,6 +269,10 @@ impl Capture {
         std::fs::create_dir_all(&dir).map_err(pin_err(&dir))?;
         for hook in ATTACH_ORDER {
             let path = dir.join(hook.link_name());
+            if hook == Hook::SkLookup {
+                self.attach_sk_lookup(e, &path, adopted)?;
+                continue;
+            }
             if path.exists() {
                 // Adopted from an earlier agent and already running our program.
                 continue;
@@ -215,16 +295,204 @@ impl Capture {
         }
         self.adopted.remove(e.key);
         tracing::debug!(workload = e.key, "capture links pinned");
+        self.remove_other_versions_links(e.key);
         Ok(())
+    }
+
+    /// Detaches the links an agent of another pin version left for a workload that this
+    /// agent captures now: both attached, the other agent's sk_lookup would refuse every
+    /// connection to the pod (its listener map is empty) and its connect4 would redirect
+    /// with an original destination this agent cannot read.
+    fn remove_other_versions_links(&self, key: &str) {
+        for other in &self.other_versions {
+            let dir = other.workload_links(key);
+            if !dir.exists() {
+                continue;
+            }
+            match remove_links(&dir) {
+                Ok(()) => tracing::info!(
+                    workload = key,
+                    version = other.version(),
+                    "detached the capture links of pin version {} (now captured by this agent)",
+                    other.version()
+                ),
+                Err(err) => tracing::warn!(
+                    workload = key,
+                    version = other.version(),
+                    error = %err,
+                    "cannot remove the capture links of another pin version"
+                ),
+            }
+        }
+    }
+
+    /// Removes what agents of other pin versions left: the links of workloads that are not
+    /// in `desired` (those in it lose theirs when this agent captures them, in
+    /// [`Capture::enroll`]; until then they keep failing closed), then, once a tree has no
+    /// link left, its programs and maps and the tree itself. Called after each reconcile.
+    pub fn retire_other_versions(&mut self, desired: &BTreeSet<String>) {
+        self.other_versions.retain(|other| {
+            let dirs: Vec<PathBuf> = std::fs::read_dir(other.links())
+                .map(|rd| rd.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            let mut left = 0;
+            for dir in dirs {
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let key = PinPaths::workload_key(&name);
+                if key.as_ref().is_some_and(|k| desired.contains(k)) {
+                    left += 1;
+                    continue;
+                }
+                match remove_links(&dir) {
+                    Ok(()) => tracing::info!(
+                        workload = key.as_deref().unwrap_or(&name),
+                        version = other.version(),
+                        "detached the capture links of pin version {} (workload not in the config)",
+                        other.version()
+                    ),
+                    Err(err) => {
+                        left += 1;
+                        tracing::warn!(pins = %dir.display(), error = %err, "cannot remove the capture links of another pin version");
+                    }
+                }
+            }
+            if left > 0 {
+                return true;
+            }
+            let pinned = PinnedIds::of(other);
+            match uninstall(other) {
+                Ok(()) => {
+                    pinned.wait_released(true);
+                    tracing::info!(
+                        pins = %other.root().display(),
+                        version = other.version(),
+                        "removed the capture of pin version {}: its links are detached and its programs and maps unpinned",
+                        other.version()
+                    );
+                    false
+                }
+                Err(err) => {
+                    tracing::warn!(pins = %other.root().display(), error = %err, "cannot remove the pins of another pin version");
+                    true
+                }
+            }
+        });
+    }
+
+    /// Removes the adopted links of a workload that are not attached to its cgroup or
+    /// namespace as they are now: the pod was deleted and recreated while no agent ran (a
+    /// StatefulSet pod keeps its name), and such a link captures nothing (or another
+    /// cgroup). The enrollment then attaches new ones.
+    fn drop_links_to_other_targets(&self, e: &Enrollment<'_>) -> Result<(), CaptureError> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = |kind: &'static str, path: &Path| {
+            std::fs::metadata(path)
+                .map(|m| m.ino())
+                .map_err(|source| CaptureError::Target {
+                    kind,
+                    path: path.to_owned(),
+                    source,
+                })
+        };
+        let cgroup = link::LinkTarget::Cgroup(ino("cgroup", e.cgroup)?);
+        let netns = link::LinkTarget::Netns(ino("network namespace", e.netns)? as u32);
+        let dir = self.pins.workload_links(e.key);
+        for hook in Hook::ALL {
+            let path = dir.join(hook.link_name());
+            if !path.exists() {
+                continue;
+            }
+            let expected = if hook == Hook::SkLookup {
+                netns
+            } else {
+                cgroup
+            };
+            match link::pinned_target(&path) {
+                Ok(target) if target == expected => continue,
+                Ok(target) => {
+                    tracing::info!(workload = e.key, link = %path.display(), ?target, ?expected, "an adopted link is not attached to the pod's {} as it is now (recreated while no agent ran): replaced", hook.target_kind())
+                }
+                Err(err) => {
+                    tracing::info!(workload = e.key, link = %path.display(), error = %err, "an adopted link cannot be read: replaced")
+                }
+            }
+            std::fs::remove_file(&path).map_err(pin_err(&path))?;
+        }
+        Ok(())
+    }
+
+    /// The pod's own sk_lookup instance, attached to its network namespace. A link this
+    /// agent made already runs this agent's instance for the pod: kept. A link adopted from
+    /// an earlier agent keeps that agent's instance for the pod (the same maps, the same
+    /// cookie) until [`Capture::renew_sk_lookups`]: loading an instance takes most of an
+    /// enrollment's time, which after a restart would hold every pod's outbound listener
+    /// back (they accept once the whole reconcile is done, see `proxy/accept_gate.rs`).
+    fn attach_sk_lookup(
+        &mut self,
+        e: &Enrollment<'_>,
+        path: &Path,
+        adopted: bool,
+    ) -> Result<(), CaptureError> {
+        if path.exists() {
+            if adopted {
+                self.earlier_sk_lookup
+                    .insert(e.key.to_string(), e.netns_cookie);
+            }
+            return Ok(());
+        }
+        let mut instance = SkLookupInstance::load(&self.pins, self.log_level, e.netns_cookie)?;
+        let target = File::open(e.netns).map_err(|source| CaptureError::Target {
+            kind: Hook::SkLookup.target_kind(),
+            path: e.netns.to_owned(),
+            source,
+        })?;
+        let link = Hook::SkLookup.attach(&mut instance.ebpf, &target)?;
+        link.pin(path).map_err(|err| CaptureError::Pin {
+            path: path.to_owned(),
+            reason: err.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// Puts this agent's own sk_lookup instance in the links of adopted workloads that were
+    /// enrolled again (see [`Capture::attach_sk_lookup`]). A failure leaves the earlier
+    /// agent's instance, which steers the same way, and is logged.
+    pub fn renew_sk_lookups(&mut self) {
+        for (key, netns_cookie) in std::mem::take(&mut self.earlier_sk_lookup) {
+            let path = self
+                .pins
+                .workload_links(&key)
+                .join(Hook::SkLookup.link_name());
+            if !path.exists() {
+                continue;
+            }
+            let renewed = SkLookupInstance::load(&self.pins, self.log_level, netns_cookie)
+                .and_then(|i| {
+                    let fd = Hook::SkLookup.prog_fd(&i.ebpf)?;
+                    link::update_pinned(&path, fd).map_err(|source| CaptureError::Adopt {
+                        path: path.clone(),
+                        source,
+                    })
+                });
+            if let Err(err) = renewed {
+                tracing::warn!(workload = %key, error = %err, "cannot renew the sk_lookup program of an adopted link: the earlier agent's stays");
+            }
+        }
     }
 
     /// Stops redirecting a workload's new connections: removes its connect4, connect6 and
     /// sk_lookup links, and keeps sockops, which records the original destination of
-    /// connections redirected a moment ago once they are established (until
-    /// [`Capture::detach`]).
+    /// connections redirected a moment ago once they are established, and sock_release,
+    /// which forgets those that close first (until [`Capture::detach`]).
     pub fn stop_redirecting(&mut self, key: &str) -> Result<(), CaptureError> {
         let dir = self.pins.workload_links(key);
-        for hook in DETACH_ORDER.into_iter().filter(|h| *h != Hook::SockOps) {
+        for hook in DETACH_ORDER
+            .into_iter()
+            .filter(|h| !matches!(h, Hook::SockOps | Hook::SockRelease))
+        {
             let path = dir.join(hook.link_name());
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -240,6 +508,7 @@ impl Capture {
     /// redirected a moment ago still find their original destination.
     pub fn detach(&mut self, key: &str) -> Result<(), CaptureError> {
         self.adopted.remove(key);
+        self.earlier_sk_lookup.remove(key);
         remove_links(&self.pins.workload_links(key))
     }
 
@@ -329,23 +598,28 @@ impl Capture {
     }
 }
 
-/// sockops before connect4/6: a connection redirected by connect4 must find sockops
-/// attached when it is established, or its original destination is never recorded and
-/// the agent has to close it.
-const ATTACH_ORDER: [Hook; 4] = [
+/// sockops and sock_release before connect4/6: a connection redirected by connect4 must
+/// find sockops attached when it is established, or its original destination is never
+/// recorded and the agent has to close it; and sock_release when it is closed first, or
+/// its entry stays counted against the pod's quota.
+const ATTACH_ORDER: [Hook; 5] = [
     Hook::SockOps,
+    Hook::SockRelease,
     Hook::SkLookup,
     Hook::Connect4,
     Hook::Connect6,
 ];
-/// The reverse: connect4/6 go first, sockops last.
-const DETACH_ORDER: [Hook; 4] = [
+/// The reverse: connect4/6 go first, sockops and sock_release last.
+const DETACH_ORDER: [Hook; 5] = [
     Hook::Connect4,
     Hook::Connect6,
     Hook::SkLookup,
     Hook::SockOps,
+    Hook::SockRelease,
 ];
 
+/// Unpins (detaches) a workload's links in [`DETACH_ORDER`], then any other link in the
+/// directory (one of another pin version's hooks), and removes the directory.
 fn remove_links(dir: &Path) -> Result<(), CaptureError> {
     if !dir.exists() {
         return Ok(());
@@ -357,6 +631,14 @@ fn remove_links(dir: &Path) -> Result<(), CaptureError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(pin_err(&path)(e)),
         }
+    }
+    let rest: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(pin_err(dir))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    for path in rest {
+        std::fs::remove_file(&path).map_err(pin_err(&path))?;
     }
     std::fs::remove_dir(dir).map_err(pin_err(dir))
 }

@@ -5,7 +5,7 @@ use std::{fs::File, os::fd::AsFd, path::Path};
 
 use aya::programs::{
     links::{CgroupAttachMode, FdLink},
-    CgroupSockAddr, ProgramError, SkLookup, SockOps,
+    CgroupSock, CgroupSockAddr, ProgramError, SkLookup, SockOps,
 };
 use meshd_common::programs as names;
 
@@ -22,16 +22,21 @@ pub enum Hook {
     Connect6,
     /// `sockops` on the workload's cgroup: original destination by client port.
     SockOps,
-    /// `sk_lookup` on the workload's network namespace: inbound capture.
+    /// `sk_lookup` on the workload's network namespace: inbound capture. One program
+    /// instance per workload, loaded with its namespace cookie ([`super::SkLookupInstance`]).
     SkLookup,
+    /// `cgroup/sock_release` on the workload's cgroup: forgets the original destination of
+    /// a socket closed before its SYN.
+    SockRelease,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [
+    pub const ALL: [Hook; 5] = [
         Hook::Connect4,
         Hook::Connect6,
         Hook::SockOps,
         Hook::SkLookup,
+        Hook::SockRelease,
     ];
 
     /// Program name, as `bpftool prog show` prints it.
@@ -41,6 +46,7 @@ impl Hook {
             Hook::Connect6 => names::CONNECT6,
             Hook::SockOps => names::SOCKOPS,
             Hook::SkLookup => names::SK_LOOKUP,
+            Hook::SockRelease => names::SOCK_RELEASE,
         }
     }
 
@@ -51,6 +57,7 @@ impl Hook {
             Hook::Connect6 => "connect6",
             Hook::SockOps => "sockops",
             Hook::SkLookup => "sk_lookup",
+            Hook::SockRelease => "sock_release",
         }
     }
 
@@ -82,6 +89,10 @@ impl Hook {
             }
             Hook::SkLookup => {
                 let p: &mut SkLookup = prog.try_into().map_err(err)?;
+                p.load().map_err(err)
+            }
+            Hook::SockRelease => {
+                let p: &mut CgroupSock = prog.try_into().map_err(err)?;
                 p.load().map_err(err)
             }
         }
@@ -136,6 +147,13 @@ impl Hook {
                 let p: &mut SkLookup = prog.try_into().map_err(err)?;
                 let id = p.attach(target.as_fd()).map_err(err)?;
                 Ok(p.take_link(id).map_err(err)?.into())
+            }
+            Hook::SockRelease => {
+                let p: &mut CgroupSock = prog.try_into().map_err(err)?;
+                let id = p
+                    .attach(target.as_fd(), CgroupAttachMode::Single)
+                    .map_err(err)?;
+                FdLink::try_from(p.take_link(id).map_err(err)?)
             }
         };
         link.map_err(|e| CaptureError::NotALink {

@@ -16,6 +16,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use crate::{drain::DrainWatcher, netns::Netns, telemetry::Direction};
 
 use super::{
+    accept_gate::AcceptGate,
     context::{PodContext, ProxyContext},
     inbound,
     limits::{self, Exhausted},
@@ -45,6 +46,8 @@ pub(crate) struct PodProxy {
     pub outbound_v6: bool,
     tasks: Vec<JoinHandle<()>>,
     drain: DrainWatcher,
+    /// What the outbound accept loops wait for (see [`super::accept_gate`]).
+    gate: AcceptGate,
 }
 
 impl Drop for PodProxy {
@@ -81,11 +84,13 @@ fn bind_in(netns: &Netns, addr: SocketAddr) -> Result<std::net::TcpListener, Pro
 }
 
 impl PodProxy {
-    /// Binds the pod's listeners inside its namespace and starts accepting.
+    /// Binds the pod's listeners inside its namespace and starts accepting: the inbound and
+    /// HBONE ones at once, the outbound ones once `gate` opens.
     pub(crate) fn start(
         ctx: &Arc<ProxyContext>,
         pod: Arc<PodContext>,
         drain: &DrainWatcher,
+        gate: &AcceptGate,
     ) -> Result<PodProxy, ProxyError> {
         let has_v6 = pod.workload.ips.iter().any(IpAddr::is_ipv6);
         let mut proxy = PodProxy {
@@ -94,6 +99,7 @@ impl PodProxy {
             outbound_v6: false,
             tasks: Vec::new(),
             drain: drain.clone(),
+            gate: gate.clone(),
         };
         let out4 = bind_in(
             &pod.netns,
@@ -176,8 +182,13 @@ impl PodProxy {
         })?;
         let fd = listener.as_raw_fd();
         let (ctx, pod, drain) = (ctx.clone(), pod.clone(), self.drain.clone());
-        self.tasks
-            .push(tokio::spawn(accept_loop(ctx, pod, listener, kind, drain)));
+        let gate = match kind {
+            Listener::Outbound => self.gate.clone(),
+            Listener::Inbound | Listener::Hbone => AcceptGate::open(),
+        };
+        self.tasks.push(tokio::spawn(accept_loop(
+            ctx, pod, listener, kind, drain, gate,
+        )));
         Ok(fd)
     }
 }
@@ -199,7 +210,13 @@ async fn accept_loop(
     listener: TcpListener,
     kind: Listener,
     drain: DrainWatcher,
+    gate: AcceptGate,
 ) {
+    tokio::select! {
+        biased;
+        () = drain.signaled() => return,
+        () = gate.opened() => {}
+    }
     loop {
         let accepted = tokio::select! {
             biased;

@@ -4,7 +4,8 @@
 //! port 15008. The map of the modules, and the walk of a connection through them, is in
 //! `docs/architecture.md`.
 //!
-//! - [`listener`]: a pod's listeners and accept loops; [`context`]: what handlers share.
+//! - [`listener`]: a pod's listeners and accept loops ([`accept_gate`]: outbound ones wait
+//!   for the rest of their reconcile); [`context`]: what handlers share.
 //! - [`outbound`]: a pod's own connections: original destination, service balancing, dial.
 //! - [`inbound`]: connections to a pod: plaintext from outside the mesh, HBONE from agents.
 //! - [`hbone`]: the HTTP/2 CONNECT tunnels between agents and their client pool.
@@ -14,6 +15,7 @@
 //!   the [`cancel`]lation of one connection from outside it; [`error`]: why a connection
 //!   failed.
 
+pub(crate) mod accept_gate;
 #[cfg(test)]
 mod authz_tests;
 pub(crate) mod balance;

@@ -54,6 +54,16 @@ pub(crate) struct RefusedLabels {
     pub reason: &'static str,
 }
 
+/// A pod's connect() refused by its capture in the kernel (fail closed, review M4).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CaptureRefusedLabels {
+    pub namespace: String,
+    pub pod: String,
+    /// `pending_quota` (the pod had `limits.maxPendingConnectsPerPod` connections in
+    /// flight), `orig_dst_full` (the node's original-destination map was full).
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct IdentityLabels {
     pub identity: String,
@@ -86,6 +96,9 @@ pub(crate) struct Metrics {
     pub tcp_write_bytes_total: Family<TrafficLabels, Counter>,
     pub hbone_rejected: Family<RejectLabels, Counter>,
     pub connections_refused: Family<RefusedLabels, Counter>,
+    /// Read from the kernel's per-pod counters at each scrape.
+    pub capture_refused: Family<CaptureRefusedLabels, Counter>,
+    pub orig_dst_swept: Counter,
     pub cert_expiration: Family<IdentityLabels, Gauge>,
     pub cert_refresh: Gauge,
     /// Seconds until the issuer certificate expires (negative once expired).
@@ -163,6 +176,18 @@ impl Default for Metrics {
             "Connections and HBONE tunnels refused because a connection or handshake budget was full",
             connections_refused.clone(),
         );
+        let capture_refused = Family::<CaptureRefusedLabels, Counter>::default();
+        registry.register(
+            "capture_refused",
+            "A pod's connect() calls refused by its capture (EPERM) because the original destination could not be recorded",
+            capture_refused.clone(),
+        );
+        let orig_dst_swept = Counter::default();
+        registry.register(
+            "capture_orig_dst_swept",
+            "Original destinations of captured connections the agent never accepted, removed after a minute",
+            orig_dst_swept.clone(),
+        );
         let cert_expiration = Family::<IdentityLabels, Gauge>::default();
         registry.register(
             "identity_cert_expiration_timestamp_seconds",
@@ -215,6 +240,8 @@ impl Default for Metrics {
             tcp_write_bytes_total,
             hbone_rejected,
             connections_refused,
+            capture_refused,
+            orig_dst_swept,
             cert_expiration,
             cert_refresh,
             issuer_expiry,

@@ -8,7 +8,11 @@
 /// Version of the bpffs layout (`/sys/fs/bpf/meshd/v<N>`), bumped on any map ABI change.
 ///
 /// v2: `MESHD_POD_ADDRS` (enrolled pod addresses, for sk_lookup's fail-closed refusal).
-pub const PIN_VERSION: u32 = 2;
+/// v3: `MESHD_SOCK_DST` and `MESHD_ORIG_DST` are plain hashes (no LRU eviction) counted
+/// against a per-pod quota in `MESHD_PENDING`; `PodConfig` has the pod's counter slot and
+/// quota, `OrigDst` a timestamp; the `meshd_release` (cgroup/sock_release) program; one sk_lookup program
+/// per pod.
+pub const PIN_VERSION: u32 = 3;
 
 /// Port of the agent's outbound listener inside each enrolled pod (on loopback).
 pub const OUTBOUND_PORT: u16 = 15001;
@@ -33,6 +37,7 @@ pub mod maps {
     pub const SKIP_IN: &str = "MESHD_SKIP_IN";
     pub const LISTENERS: &str = "MESHD_LISTENERS";
     pub const POD_ADDRS: &str = "MESHD_POD_ADDRS";
+    pub const PENDING: &str = "MESHD_PENDING";
     pub const DELIVERY: &str = "MESHD_DELIVERY";
 }
 
@@ -42,7 +47,21 @@ pub mod programs {
     pub const CONNECT6: &str = "meshd_connect6";
     pub const SOCKOPS: &str = "meshd_sockops";
     pub const SK_LOOKUP: &str = "meshd_sk_lookup";
+    pub const SOCK_RELEASE: &str = "meshd_release";
 }
+
+/// The global of the sk_lookup program that holds the network namespace cookie of the one
+/// pod an instance is loaded for (`EbpfLoader::override_global`).
+pub const SK_LOOKUP_NETNS_COOKIE: &str = "NETNS_COOKIE";
+
+/// Entries of `MESHD_SOCK_DST` and of `MESHD_ORIG_DST` (each): room for
+/// [`DEFAULT_MAX_PENDING`] in-flight captured connections of 64 pods at once. The maps
+/// allocate entries as they are used (`BPF_F_NO_PREALLOC`).
+pub const ORIG_DST_ENTRIES: u32 = 262_144;
+/// The default quota of in-flight captured connections per pod ([`PodConfig::max_pending`]).
+pub const DEFAULT_MAX_PENDING: u32 = 4096;
+/// Slots of `MESHD_PENDING`, one per enrolled pod (as many as `MESHD_PODS` holds).
+pub const POD_SLOTS: u32 = 4096;
 
 /// An IPv4 or IPv6 address in network byte order. IPv4 is stored in `addr[0]` with the
 /// other words zero; `family` tells which.
@@ -62,7 +81,25 @@ pub struct PodConfig {
     pub outbound_port: u16,
     /// [`POD_FLAG_IPV6`] and friends.
     pub flags: u16,
-    pub _pad: u32,
+    /// The pod's [`PodCounters`] in `MESHD_PENDING` (an array index, below [`POD_SLOTS`]).
+    pub slot: u32,
+    /// In-flight captured connections the pod may have at once (recorded by connect4/6,
+    /// not yet accepted by the agent): above it, connect() fails with `EPERM`.
+    pub max_pending: u32,
+}
+
+/// One pod's counters in `MESHD_PENDING`, shared with the agent through a memory mapping:
+/// the programs and the agent change them with atomic adds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PodCounters {
+    /// Entries of the pod in `MESHD_SOCK_DST` and `MESHD_ORIG_DST` together.
+    pub pending: u64,
+    /// connect()s refused because the pod had [`PodConfig::max_pending`] in flight.
+    pub refused_quota: u64,
+    /// connect()s refused (or established connections without a recorded destination)
+    /// because a node-wide map was full.
+    pub refused_full: u64,
 }
 
 /// The agent listens on `[::1]:outbound_port` too, so IPv6 connections can be captured.
@@ -75,10 +112,10 @@ pub struct OrigDst {
     pub ip: IpAddr,
     /// Host byte order.
     pub port: u16,
-    /// Five words, not three: `netns_cookie` is 8-aligned, so the struct had 4 bytes of
-    /// implicit padding at 28..32. Spelling them out keeps the layout (40 bytes, cookie at
-    /// 32: the pinned maps of a running agent stay compatible) and makes every byte defined.
-    pub _pad: [u16; 5],
+    pub _pad: u16,
+    /// `CLOCK_MONOTONIC` nanoseconds when sock_ops moved the entry to `MESHD_ORIG_DST`
+    /// (0 in `MESHD_SOCK_DST`): the agent sweeps entries nobody accepted.
+    pub stamp_ns: u64,
     /// Network namespace cookie of the pod that made the connection.
     pub netns_cookie: u64,
 }
@@ -136,6 +173,7 @@ mod pod {
     unsafe impl aya::Pod for IpAddr {}
     unsafe impl aya::Pod for PodConfig {}
     unsafe impl aya::Pod for OrigDst {}
+    unsafe impl aya::Pod for PodCounters {}
     unsafe impl aya::Pod for ClientKey {}
     unsafe impl aya::Pod for OutPortKey {}
     unsafe impl aya::Pod for InPortKey {}
@@ -168,13 +206,21 @@ mod tests {
             size_of::<PodConfig>(),
             field(|v: &PodConfig| &v.outbound_port)
                 + field(|v: &PodConfig| &v.flags)
-                + field(|v: &PodConfig| &v._pad)
+                + field(|v: &PodConfig| &v.slot)
+                + field(|v: &PodConfig| &v.max_pending)
+        );
+        assert_eq!(
+            size_of::<PodCounters>(),
+            field(|v: &PodCounters| &v.pending)
+                + field(|v: &PodCounters| &v.refused_quota)
+                + field(|v: &PodCounters| &v.refused_full)
         );
         assert_eq!(
             size_of::<OrigDst>(),
             field(|v: &OrigDst| &v.ip)
                 + field(|v: &OrigDst| &v.port)
                 + field(|v: &OrigDst| &v._pad)
+                + field(|v: &OrigDst| &v.stamp_ns)
                 + field(|v: &OrigDst| &v.netns_cookie)
         );
         assert_eq!(
@@ -210,7 +256,11 @@ mod tests {
     #[test]
     fn sizes_and_alignment() {
         assert_eq!((size_of::<IpAddr>(), align_of::<IpAddr>()), (20, 4));
-        assert_eq!((size_of::<PodConfig>(), align_of::<PodConfig>()), (8, 4));
+        assert_eq!((size_of::<PodConfig>(), align_of::<PodConfig>()), (12, 4));
+        assert_eq!(
+            (size_of::<PodCounters>(), align_of::<PodCounters>()),
+            (24, 8)
+        );
         assert_eq!((size_of::<OrigDst>(), align_of::<OrigDst>()), (40, 8));
         assert_eq!((size_of::<ClientKey>(), align_of::<ClientKey>()), (16, 8));
         assert_eq!((size_of::<OutPortKey>(), align_of::<OutPortKey>()), (16, 8));
@@ -230,11 +280,17 @@ mod tests {
 
         assert_eq!(offset_of!(PodConfig, outbound_port), 0);
         assert_eq!(offset_of!(PodConfig, flags), 2);
-        assert_eq!(offset_of!(PodConfig, _pad), 4);
+        assert_eq!(offset_of!(PodConfig, slot), 4);
+        assert_eq!(offset_of!(PodConfig, max_pending), 8);
+
+        assert_eq!(offset_of!(PodCounters, pending), 0);
+        assert_eq!(offset_of!(PodCounters, refused_quota), 8);
+        assert_eq!(offset_of!(PodCounters, refused_full), 16);
 
         assert_eq!(offset_of!(OrigDst, ip), 0);
         assert_eq!(offset_of!(OrigDst, port), 20);
         assert_eq!(offset_of!(OrigDst, _pad), 22);
+        assert_eq!(offset_of!(OrigDst, stamp_ns), 24);
         assert_eq!(offset_of!(OrigDst, netns_cookie), 32);
 
         assert_eq!(offset_of!(ClientKey, netns_cookie), 0);
@@ -314,7 +370,8 @@ mod tests {
         let pod = PodConfig {
             outbound_port: OUTBOUND_PORT,
             flags: POD_FLAG_IPV6,
-            _pad: 0,
+            slot: 0,
+            max_pending: DEFAULT_MAX_PENDING,
         };
         assert_eq!(
             &bytes(&pod)[..4],
@@ -329,6 +386,7 @@ mod tests {
     #[test]
     fn default_padding_is_zero() {
         assert!(bytes(&OrigDst::default()).iter().all(|&b| b == 0));
+        assert!(bytes(&PodCounters::default()).iter().all(|&b| b == 0));
         assert!(bytes(&InPortKey::default()).iter().all(|&b| b == 0));
         assert!(bytes(&OutPortKey::default()).iter().all(|&b| b == 0));
         assert!(bytes(&ClientKey::default()).iter().all(|&b| b == 0));
@@ -347,11 +405,13 @@ mod tests {
             maps::SKIP_IN,
             maps::LISTENERS,
             maps::POD_ADDRS,
+            maps::PENDING,
             maps::DELIVERY,
             programs::CONNECT4,
             programs::CONNECT6,
             programs::SOCKOPS,
             programs::SK_LOOKUP,
+            programs::SOCK_RELEASE,
         ] {
             // BPF_OBJ_NAME_LEN is 16 including the NUL: longer names are cut by the kernel
             // and `bpftool map show` / the agent's lookups by name would not match.

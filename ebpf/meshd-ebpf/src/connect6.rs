@@ -4,10 +4,10 @@
 //! Attached to each enrolled pod's cgroup (kernel 4.17+, BPF link since 5.7).
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-use aya_log_ebpf::warn;
+use aya_log_ebpf::debug;
 use meshd_common::{IpAddr, AF_INET, AF_INET6, POD_FLAG_IPV6};
 
-use crate::capture::{enrolled_pod, port_skipped, remember};
+use crate::capture::{enrolled_pod, port_skipped, remember, Refused};
 
 const V4_MAPPED_BE: u32 = 0x0000_ffffu32.to_be();
 const LOOPBACK4_BE: u32 = u32::from_be_bytes([127, 0, 0, 1]).to_be();
@@ -52,12 +52,18 @@ pub fn meshd_connect6(ctx: SockAddrContext) -> i32 {
             _pad: 0,
         }
     };
-    if !remember(&ctx, netns, orig, port) {
-        warn!(
-            &ctx,
-            "connect6: original-destination map full, not capturing"
-        );
-        return 1;
+    if let Err(why) = remember(&ctx, netns, &pod, orig, port) {
+        // Fail closed: the app gets EPERM rather than an uncaptured connection. Counted in
+        // MESHD_PENDING (the agent's capture_refused_total), logged at debug only: a pod
+        // must not be able to flood the agent's log.
+        match why {
+            Refused::Quota => debug!(
+                &ctx,
+                "connect6: the pod has its quota of captured connections in flight, refused"
+            ),
+            Refused::Full => debug!(&ctx, "connect6: original-destination map full, refused"),
+        }
+        return 0;
     }
     if v4_mapped {
         sa.user_ip6[3] = LOOPBACK4_BE;

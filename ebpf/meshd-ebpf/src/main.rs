@@ -2,6 +2,9 @@
 //! [`maps`]. Built for `bpfel-unknown-none` by the agent's build script (aya-build).
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target has no `AtomicU64::fetch_add`.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod capture;
 mod connect4;
@@ -9,6 +12,7 @@ mod connect6;
 mod maps;
 mod sk_lookup;
 mod sock_ops;
+mod sock_release;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -2,22 +2,38 @@
 //! versioned bpffs directory, so a restarted agent adopts them.
 
 use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{HashMap, LruHashMap, SockHash},
+    maps::{Array, HashMap, SockHash},
 };
-use meshd_common::{ClientKey, DeliveryKey, InPortKey, IpAddr, OrigDst, OutPortKey, PodConfig};
+use meshd_common::{
+    ClientKey, DeliveryKey, InPortKey, IpAddr, OrigDst, OutPortKey, PodConfig, PodCounters,
+    ORIG_DST_ENTRIES, POD_SLOTS,
+};
 
 /// Enrolled pods by network namespace cookie; connect4/connect6 capture only these.
 #[map(name = "MESHD_PODS")]
 pub static MESHD_PODS: HashMap<u64, PodConfig> = HashMap::pinned(4096, 0);
 
-/// Original destination by socket cookie, from connect until the connection is established.
+/// Original destination by socket cookie, from connect until the connection is established
+/// (or closed, or released). A plain hash, not an LRU: no pod's entry is ever evicted by
+/// another's; each entry counts against its pod's quota ([`MESHD_PENDING`]).
 #[map(name = "MESHD_SOCK_DST")]
-pub static MESHD_SOCK_DST: LruHashMap<u64, OrigDst> = LruHashMap::pinned(65536, 0);
+pub static MESHD_SOCK_DST: HashMap<u64, OrigDst> =
+    HashMap::pinned(ORIG_DST_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// Original destination by the client's port on the pod loopback, read by the agent on accept.
+/// Original destination by the client's port on the pod loopback, read by the agent on
+/// accept (or swept by it when nobody accepted it for a minute). Counted like
+/// [`MESHD_SOCK_DST`].
 #[map(name = "MESHD_ORIG_DST")]
-pub static MESHD_ORIG_DST: LruHashMap<ClientKey, OrigDst> = LruHashMap::pinned(65536, 0);
+pub static MESHD_ORIG_DST: HashMap<ClientKey, OrigDst> =
+    HashMap::pinned(ORIG_DST_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Per-pod counters by [`PodConfig::slot`]: in-flight entries of the two maps above and
+/// refusals. Memory-mapped by the agent, which decrements `pending` when it takes or sweeps
+/// an entry.
+#[map(name = "MESHD_PENDING")]
+pub static MESHD_PENDING: Array<PodCounters> = Array::pinned(POD_SLOTS, BPF_F_MMAPABLE);
 
 /// Outbound destination ports that skip the agent, per pod.
 #[map(name = "MESHD_SKIP_OUT")]

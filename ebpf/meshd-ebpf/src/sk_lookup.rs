@@ -21,7 +21,11 @@
 //!   IP-keyed [`MESHD_LISTENERS`] would do (`bpf_sk_lookup_assign` does not check the
 //!   socket's namespace, and `bpf_get_netns_cookie` is not allowed in this program type);
 //! - loopback destinations, UDP, the agent's own ports and the pod's skipped inbound ports;
-//! - addresses that are not enrolled ([`MESHD_POD_ADDRS`]).
+//! - addresses that are not enrolled ([`MESHD_POD_ADDRS`]), and those of another pod: each
+//!   pod has its own instance of this program, loaded with its namespace cookie
+//!   ([`NETNS_COOKIE`]), which steers only the addresses [`MESHD_POD_ADDRS`] gives to that
+//!   cookie (review M5: a packet for another pod's address injected through a tun or veth
+//!   of the pod's own namespace reaches no listener of the other pod).
 //!
 //! An enrolled address whose listener is not in [`MESHD_LISTENERS`] (the agent crashed, is
 //! restarting or draining) is dropped: the client's SYN is answered with a reset, and the
@@ -38,6 +42,18 @@ const SK_DROP: u32 = 0;
 const SK_PASS: u32 = 1;
 /// The loopback device's index: `lo` is the first device of every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
+
+/// The network namespace cookie of the pod this instance is loaded for and attached to:
+/// the agent loads one instance per pod with it set (`EbpfLoader::override_global`), as
+/// `bpf_get_netns_cookie` is not allowed in sk_lookup programs.
+#[unsafe(no_mangle)]
+static NETNS_COOKIE: u64 = 0;
+
+#[inline(always)]
+fn netns_cookie() -> u64 {
+    // Volatile: the value is the agent's, set at load time, not this 0.
+    unsafe { core::ptr::read_volatile(&raw const NETNS_COOKIE) }
+}
 
 #[sk_lookup]
 pub fn meshd_sk_lookup(ctx: SkLookupContext) -> u32 {
@@ -120,9 +136,13 @@ pub fn meshd_sk_lookup(ctx: SkLookupContext) -> u32 {
     if MESHD_SKIP_IN.get_ptr(skip).is_some() {
         return SK_PASS;
     }
-    if MESHD_POD_ADDRS.get_ptr(ip).is_none() {
-        // Not an enrolled address of this namespace.
-        return SK_PASS;
+    match MESHD_POD_ADDRS.get_ptr(ip) {
+        // An enrolled address of the pod this instance is loaded for.
+        Some(owner) if unsafe { *owner } == netns_cookie() => {}
+        // Not enrolled, or another pod's address (review M5: a packet for it that a pod
+        // with NET_ADMIN injects through a device of its own namespace must not be steered
+        // into the other pod's listener): the normal lookup.
+        _ => return SK_PASS,
     }
     match MESHD_LISTENERS.redirect_sk_lookup(&ctx, ip, 0) {
         Ok(()) => SK_PASS,

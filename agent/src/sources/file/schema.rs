@@ -345,6 +345,9 @@ pub(super) struct LimitsConfig {
     /// TLS handshakes in progress on one pod's port 15008.
     #[serde(default = "default_max_handshakes_per_pod")]
     pub max_handshakes_per_pod: usize,
+    /// One pod's captured connections in flight in the kernel (review M4).
+    #[serde(default = "default_max_pending_connects_per_pod")]
+    pub max_pending_connects_per_pod: u32,
 }
 
 impl Default for LimitsConfig {
@@ -355,6 +358,7 @@ impl Default for LimitsConfig {
             max_connections_per_pod: d.max_connections_per_pod,
             max_handshakes: d.max_handshakes,
             max_handshakes_per_pod: d.max_handshakes_per_pod,
+            max_pending_connects_per_pod: d.max_pending_connects_per_pod,
         }
     }
 }
@@ -366,6 +370,10 @@ impl LimitsConfig {
             ("limits.maxConnectionsPerPod", self.max_connections_per_pod),
             ("limits.maxHandshakes", self.max_handshakes),
             ("limits.maxHandshakesPerPod", self.max_handshakes_per_pod),
+            (
+                "limits.maxPendingConnectsPerPod",
+                self.max_pending_connects_per_pod as usize,
+            ),
         ] {
             if value == 0 {
                 return Err(Invalid::ZeroLimit { field });
@@ -380,6 +388,15 @@ impl LimitsConfig {
                     whole_value: whole,
                 });
             }
+        }
+        let node = meshd_common::ORIG_DST_ENTRIES as usize;
+        if self.max_pending_connects_per_pod as usize > node {
+            return Err(Invalid::PodLimitAboveNode {
+                field: "limits.maxPendingConnectsPerPod",
+                value: self.max_pending_connects_per_pod as usize,
+                whole: "the node's original-destination map",
+                whole_value: node,
+            });
         }
         if self.max_handshakes_per_pod > self.max_handshakes {
             return Err(Invalid::PodLimitAboveNode {
@@ -491,6 +508,9 @@ fn default_handshake_timeout_ms() -> u64 {
 }
 fn default_max_connections_per_pod() -> usize {
     DEFAULT_MAX_CONNECTIONS_PER_POD
+}
+fn default_max_pending_connects_per_pod() -> u32 {
+    meshd_common::DEFAULT_MAX_PENDING
 }
 fn default_max_handshakes() -> usize {
     DEFAULT_MAX_HANDSHAKES
@@ -711,6 +731,7 @@ impl FileConfig {
                 max_connections_per_pod: self.limits.max_connections_per_pod,
                 max_handshakes: self.limits.max_handshakes,
                 max_handshakes_per_pod: self.limits.max_handshakes_per_pod,
+                max_pending_connects_per_pod: self.limits.max_pending_connects_per_pod,
             },
             inbound: InboundSettings {
                 preserve_source_address: self.inbound.preserve_source_address,
@@ -1001,7 +1022,7 @@ workloads:
         assert_eq!(settings.limits, LimitSettings::default());
         assert_eq!(settings.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
         let with = |extra: &str| REMOTE_ONLY.replace("node: n1\n", &format!("node: n1\n{extra}"));
-        let text = with("handshakeTimeoutMs: 1500\nlimits:\n  maxSockets: 1000\n  maxConnectionsPerPod: 100\n  maxHandshakes: 20\n  maxHandshakesPerPod: 5\n");
+        let text = with("handshakeTimeoutMs: 1500\nlimits:\n  maxSockets: 1000\n  maxConnectionsPerPod: 100\n  maxHandshakes: 20\n  maxHandshakesPerPod: 5\n  maxPendingConnectsPerPod: 64\n");
         let settings = parse(&text).unwrap().settings();
         assert_eq!(
             settings.handshake_timeout,
@@ -1014,9 +1035,18 @@ workloads:
                 max_connections_per_pod: 100,
                 max_handshakes: 20,
                 max_handshakes_per_pod: 5,
+                max_pending_connects_per_pod: 64,
             }
         );
         for (extra, want) in [
+            (
+                "limits:\n  maxPendingConnectsPerPod: 0\n",
+                "limits.maxPendingConnectsPerPod must be at least 1",
+            ),
+            (
+                "limits:\n  maxPendingConnectsPerPod: 300000\n",
+                "limits.maxPendingConnectsPerPod (300000) is more than the node's original-destination map (262144)",
+            ),
             (
                 "limits:\n  maxConnectionsPerPod: 0\n",
                 "limits.maxConnectionsPerPod must be at least 1",

@@ -405,3 +405,224 @@ fn payments_orders_web_segmentation_as_linkerd_yaml() {
     assert_eq!(diag["policy"]["server"]["name"], "payment-api", "{diag}");
     agent.stop().unwrap();
 }
+
+/// One kept-alive HTTP connection sending `GET /status/200` every 20 ms, and one open
+/// connection to an opaque port, until a file appears: a JSON line per request (status and
+/// the HTTP connection's local port) and one when the opaque connection ends.
+const LOOP_CLIENT: &str = r#"
+import http.client, json, os, socket, sys, time
+host, port, tcp_port, stop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+conn = http.client.HTTPConnection(host, port, timeout=5)
+tcp = socket.create_connection((host, tcp_port), timeout=5)
+tcp.recv(200)
+tcp.setblocking(False)
+print(json.dumps({"tcp": "open"}), flush=True)
+tcp_open = True
+while not os.path.exists(stop):
+    t = time.time()
+    try:
+        conn.request("GET", "/status/200")
+        r = conn.getresponse()
+        r.read()
+        print(json.dumps({"t": t, "status": r.status, "port": conn.sock.getsockname()[1]}), flush=True)
+    except Exception as e:
+        print(json.dumps({"t": t, "error": str(e)}), flush=True)
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+    if tcp_open:
+        try:
+            if tcp.recv(200) == b"":
+                tcp_open = False
+                print(json.dumps({"t": t, "tcp": "closed"}), flush=True)
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            tcp_open = False
+            print(json.dumps({"t": t, "tcp": "reset", "error": str(e)}), flush=True)
+    time.sleep(0.02)
+print(json.dumps({"done": True}), flush=True)
+"#;
+
+const WEB_SERVERS: &str = "apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: web-http, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  port: 8080
+  proxyProtocol: HTTP/1
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: web-tcp, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  port: 9090
+  proxyProtocol: opaque
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {name: frontend, namespace: shop}
+spec:
+  identities: [frontend.shop.serviceaccount.identity.linkerd.cluster.local]
+";
+
+const WEB_POLICIES: &str = "apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-http-from-frontend, namespace: shop}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: Server, name: web-http}
+  requiredAuthenticationRefs:
+    - {name: frontend, kind: MeshTLSAuthentication, group: policy.linkerd.io}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-tcp-from-frontend, namespace: shop}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: Server, name: web-tcp}
+  requiredAuthenticationRefs:
+    - {name: frontend, kind: MeshTLSAuthentication, group: policy.linkerd.io}
+";
+
+/// Replaces a file as editors and ConfigMap updates do.
+fn replace(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Tightening a policy under traffic: the next request on the kept-alive connection gets
+/// 403 and every one after it until the policy is loosened (no request reaches the app in
+/// between: the app's forwarded count equals the client's 200s), the open opaque
+/// connection is terminated and counted; loosened again, the same HTTP connection goes on.
+#[test]
+fn a_policy_change_applies_to_the_next_request_and_terminates_open_tcp() {
+    require_root().unwrap();
+    let c = Cluster::new("authz-reload").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let web = c.add_pod(&n1, "web").unwrap();
+    let frontend = c.add_pod(&n1, "frontend").unwrap();
+    let ca = identity_init(&c, "ca").unwrap();
+    let policy_dir = c.dir().join("policy");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(policy_dir.join("servers.yaml"), WEB_SERVERS).unwrap();
+    let policies = policy_dir.join("policies.yaml");
+    std::fs::write(&policies, WEB_POLICIES).unwrap();
+    let yaml = config_yaml(
+        &c,
+        &n1,
+        &[
+            workload(&web, "shop", "web", &[9090]),
+            workload(&frontend, "shop", "frontend", &[]),
+        ],
+        &[],
+    );
+    let yaml = format!("{yaml}policy: [{}]\n", policy_dir.display());
+    let agent = Agent::start(
+        &c,
+        &n1,
+        &with_identity(&yaml, &ca.join("ca.crt"), &ca, 3600),
+    )
+    .unwrap();
+    start_app(&c, &web, "python3", "http_app.py", 8080);
+    let mut greet = Command::new(meshd_tests::mesh::testapp_bin());
+    greet.args(["serve", "--greet", "--listen", "0.0.0.0:9090"]);
+    spawn_listening(&c, &web, greet);
+
+    let stop = c.dir().join("stop-loop");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", LOOP_CLIENT, &web.ip.to_string(), "8080", "9090"])
+        .arg(&stop);
+    let client = c.spawn_in_pod(&frontend, cmd).unwrap();
+    let lines = || -> Vec<Value> {
+        client
+            .stdout()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let statuses = |want: u64| lines().iter().filter(|l| l["status"] == want).count();
+    assert!(
+        wait_until(Duration::from_secs(20), || statuses(200) >= 10),
+        "{}",
+        client.stdout()
+    );
+
+    // Tightened: only the Servers, no authorization.
+    replace(&policies, "");
+    assert!(
+        wait_until(Duration::from_secs(10), || statuses(403) >= 10),
+        "{}",
+        client.stdout()
+    );
+    // Loosened: the same connection carries 200s again.
+    replace(&policies, WEB_POLICIES);
+    let before = statuses(200);
+    assert!(
+        wait_until(Duration::from_secs(10), || statuses(200) >= before + 10),
+        "{}",
+        client.stdout()
+    );
+    std::fs::write(&stop, "").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || lines()
+        .iter()
+        .any(|l| l["done"] == true)));
+
+    let all = lines();
+    let requests: Vec<&Value> = all
+        .iter()
+        .filter(|l| l.get("status").is_some() || l.get("error").is_some())
+        .collect();
+    assert!(
+        requests.iter().all(|l| l.get("error").is_none()),
+        "no request failed: {all:?}"
+    );
+    // Phases: 200s, then 403s only, then 200s only.
+    let codes: Vec<u64> = requests
+        .iter()
+        .filter_map(|l| l["status"].as_u64())
+        .collect();
+    let first_403 = codes.iter().position(|&s| s == 403).unwrap();
+    let last_403 = codes.iter().rposition(|&s| s == 403).unwrap();
+    assert!(codes[..first_403].iter().all(|&s| s == 200), "{codes:?}");
+    assert!(
+        codes[first_403..=last_403].iter().all(|&s| s == 403),
+        "{codes:?}"
+    );
+    assert!(codes[last_403 + 1..].iter().all(|&s| s == 200), "{codes:?}");
+    // One HTTP connection throughout.
+    let ports: std::collections::BTreeSet<u64> =
+        requests.iter().filter_map(|l| l["port"].as_u64()).collect();
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    // The opaque connection was terminated when the policy went, and counted.
+    assert!(
+        all.iter()
+            .any(|l| l["tcp"] == "closed" || l["tcp"] == "reset"),
+        "{all:?}"
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            "inbound_tcp_authz_terminate_total",
+            &[r#"srv_name="web-tcp""#]
+        ),
+        1
+    );
+    // Nothing refused reached the app: what the agent forwarded is exactly the 200s.
+    let served = codes.iter().filter(|&&s| s == 200).count() as u64;
+    assert_eq!(
+        metric(
+            &agent,
+            "response_total",
+            &[r#"direction="inbound""#, r#"deployment="web""#]
+        ),
+        served
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            "inbound_http_authz_deny_total",
+            &[r#"srv_name="web-http""#]
+        ),
+        codes.len() as u64 - served
+    );
+    agent.stop().unwrap();
+}

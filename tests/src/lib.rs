@@ -40,4 +40,4 @@ pub use http::{http_get, http_get_timeout};
 pub use netns::{in_netns, netns_inode, netns_path, NETNS_RUN_DIR};
 pub use nix::sys::signal::Signal;
 pub use process::{ProcHandle, DEFAULT_RUN_TIMEOUT};
-pub use util::{ensure_bpffs, require_root, wait_until};
+pub use util::{ensure_bpffs, replace_file, require_root, wait_until};

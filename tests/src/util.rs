@@ -144,3 +144,11 @@ pub(crate) fn poll_child(
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Replaces a file the way editors and ConfigMap updates do: a new file renamed over it
+/// (its temporary name ends in `.tmp`, which no config or policy reader takes).
+pub fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("writing the new file");
+    std::fs::rename(&tmp, path).expect("renaming it over the old one");
+}

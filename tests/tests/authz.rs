@@ -11,7 +11,7 @@ use std::{process::Command, time::Duration};
 
 use meshd_tests::{
     mesh::{config_yaml, identity_init, with_identity, Agent, WorkloadSpec},
-    require_root,
+    replace_file, require_root,
     traffic::{curl_output, echo, spawn_listening, start_app},
     wait_until, Cluster, Pod,
 };
@@ -482,13 +482,6 @@ spec:
     - {name: frontend, kind: MeshTLSAuthentication, group: policy.linkerd.io}
 ";
 
-/// Replaces a file as editors and ConfigMap updates do.
-fn replace(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 /// Tightening a policy under traffic: the next request on the kept-alive connection gets
 /// 403 and every one after it until the policy is loosened (no request reaches the app in
 /// between: the app's forwarded count equals the client's 200s), the open opaque
@@ -547,14 +540,14 @@ fn a_policy_change_applies_to_the_next_request_and_terminates_open_tcp() {
     );
 
     // Tightened: only the Servers, no authorization.
-    replace(&policies, "");
+    replace_file(&policies, "");
     assert!(
         wait_until(Duration::from_secs(10), || statuses(403) >= 10),
         "{}",
         client.stdout()
     );
     // Loosened: the same connection carries 200s again.
-    replace(&policies, WEB_POLICIES);
+    replace_file(&policies, WEB_POLICIES);
     let before = statuses(200);
     assert!(
         wait_until(Duration::from_secs(10), || statuses(200) >= before + 10),

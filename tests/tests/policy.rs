@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use meshd_tests::{
     mesh::{config_yaml, Agent, WorkloadSpec},
-    require_root, wait_until, Cluster,
+    replace_file, require_root, wait_until, Cluster,
 };
 use serde_json::Value;
 
@@ -71,14 +71,6 @@ spec:
     - {name: ops, kind: MeshTLSAuthentication, group: policy.linkerd.io}
 ";
 
-/// Replaces a file the way editors and ConfigMap updates do (the temporary name is not
-/// a policy file: it does not end in .yaml).
-fn replace(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 fn policy(agent: &Agent) -> Value {
     agent.config_dump().unwrap()["policy"].clone()
 }
@@ -115,7 +107,7 @@ fn policy_directory_is_compiled_reloaded_and_a_refused_document_keeps_the_last_g
     let publications = p["publications"].clone();
 
     // A refused document: the whole reload is refused, the last good policy stays.
-    replace(&dir.join("02-network.yml"), &format!("{NETWORK}---\n{BAD}"));
+    replace_file(&dir.join("02-network.yml"), &format!("{NETWORK}---\n{BAD}"));
     let bad_file = dir.join("02-network.yml").display().to_string();
     assert!(
         wait_until(Duration::from_secs(10), || policy(&agent)["error"]
@@ -142,7 +134,7 @@ fn policy_directory_is_compiled_reloaded_and_a_refused_document_keeps_the_last_g
     );
 
     // Fixed: applied, with its inert policy reported.
-    replace(
+    replace_file(
         &dir.join("02-network.yml"),
         &format!("{NETWORK}---\n{FIXED}"),
     );

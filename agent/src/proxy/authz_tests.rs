@@ -54,6 +54,20 @@ fn publish(ctx: &ProxyContext, set: &PolicySet) {
     ctx.policy.publish(index, settings);
 }
 
+/// `shop/web-1` (label `app: web`), in this process' own namespace.
+fn web_pod(ctx: &ProxyContext) -> PodContext {
+    let mut w = (*testing::workload("web-1", "web", "10.0.0.2")).clone();
+    w.namespace = "shop".into();
+    w.labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+    PodContext {
+        workload: Arc::new(w),
+        netns: Arc::new(Netns::open(Path::new("/proc/self/ns/net")).expect("netns")),
+        identity: None,
+        budgets: ctx.budgets.pod(),
+        delivery_mark: None,
+    }
+}
+
 /// The app: counts the requests that reach it, answers 200.
 async fn app(io: tokio::io::DuplexStream, arrived: mpsc::UnboundedSender<String>) {
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -75,16 +89,7 @@ struct Conn {
 
 /// One client connection through the proxy as `identity` (meshed) or plaintext.
 async fn connect(ctx: &Arc<ProxyContext>, identity: Option<Identity>) -> Conn {
-    let mut w = (*testing::workload("web-1", "web", "10.0.0.2")).clone();
-    w.namespace = "shop".into();
-    w.labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
-    let pod = PodContext {
-        workload: Arc::new(w),
-        netns: Arc::new(Netns::open(Path::new("/proc/self/ns/net")).expect("netns")),
-        identity: None,
-        budgets: ctx.budgets.pod(),
-        delivery_mark: None,
-    };
+    let pod = web_pod(ctx);
     let target: SocketAddr = "10.0.0.2:8080".parse().expect("target");
     let peer: SocketAddr = "10.0.1.10:40000".parse().expect("peer");
     let authz = InboundAuthz::new(
@@ -287,16 +292,7 @@ spec:
 async fn tcp_connections_are_decided_once_and_terminated_on_a_policy_change() {
     let ctx = ProxyContext::for_tests(StateStore::new());
     publish(&ctx, &policy_set(DB));
-    let mut w = (*testing::workload("web-1", "web", "10.0.0.2")).clone();
-    w.namespace = "shop".into();
-    w.labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
-    let pod = PodContext {
-        workload: Arc::new(w),
-        netns: Arc::new(Netns::open(Path::new("/proc/self/ns/net")).expect("netns")),
-        identity: None,
-        budgets: ctx.budgets.pod(),
-        delivery_mark: None,
-    };
+    let pod = web_pod(&ctx);
     let target: SocketAddr = "10.0.0.2:8080".parse().expect("target");
     let peer: SocketAddr = "10.0.1.10:40000".parse().expect("peer");
     let authz = |id: Option<&str>| {

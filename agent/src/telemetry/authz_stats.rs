@@ -6,12 +6,11 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     sync::Mutex,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
 
-use super::stats::MAX_WINDOW_SECS;
+use super::stats::{now_secs, percentile, MAX_WINDOW_SECS};
 use crate::policy::meta::Meta;
 
 /// Latency samples kept per one-second bucket of a row.
@@ -80,21 +79,6 @@ pub(crate) struct AuthzRow {
     pub latency_ms_p50: Option<f64>,
     pub latency_ms_p95: Option<f64>,
     pub latency_ms_p99: Option<f64>,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
-fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted.get(rank.min(sorted.len()) - 1).copied()
 }
 
 impl AuthzStats {

@@ -80,14 +80,14 @@ pub(crate) struct StatRow {
     pub unauthorized_rps: f64,
 }
 
-fn now_secs() -> u64 {
+pub(super) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default()
 }
 
-fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+pub(super) fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }

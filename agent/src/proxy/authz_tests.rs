@@ -13,8 +13,8 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
 use super::{
+    authorize::InboundAuthz,
     context::PodContext,
-    inbound::authz::InboundAuthz,
     l7::{detect::Protocol, http},
     ProxyContext,
 };
@@ -323,7 +323,7 @@ async fn tcp_connections_are_decided_once_and_terminated_on_a_policy_change() {
 
     let guard = ctx.connections.open(testing::context(Direction::Inbound));
     let id = guard.context().id;
-    let watcher = tokio::spawn(crate::proxy::inbound::authz::watch_tcp(
+    let watcher = tokio::spawn(crate::proxy::authorize::watch_tcp(
         a.clone(),
         ctx.connections.clone(),
         id,

@@ -50,7 +50,7 @@ pub(crate) enum Error {
     /// The connection was not authorized by the pod's policy (or no longer is): closed,
     /// nothing of it reached the app.
     #[error("{0}")]
-    Unauthorized(#[from] crate::proxy::inbound::authz::Unauthorized),
+    Unauthorized(#[from] Unauthorized),
     /// The HTTP/1 request head had ambiguous framing; answered 400, nothing forwarded.
     #[error("refused: {0}")]
     AmbiguousFraming(&'static str),
@@ -81,6 +81,12 @@ pub(crate) enum Error {
     #[error("HBONE response: {0}")]
     Respond(#[source] h2::Error),
 }
+
+/// A connection the pod's policy denied (or no longer allows), for its record:
+/// `unauthorized connection on server/NAME`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Unauthorized(pub String);
 
 /// Why an HTTP/1 request head was refused (`proxy/l7/heads.rs`), reported once hyper has
 /// answered `400`.

@@ -16,6 +16,7 @@
 //!   failed.
 
 pub(crate) mod accept_gate;
+pub(crate) mod authorize;
 #[cfg(test)]
 mod authz_tests;
 pub(crate) mod balance;

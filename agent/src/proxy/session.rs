@@ -15,10 +15,10 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{
+    authorize::{watch_tcp, InboundAuthz},
     connections::ConnGuard,
     context::ProxyContext,
     error::Error,
-    inbound::authz::{watch_tcp, InboundAuthz},
     l7::{
         detect::{ambiguous_head, detect, Protocol},
         http,

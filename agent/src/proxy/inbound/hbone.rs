@@ -20,6 +20,7 @@ use crate::{
     conn::{Direction, Tls},
     drain::{DrainWatcher, Draining},
     proxy::{
+        authorize::InboundAuthz,
         connect::{deliver_in, DeliverFrom},
         context::{PodContext, ProxyContext},
         error::{Error, Refusal},
@@ -28,7 +29,6 @@ use crate::{
             server::{self, Ended, ServeError},
             tunnel::TunnelStream,
         },
-        inbound::authz::InboundAuthz,
         limits::{self, HandshakeSlot},
         session::{self, Session},
         tls::{

@@ -29,9 +29,8 @@ use crate::{
     },
 };
 
-use authz::InboundAuthz;
+use crate::proxy::authorize::InboundAuthz;
 
-pub(crate) mod authz;
 pub(crate) mod hbone;
 
 /// Whether a connection to `dst` may be delivered to the pod whose addresses are `pod_ips`:

@@ -33,7 +33,7 @@ use super::{
 use crate::{
     conn::ConnContext,
     policy::decide::Refused,
-    proxy::{context::ProxyContext, error::Error, inbound::authz::InboundAuthz},
+    proxy::{authorize::InboundAuthz, context::ProxyContext, error::Error},
     telemetry::authz_stats::AuthzKey,
     telemetry::{Finished, RequestEvent, RequestReporter},
 };

@@ -29,7 +29,7 @@ use crate::{
         meta::Meta,
         Client, HttpOutcome, PolicyStore, PortPolicy, RequestHead,
     },
-    proxy::{connections::Connections, context::PodContext},
+    proxy::{connections::Connections, context::PodContext, error::Unauthorized},
     telemetry::{
         authz::{AuthzMetrics, ClientTlsLabels, ConnAuthzLabels, WorkloadLabels},
         authz_stats::AuthzKey,
@@ -54,11 +54,6 @@ pub(crate) struct InboundAuthz {
     /// Set once [`InboundAuthz::check_tcp`] allowed the connection.
     tcp_allowed: AtomicBool,
 }
-
-/// A denied connection, for the connection's record.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct Unauthorized(pub String);
 
 impl InboundAuthz {
     /// The authorization of a connection from `client_addr` (with the client's identity

@@ -562,7 +562,9 @@ fn a_policy_change_applies_to_the_next_request_and_terminates_open_tcp() {
     let all = lines();
     let requests: Vec<&Value> = all
         .iter()
-        .filter(|l| l.get("status").is_some() || l.get("error").is_some())
+        .filter(|l| {
+            l.get("tcp").is_none() && (l.get("status").is_some() || l.get("error").is_some())
+        })
         .collect();
     assert!(
         requests.iter().all(|l| l.get("error").is_none()),

@@ -621,3 +621,205 @@ fn a_policy_change_applies_to_the_next_request_and_terminates_open_tcp() {
     );
     agent.stop().unwrap();
 }
+
+const AUDIT_AND_NETWORKS: &str = "apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: audited, namespace: open}
+spec:
+  podSelector: {matchLabels: {app: audited}}
+  port: 8080
+  proxyProtocol: HTTP/1
+  accessPolicy: audit
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata: {name: subnet, namespace: open}
+spec:
+  podSelector: {matchLabels: {app: subnet}}
+  port: 8080
+  proxyProtocol: HTTP/1
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: NetworkAuthentication
+metadata: {name: pods-but-one, namespace: open}
+spec:
+  networks:
+    - cidr: 10.244.0.0/16
+      except: [EXCEPT/32]
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: subnet-from-pods, namespace: open}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: Server, name: subnet}
+  requiredAuthenticationRefs:
+    - {name: pods-but-one, kind: NetworkAuthentication, group: policy.linkerd.io}
+";
+
+/// Default policies from each source (the agent's setting < the namespace annotation < the
+/// workload annotation), the probe route under a `deny` default, `accessPolicy: audit`
+/// (allowed, counted and logged as `audit`), and a NetworkAuthentication with `except`,
+/// with plaintext clients from outside the mesh.
+#[test]
+fn defaults_probes_audit_and_networks_as_linkerd() {
+    require_root().unwrap();
+    let c = Cluster::new("authz-defaults").unwrap();
+    let n1 = c.add_node("n1").unwrap();
+    let locked = c.add_pod(&n1, "locked").unwrap();
+    let unlocked = c.add_pod(&n1, "unlocked").unwrap();
+    let open = c.add_pod(&n1, "open").unwrap();
+    let audited = c.add_pod(&n1, "audited").unwrap();
+    let subnet = c.add_pod(&n1, "subnet").unwrap();
+    let client = c.add_pod(&n1, "client").unwrap();
+    let excepted = c.add_pod(&n1, "excepted").unwrap();
+    let policy_dir = c.dir().join("policy");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(
+        policy_dir.join("open.yaml"),
+        AUDIT_AND_NETWORKS.replace("EXCEPT", &excepted.ip.to_string()),
+    )
+    .unwrap();
+    let probed = |w: WorkloadSpec| {
+        w.yaml(
+            "ports: [{name: http, containerPort: 8080}]\nprobes: [{path: /status/200, port: http}]",
+        )
+    };
+    let yaml = config_yaml(
+        &c,
+        &n1,
+        &[
+            probed(workload(&locked, "locked", "locked", &[])),
+            workload(&unlocked, "locked", "unlocked", &[]).yaml(
+                "annotations: {config.linkerd.io/default-inbound-policy: all-unauthenticated}",
+            ),
+            workload(&open, "open", "open", &[]),
+            workload(&audited, "open", "audited", &[]),
+            workload(&subnet, "open", "subnet", &[]),
+        ],
+        &[],
+    );
+    let yaml = format!(
+        "{yaml}policy: [{}]\ndefaultInboundPolicy: all-unauthenticated\nnamespaces:\n  - name: locked\n    annotations: {{config.linkerd.io/default-inbound-policy: deny}}\n",
+        policy_dir.display()
+    );
+    let agent = Agent::start(&c, &n1, &yaml).unwrap();
+    for pod in [&locked, &unlocked, &open, &audited, &subnet] {
+        start_app(&c, pod, "python3", "http_app.py", 8080);
+    }
+    let url = |pod: &Pod, path: &str| format!("http://{}:8080{path}", pod.ip);
+
+    // Namespace `deny` beats the agent's setting; the probe route stays open.
+    assert_eq!(
+        status(&c, &client, &url(&locked, "/status/201"), false),
+        "403"
+    );
+    assert_eq!(
+        status(&c, &client, &url(&locked, "/status/200"), false),
+        "200"
+    );
+    // The workload's annotation beats the namespace's.
+    assert_eq!(
+        status(&c, &client, &url(&unlocked, "/status/201"), false),
+        "201"
+    );
+    // No annotation: the agent's setting.
+    assert_eq!(
+        status(&c, &client, &url(&open, "/status/201"), false),
+        "201"
+    );
+    // Audit: allowed, reported as `audit`.
+    assert_eq!(
+        status(&c, &client, &url(&audited, "/status/201"), false),
+        "201"
+    );
+    // NetworkAuthentication with except.
+    assert_eq!(
+        status(&c, &client, &url(&subnet, "/status/201"), false),
+        "201"
+    );
+    assert_eq!(
+        status(&c, &excepted, &url(&subnet, "/status/201"), false),
+        "403"
+    );
+
+    let allow = "inbound_http_authz_allow_total";
+    assert_eq!(
+        metric(
+            &agent,
+            allow,
+            &[
+                r#"srv_kind="default",srv_name="deny""#,
+                r#"route_name="probe""#,
+                r#"authz_kind="default",authz_name="probe""#
+            ]
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            "inbound_http_authz_deny_total",
+            &[
+                r#"srv_kind="default",srv_name="deny""#,
+                r#"deployment="locked""#
+            ]
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            allow,
+            &[
+                r#"srv_name="all-unauthenticated""#,
+                r#"deployment="unlocked""#
+            ]
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            allow,
+            &[r#"srv_name="all-unauthenticated""#, r#"deployment="open""#]
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            allow,
+            &[
+                r#"srv_name="audited""#,
+                r#"authz_kind="default",authz_name="audit""#
+            ]
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            allow,
+            &[
+                r#"srv_name="subnet""#,
+                r#"authz_kind="authorizationpolicy",authz_name="subnet-from-pods""#
+            ]
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &agent,
+            "inbound_http_authz_deny_total",
+            &[r#"srv_name="subnet""#]
+        ),
+        1
+    );
+    let log = agent.proc.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Request allowed") && l.contains("authz.name=audit")),
+        "the audit line:\n{log}"
+    );
+    agent.stop().unwrap();
+}

@@ -708,39 +708,20 @@ fn defaults_probes_audit_and_networks_as_linkerd() {
     }
     let url = |pod: &Pod, path: &str| format!("http://{}:8080{path}", pod.ip);
 
-    // Namespace `deny` beats the agent's setting; the probe route stays open.
-    assert_eq!(
-        status(&c, &client, &url(&locked, "/status/201"), false),
-        "403"
-    );
-    assert_eq!(
-        status(&c, &client, &url(&locked, "/status/200"), false),
-        "200"
-    );
-    // The workload's annotation beats the namespace's.
-    assert_eq!(
-        status(&c, &client, &url(&unlocked, "/status/201"), false),
-        "201"
-    );
-    // No annotation: the agent's setting.
-    assert_eq!(
-        status(&c, &client, &url(&open, "/status/201"), false),
-        "201"
-    );
-    // Audit: allowed, reported as `audit`.
-    assert_eq!(
-        status(&c, &client, &url(&audited, "/status/201"), false),
-        "201"
-    );
-    // NetworkAuthentication with except.
-    assert_eq!(
-        status(&c, &client, &url(&subnet, "/status/201"), false),
-        "201"
-    );
-    assert_eq!(
-        status(&c, &excepted, &url(&subnet, "/status/201"), false),
-        "403"
-    );
+    // (client, server, path, status the client gets, why)
+    #[rustfmt::skip]
+    let cases = [
+        (&client, &locked, "/status/201", "403", "namespace `deny` beats the setting"),
+        (&client, &locked, "/status/200", "200", "the probe route stays open"),
+        (&client, &unlocked, "/status/201", "201", "the workload's annotation beats the namespace's"),
+        (&client, &open, "/status/201", "201", "no annotation: the agent's setting"),
+        (&client, &audited, "/status/201", "201", "audit: allowed, reported as `audit`"),
+        (&client, &subnet, "/status/201", "201", "NetworkAuthentication"),
+        (&excepted, &subnet, "/status/201", "403", "NetworkAuthentication's except"),
+    ];
+    for (from, to, path, want, why) in cases {
+        assert_eq!(status(&c, from, &url(to, path), false), want, "{why}");
+    }
 
     let allow = "inbound_http_authz_allow_total";
     assert_eq!(

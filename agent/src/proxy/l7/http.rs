@@ -117,13 +117,20 @@ where
         hyper::service::service_fn(move |req| {
             let (ctx, conn, upgrades) = (ctx.clone(), conn.clone(), upgrades.clone());
             let (reporter, sender) = (reporter.clone(), sender.clone());
-            let permit = match authz.as_ref().map(|a| authorize(a, &req)) {
-                None => None,
-                Some(Ok(key)) => authz.clone().map(|a| (a, key)),
-                Some(Err(refused)) => return futures_ready(refusal(&refused)),
+            // Decided before anything is sent; a refused request's `forward` is never
+            // polled, so nothing of it leaves.
+            let (permit, refused) = match authz.as_ref().map(|a| authorize(a, &req)) {
+                None => (None, None),
+                Some(Ok(key)) => (authz.clone().map(|a| (a, key)), None),
+                Some(Err(refused)) => (None, Some(refused)),
             };
             let forwarded = forward(ctx, conn, reporter, sender, upgrades, req, permit);
-            Box::pin(async move { Ok::<_, Infallible>(forwarded.await) })
+            async move {
+                Ok::<_, Infallible>(match refused {
+                    Some(refused) => refusal(&refused),
+                    None => forwarded.await,
+                })
+            }
         })
     };
     let served = match protocol {
@@ -334,14 +341,6 @@ impl Pending {
             })
         });
     }
-}
-
-type Answer = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>,
->;
-
-fn futures_ready(response: Response<ProxyBody>) -> Answer {
-    Box::pin(std::future::ready(Ok(response)))
 }
 
 /// The pod's policy on one request: `Ok` to forward it (with the `meshd authz` row it

@@ -552,32 +552,48 @@ impl<'a> Compiler<'a> {
             .collect()
     }
 
+    /// Whether a route (`kind` `HTTPRoute` or `GRPCRoute`, for reports) of the Server's
+    /// namespace has a parent that attaches it to Server `s`, and is not ignored (which is
+    /// reported).
+    fn route_attaches(
+        &mut self,
+        kind: &str,
+        s: &Server,
+        id: &super::resources::ObjectId,
+        parents: &[ParentRef],
+        ignored: Option<&String>,
+    ) -> bool {
+        let ns = &s.id.namespace;
+        if &id.namespace != ns {
+            return false;
+        }
+        let label = format!("{kind} {ns}/{}", id.name);
+        if !parents.iter().any(|p| self.attaches(&label, ns, p, s)) {
+            return false;
+        }
+        if let Some(why) = ignored {
+            self.reports.push(format!("{label}: {why}; ignored"));
+            return false;
+        }
+        true
+    }
+
     fn http_routes(&mut self, s: &Server, has_grpc: bool) -> Vec<HttpRoute> {
         let ns = s.id.namespace.clone();
+        let set = self.set;
         let mut found = Vec::new();
-        for r in &self.set.resources {
+        for r in &set.resources {
             let Resource::HttpRoute(route) = r else {
                 continue;
             };
-            if route.id.namespace != ns {
-                continue;
-            }
-            let label = format!("HTTPRoute {}/{}", ns, route.id.name);
-            let attached = route
-                .parent_refs
-                .iter()
-                .any(|p| self.attaches(&label, &ns, p, s));
-            if !attached {
-                continue;
-            }
-            if let Some(why) = &route.ignored {
-                self.reports.push(format!("{label}: {why}; ignored"));
+            let (id, parents) = (&route.id, &route.parent_refs);
+            if !self.route_attaches("HTTPRoute", s, id, parents, route.ignored.as_ref()) {
                 continue;
             }
             if has_grpc {
                 self.reports.push(format!(
-                    "{label}: Server {} has GRPCRoutes, which take precedence; not attached",
-                    s.id.name
+                    "HTTPRoute {ns}/{}: Server {} has GRPCRoutes, which take precedence; not attached",
+                    id.name, s.id.name
                 ));
                 continue;
             }
@@ -610,27 +626,16 @@ impl<'a> Compiler<'a> {
 
     fn grpc_routes(&mut self, s: &Server) -> Vec<GrpcRoute> {
         let ns = s.id.namespace.clone();
+        let set = self.set;
         let mut found = Vec::new();
-        for r in &self.set.resources {
+        for r in &set.resources {
             let Resource::GrpcRoute(route) = r else {
                 continue;
             };
-            if route.id.namespace != ns {
-                continue;
+            let (id, parents) = (&route.id, &route.parent_refs);
+            if self.route_attaches("GRPCRoute", s, id, parents, route.ignored.as_ref()) {
+                found.push(route);
             }
-            let label = format!("GRPCRoute {}/{}", ns, route.id.name);
-            let attached = route
-                .parent_refs
-                .iter()
-                .any(|p| self.attaches(&label, &ns, p, s));
-            if !attached {
-                continue;
-            }
-            if let Some(why) = &route.ignored {
-                self.reports.push(format!("{label}: {why}; ignored"));
-                continue;
-            }
-            found.push(route);
         }
         found.sort_by_key(|r| sort_key(&r.id));
         found

@@ -69,6 +69,31 @@ pub struct PolicyFiles {
     pub unreadable: Vec<DocumentError>,
 }
 
+/// What changes when a file is written or replaced: size, modification time and inode (a
+/// ConfigMap update swaps a symbolic link to new files). `None`: the path cannot be read.
+pub type FileStamp = Option<(u64, i64, i64, u64)>;
+
+/// The files under `paths` as [`read`] would take them, each with its [`FileStamp`]: a
+/// cheap check (no file is read) of whether any was added, removed or changed.
+pub fn stamps(paths: &[PathBuf]) -> Vec<(PathBuf, FileStamp)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let (mut files, mut unreadable) = (Vec::new(), Vec::new());
+    for p in paths {
+        collect(p, &mut files, &mut unreadable);
+    }
+    let mut out: Vec<(PathBuf, FileStamp)> = files
+        .into_iter()
+        .map(|f| {
+            let stamp = std::fs::metadata(&f)
+                .ok()
+                .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()));
+            (f, stamp)
+        })
+        .collect();
+    out.extend(unreadable.into_iter().map(|e| (e.file, None)));
+    out
+}
+
 /// Reads every policy file under `paths` (files as named, directories for `*.yaml` and
 /// `*.yml`, recursively, in name order).
 pub fn read(paths: &[PathBuf]) -> PolicyFiles {

@@ -58,8 +58,9 @@ pub(crate) struct FileSource {
     seen: String,
     /// The config in `seen`, when it is valid (its policy documents may not be).
     config: Option<FileConfig>,
-    /// The policy files of `config` as last read.
+    /// The policy files of `config` as last read, and their stamps then.
     seen_policy: PolicyFiles,
+    seen_stamps: Vec<(PathBuf, check::FileStamp)>,
     /// The policy inputs last published and what they were built from: reused while that
     /// does not change, so that a snapshot with the same policy shares them.
     published: Published,
@@ -140,6 +141,7 @@ impl FileSource {
             source,
         })?;
         let config = FileConfig::parse(path, &text)?;
+        let seen_stamps = check::stamps(&config.policy_paths(path));
         let files = read_policy(path, &config.policy_paths(path));
         let (state, published) = build(path, &config, files.clone(), None)?;
         let settings = config.settings();
@@ -152,6 +154,7 @@ impl FileSource {
             seen: text,
             config: Some(config),
             seen_policy: files,
+            seen_stamps,
             published,
         };
         Ok((source, settings))
@@ -193,6 +196,20 @@ impl FileSource {
         };
         let paths = config.policy_paths(&self.path);
         let path = self.path.clone();
+        // Stamps first (a directory walk and a stat per file); the files are read only
+        // when one of them, or the config, changed.
+        let read = tokio::task::spawn_blocking(move || {
+            let stamps = check::stamps(&paths);
+            (stamps, paths, path)
+        })
+        .await;
+        let Ok((stamps, paths, path)) = read else {
+            tracing::error!("listing the policy files failed");
+            return;
+        };
+        if !config_changed && stamps == self.seen_stamps {
+            return;
+        }
         let files = match tokio::task::spawn_blocking(move || read_policy(&path, &paths)).await {
             Ok(files) => files,
             Err(e) => {
@@ -200,6 +217,7 @@ impl FileSource {
                 return;
             }
         };
+        self.seen_stamps = stamps;
         if !config_changed && files == self.seen_policy {
             return;
         }

@@ -280,6 +280,9 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
     if old.limits != new.limits {
         fields.push("limits");
     }
+    if old.inbound != new.inbound {
+        fields.push("inbound");
+    }
     fields
 }
 
